@@ -1,0 +1,189 @@
+"""The `selftune` command: a table of stage functions, one command each.
+
+Usage:
+    selftune --help
+    selftune generate --model builtin:smollm2-135m-instruct --prompts prompts.jsonl --out out.jsonl
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from selftune.errors import SelftuneError
+
+app = typer.Typer(
+    name="selftune",
+    help="Make a language model better at following instructions by training it on its own, checked outputs.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True, rich_markup_mode="markdown")
+app.add_typer(config_app, name="config")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class GenerationProgress:
+    """A progress bar over prompts with a live tokens/s figure; used as a ProgressCallback."""
+
+    def __init__(self, total_prompts: int, label: str = "generating"):
+        self.tokens = 0
+        self.started = time.perf_counter()
+        self.progress = Progress(
+            TextColumn(f"[bold]{label}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("prompts"),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=False,
+        )
+        self.task = self.progress.add_task(label, total=total_prompts, rate="")
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def __call__(self, prompts_done: int, new_tokens: int) -> None:
+        self.tokens += new_tokens
+        elapsed = time.perf_counter() - self.started
+        self.progress.update(self.task, completed=prompts_done, rate=f"{self.tokens / elapsed:.0f} tok/s")
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / max(time.perf_counter() - self.started, 1e-9)
+
+
+@app.command(epilog="Example: `selftune generate --model builtin:smollm2-135m-instruct --prompts examples/prompts.jsonl --out answers.jsonl -n 2 --temperature 0.8`")
+def generate(
+    model: str = typer.Option(..., "--model", help="Model spec: builtin:NAME, a .gguf file, a checkpoint dir or a hub id."),
+    prompts: Path = typer.Option(..., "--prompts", help="JSONL rows with `id` and either `prompt` (raw text) or `messages`."),
+    out: Path = typer.Option(..., "--out", help="Output JSONL: one row per answer."),
+    n: int = typer.Option(1, "-n", help="Answers per prompt."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest answer in tokens."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Sequences per forward pass (HF backend)."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed; each answer's seed derives from it."),
+    backend: str = typer.Option("auto", "--backend", help="auto, hf or vllm."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
+    show: bool = typer.Option(False, "--show", help="Also print the answers."),
+):
+    """Answer every prompt of a JSONL file with a model.
+
+    Output rows: `id`, `sample_index`, `response`, `model`, `finish_reason` (stop or length),
+    `prompt_tokens`, `completion_tokens`, `seed`. This interface is stable for other tools.
+    """
+    from selftune.generation import SamplingParams, open_generator
+    from selftune.records import read_records
+    from selftune.runs import write_jsonl
+
+    rows = read_records(prompts, "generate")  # validate everything before loading a model
+    params = SamplingParams(
+        n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
+    )
+    inputs = [row.prompt if row.prompt is not None else [m.model_dump() for m in row.messages] for row in rows]
+    with open_generator(model, backend=backend, batch_size=batch_size, dtype=dtype) as generator:
+        with GenerationProgress(len(inputs)) as progress:
+            answers = generator.generate(inputs, params, progress=progress)
+    records = [
+        {
+            "id": row.id,
+            "sample_index": c.sample_index,
+            "response": c.text,
+            "model": model,
+            "finish_reason": c.finish_reason,
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens,
+            "seed": c.seed,
+        }
+        for row, completions in zip(rows, answers)
+        for c in completions
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out, records)
+    if show:
+        table = Table("id", "answer", "finish", show_lines=True)
+        for record in records:
+            table.add_row(record["id"], record["response"], record["finish_reason"])
+        console.print(table)
+    console.print(
+        f"wrote {len(records)} answers to {out} "
+        f"({progress.tokens} tokens, {progress.tokens_per_second:.0f} tokens/s)"
+    )
+
+
+@app.command(epilog="Example: `selftune validate data/pairs.jsonl --kind pairs`")
+def validate(
+    file: Path = typer.Argument(..., help="JSONL file to check."),
+    kind: str = typer.Option(..., "--kind", help="prompts, samples, sft, pairs or generate."),
+):
+    """Check a JSONL file against its record schema; print `file:line: field: problem` for each bad line.
+    """
+    from selftune.records import read_records
+
+    records = read_records(file, kind)
+    console.print(f"{file}: {len(records)} valid {kind} records")
+
+
+@config_app.command("show", epilog="Example: `selftune config show --preset recipe-32b --set dpo.beta=0.2`")
+def config_show(
+    preset: Optional[str] = typer.Option(None, "--preset", help="Preset name (see `selftune config presets`)."),
+    config: list[Path] = typer.Option([], "--config", help="YAML override files, applied in order."),
+    set_: list[str] = typer.Option([], "--set", help="key.path=value overrides, applied last."),
+):
+    """Print the fully resolved config as YAML.
+    """
+    from selftune.config import dump_config, load_config
+
+    console.print(dump_config(load_config(preset, config, set_)), end="", markup=False, highlight=False)
+
+
+@config_app.command("presets", epilog="Example: `selftune config presets`")
+def config_presets():
+    """List the shipped presets.
+    """
+    from selftune.config import preset_names, preset_path
+
+    for name in preset_names():
+        first = preset_path(name).read_text().splitlines()[0].lstrip("# ")
+        console.print(f"[bold]{name}[/bold]: {first}")
+
+
+@app.command(epilog="Example: `selftune doctor`")
+def doctor():
+    """Report Python, torch and device, measured bf16 vs fp32 matmul speed, optional extras, cache and free disk.
+    """
+    from selftune.doctor import collect
+
+    table = Table("item", "finding", title="selftune doctor")
+    for item, finding in collect():
+        table.add_row(item, escape(finding))
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except SelftuneError as exc:
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

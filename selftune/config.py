@@ -1,0 +1,256 @@
+"""Typed configuration: one pydantic model per stage plus `PipelineConfig`; presets; YAML overrides.
+
+Every field has a default and a one-line description. YAML files (presets in `selftune/configs/`
+and user files) only hold overrides of those defaults. Unknown keys are errors that name the key
+and the closest valid one.
+
+Usage:
+    from selftune.config import load_config
+    cfg = load_config(preset="demo", files=["my.yaml"], overrides=["dpo.beta=0.2"])
+    cfg.dpo.beta                                   # 0.2
+
+    selftune config show --preset recipe-32b
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from selftune.errors import ConfigError
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors; assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    spec: str = Field("builtin:smollm2-135m-instruct", description="Base model: builtin:NAME, a .gguf file, a checkpoint dir or a hub id.")
+    dtype: Dtype = Field("auto", description="Weights dtype; auto = bf16 where the hardware runs it fast, else fp32.")
+    load_in_4bit: bool = Field(False, description="Load the base in 4-bit NF4 (QLoRA; CUDA + bitsandbytes only).")
+    trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint; off unless you trust it.")
+
+
+class GenerationConfig(Section):
+    backend: Literal["auto", "hf", "vllm"] = Field("auto", description="auto = vLLM when installed with a GPU, else the batched HF backend.")
+    batch_size: int = Field(32, ge=1, description="Sequences (prompts x samples) per forward pass in the HF backend.")
+    max_new_tokens: int = Field(256, ge=1, description="Longest answer, in tokens.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine.")
+
+
+class PromptsConfig(Section):
+    source: str = Field("builtin", description="'builtin' (tasks x verifiable constraints) or a JSONL / datasets-readable file.")
+    n_train: int = Field(300, ge=1, description="Train prompts to build from the builtin set.")
+    n_eval: int = Field(100, ge=1, description="Held-out eval prompts (tasks and constraint values unseen in train).")
+    max_constraints: int = Field(2, ge=1, le=3, description="Most constraints per builtin prompt.")
+    seed: int = Field(0, description="Seed of the builtin prompt set.")
+
+
+class ScorerConfig(Section):
+    kind: Literal["constraints", "judge", "reward-model"] = Field("constraints", description="How answers are scored.")
+    judge_model: str | None = Field(None, description="Judge model spec; None = the policy judges itself.")
+    judge_samples: int = Field(3, ge=1, description="Judge samples averaged per answer.")
+    reward_model: str | None = Field(None, description="Sequence-classification reward model spec.")
+    pass_threshold: float = Field(1.0, ge=0, le=1, description="Score at or above which an answer passes.")
+
+
+class SampleConfig(Section):
+    k: int = Field(8, ge=1, description="Answers sampled per train prompt.")
+    temperature: float = Field(0.8, gt=0, description="Sampling temperature (> 0: rejection sampling needs variety).")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    seed: int = Field(0, description="Sampling seed; each answer's own seed is derived from it.")
+    scorer: ScorerConfig = Field(default_factory=ScorerConfig, description="Scorer of sampled answers.")
+
+
+class SFTDataConfig(Section):
+    tie_break: Literal["shortest", "longest", "first"] = Field("shortest", description="Which of several best passing answers to keep.")
+    dedupe: bool = Field(True, description="Drop examples whose prompt and answer repeat an earlier one.")
+
+
+class LoraConfig(Section):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Modules to adapt; all-linear = every linear layer but the head.")
+
+
+class TrainConfig(Section):
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the training data.")
+    per_device_batch_size: int = Field(8, ge=1, description="Examples per device per micro-batch.")
+    gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warm-up.")
+    max_length: int = Field(1024, ge=16, description="Longest tokenized example; longer ones are truncated.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    bf16: Literal["auto", True, False] = Field("auto", description="bf16 autocast; auto = where the hardware runs it fast.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every this many optimizer steps.")
+    eval_steps: int = Field(25, ge=1, description="Held-out loss every this many optimizer steps.")
+    logging_steps: int = Field(5, ge=1, description="Log every this many optimizer steps.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"], description="Experiment trackers.")
+    seed: int = Field(0, description="Training seed.")
+
+
+class SFTConfig(TrainConfig):
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="Adapter shape.")
+    validation_share: float = Field(0.1, ge=0, lt=1, description="Share of SFT examples held out for validation loss.")
+    max_drop_share: float = Field(0.05, ge=0, le=1, description="Fail when more than this share of rows cannot be masked.")
+    response_separator: str = Field("\nResponse:", description="Separator for raw-text models with no chat template.")
+    merge: bool = Field(True, description="Merge the adapter into the base after training (DPO needs it).")
+
+
+class PairsConfig(Section):
+    k: int = Field(4, ge=1, description="Answers sampled per prompt from the SFT model for chosen/policy negatives.")
+    sources: dict[str, float] = Field(
+        default_factory=lambda: {
+            "policy": 0.35,
+            "base": 0.25,
+            "corrupt:violate-constraint": 0.15,
+            "corrupt:truncate": 0.08,
+            "corrupt:off-topic": 0.07,
+            "corrupt:repeat": 0.05,
+            "corrupt:break-format": 0.05,
+        },
+        description="Negative sources and their mixing weights.",
+    )
+    pairs_per_prompt: int = Field(2, ge=1, description="Most pairs per prompt.")
+    max_similarity: float = Field(0.95, gt=0, le=1, description="Drop pairs whose two sides are at least this similar.")
+    seed: int = Field(0, description="Seed of source choice and corruptions.")
+
+
+class DPOConfig(TrainConfig):
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the pairs.")
+    beta: float = Field(0.1, gt=0, description="DPO temperature: strength of the pull towards the reference.")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "rpo"] = Field("sigmoid", description="Preference loss.")
+    rpo_alpha: float = Field(1.0, ge=0, description="Weight of the NLL term on chosen when loss_type is rpo.")
+    precompute_ref_log_probs: bool = Field(True, description="Compute reference log-probs once before training.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="Shape of the fresh DPO adapter.")
+
+
+class EvaluateConfig(Section):
+    models: list[str] = Field(default_factory=lambda: ["base", "sft", "dpo"], description="Models evaluated, one at a time.")
+    max_new_tokens: int = Field(256, ge=1, description="Longest eval answer.")
+    judge: bool = Field(False, description="Also compute a judge win-rate (positions swapped).")
+    lm_eval_tasks: list[str] = Field(default_factory=list, description="lm-eval-harness tasks (extra eval).")
+
+
+class PipelineConfig(Section):
+    name: str = Field("demo", description="Run name: the folder under runs/.")
+    seed: int = Field(0, description="Global seed.")
+    rounds: int = Field(1, ge=1, description="Self-training rounds; round r+1 starts from round r's DPO model.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Base model.")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Generation backend.")
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig, description="Prompt set.")
+    sample: SampleConfig = Field(default_factory=SampleConfig, description="Stage sample.")
+    sft_data: SFTDataConfig = Field(default_factory=SFTDataConfig, description="Stage sft-data.")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="Stage sft.")
+    pairs: PairsConfig = Field(default_factory=PairsConfig, description="Stage pairs.")
+    dpo: DPOConfig = Field(default_factory=DPOConfig, description="Stage dpo.")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Stage evaluate.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        match = _closest(name, preset_names())
+        hint = f"; did you mean {match!r}?" if match else ""
+        raise ConfigError(f"unknown preset {name!r}{hint}; presets: {', '.join(preset_names())}")
+    return path
+
+
+def load_config(
+    preset: str | None = None,
+    files: list[Path | str] = (),
+    overrides: list[str] = (),
+) -> PipelineConfig:
+    """Defaults, then the preset, then each YAML file, then `key.path=value` overrides."""
+    data: dict[str, Any] = {}
+    sources: list[str] = []
+    for path in ([preset_path(preset)] if preset else []) + [Path(f) for f in files]:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+        _deep_merge(data, loaded)
+        sources.append(str(path))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+        sources.append(f"--set {item}")
+    return validate_config(data, source=", ".join(sources) or "defaults")
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}:\n" + "\n".join(_describe(e) for e in exc.errors())) from None
+
+
+def dump_config(config: PipelineConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _describe(error: dict) -> str:
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        parent = _section_at(loc[:-1])
+        fields = list(parent.model_fields) if parent else []
+        match = _closest(loc[-1], fields)
+        hint = f"; did you mean {'.'.join(loc[:-1] + [match])!r}?" if match else ""
+        return f"  unknown key {key!r}{hint}"
+    return f"  {key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def _closest(word: str, options: list[str]) -> str | None:
+    match = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
+    return match[0] if match else None
+
+
+def _section_at(path: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = PipelineConfig
+    for part in path:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _deep_merge(into: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    for part in parts[:-1]:
+        data = data.setdefault(part, {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+    data[parts[-1]] = value

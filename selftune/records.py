@@ -1,0 +1,226 @@
+"""Record schemas (prompts, samples, SFT examples, preference pairs) and JSONL validation.
+
+Formats follow DESIGN.md and stay readable by TRL (conversational prompt/completion and
+prompt/chosen/rejected), LLaMA-Factory and Axolotl. Fields beyond the schema are kept.
+
+Every stage validates its input first. A bad file fails whole, before anything is written, with
+one line per problem in the form `file:line: field: problem`:
+
+    data/prompts.jsonl:3: messages[0].role: unknown value 'bot' (expected 'system', 'user', 'assistant')
+
+Usage:
+    from selftune.records import read_records
+    prompts = read_records("prompts.jsonl", "prompts")      # list[PromptRecord] or RecordError
+
+    selftune validate pairs.jsonl --kind pairs
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from selftune.errors import RecordError
+
+Role = Literal["system", "user", "assistant"]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Message(Record):
+    role: Role
+    content: str
+
+    @field_validator("content")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("empty text")
+        return value
+
+
+
+def message_text(messages: list[Message] | list[dict]) -> str:
+    """The text of a message list (contents joined by newlines)."""
+    return "\n".join(m["content"] if isinstance(m, dict) else m.content for m in messages)
+
+
+class Constraint(Record):
+    type: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class PromptRecord(Record):
+    id: str
+    messages: list[Message] = Field(min_length=1)
+    constraints: list[Constraint] = Field(default_factory=list)
+    split: Literal["train", "eval"] = "train"
+
+    @model_validator(mode="after")
+    def _ends_with_user(self):
+        if self.messages[-1].role != "user":
+            raise ValueError("the last message must have role 'user'")
+        return self
+
+
+class SampleRecord(Record):
+    prompt_id: str
+    model: str
+    completion: str
+    score: float = Field(ge=0, le=1)
+    checks: dict[str, Any] = Field(default_factory=dict)
+    sample_index: int = Field(ge=0)
+    seed: int | None = None
+
+
+class SFTRecord(Record):
+    id: str
+    prompt: list[Message] = Field(min_length=1)
+    completion: list[Message] = Field(min_length=1)
+
+    @field_validator("completion")
+    @classmethod
+    def _assistant_only(cls, value: list[Message]) -> list[Message]:
+        if any(m.role != "assistant" for m in value):
+            raise ValueError("completion messages must have role 'assistant'")
+        return value
+
+
+class PairRecord(Record):
+    id: str
+    prompt: list[Message] = Field(min_length=1)
+    chosen: list[Message] = Field(min_length=1)
+    rejected: list[Message] = Field(min_length=1)
+    negative_source: str
+    chosen_score: float | None = None
+    rejected_score: float | None = None
+
+    @model_validator(mode="after")
+    def _different(self):
+        if message_text(self.chosen).strip() == message_text(self.rejected).strip():
+            raise _FieldProblem("rejected", "identical to chosen")
+        return self
+
+
+class GenerateInput(Record):
+    """A row of `selftune generate --prompts`: an id and either raw text or chat messages."""
+
+    id: str
+    prompt: str | None = None
+    messages: list[Message] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise _FieldProblem("prompt", "give exactly one of 'prompt' (a string) or 'messages'")
+        if self.prompt is not None and not self.prompt.strip():
+            raise _FieldProblem("prompt", "empty text")
+        return self
+
+
+KINDS: dict[str, type[Record]] = {
+    "prompts": PromptRecord,
+    "samples": SampleRecord,
+    "sft": SFTRecord,
+    "pairs": PairRecord,
+    "generate": GenerateInput,
+}
+
+
+class _FieldProblem(ValueError):
+    """Raised inside a model validator to blame a named field rather than the whole record."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(problem)
+        self.field = field
+        self.problem = problem
+
+
+def _identity(kind: str, record: Record) -> tuple[str, Any]:
+    """The field that must be unique within a file, and its value."""
+    if kind == "samples":
+        return "sample_index", (record.prompt_id, record.sample_index)
+    return "id", record.id
+
+
+def read_records(path: Path | str, kind: str) -> list[Record]:
+    """Parse and validate a JSONL file; raise RecordError listing every bad line."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    schema = KINDS[kind]
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError([f"{path}: file not found"])
+    records: list[Record] = []
+    problems: list[str] = []
+    seen: dict[Any, int] = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                data = json.loads(line.rstrip("\n"))
+            except json.JSONDecodeError as exc:
+                problems.append(f"{where}: json: {exc.msg} at column {exc.colno}")
+                continue
+            if not isinstance(data, dict):
+                problems.append(f"{where}: record: expected a JSON object, got {type(data).__name__}")
+                continue
+            try:
+                record = schema.model_validate(data)
+            except ValidationError as exc:
+                problems.extend(f"{where}: {field}: {problem}" for field, problem in _explain(exc))
+                continue
+            field, key = _identity(kind, record)
+            if key in seen:
+                problems.append(f"{where}: {field}: duplicate {key!r} (first on line {seen[key]})")
+                continue
+            seen[key] = number
+            records.append(record)
+    if not records and not problems:
+        problems.append(f"{path}: file holds no records")
+    if problems:
+        raise RecordError(problems)
+    return records
+
+
+def _explain(exc: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for error in exc.errors():
+        context_error = (error.get("ctx") or {}).get("error")
+        if isinstance(context_error, _FieldProblem):
+            out.append((context_error.field, context_error.problem))
+            continue
+        field = _field_name(error["loc"]) or "record"
+        kind, given = error["type"], error.get("input")
+        if kind == "missing":
+            problem = "missing"
+        elif kind == "literal_error":
+            expected = error["ctx"]["expected"].replace(" or ", ", ")
+            problem = f"unknown value {given!r} (expected {expected})"
+        elif kind.endswith("_type"):
+            problem = f"expected {kind.removesuffix('_type').replace('_', ' ')}, got {type(given).__name__}"
+        elif kind == "too_short":
+            problem = "must not be empty"
+        elif kind == "value_error":
+            problem = str(context_error) if context_error else error["msg"]
+        else:
+            problem = error["msg"]
+        out.append((field, problem))
+    return out
+
+
+def _field_name(loc: tuple) -> str:
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            name += f".{part}" if name else str(part)
+    return name

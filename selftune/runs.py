@@ -1,0 +1,363 @@
+"""Run directory, stage manifests, lineage, atomic writes and the run lock.
+
+    runs/<name>/
+      config.yaml              resolved config of the whole run
+      .lock                    held by the one process writing this run
+      round-1/<stage>/         each stage writes only inside its own folder
+          manifest.json        written last: status, config hash, inputs and outputs with sha256,
+                               package versions, timings, metrics
+
+A stage finds its inputs through the upstream stage's manifest (`Run.output_of`), never by
+looking for the newest file. Outputs go to a temporary name and are renamed when complete, and the
+manifest is written after them, so a crash leaves no stage that looks complete.
+
+Usage:
+    run = Run("runs/demo")
+    with run.lock():
+        prompts = run.output_of("prompts", "prompts")          # path recorded upstream, verified
+        with run.stage("sample", config=cfg.sample, inputs={"prompts": prompts}) as stage:
+            with atomic_write(stage.dir / "samples.jsonl") as handle:
+                ...
+            stage.add_output("samples", stage.dir / "samples.jsonl")
+            stage.metrics["pass_rate"] = 0.61
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from pydantic import BaseModel, Field
+
+from selftune.errors import LineageError, RunLockedError
+
+MANIFEST = "manifest.json"
+_TRACKED_PACKAGES = ("selftune", "torch", "transformers", "peft", "trl", "accelerate", "datasets")
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashing and atomic writes
+# ---------------------------------------------------------------------------------------------
+
+
+def sha256_path(path: Path) -> str:
+    """sha256 of a file, or of a directory's relative file names and contents (sorted)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(path)
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\x00")
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def config_hash(config: BaseModel | dict | None) -> str:
+    """Stable hash of a stage's config (canonical JSON of its fields)."""
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else (config or {})
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _scratch_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
+    """Write to a temporary name beside `path`, then rename over it; an error leaves `path` as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = _scratch_name(path)
+    try:
+        with open(scratch, mode, encoding=None if "b" in mode else encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(scratch, path)
+    finally:
+        if scratch.exists():
+            scratch.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Fill a temporary directory, then swap it in for `path` (e.g. a saved model)."""
+    path = Path(path)
+    scratch = _scratch_name(path)
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        yield scratch
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(scratch, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    with atomic_write(path) as handle:
+        json.dump(data, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+
+
+def write_jsonl(path: Path, rows) -> int:
+    """Write rows (dicts or pydantic models) as JSONL atomically; returns the row count."""
+    count = 0
+    with atomic_write(path) as handle:
+        for row in rows:
+            data = row.model_dump(mode="json", exclude_none=True) if isinstance(row, BaseModel) else row
+            handle.write(json.dumps(data, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifests
+# ---------------------------------------------------------------------------------------------
+
+
+class FileRef(BaseModel):
+    path: str = Field(description="Path as recorded: relative to the run root when inside it.")
+    sha256: str
+
+
+class Manifest(BaseModel):
+    stage: str
+    round: int
+    status: Literal["complete", "failed"]
+    config_hash: str
+    inputs: dict[str, FileRef] = Field(default_factory=dict)
+    outputs: dict[str, FileRef] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    started_at: str
+    finished_at: str
+    seconds: float
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def read_manifest(stage_dir: Path) -> Manifest | None:
+    path = Path(stage_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    return Manifest.model_validate_json(path.read_text())
+
+
+@dataclass(frozen=True)
+class StageState:
+    valid: bool
+    reason: str  # why the stage must run again, or "up to date"
+
+
+def stage_state(
+    stage_dir: Path,
+    *,
+    config_hash: str,
+    inputs: dict[str, Path],
+    root: Path | None = None,
+) -> StageState:
+    """Is this stage complete and still valid for these inputs and this config?
+
+    Valid means: a manifest with status complete, the same config hash, the same set of inputs
+    with unchanged sha256, and every recorded output still present with its recorded sha256.
+    """
+    manifest = read_manifest(stage_dir)
+    if manifest is None:
+        return StageState(False, "never completed (no manifest)")
+    if manifest.status != "complete":
+        return StageState(False, f"last attempt {manifest.status}: {manifest.error or 'unknown'}")
+    if manifest.config_hash != config_hash:
+        return StageState(False, "config changed")
+    if set(manifest.inputs) != set(inputs):
+        return StageState(False, f"inputs changed: {sorted(manifest.inputs)} -> {sorted(inputs)}")
+    for name, path in inputs.items():
+        if not Path(path).exists():
+            return StageState(False, f"input {name} missing: {path}")
+        if sha256_path(Path(path)) != manifest.inputs[name].sha256:
+            return StageState(False, f"input {name} changed: {path}")
+    base = Path(root) if root else Path(stage_dir)
+    for name, ref in manifest.outputs.items():
+        path = _resolve(base, ref.path)
+        if not path.exists():
+            return StageState(False, f"output {name} missing: {path}")
+        if sha256_path(path) != ref.sha256:
+            return StageState(False, f"output {name} modified since it was written: {path}")
+    return StageState(True, "up to date")
+
+
+def _resolve(root: Path, recorded: str) -> Path:
+    path = Path(recorded)
+    return path if path.is_absolute() else root / path
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs and stages
+# ---------------------------------------------------------------------------------------------
+
+
+class StageContext:
+    """Handed to a stage's body: where to write, and what to record in the manifest."""
+
+    def __init__(self, run: "Run", name: str, round: int, config_hash: str, inputs: dict[str, Path]):
+        self.run = run
+        self.name = name
+        self.round = round
+        self.dir = run.stage_dir(name, round)
+        self.config_hash = config_hash
+        self.inputs = inputs
+        self.outputs: dict[str, Path] = {}
+        self.metrics: dict[str, Any] = {}
+
+    def add_output(self, name: str, path: Path) -> Path:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"stage {self.name}: output {name} was not written: {path}")
+        self.outputs[name] = path
+        return path
+
+
+class Run:
+    """One run directory. All paths recorded in manifests are relative to `root` when inside it."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root).resolve()
+
+    def stage_dir(self, stage: str, round: int = 1) -> Path:
+        return self.root / f"round-{round}" / stage
+
+    def lock(self):
+        return RunLock(self.root)
+
+    def manifest(self, stage: str, round: int = 1) -> Manifest | None:
+        return read_manifest(self.stage_dir(stage, round))
+
+    def state(self, stage: str, *, config_hash: str, inputs: dict[str, Path], round: int = 1) -> StageState:
+        return stage_state(
+            self.stage_dir(stage, round), config_hash=config_hash, inputs=inputs, root=self.root
+        )
+
+    def output_of(self, stage: str, output: str, round: int = 1) -> Path:
+        """The path an upstream stage recorded for one of its outputs, checked against its sha256."""
+        manifest = self.manifest(stage, round)
+        where = f"{self.root.name}/round-{round}/{stage}"
+        if manifest is None or manifest.status != "complete":
+            raise LineageError(f"stage {where} has not completed: run it first")
+        if output not in manifest.outputs:
+            raise LineageError(
+                f"stage {where} recorded no output {output!r} (it has: {', '.join(manifest.outputs)})"
+            )
+        path = _resolve(self.root, manifest.outputs[output].path)
+        if not path.exists():
+            raise LineageError(f"output {output!r} of {where} is missing: {path}")
+        if sha256_path(path) != manifest.outputs[output].sha256:
+            raise LineageError(f"output {output!r} of {where} changed after it was recorded: {path}")
+        return path
+
+    def _record(self, path: Path) -> FileRef:
+        path = Path(path).resolve()
+        try:
+            shown = str(path.relative_to(self.root))
+        except ValueError:
+            shown = str(path)
+        return FileRef(path=shown, sha256=sha256_path(path))
+
+    @contextlib.contextmanager
+    def stage(
+        self,
+        name: str,
+        *,
+        config: BaseModel | dict | None,
+        inputs: dict[str, Path] | None = None,
+        round: int = 1,
+    ) -> Iterator[StageContext]:
+        """Run a stage's body; write its manifest last (complete), or as failed on an exception.
+
+        The old manifest is removed first, so a crash (even SIGKILL) mid-stage leaves the stage
+        incomplete rather than looking like the previous, now overwritten, result.
+        """
+        inputs = {k: Path(v) for k, v in (inputs or {}).items()}
+        context = StageContext(self, name, round, config_hash(config), inputs)
+        context.dir.mkdir(parents=True, exist_ok=True)
+        (context.dir / MANIFEST).unlink(missing_ok=True)
+        input_refs = {k: self._record(v) for k, v in inputs.items()}
+        started = time.time()
+        status, error = "complete", None
+        try:
+            yield context
+        except BaseException as exc:  # KeyboardInterrupt too: the manifest says why it stopped
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            finished = time.time()
+            manifest = Manifest(
+                stage=name,
+                round=round,
+                status=status,  # type: ignore[arg-type]
+                config_hash=context.config_hash,
+                inputs=input_refs,
+                outputs={k: self._record(v) for k, v in context.outputs.items()} if not error else {},
+                versions=package_versions(),
+                started_at=_iso(started),
+                finished_at=_iso(finished),
+                seconds=round_seconds(finished - started),
+                metrics=context.metrics,
+                error=error,
+            )
+            write_json(context.dir / MANIFEST, manifest.model_dump(mode="json"))
+
+
+def round_seconds(seconds: float) -> float:
+    return float(f"{seconds:.3f}")
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(timestamp))
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on a run directory (an OS file lock: freed if we die)."""
+
+    def __init__(self, root: Path):
+        from filelock import FileLock
+
+        self.path = Path(root) / ".lock"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(self.path), timeout=0)
+
+    def __enter__(self) -> "RunLock":
+        from filelock import Timeout
+
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise RunLockedError(
+                f"run {self.path.parent} is in use by another selftune process "
+                f"(lock {self.path}); wait for it to finish"
+            ) from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()

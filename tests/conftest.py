@@ -1,0 +1,91 @@
+"""Shared fixtures: a tiny random Llama-style model with the real SmolLM2 tokenizer.
+
+The tokenizer is read from the embedded GGUF once per test session; the model is built from a
+config with random weights (seeded), so every test runs in seconds without network access.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own SELFTUNE_HOME unless it asks for the shared converted builtin."""
+    if "SELFTUNE_TEST_KEEP_HOME" not in os.environ:
+        monkeypatch.setenv("SELFTUNE_HOME", str(tmp_path_factory.mktemp("home")))
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer_dir(tmp_path_factory) -> Path:
+    """The real SmolLM2 tokenizer (BPE, ChatML template), saved as a plain HF tokenizer folder."""
+    from transformers import AutoTokenizer
+
+    from selftune.models import builtin_gguf_path
+
+    gguf = builtin_gguf_path("smollm2-135m-instruct")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    out = tmp_path_factory.mktemp("smollm-tokenizer")
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_tiny_model(out: Path, tokenizer_dir: Path, *, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    """A random Llama-style checkpoint with the SmolLM2 vocabulary, saved as safetensors."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm_tokenizer_dir) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), smollm_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def builtin_home(tmp_path_factory) -> Path:
+    """A SELFTUNE_HOME holding the converted embedded model (converted once per session)."""
+    home = tmp_path_factory.mktemp("builtin-home")
+    previous = os.environ.get("SELFTUNE_HOME")
+    os.environ["SELFTUNE_HOME"] = str(home)
+    try:
+        from selftune.models import resolve_model_path
+
+        resolve_model_path("builtin:smollm2-135m-instruct")
+    finally:
+        if previous is None:
+            os.environ.pop("SELFTUNE_HOME", None)
+        else:
+            os.environ["SELFTUNE_HOME"] = previous
+    return home
+
+
+CHAT_PROMPTS = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "Write a haiku about the sea, all in lowercase letters please."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name three colors."}],
+    [{"role": "user", "content": "What is 2 + 2? Explain your reasoning step by step in detail."}],
+    "Instruction: say hello\nResponse:",
+]

@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from selftune.generation import HFGenerator, SamplingParams
+from selftune.models import load_model, load_tokenizer
+from tests.conftest import CHAT_PROMPTS
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    model = load_model(str(tiny_model_dir), dtype="float32")
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    return model, tokenizer
+
+
+def texts(results):
+    return [[c.text for c in completions] for completions in results]
+
+
+def test_greedy_batch_equals_one_at_a_time(tiny):
+    model, tokenizer = tiny
+    params = SamplingParams(max_new_tokens=12)
+    batched = HFGenerator(model, tokenizer, batch_size=8).generate(CHAT_PROMPTS, params)
+    alone = [HFGenerator(model, tokenizer, batch_size=1).generate([p], params)[0] for p in CHAT_PROMPTS]
+    assert texts(batched) == texts(alone)
+    assert [c[0].completion_tokens for c in batched] == [c[0].completion_tokens for c in alone]
+    # Prompts of different lengths really were padded together: the test would be empty otherwise.
+    lengths = {c[0].prompt_tokens for c in batched}
+    assert len(lengths) > 1
+
+
+def test_sampling_is_reproducible_and_batch_independent(tiny):
+    model, tokenizer = tiny
+    params = SamplingParams(n=3, temperature=1.0, top_p=0.9, max_new_tokens=10, seed=7)
+    first = HFGenerator(model, tokenizer, batch_size=16).generate(CHAT_PROMPTS, params)
+    again = HFGenerator(model, tokenizer, batch_size=16).generate(CHAT_PROMPTS, params)
+    assert texts(first) == texts(again)
+    # Other batch sizes and another prompt order give each (prompt, sample) the same answer.
+    reordered = HFGenerator(model, tokenizer, batch_size=3).generate(CHAT_PROMPTS[::-1], params)
+    assert texts(reordered)[::-1] == texts(first)
+    # Samples differ from each other, and another seed gives other answers.
+    assert len(set(texts(first)[1])) > 1
+    other = HFGenerator(model, tokenizer, batch_size=16).generate(CHAT_PROMPTS, SamplingParams(**{**params.__dict__, "seed": 8}))
+    assert texts(other) != texts(first)
+    assert all(c.seed is not None for row in first for c in row)
+
+
+def test_finish_reason_stop_and_length(tiny):
+    model, tokenizer = tiny
+    prompt = [CHAT_PROMPTS[1]]
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=3)
+    [[free]] = HFGenerator(model, tokenizer, batch_size=4).generate(prompt, params)
+    assert free.finish_reason == "length" and free.completion_tokens == 10
+    # Declare a token the model wrote as a stop token: the same sampled answer must end there.
+    new = tokenizer(free.text, add_special_tokens=False)["input_ids"]
+    stop_at = next(k for k in range(1, len(new)) if new[k] not in new[:k])
+    stopping = HFGenerator(model, tokenizer, batch_size=4, stop_ids=[new[stop_at]])
+    [[stopped]] = stopping.generate(prompt, params)
+    assert stopped.finish_reason == "stop"
+    assert stopped.completion_tokens == stop_at + 1
+    assert stopped.text == tokenizer.decode(new[:stop_at], skip_special_tokens=True)
+
+
+def test_stop_ids_include_chat_end_of_turn(tiny):
+    _, tokenizer = tiny
+    generator = HFGenerator(None, tokenizer)
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in generator.stop_ids
+
+
+def test_sampling_params_are_checked():
+    with pytest.raises(ValueError):
+        SamplingParams(n=0)
+    with pytest.raises(ValueError):
+        SamplingParams(top_p=0)
