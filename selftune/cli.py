@@ -138,7 +138,7 @@ def validate(
     from selftune.records import read_records
 
     records = read_records(file, kind)
-    console.print(f"{file}: {len(records)} valid {kind} records")
+    console.print(f"{file}: {len(records)} valid {kind} records", soft_wrap=True)
 
 
 @config_app.command("show", epilog="Example: `selftune config show --preset recipe-32b --set dpo.beta=0.2`")

@@ -225,7 +225,11 @@ def _describe(error: dict) -> str:
 
 def _closest(word: str, options: list[str]) -> str | None:
     match = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
-    return match[0] if match else None
+    if match:
+        return match[0]
+    # Abbreviations and long forms ('rank' for 'r', 'lr' for 'learning_rate') share a prefix.
+    prefixed = [o for o in options if word.startswith(o) or o.startswith(word)]
+    return min(prefixed, key=len) if prefixed else None
 
 
 def _section_at(path: list[str]) -> type[BaseModel] | None:

@@ -64,7 +64,7 @@ class PromptRecord(Record):
     @model_validator(mode="after")
     def _ends_with_user(self):
         if self.messages[-1].role != "user":
-            raise ValueError("the last message must have role 'user'")
+            raise _FieldProblem("messages", "the last message must have role 'user'")
         return self
 
 

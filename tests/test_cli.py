@@ -1,0 +1,82 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from selftune.cli import app
+
+runner = CliRunner()
+COMMANDS = ["generate", "validate", "doctor", "config"]
+
+
+def test_help_lists_every_command():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in COMMANDS:
+        assert name in result.output
+
+
+@pytest.mark.parametrize("command", [["generate"], ["validate"], ["doctor"], ["config", "show"], ["config", "presets"]])
+def test_each_command_help_ends_with_an_example(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    marker = "Example: selftune " + command[0]
+    assert marker in result.output
+    tail = result.output[result.output.rindex(marker):]
+    assert "Show this message" not in tail and "─" not in tail  # nothing follows the example
+
+
+def test_generate_writes_one_row_per_answer(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        json.dumps({"id": "chat", "messages": [{"role": "user", "content": "Hi there"}]}) + "\n"
+        + json.dumps({"id": "raw", "prompt": "Instruction: add 2 and 2\nResponse:"}) + "\n"
+    )
+    out = tmp_path / "out" / "answers.jsonl"
+    result = runner.invoke(
+        app,
+        ["generate", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--out", str(out),
+         "-n", "2", "--temperature", "0.9", "--max-new-tokens", "6", "--dtype", "float32"],
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["id"], r["sample_index"]) for r in rows] == [("chat", 0), ("chat", 1), ("raw", 0), ("raw", 1)]
+    for row in rows:
+        assert set(row) >= {"id", "response", "model", "finish_reason", "prompt_tokens", "completion_tokens"}
+        assert row["finish_reason"] in ("stop", "length") and row["completion_tokens"] <= 6
+        assert row["model"] == str(tiny_model_dir)
+
+
+def test_generate_rejects_bad_prompt_file_before_loading(tmp_path):
+    from selftune.errors import RecordError
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "x", "messages": [{"role": "robot", "content": "hi"}]}\n')
+    out = tmp_path / "answers.jsonl"
+    result = runner.invoke(app, ["generate", "--model", "no-such-dir/x/y", "--prompts", str(prompts), "--out", str(out)])
+    assert isinstance(result.exception, RecordError)
+    assert f"{prompts}:1: messages[0].role: unknown value 'robot'" in str(result.exception)
+    assert not out.exists()
+
+
+def test_validate_and_config_show(tmp_path):
+    good = tmp_path / "sft.jsonl"
+    good.write_text(json.dumps({"id": "a", "prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": "a"}]}) + "\n")
+    result = runner.invoke(app, ["validate", str(good), "--kind", "sft"])
+    assert result.exit_code == 0 and "1 valid sft records" in result.output
+    result = runner.invoke(app, ["config", "show", "--preset", "recipe-32b"])
+    assert result.exit_code == 0 and "beta: 0.1" in result.output and "learning_rate: 5.0e-06" in result.output
+
+
+def test_main_prints_errors_for_people(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from selftune import cli
+
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text("{}\n")
+    monkeypatch.setattr(sys, "argv", ["selftune", "validate", str(bad), "--kind", "pairs"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1
+    assert f"{bad}:1: id: missing" in capsys.readouterr().err

@@ -1,0 +1,68 @@
+import pytest
+from pydantic import BaseModel
+
+from selftune.config import PipelineConfig, load_config, preset_names
+from selftune.errors import ConfigError
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path):
+    path = tmp_path / "my.yaml"
+    path.write_text("sft:\n  learnig_rate: 1.0e-4\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(files=[path])
+    assert "unknown key 'sft.learnig_rate'; did you mean 'sft.learning_rate'?" in str(caught.value)
+    assert str(path) in str(caught.value)
+
+
+def test_unknown_top_level_key_and_nested_section():
+    with pytest.raises(ConfigError, match="unknown key 'rouds'; did you mean 'rounds'"):
+        load_config(overrides=["rouds=2"])
+    with pytest.raises(ConfigError, match="unknown key 'dpo.lora.rank'; did you mean 'dpo.lora.r'"):
+        load_config(overrides=["dpo.lora.rank=8"])
+
+
+def test_bad_value_names_the_key():
+    with pytest.raises(ConfigError, match="sample.k"):
+        load_config(overrides=["sample.k=0"])
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_shipped_preset_loads(name):
+    cfg = load_config(preset=name)
+    assert cfg.name == name
+
+
+def test_presets_cover_the_documented_ones():
+    assert {"tiny", "demo", "recipe-32b"} <= set(preset_names())
+
+
+def test_recipe_32b_carries_the_reviewed_dpo_settings():
+    cfg = load_config(preset="recipe-32b")
+    assert cfg.dpo.learning_rate == 5e-6 and cfg.dpo.beta == 0.1
+    assert cfg.dpo.per_device_batch_size * cfg.dpo.gradient_accumulation == 4
+    assert cfg.model.load_in_4bit and cfg.dpo.gradient_checkpointing and cfg.generation.backend == "vllm"
+
+
+def test_overrides_apply_in_order(tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text("dpo:\n  beta: 0.3\n")
+    assert load_config("tiny", [path]).dpo.beta == 0.3
+    assert load_config("tiny", [path], ["dpo.beta=0.5"]).dpo.beta == 0.5
+
+
+def _sections(model: type[BaseModel], seen=None):
+    seen = seen if seen is not None else set()
+    if model in seen:
+        return seen
+    seen.add(model)
+    for field in model.model_fields.values():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            _sections(field.annotation, seen)
+    return seen
+
+
+def test_every_field_has_a_default_and_a_description():
+    for section in _sections(PipelineConfig):
+        for name, field in section.model_fields.items():
+            assert field.description, f"{section.__name__}.{name} has no description"
+            assert not field.is_required(), f"{section.__name__}.{name} has no default"

@@ -1,0 +1,126 @@
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from selftune.errors import LineageError
+from selftune.runs import Run, atomic_write, config_hash, read_manifest
+
+
+def complete_stage(run, tmp_path, cfg=None):
+    prompts = tmp_path / "prompts.jsonl"
+    if not prompts.exists():
+        prompts.write_text('{"id": "a"}\n')
+    with run.stage("sample", config=cfg or {"k": 4}, inputs={"prompts": prompts}) as stage:
+        out = stage.dir / "samples.jsonl"
+        with atomic_write(out) as handle:
+            handle.write('{"prompt_id": "a"}\n')
+        stage.add_output("samples", out)
+        stage.metrics["rows"] = 1
+    return prompts
+
+
+def test_complete_stage_is_valid_until_an_input_changes(tmp_path):
+    run = Run(tmp_path / "run")
+    prompts = complete_stage(run, tmp_path)
+    state = run.state("sample", config_hash=config_hash({"k": 4}), inputs={"prompts": prompts})
+    assert state.valid, state.reason
+    manifest = run.manifest("sample")
+    assert manifest.outputs["samples"].path == "round-1/sample/samples.jsonl"
+    assert manifest.metrics == {"rows": 1} and "torch" in manifest.versions
+
+    prompts.write_text('{"id": "b"}\n')
+    state = run.state("sample", config_hash=config_hash({"k": 4}), inputs={"prompts": prompts})
+    assert not state.valid and state.reason.startswith("input prompts changed")
+
+
+def test_config_change_and_modified_output_make_stage_stale(tmp_path):
+    run = Run(tmp_path / "run")
+    prompts = complete_stage(run, tmp_path)
+    state = run.state("sample", config_hash=config_hash({"k": 8}), inputs={"prompts": prompts})
+    assert (state.valid, state.reason) == (False, "config changed")
+    (run.stage_dir("sample") / "samples.jsonl").write_text("tampered\n")
+    state = run.state("sample", config_hash=config_hash({"k": 4}), inputs={"prompts": prompts})
+    assert not state.valid and "modified" in state.reason
+    with pytest.raises(LineageError, match="changed after it was recorded"):
+        run.output_of("sample", "samples")
+
+
+def test_exception_after_outputs_leaves_stage_incomplete(tmp_path):
+    run = Run(tmp_path / "run")
+    prompts = complete_stage(run, tmp_path)
+    with pytest.raises(RuntimeError):
+        with run.stage("sample", config={"k": 4}, inputs={"prompts": prompts}) as stage:
+            out = stage.dir / "samples.jsonl"
+            with atomic_write(out) as handle:
+                handle.write("new\n")
+            stage.add_output("samples", out)
+            raise RuntimeError("crash before the manifest")
+    assert read_manifest(run.stage_dir("sample")).status == "failed"
+    assert not run.state("sample", config_hash=config_hash({"k": 4}), inputs={"prompts": prompts}).valid
+    with pytest.raises(LineageError, match="has not completed"):
+        run.output_of("sample", "samples")
+
+
+def test_sigkill_between_outputs_and_manifest_leaves_no_complete_stage(tmp_path):
+    run = Run(tmp_path / "run")
+    prompts = complete_stage(run, tmp_path)  # an earlier complete result exists
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from selftune.runs import Run, atomic_write
+        run = Run({str(tmp_path / 'run')!r})
+        with run.stage("sample", config={{"k": 4}}, inputs={{"prompts": {str(prompts)!r}}}) as stage:
+            with atomic_write(stage.dir / "samples.jsonl") as handle:
+                handle.write("half\\n")
+            stage.add_output("samples", stage.dir / "samples.jsonl")
+            os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script])
+    assert result.returncode == -9
+    assert read_manifest(run.stage_dir("sample")) is None
+    state = run.state("sample", config_hash=config_hash({"k": 4}), inputs={"prompts": prompts})
+    assert (state.valid, state.reason) == (False, "never completed (no manifest)")
+
+
+def test_atomic_write_keeps_old_file_on_error(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_text("old\n")
+    with pytest.raises(ValueError):
+        with atomic_write(path) as handle:
+            handle.write("partial")
+            raise ValueError("boom")
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def test_second_process_cannot_take_the_lock(tmp_path):
+    run = Run(tmp_path / "run")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from selftune.errors import RunLockedError
+        from selftune.runs import Run
+        try:
+            with Run({str(tmp_path / 'run')!r}).lock():
+                sys.exit(0)
+        except RunLockedError as exc:
+            print(exc)
+            sys.exit(3)
+        """
+    )
+    with run.lock():
+        held = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert held.returncode == 3 and "in use by another selftune process" in held.stdout
+    free = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert free.returncode == 0
+
+
+def test_output_of_names_missing_output(tmp_path):
+    run = Run(tmp_path / "run")
+    complete_stage(run, tmp_path)
+    with pytest.raises(LineageError, match="recorded no output 'pairs'"):
+        run.output_of("sample", "pairs")
+    assert run.output_of("sample", "samples") == run.stage_dir("sample") / "samples.jsonl"
