@@ -30,7 +30,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/selftune generate --model builtin:smollm2-135m-instruct --prompts examples/prompts.jsonl --out runs/demo-generate.jsonl --max-new-tokens 96
+	$(VENV)/bin/selftune generate --model builtin:smollm2-135m-instruct --prompts examples/prompts.jsonl --out runs/demo-generate.jsonl --max-new-tokens 96 --show
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q
