@@ -80,3 +80,23 @@ def test_main_prints_errors_for_people(tmp_path, capsys, monkeypatch):
         cli.main()
     assert exit_info.value.code == 1
     assert f"{bad}:1: id: missing" in capsys.readouterr().err
+
+
+def test_doctor_reports_measured_dtype_speed_and_cache():
+    result = runner.invoke(app, ["doctor"], terminal_width=200)
+    assert result.exit_code == 0
+    for item in ("torch", "matmul 512x512", "GFLOP/s", "SELFTUNE_HOME", "GiB free", "vllm"):
+        assert item in result.output
+
+
+def test_vllm_backend_without_vllm_names_the_extra(tiny_model_dir, monkeypatch):
+    import importlib.util
+
+    from selftune.errors import MissingExtraError
+    from selftune.generation import open_generator
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(MissingExtraError, match=r"pip install 'selftune\[vllm\]'"):
+        with open_generator(str(tiny_model_dir), backend="vllm"):
+            pass
