@@ -29,6 +29,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True, rich_markup_mode="markdown")
 app.add_typer(config_app, name="config")
+prompts_app = typer.Typer(help="Build or import the prompt set.", no_args_is_help=True, rich_markup_mode="markdown")
+app.add_typer(prompts_app, name="prompts")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -175,6 +177,112 @@ def doctor():
     for item, finding in collect():
         table.add_row(item, escape(finding))
     console.print(table)
+
+
+RunOption = typer.Option(..., "--run", help="Run directory (e.g. runs/demo).")
+PresetOption = typer.Option(None, "--preset", help="Preset name: tiny, demo, recipe-32b.")
+ConfigOption = typer.Option([], "--config", help="YAML override files, applied in order.")
+SetOption = typer.Option([], "--set", help="key.path=value overrides, applied last.")
+
+
+def open_run(run_dir: Path, preset: Optional[str], files: list[Path], sets: list[str]):
+    """The run and its config: the run's saved config.yaml unless options are given, in which
+    case they are resolved and saved as the run's config."""
+    from selftune.config import dump_config, load_config
+    from selftune.runs import Run, atomic_write
+
+    run = Run(run_dir)
+    saved = run.root / "config.yaml"
+    if saved.is_file() and not (preset or files or sets):
+        return run, load_config(files=[saved])
+    if saved.is_file() and not preset:
+        cfg = load_config(files=[saved, *files], overrides=sets)
+    else:
+        cfg = load_config(preset, files, sets)
+    run.root.mkdir(parents=True, exist_ok=True)
+    with atomic_write(saved) as handle:
+        handle.write(dump_config(cfg))
+    return run, cfg
+
+
+@prompts_app.command("build", epilog="Example: `selftune prompts build --run runs/demo --preset demo`")
+def prompts_build(
+    run_dir: Path = RunOption,
+    source: Optional[Path] = typer.Option(None, "--source", help="Import prompts from this file instead of the built-in set."),
+    preset: Optional[str] = PresetOption,
+    config: list[Path] = ConfigOption,
+    set_: list[str] = SetOption,
+):
+    """Write the run's prompts: the built-in tasks x constraints set (train + held-out eval), or imported ones."""
+    from selftune.prompts import prompts_stage
+
+    run, cfg = open_run(run_dir, preset, config, set_)
+    with run.lock():
+        out = prompts_stage(run, cfg, source=source)
+    metrics = run.manifest("prompts").metrics
+    console.print(f"wrote {metrics['train']} train and {metrics['eval']} eval prompts to {out}", soft_wrap=True)
+
+
+@app.command(epilog="Example: `selftune sample --run runs/demo`")
+def sample(
+    run_dir: Path = RunOption,
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file; default: the run's prompts stage output."),
+    model: Optional[str] = typer.Option(None, "--model", help="Policy spec; default: the config's model."),
+    round: int = typer.Option(1, "--round", help="Round number."),
+    preset: Optional[str] = PresetOption,
+    config: list[Path] = ConfigOption,
+    set_: list[str] = SetOption,
+):
+    """The policy writes K answers per train prompt; each is scored. Prints the yield per constraint type."""
+    from selftune.sample import sample_stage
+
+    run, cfg = open_run(run_dir, preset, config, set_)
+    with run.lock():
+        prompt_count = None
+        if prompts is None:
+            from selftune.records import read_records
+
+            prompt_count = sum(r.split == "train" for r in read_records(run.output_of("prompts", "prompts"), "prompts"))
+        with GenerationProgress(prompt_count or 0, "sampling") as progress:
+            out = sample_stage(run, cfg, round=round, prompts_path=prompts, policy=model, progress=progress)
+    print_yield(run.manifest("sample", round).metrics)
+    console.print(f"samples: {out}", soft_wrap=True)
+
+
+def print_yield(metrics: dict) -> None:
+    table = Table("constraint type", "checks", "pass rate", title="sample pass rate per constraint type")
+    for name, rate in metrics["pass_rate_by_type"].items():
+        table.add_row(name, str(metrics["checks_by_type"][name]), f"{rate:.1%}")
+    console.print(table)
+    console.print(
+        f"prompts {metrics['prompts']}, samples {metrics['samples']}, sample pass rate "
+        f"{metrics['sample_pass_rate']:.1%}, yield (prompts with a passing sample) {metrics['yield']:.1%}; "
+        f"best score per prompt: {metrics['best_score_distribution']}"
+    )
+
+
+@app.command("sft-data", epilog="Example: `selftune sft-data --run runs/demo`")
+def sft_data(
+    run_dir: Path = RunOption,
+    samples: Optional[Path] = typer.Option(None, "--samples", help="Samples file; default: the run's sample stage output."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file; default: the run's prompts stage output."),
+    round: int = typer.Option(1, "--round", help="Round number."),
+    preset: Optional[str] = PresetOption,
+    config: list[Path] = ConfigOption,
+    set_: list[str] = SetOption,
+):
+    """Keep the best passing sample per prompt as an SFT example (TRL prompt/completion format)."""
+    from selftune.sft_data import sft_data_stage
+
+    run, cfg = open_run(run_dir, preset, config, set_)
+    with run.lock():
+        out = sft_data_stage(run, cfg, round=round, samples_path=samples, prompts_path=prompts)
+    m = run.manifest("sft-data", round).metrics
+    console.print(
+        f"{m['examples']} SFT examples from {m['prompts']} prompts (yield {m['yield']:.1%}; "
+        f"{m['no_passing']} without a passing sample, {m['duplicates_dropped']} duplicates dropped): {out}",
+        soft_wrap=True,
+    )
 
 
 def main() -> None:

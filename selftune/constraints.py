@@ -264,7 +264,7 @@ _TYPES = [
                    whole_answer=True),
     ConstraintType("quoted", NoParams, lambda p: "Wrap your entire answer in double quotation marks.", _quoted,
                    conflicts=frozenset({"end_phrase", "postscript", "start_phrase", "first_word", "title"})),
-    ConstraintType("end_phrase", PhraseParams, lambda p: f"Finish your answer with this exact phrase: \"{p.phrase}\". No other words should follow it.", _end_phrase,
+    ConstraintType("end_phrase", PhraseParams, lambda p: f"Finish your answer with the exact phrase \"{p.phrase}\" and write nothing after it.", _end_phrase,
                    pools={"phrase": {"train": ["Is there anything else I can help with?", "That is all.", "Thank you for reading."],
                                      "eval": ["Let me know if you have additional questions.", "Hope this helps."]}},
                    conflicts=frozenset({"postscript", "quoted"})),

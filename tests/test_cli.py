@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 from selftune.cli import app
 
 runner = CliRunner()
-COMMANDS = ["generate", "validate", "doctor", "config"]
+COMMANDS = ["generate", "validate", "doctor", "config", "prompts", "sample", "sft-data"]
 
 
 def test_help_lists_every_command():
@@ -16,7 +16,8 @@ def test_help_lists_every_command():
         assert name in result.output
 
 
-@pytest.mark.parametrize("command", [["generate"], ["validate"], ["doctor"], ["config", "show"], ["config", "presets"]])
+@pytest.mark.parametrize("command", [["generate"], ["validate"], ["doctor"], ["config", "show"], ["config", "presets"],
+                                     ["prompts", "build"], ["sample"], ["sft-data"]])
 def test_each_command_help_ends_with_an_example(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
@@ -100,3 +101,22 @@ def test_vllm_backend_without_vllm_names_the_extra(tiny_model_dir, monkeypatch):
     with pytest.raises(MissingExtraError, match=r"pip install 'selftune\[vllm\]'"):
         with open_generator(str(tiny_model_dir), backend="vllm"):
             pass
+
+
+def test_data_commands_through_the_run_lineage(tmp_path, tiny_model_dir):
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["prompts", "build", "--run", str(run_dir), "--preset", "tiny",
+                                 "--set", f"model.spec={tiny_model_dir}"])
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "config.yaml").is_file()
+    result = runner.invoke(app, ["sample", "--run", str(run_dir)])  # config comes from the run
+    assert result.exit_code == 0, result.output
+    assert "sample pass rate per constraint type" in result.output
+    samples = run_dir / "round-1" / "sample" / "samples.jsonl"
+    assert len(samples.read_text().splitlines()) == 12 * 2
+    result = runner.invoke(app, ["sft-data", "--run", str(run_dir)])
+    # A random tiny model rarely passes; either outcome must be reported, not crash silently.
+    if result.exit_code == 0:
+        assert (run_dir / "round-1" / "sft-data" / "sft.jsonl").is_file()
+    else:
+        assert "nothing to train on" in str(result.exception)

@@ -1,0 +1,167 @@
+"""The built-in prompt set (tasks x verifiable constraints) and import of user prompts.
+
+Built-in prompts pair a writing task with 1 to `max_constraints` compatible constraints. The set
+is a pure function of its seed. The `eval` split is held out twice over:
+
+- its tasks use topics and task forms that never occur in `train` (`TOPICS` and `FORMS` are split);
+- its constraint parameters come from the `eval` value pools of each type (other word counts,
+  keywords, phrases, letters...), so a model cannot pass eval by memorising train values.
+
+Usage:
+    from selftune.prompts import build_prompts, import_prompts
+    records = build_prompts(n_train=300, n_eval=100, seed=0)
+    records = import_prompts("my_prompts.jsonl")        # JSONL, or anything datasets can read
+
+    selftune prompts build --run runs/demo
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from selftune.constraints import CONSTRAINTS, compatible, describe
+from selftune.errors import RecordError
+from selftune.records import PromptRecord, read_records
+
+FORMS = {
+    "train": [
+        "Write a short blog post about {}.",
+        "Explain {} to a ten-year-old.",
+        "Write a brief product description for something related to {}.",
+        "Describe a day spent thinking about {}.",
+        "Give advice to someone who wants to learn about {}.",
+        "Write a short story that involves {}.",
+        "Write an email to a friend about {}.",
+        "List some interesting facts about {}.",
+    ],
+    "eval": [
+        "Write a short speech about {}.",
+        "Write a diary entry about {}.",
+        "Summarize why people care about {}.",
+    ],
+}
+TOPICS = {
+    "train": [
+        "the ocean", "coffee", "mountains", "city parks", "trains", "rainy days", "gardening",
+        "the moon", "bicycles", "libraries", "chess", "bread baking", "owls", "volcanoes",
+        "music lessons", "recycling", "deserts", "honey bees", "old maps", "camping",
+        "winter mornings", "street food", "lighthouses", "paper airplanes", "museums",
+        "rivers", "board games", "clocks", "forests", "birthdays", "the internet", "snow",
+        "kites", "farmers markets", "penguins", "space travel", "friendship", "tea",
+        "photography", "sunflowers",
+    ],
+    "eval": [
+        "bridges", "thunderstorms", "dolphins", "public transport", "origami", "glaciers",
+        "marathons", "typewriters", "coral reefs", "autumn leaves", "robots", "violins",
+        "hot air balloons", "caves", "postcards", "windmills", "jellyfish", "sandcastles",
+        "fireflies", "submarines", "vineyards", "puzzles", "comets", "harbors", "kayaking",
+        "waterfalls", "tigers", "soap bubbles", "telescopes", "pottery", "the arctic", "canals",
+        "skyscrapers", "pinecones", "rainbows",
+    ],
+}
+# How many constraints a prompt gets: mostly one, so a small model still passes often enough for
+# rejection sampling to keep data; harder combinations are rarer.
+CONSTRAINT_COUNT_WEIGHTS = {1: 0.6, 2: 0.3, 3: 0.1}
+
+
+def _draw_constraints(rng: random.Random, split: str, count: int) -> list[dict]:
+    names: list[str] = []
+    for _ in range(count):
+        options = [n for n in CONSTRAINTS if compatible(names, n)]
+        if not options:
+            break
+        names.append(rng.choice(options))
+    return [{"type": n, "kwargs": CONSTRAINTS[n].sample_kwargs(rng, split)} for n in names]
+
+
+def build_prompts(n_train: int = 300, n_eval: int = 100, max_constraints: int = 2, seed: int = 0) -> list[PromptRecord]:
+    """Deterministic train and eval prompts (see the module docstring for how eval is held out)."""
+    rng = random.Random(seed)
+    counts = [c for c in CONSTRAINT_COUNT_WEIGHTS if c <= max_constraints]
+    weights = [CONSTRAINT_COUNT_WEIGHTS[c] for c in counts]
+    records = []
+    for split, total in (("train", n_train), ("eval", n_eval)):
+        tasks = [form.format(topic) for form in FORMS[split] for topic in TOPICS[split]]
+        rng.shuffle(tasks)
+        for i in range(total):
+            task = tasks[i % len(tasks)]
+            constraints = _draw_constraints(rng, split, rng.choices(counts, weights)[0])
+            text = " ".join([task] + [describe(c["type"], c["kwargs"]) for c in constraints])
+            records.append(
+                PromptRecord(
+                    id=f"{split}-{i:04d}",
+                    messages=[{"role": "user", "content": text}],
+                    constraints=constraints,
+                    split=split,
+                )
+            )
+    return records
+
+
+def import_prompts(path: Path | str, split: str = "train") -> list[PromptRecord]:
+    """User prompts: selftune JSONL (validated), or any file `datasets.load_dataset` reads whose
+    rows have `messages`, `prompt` or `instruction` (and optionally `id`, `constraints`)."""
+    path = Path(path)
+    if path.suffix == ".jsonl" and _looks_like_prompt_records(path):
+        return [r for r in read_records(path, "prompts")]  # type: ignore[misc]
+    import datasets
+
+    builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix)
+    dataset = datasets.load_dataset(builder, data_files=str(path), split="train") if builder else datasets.load_from_disk(str(path))
+    records, problems = [], []
+    for number, row in enumerate(dataset, start=1):
+        where = f"{path}:{number}"
+        if row.get("messages"):
+            messages = row["messages"]
+        elif row.get("prompt") or row.get("instruction"):
+            messages = [{"role": "user", "content": row.get("prompt") or row.get("instruction")}]
+        else:
+            problems.append(f"{where}: prompt: missing (need 'messages', 'prompt' or 'instruction')")
+            continue
+        records.append(
+            PromptRecord(
+                id=str(row.get("id") or f"{split}-{number:05d}"),
+                messages=messages,
+                constraints=row.get("constraints") or [],
+                split=row.get("split") or split,
+            )
+        )
+    if problems:
+        raise RecordError(problems)
+    return records
+
+
+def _looks_like_prompt_records(path: Path) -> bool:
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                try:
+                    return "messages" in json.loads(line) and "id" in json.loads(line)
+                except ValueError:
+                    return True  # let the validator name the broken line
+    return True
+
+
+def prompts_stage(run, cfg, *, source: Path | None = None) -> Path:
+    """Stage `prompts`: write the run's prompt set (built-in, or imported from `source` /
+    `cfg.prompts.source`) to round-1/prompts/prompts.jsonl."""
+    from selftune.runs import write_jsonl
+
+    source = Path(source) if source else (None if cfg.prompts.source == "builtin" else Path(cfg.prompts.source))
+    inputs = {"source": source} if source else {}
+    with run.stage("prompts", config=cfg.prompts, inputs=inputs) as stage:
+        if source:
+            records = import_prompts(source)
+        else:
+            p = cfg.prompts
+            records = build_prompts(p.n_train, p.n_eval, p.max_constraints, p.seed)
+        out = stage.dir / "prompts.jsonl"
+        write_jsonl(out, records)
+        stage.add_output("prompts", out)
+        stage.metrics.update(
+            train=sum(r.split == "train" for r in records),
+            eval=sum(r.split == "eval" for r in records),
+        )
+    return out

@@ -1,0 +1,148 @@
+"""Stage `sample`: the policy writes K answers per train prompt; a scorer checks each.
+
+In round 1 the policy is the base model, so the first SFT data is written by the real model
+(rejection sampling), never by templates. Output `samples.jsonl` (one row per answer) and a
+manifest with yield statistics: pass rate per constraint type, prompt-level pass rate, share of
+prompts with at least one passing answer, and the distribution of per-prompt best scores.
+
+Usage:
+    selftune sample --run runs/demo                 # prompts from the run's lineage
+    selftune sample --run runs/x --prompts p.jsonl --model path/to/model
+
+    from selftune.sample import sample_stage
+    path = sample_stage(run, cfg)                    # generator= to inject a mock in tests
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from pathlib import Path
+
+from selftune.errors import RecordError
+from selftune.generation import Generator, ProgressCallback, SamplingParams, open_generator
+from selftune.records import PromptRecord, SampleRecord, read_records
+from selftune.runs import write_jsonl
+from selftune.scoring import ConstraintScorer, JudgeScorer, RewardModelScorer, Scorer
+
+
+def make_scorer(cfg, generator: Generator | None):
+    """The configured scorer; a judge without its own model judges with `generator` (the policy)."""
+    scorer_cfg = cfg.sample.scorer
+    if scorer_cfg.kind == "constraints":
+        return contextlib.nullcontext(ConstraintScorer())
+    if scorer_cfg.kind == "judge":
+        if scorer_cfg.judge_model is None:
+            return contextlib.nullcontext(JudgeScorer(generator, samples=scorer_cfg.judge_samples,
+                                                      pass_threshold=scorer_cfg.pass_threshold))
+        return _judge_from(scorer_cfg, cfg)
+    return _reward_model_from(scorer_cfg, cfg)
+
+
+@contextlib.contextmanager
+def _judge_from(scorer_cfg, cfg):
+    with open_generator(scorer_cfg.judge_model, backend=cfg.generation.backend, dtype=cfg.model.dtype) as judge:
+        yield JudgeScorer(judge, samples=scorer_cfg.judge_samples, pass_threshold=scorer_cfg.pass_threshold)
+
+
+@contextlib.contextmanager
+def _reward_model_from(scorer_cfg, cfg):
+    from transformers import AutoModelForSequenceClassification
+
+    from selftune.models import load_tokenizer, resolve_model_path, unload
+
+    if not scorer_cfg.reward_model:
+        raise ValueError("scorer kind reward-model needs sample.scorer.reward_model")
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(scorer_cfg.reward_model), use_safetensors=True)
+    try:
+        yield RewardModelScorer(model.eval(), load_tokenizer(scorer_cfg.reward_model), pass_threshold=scorer_cfg.pass_threshold)
+    finally:
+        unload(model)
+
+
+def score_samples(prompts: list[PromptRecord], answers, scorer: Scorer, model_name: str) -> list[SampleRecord]:
+    rows = []
+    for prompt, completions in zip(prompts, answers):
+        results = scorer.score(prompt, [c.text for c in completions])
+        for completion, result in zip(completions, results):
+            rows.append(
+                SampleRecord(
+                    prompt_id=prompt.id, model=model_name, completion=completion.text,
+                    score=result.score, checks=result.checks, sample_index=completion.sample_index,
+                    seed=completion.seed, finish_reason=completion.finish_reason,
+                    completion_tokens=completion.completion_tokens,
+                )
+            )
+    return rows
+
+
+def yield_stats(prompts: list[PromptRecord], rows: list[SampleRecord], threshold: float = 1.0) -> dict:
+    """Pass rate per constraint type, prompt-level pass rate, yield and best-score distribution."""
+    by_type: dict[str, list[bool]] = defaultdict(list)
+    best: dict[str, float] = {}
+    passing: set[str] = set()
+    for row in rows:
+        for key, value in row.checks.items():
+            if isinstance(value, bool):
+                by_type[key.split("#")[0]].append(value)
+        best[row.prompt_id] = max(best.get(row.prompt_id, 0.0), row.score)
+        if row.score >= threshold:
+            passing.add(row.prompt_id)
+    bins = {"0": 0, "(0,0.5)": 0, "[0.5,1)": 0, "1": 0}
+    for prompt in prompts:
+        value = best.get(prompt.id, 0.0)
+        bins["0" if value == 0 else "(0,0.5)" if value < 0.5 else "[0.5,1)" if value < 1 else "1"] += 1
+    return {
+        "prompts": len(prompts),
+        "samples": len(rows),
+        "sample_pass_rate": round(sum(r.score >= threshold for r in rows) / max(len(rows), 1), 4),
+        "yield": round(len(passing) / max(len(prompts), 1), 4),
+        "pass_rate_by_type": {k: round(sum(v) / len(v), 4) for k, v in sorted(by_type.items())},
+        "checks_by_type": {k: len(v) for k, v in sorted(by_type.items())},
+        "best_score_distribution": bins,
+        "truncated": sum(getattr(r, "finish_reason", None) == "length" for r in rows),
+    }
+
+
+def sample_stage(
+    run,
+    cfg,
+    *,
+    round: int = 1,
+    prompts_path: Path | None = None,
+    policy: str | None = None,
+    generator: Generator | None = None,
+    progress: ProgressCallback | None = None,
+    split: str = "train",
+) -> Path:
+    """Write `samples.jsonl` for one round; returns its path."""
+    prompts_path = Path(prompts_path) if prompts_path else run.output_of("prompts", "prompts", round=1)
+    prompts = [r for r in read_records(prompts_path, "prompts") if r.split == split]
+    if not prompts:
+        raise RecordError([f"{prompts_path}: no prompts with split {split!r}"])
+    if cfg.sample.scorer.kind == "constraints":
+        missing = [f"{prompts_path}: prompt {p.id}: constraints: empty (the constraints scorer needs at least one)" for p in prompts if not p.constraints]
+        if missing:
+            raise RecordError(missing)
+    policy = policy or cfg.model.spec
+    inputs = {"prompts": prompts_path}
+    if Path(policy).is_dir():
+        inputs["policy"] = Path(policy)
+    stage_config = {"sample": cfg.sample.model_dump(), "policy": policy, "dtype": cfg.model.dtype,
+                    "max_new_tokens": cfg.generation.max_new_tokens, "split": split}
+    params = SamplingParams(n=cfg.sample.k, temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
+                            max_new_tokens=cfg.generation.max_new_tokens, seed=cfg.sample.seed)
+    with run.stage("sample", config=stage_config, inputs=inputs, round=round) as stage:
+        opened = contextlib.nullcontext(generator) if generator else open_generator(
+            policy, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size,
+            dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
+            tensor_parallel_size=cfg.generation.tensor_parallel_size)
+        with opened as gen:
+            answers = gen.generate([[m.model_dump() for m in p.messages] for p in prompts], params, progress=progress)
+            with make_scorer(cfg, gen) as scorer:
+                rows = score_samples(prompts, answers, scorer, policy)
+        out = stage.dir / "samples.jsonl"
+        write_jsonl(out, rows)
+        stage.add_output("samples", out)
+        stage.metrics.update(yield_stats(prompts, rows, cfg.sample.scorer.pass_threshold))
+    return out

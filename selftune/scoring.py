@@ -1,0 +1,147 @@
+"""Scorers: map (prompt record, completion) to a score in [0, 1] plus per-check details.
+
+- `ConstraintScorer` (default): the prompt's verifiable constraints; score = share passed,
+  pass = all passed.
+- `JudgeScorer`: an LLM judge with a rubric, k samples averaged; the policy itself can judge
+  (as in Self-Rewarding LMs) by handing it the policy's generator.
+- `RewardModelScorer`: a sequence-classification reward model; sigmoid of its logit.
+
+Usage:
+    scorer = ConstraintScorer()
+    [result] = scorer.score(prompt_record, ["all lowercase answer"])
+    result.score, result.passed, result.checks     # 1.0, True, {'lowercase': True}
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import torch
+
+from selftune.constraints import check
+from selftune.generation import Generator, SamplingParams
+from selftune.records import PromptRecord, message_text
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    score: float  # in [0, 1]
+    passed: bool
+    checks: dict = field(default_factory=dict)
+
+
+class Scorer(Protocol):
+    name: str
+
+    def score(self, prompt: PromptRecord, completions: Sequence[str]) -> list[ScoreResult]:
+        ...
+
+
+class ConstraintScorer:
+    name = "constraints"
+
+    def score(self, prompt: PromptRecord, completions: Sequence[str]) -> list[ScoreResult]:
+        if not prompt.constraints:
+            raise ValueError(
+                f"prompt {prompt.id} has no constraints: the constraints scorer cannot check it; "
+                "use scorer kind judge or reward-model for prompts without constraints"
+            )
+        results = []
+        for text in completions:
+            # Keys carry the index so a prompt may hold two constraints of one type.
+            checks = {f"{c.type}#{i}": check(c.type, text, c.kwargs) for i, c in enumerate(prompt.constraints)}
+            passed = sum(checks.values())
+            results.append(ScoreResult(passed / len(checks), passed == len(checks), checks))
+        return results
+
+
+JUDGE_RUBRIC = """Rate how well the response follows every instruction in the request, from 0 (ignores \
+them) to 10 (follows all of them exactly and answers helpfully).
+
+[Request]
+{request}
+
+[Response]
+{response}
+
+Reply with one line of the form "Score: N" where N is an integer from 0 to 10."""
+
+_SCORE_PATTERNS = [
+    re.compile(r"score\s*[:=]\s*(\d+(?:\.\d+)?)\s*(?:/\s*(\d+))?", re.IGNORECASE),
+    re.compile(r"(\d+(?:\.\d+)?)\s*/\s*(10)\b"),
+    re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$", re.MULTILINE),
+]
+
+
+def parse_judge_score(text: str, scale: float = 10.0) -> float | None:
+    """A judge's score normalised to [0, 1], or None if the text holds no readable score."""
+    for pattern in _SCORE_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            value = float(match.group(1))
+            out_of = float(match.group(2)) if match.lastindex and match.lastindex > 1 and match.group(2) else scale
+            if out_of > 0 and 0 <= value <= out_of:
+                return value / out_of
+    return None
+
+
+class JudgeScorer:
+    """An LLM judge: k sampled verdicts per answer, unreadable ones ignored, the rest averaged."""
+
+    name = "judge"
+
+    def __init__(self, generator: Generator, *, samples: int = 3, pass_threshold: float = 0.7,
+                 rubric: str = JUDGE_RUBRIC, temperature: float = 0.7, seed: int = 0):
+        self.generator = generator
+        self.samples = samples
+        self.pass_threshold = pass_threshold
+        self.rubric = rubric
+        self.params = SamplingParams(n=samples, temperature=temperature, max_new_tokens=32, seed=seed)
+
+    def score(self, prompt: PromptRecord, completions: Sequence[str]) -> list[ScoreResult]:
+        request = message_text(prompt.messages)
+        queries = [[{"role": "user", "content": self.rubric.format(request=request, response=c)}] for c in completions]
+        verdicts = self.generator.generate(queries, self.params)
+        results = []
+        for answers in verdicts:
+            values = [v for v in (parse_judge_score(a.text) for a in answers) if v is not None]
+            mean = sum(values) / len(values) if values else 0.0
+            results.append(ScoreResult(mean, bool(values) and mean >= self.pass_threshold,
+                                       {"judge_scores": values, "unreadable": len(answers) - len(values)}))
+        return results
+
+
+class RewardModelScorer:
+    """A sequence-classification reward model (one logit); score = sigmoid(logit)."""
+
+    name = "reward-model"
+
+    def __init__(self, model, tokenizer, *, pass_threshold: float = 0.5, batch_size: int = 8):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pass_threshold = pass_threshold
+        self.batch_size = batch_size
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+    @torch.inference_mode()
+    def score(self, prompt: PromptRecord, completions: Sequence[str]) -> list[ScoreResult]:
+        messages = [m.model_dump() for m in prompt.messages]
+        texts = [
+            self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": c}], tokenize=False)
+            for c in completions
+        ]
+        results = []
+        device = next(self.model.parameters()).device
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True,
+                                   add_special_tokens=False).to(device)
+            logits = self.model(**batch).logits[:, 0].float()  # (batch,)
+            for logit in logits.tolist():
+                value = 1 / (1 + math.exp(-logit))
+                results.append(ScoreResult(value, value >= self.pass_threshold, {"reward_logit": logit}))
+        return results

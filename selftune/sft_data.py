@@ -1,0 +1,79 @@
+"""Stage `sft-data`: per prompt, the best passing sample becomes an SFT example.
+
+Prompts with no passing sample are left out and counted; ties between equally good passing
+answers are broken by `sft_data.tie_break`; repeated (prompt, answer) pairs are dropped when
+`sft_data.dedupe` is on. Output in TRL's conversational prompt/completion format.
+
+Usage:
+    selftune sft-data --run runs/demo
+
+    from selftune.sft_data import sft_data_stage, select_examples
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from selftune.records import PromptRecord, SampleRecord, SFTRecord, read_records
+from selftune.runs import write_jsonl
+
+
+def select_examples(prompts: list[PromptRecord], samples: list[SampleRecord], *, tie_break: str = "shortest",
+                    dedupe: bool = True, threshold: float = 1.0) -> tuple[list[SFTRecord], dict]:
+    by_prompt: dict[str, list[SampleRecord]] = defaultdict(list)
+    for sample in samples:
+        by_prompt[sample.prompt_id].append(sample)
+    unknown = sorted(set(by_prompt) - {p.id for p in prompts})
+    if unknown:
+        raise ValueError(f"samples refer to prompts missing from the prompt file: {', '.join(unknown[:5])}")
+    tie_key = {
+        "shortest": lambda s: (len(s.completion), s.sample_index),
+        "longest": lambda s: (-len(s.completion), s.sample_index),
+        "first": lambda s: s.sample_index,
+    }[tie_break]
+    examples, seen = [], set()
+    no_passing = duplicates = 0
+    for prompt in prompts:
+        passing = [s for s in by_prompt.get(prompt.id, []) if s.score >= threshold]
+        if not passing:
+            no_passing += 1
+            continue
+        top = max(s.score for s in passing)
+        best = min((s for s in passing if s.score == top), key=tie_key)
+        key = (tuple(m.content for m in prompt.messages), best.completion.strip())
+        if dedupe and key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        examples.append(
+            SFTRecord(
+                id=prompt.id,
+                prompt=[m.model_dump() for m in prompt.messages],
+                completion=[{"role": "assistant", "content": best.completion}],
+                score=best.score, sample_index=best.sample_index, source_model=best.model,
+            )
+        )
+    sampled = sum(1 for p in prompts if by_prompt.get(p.id))
+    stats = {"prompts": sampled, "examples": len(examples), "no_passing": no_passing,
+             "duplicates_dropped": duplicates, "yield": round(len(examples) / max(sampled, 1), 4)}
+    return examples, stats
+
+
+def sft_data_stage(run, cfg, *, round: int = 1, samples_path: Path | None = None,
+                   prompts_path: Path | None = None) -> Path:
+    samples_path = Path(samples_path) if samples_path else run.output_of("sample", "samples", round=round)
+    prompts_path = Path(prompts_path) if prompts_path else run.output_of("prompts", "prompts", round=1)
+    samples = read_records(samples_path, "samples")  # validate both inputs before writing anything
+    prompts = [p for p in read_records(prompts_path, "prompts") if p.split == "train"]
+    with run.stage("sft-data", config=cfg.sft_data, inputs={"samples": samples_path, "prompts": prompts_path},
+                   round=round) as stage:
+        examples, stats = select_examples(prompts, samples, tie_break=cfg.sft_data.tie_break,
+                                          dedupe=cfg.sft_data.dedupe, threshold=cfg.sample.scorer.pass_threshold)
+        if not examples:
+            raise ValueError(f"no prompt in {samples_path} has a passing sample: nothing to train on")
+        out = stage.dir / "sft.jsonl"
+        write_jsonl(out, examples)
+        stage.add_output("sft", out)
+        stage.metrics.update(stats)
+    return out

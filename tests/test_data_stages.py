@@ -1,0 +1,201 @@
+import json
+
+import pytest
+
+from selftune.config import load_config
+from selftune.constraints import CONSTRAINTS
+from selftune.errors import RecordError
+from selftune.generation import Completion, SamplingParams
+from selftune.prompts import FORMS, TOPICS, build_prompts, import_prompts, prompts_stage
+from selftune.records import read_records
+from selftune.runs import Run
+from selftune.sample import sample_stage, yield_stats
+from selftune.scoring import ConstraintScorer, JudgeScorer, RewardModelScorer, parse_judge_score
+from selftune.sft_data import sft_data_stage
+
+
+class MockGenerator:
+    """Answers every prompt with queued texts, cycling; records what it was asked."""
+
+    name = "mock"
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.calls = []
+
+    def generate(self, prompts, params: SamplingParams, progress=None):
+        self.calls.append((prompts, params))
+        out = []
+        for i, _ in enumerate(prompts):
+            texts = self.answers(i) if callable(self.answers) else self.answers
+            out.append([Completion(i, s, texts[s % len(texts)], "stop", 5, 3, s) for s in range(params.n)])
+        return out
+
+
+# ---- prompts ------------------------------------------------------------------------------
+
+
+def test_builtin_prompts_are_deterministic_and_sized():
+    a, b = build_prompts(300, 100, seed=1), build_prompts(300, 100, seed=1)
+    assert [r.model_dump() for r in a] == [r.model_dump() for r in b]
+    assert sum(r.split == "train" for r in a) == 300 and sum(r.split == "eval" for r in a) == 100
+    assert all(1 <= len(r.constraints) <= 2 for r in a)
+    assert build_prompts(10, 5, seed=2)[0].model_dump() != a[0].model_dump()
+
+
+def test_eval_tasks_and_constraint_values_never_occur_in_train():
+    records = build_prompts(300, 100, seed=0)
+    assert not set(TOPICS["train"]) & set(TOPICS["eval"]) and not set(FORMS["train"]) & set(FORMS["eval"])
+    def task(r):
+        return r.messages[0].content.split(". ")[0]
+    train_tasks = {task(r) for r in records if r.split == "train"}
+    assert not train_tasks & {task(r) for r in records if r.split == "eval"}
+    train_values = {(c.type, json.dumps(c.kwargs, sort_keys=True)) for r in records if r.split == "train" for c in r.constraints if c.kwargs}
+    eval_values = {(c.type, json.dumps(c.kwargs, sort_keys=True)) for r in records if r.split == "eval" for c in r.constraints if c.kwargs}
+    assert eval_values and not train_values & eval_values
+    # Every constraint type appears in the default train set.
+    assert {c.type for r in records if r.split == "train" for c in r.constraints} == set(CONSTRAINTS)
+
+
+def test_import_user_prompts_from_jsonl_and_csv(tmp_path):
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"instruction": "Say hi"}) + "\n" + json.dumps({"prompt": "Say bye", "id": "b"}) + "\n")
+    records = import_prompts(plain)
+    assert [r.id for r in records] == ["train-00001", "b"] and records[0].messages[0].content == "Say hi"
+    table = tmp_path / "p.csv"
+    table.write_text("id,prompt\nx,Hello there\n")
+    assert import_prompts(table)[0].messages[0].content == "Hello there"
+
+
+def test_prompt_file_with_bad_line_fails_and_leaves_run_untouched(tmp_path):
+    run = Run(tmp_path / "run")
+    cfg = load_config("tiny")
+    prompts_stage(run, cfg)
+    before = {p: p.read_bytes() for p in run.root.rglob("*") if p.is_file()}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "a", "messages": [{"role": "user", "content": "x"}], "constraints": [{"type": "lowercase"}]}) + "\n"
+                   + json.dumps({"id": "b", "messages": [{"role": "user"}]}) + "\n")
+    with pytest.raises(RecordError) as caught:
+        sample_stage(run, cfg, prompts_path=bad, generator=MockGenerator(["x"]))
+    assert str(caught.value) == f"{bad}:2: messages[0].content: missing"
+    after = {p: p.read_bytes() for p in run.root.rglob("*") if p.is_file()}
+    assert after == before and not run.stage_dir("sample").exists()
+
+
+# ---- scorers ------------------------------------------------------------------------------
+
+
+def _prompt(constraints):
+    from selftune.records import PromptRecord
+
+    return PromptRecord(id="p", messages=[{"role": "user", "content": "Write."}], constraints=constraints)
+
+
+def test_constraint_scorer_fraction_and_pass():
+    prompt = _prompt([{"type": "lowercase"}, {"type": "no_commas"}])
+    full, half, none = ConstraintScorer().score(prompt, ["all good here", "all good, mostly", "Bad, bad"])
+    assert (full.score, full.passed) == (1.0, True)
+    assert (half.score, half.passed) == (0.5, False) and half.checks == {"lowercase#0": True, "no_commas#1": False}
+    assert (none.score, none.passed) == (0.0, False)
+    with pytest.raises(ValueError, match="has no constraints"):
+        ConstraintScorer().score(_prompt([]), ["x"])
+
+
+@pytest.mark.parametrize("text,expected", [("Score: 7", 0.7), ("score = 10/10", 1.0), ("I'd say 4/10.", 0.4),
+                                           ("8", 0.8), ("Score: 3/5", 0.6), ("no idea", None), ("Score: 12", None)])
+def test_judge_score_parsing(text, expected):
+    assert parse_judge_score(text) == expected
+
+
+def test_judge_scorer_averages_samples_and_ignores_unreadable():
+    judge = MockGenerator(["Score: 8", "Score: 6", "cannot tell"])
+    [result] = JudgeScorer(judge, samples=3, pass_threshold=0.7).score(_prompt([]), ["an answer"])
+    assert result.score == pytest.approx(0.7) and result.passed and result.checks["unreadable"] == 1
+    rubric_prompt = judge.calls[0][0][0][0]["content"]
+    assert "Write." in rubric_prompt and "an answer" in rubric_prompt
+
+
+def test_judge_scorer_with_a_tiny_model(tiny_model_dir):
+    from selftune.generation import HFGenerator
+    from selftune.models import load_model, load_tokenizer
+
+    generator = HFGenerator(load_model(str(tiny_model_dir), dtype="float32"), load_tokenizer(str(tiny_model_dir)))
+    results = JudgeScorer(generator, samples=2).score(_prompt([]), ["one", "two"])
+    assert len(results) == 2 and all(0 <= r.score <= 1 for r in results)
+    assert all(len(r.checks["judge_scores"]) + r.checks["unreadable"] == 2 for r in results)
+
+
+def test_reward_model_scorer_with_a_tiny_model(tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    from selftune.models import load_tokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).eval()
+    scorer = RewardModelScorer(model, load_tokenizer(str(tiny_model_dir)))
+    results = scorer.score(_prompt([]), ["short", "a much longer answer than the first one"])
+    assert len(results) == 2 and all(0 < r.score < 1 for r in results)
+    assert results[0].score != results[1].score
+
+
+# ---- sample and sft-data stages -----------------------------------------------------------
+
+
+def test_sample_on_tiny_model_is_reproducible(tmp_path, tiny_model_dir):
+    cfg = load_config("tiny", overrides=[f"model.spec={tiny_model_dir}", "sample.k=3"])
+    runs = []
+    for name in ("a", "b"):
+        run = Run(tmp_path / name)
+        prompts_stage(run, cfg)
+        runs.append(read_records(sample_stage(run, cfg), "samples"))
+    first, second = runs
+    assert len(first) == 3 * cfg.prompts.n_train
+    assert sorted({s.sample_index for s in first}) == [0, 1, 2]
+    assert [(s.completion, s.score, s.seed) for s in first] == [(s.completion, s.score, s.seed) for s in second]
+    assert all(0 <= s.score <= 1 and s.checks for s in first)
+
+
+def test_yield_statistics(tmp_path):
+    cfg = load_config("tiny", overrides=["sample.k=2"])
+    run = Run(tmp_path / "run")
+    prompts_stage(run, cfg)
+    # Lowercase answers without commas pass some constraints but not e.g. word_count floors.
+    sample_stage(run, cfg, generator=MockGenerator(["yes", "No, Sir"]))
+    metrics = run.manifest("sample").metrics
+    assert metrics["samples"] == 2 * cfg.prompts.n_train
+    assert sum(metrics["best_score_distribution"].values()) == cfg.prompts.n_train
+    assert 0 <= metrics["yield"] <= 1 and set(metrics["pass_rate_by_type"]) <= set(CONSTRAINTS)
+
+
+def test_sft_data_keeps_only_sampled_passing_answers(tmp_path):
+    cfg = load_config("tiny", overrides=["sample.k=4", "prompts.n_train=40"])
+    run = Run(tmp_path / "run")
+    prompts_stage(run, cfg)
+    pool = ["all lowercase, short", "ALL CAPS", "<<Title>>\n* a\n* b", "Sure thing. Fine. That is all.",
+            '"quoted"', "SECTION 1\nx\nSECTION 2\ny", '{"a": 1}', "word " * 60]
+    sample_stage(run, cfg, generator=MockGenerator(lambda i: [pool[(i + s) % len(pool)] for s in range(4)]))
+    out = sft_data_stage(run, cfg)
+    samples = read_records(run.output_of("sample", "samples"), "samples")
+    examples = read_records(out, "sft")
+    sampled = {(s.prompt_id, s.completion) for s in samples if s.score == 1.0}
+    assert examples, "some prompt should have a passing sample"
+    for example in examples:
+        assert (example.id, example.completion[0].content) in sampled
+    metrics = run.manifest("sft-data").metrics
+    assert metrics["examples"] + metrics["no_passing"] + metrics["duplicates_dropped"] == 40
+    assert metrics["no_passing"] == 40 - len({s.prompt_id for s in samples if s.score == 1.0})
+
+
+def test_tie_break_and_dedupe():
+    from selftune.records import PromptRecord, SampleRecord
+    from selftune.sft_data import select_examples
+
+    prompt = PromptRecord(id="p", messages=[{"role": "user", "content": "Hi"}], constraints=[{"type": "lowercase"}])
+    twin = PromptRecord(id="q", messages=[{"role": "user", "content": "Hi"}], constraints=[{"type": "lowercase"}])
+    samples = [SampleRecord(prompt_id=pid, model="m", completion=text, score=score, sample_index=i)
+               for pid in ("p", "q") for i, (text, score) in enumerate([("a longer one", 1.0), ("short", 1.0), ("No", 0.0)])]
+    shortest, stats = select_examples([prompt, twin], samples, tie_break="shortest")
+    assert [e.completion[0].content for e in shortest] == ["short"] and stats["duplicates_dropped"] == 1
+    longest, _ = select_examples([prompt, twin], samples, tie_break="longest")
+    assert longest[0].completion[0].content == "a longer one"
+    kept, stats = select_examples([prompt, twin], samples, dedupe=False)
+    assert len(kept) == 2 and stats["duplicates_dropped"] == 0
