@@ -31,6 +31,8 @@ config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True
 app.add_typer(config_app, name="config")
 prompts_app = typer.Typer(help="Build or import the prompt set.", no_args_is_help=True, rich_markup_mode="markdown")
 app.add_typer(prompts_app, name="prompts")
+inspect_app = typer.Typer(help="Look inside data and models.", no_args_is_help=True, rich_markup_mode="markdown")
+app.add_typer(inspect_app, name="inspect")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -283,6 +285,72 @@ def sft_data(
         f"{m['no_passing']} without a passing sample, {m['duplicates_dropped']} duplicates dropped): {out}",
         soft_wrap=True,
     )
+
+
+@app.command(epilog="Example: `selftune sft --run runs/demo`")
+def sft(
+    run_dir: Path = RunOption,
+    data: Optional[Path] = typer.Option(None, "--data", help="SFT JSONL; default: the run's sft-data output."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model spec; default: the config's model."),
+    round: int = typer.Option(1, "--round", help="Round number."),
+    preset: Optional[str] = PresetOption,
+    config: list[Path] = ConfigOption,
+    set_: list[str] = SetOption,
+):
+    """LoRA SFT with response-only loss; resumes from its last checkpoint; merges the adapter when configured."""
+    from selftune.sft import sft_stage
+
+    run, cfg = open_run(run_dir, preset, config, set_)
+    with run.lock():
+        out = sft_stage(run, cfg, round=round, data_path=data, base=base)
+    m = run.manifest("sft", round).metrics
+    console.print(
+        f"SFT: {m['steps']} steps, {m['train_examples']} examples ({m['dropped']} dropped), "
+        f"{m['tokens_per_second']} tokens/s, held-out loss {m['eval_loss_before']} -> {m['eval_loss_after']}; model: {out}",
+        soft_wrap=True,
+    )
+
+
+@app.command(epilog="Example: `selftune merge --base builtin:smollm2-135m-instruct --adapter runs/demo/round-1/sft/adapter --out merged/`")
+def merge(
+    base: str = typer.Option(..., "--base", help="Base model spec the adapter was trained on."),
+    adapter: Path = typer.Option(..., "--adapter", help="LoRA adapter directory."),
+    out: Path = typer.Option(..., "--out", help="Where to write the merged model (safetensors)."),
+):
+    """Merge a LoRA adapter into its base; checks merged logits against base + adapter first."""
+    from selftune.merge import merge_adapter
+
+    result = merge_adapter(base, adapter, out)
+    console.print(f"merged into {result.path} (max logit difference {result.max_logit_diff:.2e})", soft_wrap=True)
+
+
+@inspect_app.command("masks", epilog="Example: `selftune inspect masks --data runs/demo/round-1/sft-data/sft.jsonl --model builtin:smollm2-135m-instruct -n 3`")
+def inspect_masks(
+    data: Path = typer.Option(..., "--data", help="SFT JSONL (prompt/completion)."),
+    model: str = typer.Option(..., "--model", help="Model spec whose tokenizer and template are used."),
+    n: int = typer.Option(3, "-n", help="Examples to show."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate like training would."),
+    separator: str = typer.Option("\nResponse:", "--separator", help="Response separator for raw-text models."),
+):
+    """Show examples token by token with the trained tokens highlighted (green) and masked ones dim."""
+    from rich.text import Text
+
+    from selftune.masking import IGNORE_INDEX, tokenize_example
+    from selftune.models import load_tokenizer
+    from selftune.records import read_records
+
+    tokenizer = load_tokenizer(model)
+    for record in read_records(data, "sft")[:n]:
+        example = {"prompt": [m.model_dump() for m in record.prompt], "completion": [m.model_dump() for m in record.completion]}
+        row = tokenize_example(tokenizer, example, max_length=max_length,
+                               response_separator=None if tokenizer.chat_template else separator)
+        text = Text()
+        for token, label in zip(row["input_ids"], row["labels"]):
+            piece = tokenizer.decode([token], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            text.append(piece, style="bold black on green" if label != IGNORE_INDEX else "dim")
+        trained = sum(label != IGNORE_INDEX for label in row["labels"])
+        console.rule(f"{record.id}: {trained} of {len(row['input_ids'])} tokens trained")
+        console.print(text)
 
 
 def main() -> None:

@@ -1,0 +1,263 @@
+"""Stage `sft`: LoRA SFT on the rejection-sampled data, loss on response tokens only.
+
+Examples are tokenized and masked once by `selftune.masking.tokenize_example` and fed to
+transformers' Trainer as they are (no second masking on top). Rows whose response cannot be
+located, or whose response was cut off entirely by `max_length`, are dropped and counted; the
+stage fails when more than `sft.max_drop_share` of the rows are dropped.
+
+Training: LoRA on every linear layer by default, gradient accumulation, cosine schedule with
+warm-up, bf16 autocast where the hardware runs bf16 fast, optional gradient checkpointing,
+length-grouped batches (less padding), periodic checkpoints and resume, held-out loss on a
+validation slice, TensorBoard logs. A NaN or inf loss stops training with an error; the last
+checkpoint written before it stays as the resume point.
+
+Output folder:
+    adapter/          LoRA adapter (safetensors), tokenizer and chat template, sft_config.yaml
+    merged/           base + adapter merged (when sft.merge), safetensors, tokenizer
+    checkpoints/      Trainer checkpoints (resume point)
+    logs/             TensorBoard event files
+
+Usage:
+    selftune sft --run runs/demo
+    from selftune.sft import sft_stage
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from selftune.errors import SelftuneError
+from selftune.masking import MaskingError, tokenize_example
+from selftune.records import read_records
+
+
+_round = round  # stage functions take a `round` argument (the self-training round)
+
+
+class NonFiniteLossError(SelftuneError):
+    """Training produced a NaN or inf loss."""
+
+
+class TooManyDroppedError(SelftuneError):
+    """More rows than allowed could not be masked."""
+
+
+def tokenize_dataset(tokenizer, records, *, max_length: int, response_separator: str | None,
+                     max_drop_share: float, source: str) -> tuple[list[dict], dict]:
+    """Masked rows and counts of dropped rows by reason; fails past `max_drop_share`."""
+    rows, dropped = [], {}
+    for record in records:
+        example = {"prompt": record.prompt, "completion": record.completion}
+        if isinstance(example["prompt"], list):
+            example = {"prompt": [m.model_dump() for m in record.prompt],
+                       "completion": [m.model_dump() for m in record.completion]}
+        try:
+            rows.append(tokenize_example(tokenizer, example, max_length=max_length, response_separator=response_separator))
+        except MaskingError as exc:
+            reason = type(exc).__name__
+            dropped[reason] = dropped.get(reason, 0) + 1
+    total_dropped = sum(dropped.values())
+    if records and total_dropped / len(records) > max_drop_share:
+        raise TooManyDroppedError(
+            f"{source}: {total_dropped} of {len(records)} rows could not be masked ({dropped}); "
+            f"more than sft.max_drop_share={max_drop_share}. Raise max_length or check the chat template."
+        )
+    return rows, dropped
+
+
+def split_validation(rows: list, share: float, seed: int) -> tuple[list, list]:
+    if share <= 0 or len(rows) < 2:
+        return rows, []
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    count = max(1, int(round(len(rows) * share)))
+    held = set(order[:count])
+    return [r for k, r in enumerate(rows) if k not in held], [r for k, r in enumerate(rows) if k in held]
+
+
+def use_bf16(setting, device: str) -> bool:
+    from selftune.models import cpu_bf16_speedup
+
+    if setting != "auto":
+        return bool(setting)
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return cpu_bf16_speedup() >= 1.5
+
+
+def lora_config(cfg):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
+                      task_type="CAUSAL_LM")
+
+
+def training_arguments(train_cfg, out_dir: Path, *, has_eval: bool, device: str, **extra):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"),
+        per_device_train_batch_size=train_cfg.per_device_batch_size,
+        per_device_eval_batch_size=train_cfg.per_device_batch_size,
+        gradient_accumulation_steps=train_cfg.gradient_accumulation,
+        learning_rate=train_cfg.learning_rate,
+        lr_scheduler_type=train_cfg.scheduler,
+        warmup_steps=train_cfg.warmup_ratio,  # a float below 1 is a share of all steps
+        num_train_epochs=train_cfg.epochs,
+        logging_steps=train_cfg.logging_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=train_cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=train_cfg.save_steps,
+        save_total_limit=2,
+        bf16=use_bf16(train_cfg.bf16, device),
+        activation_checkpointing=train_cfg.gradient_checkpointing,
+        train_sampling_strategy="group_by_length",
+        # TensorBoard is attached by `tracker_callbacks` so its logs land in the stage's logs/.
+        report_to=[r for r in train_cfg.report_to if r != "tensorboard"] or "none",
+        seed=train_cfg.seed,
+        data_seed=train_cfg.seed,
+        use_cpu=not device.startswith("cuda"),
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        **extra,
+    )
+
+
+def tracker_callbacks(train_cfg, out_dir: Path) -> list:
+    if "tensorboard" not in train_cfg.report_to:
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "logs")))]
+
+
+def make_trainer_class():
+    from transformers import Trainer
+
+    class GuardedTrainer(Trainer):
+        """Trainer that stops at the first non-finite loss (before any later checkpoint)."""
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if not torch.isfinite(loss).all():
+                raise NonFiniteLossError(
+                    f"loss became {loss.item()} at step {self.state.global_step + 1}; training stopped. "
+                    f"The last good checkpoint stays in {self.args.output_dir}; lower the learning rate "
+                    "or check the data, then rerun to resume from it."
+                )
+            return loss
+
+    return GuardedTrainer
+
+
+def prepare_checkpoints(out_dir: Path, config_hash: str) -> bool:
+    """Keep checkpoints only if they were written under the same config; True when resuming."""
+    checkpoints = out_dir / "checkpoints"
+    stamp = checkpoints / "selftune-config-hash"
+    if checkpoints.exists() and (not stamp.is_file() or stamp.read_text() != config_hash):
+        shutil.rmtree(checkpoints)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(config_hash)
+    return any(checkpoints.glob("checkpoint-*"))
+
+
+def log_history(trainer) -> list[dict]:
+    return [{k: v for k, v in entry.items()} for entry in trainer.state.log_history]
+
+
+def sft_stage(run, cfg, *, round: int = 1, data_path: Path | None = None, base: str | None = None,
+              progress=None) -> Path:
+    """Train the SFT adapter (and merge it); returns the merged model dir, or the adapter dir."""
+    from peft import get_peft_model
+    from transformers import DataCollatorForSeq2Seq
+
+    from selftune.merge import merge_adapter
+    from selftune.models import default_device, load_model, load_tokenizer, unload
+
+    data_path = Path(data_path) if data_path else run.output_of("sft-data", "sft", round=round)
+    base = base or cfg.model.spec
+    records = read_records(data_path, "sft")  # validate before loading anything
+    inputs = {"sft": data_path}
+    if Path(base).is_dir():
+        inputs["base"] = Path(base)
+    stage_config = {"sft": cfg.sft.model_dump(), "base": base, "dtype": cfg.model.dtype,
+                    "load_in_4bit": cfg.model.load_in_4bit}
+    with run.stage("sft", config=stage_config, inputs=inputs, round=round) as stage:
+        out = stage.dir
+        device = default_device()
+        tokenizer = load_tokenizer(base, trust_remote_code=cfg.model.trust_remote_code)
+        tokenizer.padding_side = "right"
+        separator = None if getattr(tokenizer, "chat_template", None) else cfg.sft.response_separator
+        rows, dropped = tokenize_dataset(tokenizer, records, max_length=cfg.sft.max_length, response_separator=separator,
+                                         max_drop_share=cfg.sft.max_drop_share, source=str(data_path))
+        train_rows, eval_rows = split_validation(rows, cfg.sft.validation_share, cfg.sft.seed)
+        resuming = prepare_checkpoints(out, stage.config_hash)
+        # Weights stay fp32 for training unless 4-bit; bf16 enters through autocast.
+        model = load_model(base, dtype="float32" if not cfg.model.load_in_4bit else "bfloat16", device=device,
+                           load_in_4bit=cfg.model.load_in_4bit, trust_remote_code=cfg.model.trust_remote_code)
+        if cfg.model.load_in_4bit:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.sft.gradient_checkpointing)
+        # Seed before the adapter is created: its random init must not depend on what ran before.
+        from transformers import set_seed
+
+        set_seed(cfg.sft.seed)
+        model = get_peft_model(model, lora_config(cfg.sft.lora))
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        args = training_arguments(cfg.sft, out, has_eval=bool(eval_rows), device=device)
+        trainer = make_trainer_class()(
+            model=model, args=args, train_dataset=_as_dataset(train_rows),
+            eval_dataset=_as_dataset(eval_rows) if eval_rows else None,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=None),
+            processing_class=tokenizer, callbacks=tracker_callbacks(cfg.sft, out) + ([progress] if progress else []),
+        )
+        initial_eval = trainer.evaluate()["eval_loss"] if eval_rows else None
+        started = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=True if resuming else None)
+        seconds = time.perf_counter() - started
+        final_eval = trainer.evaluate()["eval_loss"] if eval_rows else None
+        adapter_dir = out / "adapter"
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        model.save_pretrained(adapter_dir, safe_serialization=True)
+        tokenizer.save_pretrained(adapter_dir)
+        (adapter_dir / "sft_config.yaml").write_text(yaml.safe_dump({"base": base, "sft": cfg.sft.model_dump(mode="json")}))
+        train_tokens = sum(len(r["input_ids"]) for r in train_rows) * cfg.sft.epochs
+        trained_tokens = sum(sum(1 for label in r["labels"] if label != -100) for r in train_rows)
+        (out / "log_history.json").write_text(json.dumps(log_history(trainer), indent=1))
+        stage.add_output("adapter", adapter_dir)
+        stage.metrics.update(
+            examples=len(records), train_examples=len(train_rows), validation_examples=len(eval_rows),
+            dropped=dropped, trainable_parameters=trainable, steps=result.global_step,
+            resumed=resuming, train_seconds=_round(seconds, 1),
+            tokens_per_second=_round(train_tokens / seconds, 1) if not resuming else None,
+            response_token_share=_round(trained_tokens / max(1, sum(len(r["input_ids"]) for r in train_rows)), 4),
+            eval_loss_before=initial_eval, eval_loss_after=final_eval,
+            train_loss=result.training_loss if math.isfinite(result.training_loss) else None,
+            bf16=args.bf16,
+        )
+        del trainer
+        unload(model)
+        if cfg.sft.merge:
+            merged = merge_adapter(base, adapter_dir, out / "merged", trust_remote_code=cfg.model.trust_remote_code)
+            stage.add_output("merged", merged.path)
+            stage.metrics["merge_max_logit_diff"] = merged.max_logit_diff
+            return merged.path
+    return adapter_dir
+
+
+def _as_dataset(rows: list[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_list(rows)
