@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 from selftune.cli import app
 
 runner = CliRunner()
-COMMANDS = ["generate", "validate", "doctor", "config", "prompts", "sample", "sft-data"]
+COMMANDS = ["generate", "validate", "doctor", "config", "prompts", "sample", "sft-data", "sft", "merge", "inspect"]
 
 
 def test_help_lists_every_command():
@@ -17,7 +17,8 @@ def test_help_lists_every_command():
 
 
 @pytest.mark.parametrize("command", [["generate"], ["validate"], ["doctor"], ["config", "show"], ["config", "presets"],
-                                     ["prompts", "build"], ["sample"], ["sft-data"]])
+                                     ["prompts", "build"], ["sample"], ["sft-data"], ["sft"], ["merge"],
+                                     ["inspect", "masks"]])
 def test_each_command_help_ends_with_an_example(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
@@ -120,3 +121,12 @@ def test_data_commands_through_the_run_lineage(tmp_path, tiny_model_dir):
         assert (run_dir / "round-1" / "sft-data" / "sft.jsonl").is_file()
     else:
         assert "nothing to train on" in str(result.exception)
+
+
+def test_inspect_masks_shows_trained_tokens(tmp_path, tiny_model_dir):
+    data = tmp_path / "sft.jsonl"
+    data.write_text(json.dumps({"id": "a", "prompt": [{"role": "user", "content": "Say hi"}],
+                                "completion": [{"role": "assistant", "content": "hello there"}]}) + "\n")
+    result = runner.invoke(app, ["inspect", "masks", "--data", str(data), "--model", str(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    assert "a: 3 of" in result.output and "hello there" in result.output

@@ -1,0 +1,136 @@
+"""Our SFT against TRL's SFTTrainer with its default settings, side by side in one run.
+
+Same model, same SFT data, same LoRA shape, same effective batch (8) and one epoch each. Prints
+train tokens/s, peak memory (RSS high-water mark) and final held-out loss of each, and the ratios.
+Held-out loss is measured the same way for both: mean response-token loss of the trained model on
+the same validation rows, masked by `selftune.masking`.
+
+    python bench/sft.py --data runs/demo/round-1/sft-data/sft.jsonl [--model builtin:smollm2-135m-instruct]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from selftune.config import load_config
+from selftune.masking import tokenize_example
+from selftune.models import load_model, load_tokenizer, peak_memory_bytes, reset_peak_memory
+from selftune.records import read_records
+from selftune.sft import lora_config, split_validation
+
+
+@torch.no_grad()
+def held_out_loss(model, rows) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for row in rows:
+        ids = torch.tensor([row["input_ids"]])
+        labels = torch.tensor([row["labels"]])
+        logits = model(input_ids=ids).logits[:, :-1].float()
+        target = labels[:, 1:]
+        mask = target != -100
+        loss = torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum")
+        total, count = total + loss.item(), count + mask.sum().item()
+    return total / count
+
+
+def run_ours(model_spec, records, eval_rows, work: Path):
+    from peft import get_peft_model
+    from transformers import DataCollatorForSeq2Seq, set_seed
+
+    from selftune.sft import make_trainer_class, tokenize_dataset, training_arguments
+
+    cfg = load_config("demo", overrides=[f"model.spec={model_spec}", "sft.epochs=1", "sft.report_to=[]",
+                                         "sft.save_steps=100000", "sft.validation_share=0"])
+    tokenizer = load_tokenizer(model_spec)
+    tokenizer.padding_side = "right"
+    rows, _ = tokenize_dataset(tokenizer, records, max_length=cfg.sft.max_length, response_separator=None,
+                               max_drop_share=1.0, source="bench")
+    from datasets import Dataset
+
+    model = load_model(model_spec, dtype="float32")
+    set_seed(0)
+    model = get_peft_model(model, lora_config(cfg.sft.lora))
+    args = training_arguments(cfg.sft, work / "ours", has_eval=False, device="cpu")
+    trainer = make_trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                   data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+                                   processing_class=tokenizer)
+    reset_peak_memory("cpu")
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    peak = peak_memory_bytes("cpu")
+    tokens = sum(len(r["input_ids"]) for r in rows)
+    return {"seconds": seconds, "tokens_per_second": tokens / seconds, "peak_gib": peak / 2**30,
+            "held_out_loss": held_out_loss(model, eval_rows), "bf16": args.bf16, "lr": args.learning_rate}
+
+
+def run_trl(model_spec, records, eval_rows, work: Path, tokens: int):
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = load_tokenizer(model_spec)
+    model = load_model(model_spec, dtype="float32")
+    data = Dataset.from_list([{"prompt": [m.model_dump() for m in r.prompt],
+                               "completion": [m.model_dump() for m in r.completion]} for r in records])
+    lora = load_config("demo").sft.lora
+    # TRL defaults except what the comparison fixes: output dir, one epoch, CPU, no trackers.
+    args = SFTConfig(output_dir=str(work / "trl"), num_train_epochs=1, use_cpu=True, report_to="none",
+                     save_strategy="no", disable_tqdm=True)
+    set_seed(0)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                         peft_config=lora_config(lora))
+    reset_peak_memory("cpu")
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    peak = peak_memory_bytes("cpu")
+    return {"seconds": seconds, "tokens_per_second": tokens / seconds, "peak_gib": peak / 2**30,
+            "held_out_loss": held_out_loss(trainer.model, eval_rows), "bf16": args.bf16, "lr": args.learning_rate}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--model", default="builtin:smollm2-135m-instruct")
+    parser.add_argument("--limit", type=int, default=0, help="Use only this many examples (0 = all).")
+    args = parser.parse_args()
+
+    records = read_records(args.data, "sft")
+    train, held = split_validation(records, 0.1, seed=0)
+    if args.limit:
+        train = train[: args.limit]
+    tokenizer = load_tokenizer(args.model)
+    eval_rows = [tokenize_example(tokenizer, {"prompt": [m.model_dump() for m in r.prompt],
+                                              "completion": [m.model_dump() for m in r.completion]}) for r in held]
+    train_tokens = sum(len(tokenize_example(tokenizer, {"prompt": [m.model_dump() for m in r.prompt],
+                                                        "completion": [m.model_dump() for m in r.completion]})["input_ids"])
+                       for r in train)
+    base_model = load_model(args.model, dtype="float32")
+    base_loss = held_out_loss(base_model, eval_rows)
+    del base_model
+    gc.collect()
+    print(f"data {args.data}: {len(train)} train examples ({train_tokens} tokens), {len(held)} held out; "
+          f"threads {torch.get_num_threads()}; base held-out loss {base_loss:.4f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = run_ours(args.model, train, eval_rows, Path(tmp))
+        gc.collect()
+        trl = run_trl(args.model, train, eval_rows, Path(tmp), train_tokens)
+    print(f"{'trainer':<24}{'seconds':>9}{'tokens/s':>10}{'peak GiB':>10}{'held-out loss':>15}  settings")
+    for name, r in (("selftune sft", ours), ("TRL SFTTrainer default", trl)):
+        print(f"{name:<24}{r['seconds']:>9.1f}{r['tokens_per_second']:>10.1f}{r['peak_gib']:>10.2f}"
+              f"{r['held_out_loss']:>15.4f}  bf16={r['bf16']} lr={r['lr']:g}")
+    print(f"tokens/s ratio (selftune / TRL): {ours['tokens_per_second'] / trl['tokens_per_second']:.2f}x; "
+          f"peak memory ratio: {ours['peak_gib'] / trl['peak_gib']:.2f}x; "
+          f"held-out loss: {ours['held_out_loss']:.4f} vs {trl['held_out_loss']:.4f} (base {base_loss:.4f})")
+
+
+if __name__ == "__main__":
+    main()
