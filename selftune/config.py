@@ -61,6 +61,7 @@ class ScorerConfig(Section):
     judge_samples: int = Field(3, ge=1, description="Judge samples averaged per answer.")
     reward_model: str | None = Field(None, description="Sequence-classification reward model spec.")
     pass_threshold: float = Field(1.0, ge=0, le=1, description="Score at or above which an answer passes.")
+    quality_checks: bool = Field(True, description="Constraints scorer also checks the answer is complete and not looping.")
 
 
 class SampleConfig(Section):
@@ -134,6 +135,9 @@ class DPOConfig(TrainConfig):
     loss_type: Literal["sigmoid", "ipo", "hinge", "rpo"] = Field("sigmoid", description="Preference loss.")
     rpo_alpha: float = Field(1.0, ge=0, description="Weight of the NLL term on chosen when loss_type is rpo.")
     precompute_ref_log_probs: bool = Field(True, description="Compute reference log-probs once before training.")
+    displacement_warn_nats: float = Field(0.5, gt=0, description="Warn when chosen log-prob per token falls this far below its start.")
+    length_check_prompts: int = Field(16, ge=0, description="Held-out prompts answered by SFT and DPO to check length drift (0 = off).")
+    length_drift_warn: float = Field(1.5, gt=1, description="Warn when DPO/SFT mean answer length leaves [1/x, x].")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="Shape of the fresh DPO adapter.")
 
 

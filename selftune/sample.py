@@ -30,7 +30,7 @@ def make_scorer(cfg, generator: Generator | None):
     """The configured scorer; a judge without its own model judges with `generator` (the policy)."""
     scorer_cfg = cfg.sample.scorer
     if scorer_cfg.kind == "constraints":
-        return contextlib.nullcontext(ConstraintScorer())
+        return contextlib.nullcontext(ConstraintScorer(quality_checks=scorer_cfg.quality_checks))
     if scorer_cfg.kind == "judge":
         if scorer_cfg.judge_model is None:
             return contextlib.nullcontext(JudgeScorer(generator, samples=scorer_cfg.judge_samples,

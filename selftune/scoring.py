@@ -40,8 +40,38 @@ class Scorer(Protocol):
         ...
 
 
+_TERMINAL = tuple(".!?\"')]}*>`:;")
+
+
+def is_complete(text: str) -> bool:
+    """The answer ends like a finished text: terminal punctuation or markup, or a list line."""
+    stripped = text.rstrip()
+    if not stripped:
+        return False
+    last_line = stripped.splitlines()[-1]
+    return stripped.endswith(_TERMINAL) or re.match(r"^\s*([*-]|\d+[.)])\s+\S", last_line) is not None
+
+
+def repetition_rate(text: str, n: int = 4) -> float:
+    """Share of word n-grams that repeat an earlier one (0 for texts under 2n words)."""
+    words = text.lower().split()
+    grams = [tuple(words[k : k + n]) for k in range(len(words) - n + 1)]
+    if len(words) < 2 * n:
+        return 0.0
+    return 1 - len(set(grams)) / len(grams)
+
+
 class ConstraintScorer:
+    """The prompt's constraints plus, when `quality_checks`, two checks every answer must pass:
+    `complete` (not cut off mid-sentence) and `no_repetition` (at most `max_repetition` of its
+    4-grams repeat). Without them a truncated or looping answer that happens to satisfy the
+    constraints would count as perfect."""
+
     name = "constraints"
+
+    def __init__(self, quality_checks: bool = True, max_repetition: float = 0.2):
+        self.quality_checks = quality_checks
+        self.max_repetition = max_repetition
 
     def score(self, prompt: PromptRecord, completions: Sequence[str]) -> list[ScoreResult]:
         if not prompt.constraints:
@@ -53,6 +83,9 @@ class ConstraintScorer:
         for text in completions:
             # Keys carry the index so a prompt may hold two constraints of one type.
             checks = {f"{c.type}#{i}": check(c.type, text, c.kwargs) for i, c in enumerate(prompt.constraints)}
+            if self.quality_checks:
+                checks["complete"] = is_complete(text)
+                checks["no_repetition"] = repetition_rate(text) <= self.max_repetition
             passed = sum(checks.values())
             results.append(ScoreResult(passed / len(checks), passed == len(checks), checks))
         return results

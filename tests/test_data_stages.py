@@ -93,12 +93,22 @@ def _prompt(constraints):
 
 def test_constraint_scorer_fraction_and_pass():
     prompt = _prompt([{"type": "lowercase"}, {"type": "no_commas"}])
-    full, half, none = ConstraintScorer().score(prompt, ["all good here", "all good, mostly", "Bad, bad"])
+    full, half, none = ConstraintScorer(quality_checks=False).score(prompt, ["all good here", "all good, mostly", "Bad, bad"])
     assert (full.score, full.passed) == (1.0, True)
     assert (half.score, half.passed) == (0.5, False) and half.checks == {"lowercase#0": True, "no_commas#1": False}
     assert (none.score, none.passed) == (0.0, False)
     with pytest.raises(ValueError, match="has no constraints"):
         ConstraintScorer().score(_prompt([]), ["x"])
+
+
+def test_quality_checks_fail_truncated_and_looping_answers():
+    prompt = _prompt([{"type": "lowercase"}])
+    done, cut, looping, listed = ConstraintScorer().score(
+        prompt, ["a finished answer.", "an answer cut off in the", "we go round and " * 10 + "done.", "items:\n* one\n* two"])
+    assert done.passed and done.checks == {"lowercase#0": True, "complete": True, "no_repetition": True}
+    assert not cut.checks["complete"] and cut.score == pytest.approx(2 / 3)
+    assert not looping.checks["no_repetition"] and not looping.passed
+    assert listed.passed
 
 
 @pytest.mark.parametrize("text,expected", [("Score: 7", 0.7), ("score = 10/10", 1.0), ("I'd say 4/10.", 0.4),
@@ -163,7 +173,8 @@ def test_yield_statistics(tmp_path):
     metrics = run.manifest("sample").metrics
     assert metrics["samples"] == 2 * cfg.prompts.n_train
     assert sum(metrics["best_score_distribution"].values()) == cfg.prompts.n_train
-    assert 0 <= metrics["yield"] <= 1 and set(metrics["pass_rate_by_type"]) <= set(CONSTRAINTS)
+    assert 0 <= metrics["yield"] <= 1
+    assert set(metrics["pass_rate_by_type"]) <= set(CONSTRAINTS) | {"complete", "no_repetition"}
 
 
 def test_sft_data_keeps_only_sampled_passing_answers(tmp_path):

@@ -1,0 +1,257 @@
+"""Stage `pairs`: preference pairs with diverse negatives, each tagged with its source.
+
+Chosen: the best passing answer of the SFT model's own samples for the prompt, else the SFT
+data's answer. Rejected, mixed by `pairs.sources` weights among the sources a prompt has:
+
+    policy                     a failed sample of the SFT model on the same prompt
+    base                       a failed sample of the base model (round-1 `sample` stage)
+    corrupt:truncate           the chosen answer cut short
+    corrupt:violate-constraint an edit of the chosen answer that breaks one of the prompt's
+                               constraints (confirmed failing by the checker)
+    corrupt:off-topic          a passing answer to another prompt
+    corrupt:repeat             degenerate repetition of the chosen answer's opening
+    corrupt:break-format       the chosen answer with its layout and markup flattened
+
+Every pair records `negative_source` and both scores; the chosen must score higher than the
+rejected; pairs whose sides are near-identical (difflib ratio >= `pairs.max_similarity`) are
+dropped and counted. Held-out pairs for evaluation are built the same way from the eval prompts
+(sources: policy and corruptions; the base model is not sampled on eval prompts).
+
+Usage:
+    selftune pairs --run runs/demo
+    from selftune.negatives import build_pairs, CORRUPTIONS
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Callable
+
+from selftune.constraints import check
+from selftune.records import PairRecord, PromptRecord, SampleRecord
+from selftune.scoring import Scorer
+
+Corruption = Callable[[str, PromptRecord, random.Random, dict], "str | None"]
+
+
+def _truncate(text: str, prompt, rng, context) -> str | None:
+    tokens = text.split(" ")
+    if len(tokens) < 4:
+        return None
+    keep = max(1, int(len(tokens) * rng.uniform(0.2, 0.5)))
+    return " ".join(tokens[:keep])
+
+
+# Edits tried by violate-constraint; each keeps most of the answer but changes one property.
+_EDITS: list[Callable[[str], str]] = [
+    lambda t: t.upper(),
+    lambda t: t.lower(),
+    lambda t: t.capitalize() + " Also, Here Are Some Capitalized Words.",
+    lambda t: re.sub(r"\s+", " ", t.replace(",", "")).strip(),
+    lambda t: t.replace(". ", ", ").replace("\n", ", "),
+    lambda t: t + "\n\nOne more thing, and another, and the end.",
+    lambda t: "Well, here goes.\n\n" + t,
+    lambda t: " ".join(t.split()[: max(1, len(t.split()) // 3)]),
+    lambda t: (t + " ") * 3,
+    lambda t: re.sub(r"[*<>\[\]\"{}]|SECTION \d+|P\.P?\.S\.?|\*{6}", "", t),
+    lambda t: "\n".join(line for line in t.splitlines() if not re.match(r"^\s*[*-]\s", line)),
+    lambda t: t + " the and is a of it very",
+    lambda t: re.sub(r"[zqxjk]", "", t, flags=re.IGNORECASE),
+    lambda t: t + " zzz qqq xxx jjj kkk zzz qqq xxx jjj kkk",
+]
+
+
+def _violate_constraint(text: str, prompt: PromptRecord, rng, context) -> str | None:
+    constraints = list(prompt.constraints)
+    rng.shuffle(constraints)
+    edits = list(_EDITS)
+    rng.shuffle(edits)
+    for constraint in constraints:
+        if not check(constraint.type, text, constraint.kwargs):
+            continue
+        for edit in edits:
+            edited = edit(text)
+            if edited.strip() and edited != text and not check(constraint.type, edited, constraint.kwargs):
+                context["violated"] = constraint.type
+                return edited
+    return None
+
+
+def _off_topic(text: str, prompt: PromptRecord, rng, context) -> str | None:
+    others = [answer for pid, answer in context.get("passing_answers", {}).items() if pid != prompt.id]
+    return rng.choice(others) if others else None
+
+
+def _repeat(text: str, prompt, rng, context) -> str | None:
+    words = text.split()
+    if not words:
+        return None
+    opening = " ".join(words[: rng.randint(2, min(6, len(words)))])
+    return " ".join([opening] * rng.randint(8, 16))
+
+
+def _break_format(text: str, prompt, rng, context) -> str | None:
+    """Flatten layout, markup and sentence punctuation into one run-on line."""
+    flat = re.sub(r"[*#<>\[\]\"{}.,!?;:]|^\s*[-*]\s+", "", text, flags=re.MULTILINE)
+    flat = re.sub(r"\s+", " ", flat).strip()
+    return flat if flat and flat != text.strip() else None
+
+
+CORRUPTIONS: dict[str, Corruption] = {
+    "truncate": _truncate,
+    "violate-constraint": _violate_constraint,
+    "off-topic": _off_topic,
+    "repeat": _repeat,
+    "break-format": _break_format,
+}
+
+
+def similarity(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def _messages(prompt: PromptRecord) -> list[dict]:
+    return [m.model_dump() for m in prompt.messages]
+
+
+def build_pairs(
+    prompts: list[PromptRecord],
+    *,
+    chosen: dict[str, SampleRecord | str],
+    policy_failures: dict[str, list[SampleRecord]],
+    base_failures: dict[str, list[SampleRecord]],
+    scorer: Scorer,
+    weights: dict[str, float],
+    pairs_per_prompt: int,
+    max_similarity: float,
+    seed: int,
+) -> tuple[list[PairRecord], dict]:
+    """Pairs for `prompts` with the given chosen answers and negative pools; returns (pairs, counts)."""
+    unknown = [s for s in weights if s not in ("policy", "base") and s.removeprefix("corrupt:") not in CORRUPTIONS]
+    if unknown:
+        raise ValueError(f"unknown negative sources {unknown}; known: policy, base, "
+                         + ", ".join(f"corrupt:{name}" for name in CORRUPTIONS))
+    rng = random.Random(seed)
+    chosen_text = {pid: (c if isinstance(c, str) else c.completion) for pid, c in chosen.items()}
+    context: dict = {"passing_answers": chosen_text}
+    pairs: list[PairRecord] = []
+    counts: Counter = Counter()
+    dropped: Counter = Counter()
+    for prompt in prompts:
+        if prompt.id not in chosen_text:
+            dropped["no_chosen"] += 1
+            continue
+        good = chosen_text[prompt.id]
+        [good_score] = scorer.score(prompt, [good])
+        pools = {"policy": list(policy_failures.get(prompt.id, [])), "base": list(base_failures.get(prompt.id, []))}
+        available = dict(weights)
+        made = 0
+        while made < pairs_per_prompt and available:
+            names = list(available)
+            source = rng.choices(names, [available[n] for n in names])[0]
+            if source in pools:
+                if not pools[source]:
+                    del available[source]
+                    continue
+                sample = pools[source].pop(rng.randrange(len(pools[source])))
+                bad, bad_score = sample.completion, sample.score
+            else:
+                del available[source]  # one pair per corruption per prompt
+                bad = CORRUPTIONS[source.removeprefix("corrupt:")](good, prompt, rng, context)
+                if bad is None:
+                    dropped[f"{source}:not_applicable"] += 1
+                    continue
+                bad_score = scorer.score(prompt, [bad])[0].score
+            if similarity(good.strip(), bad.strip()) >= max_similarity:
+                dropped["near_identical"] += 1
+                continue
+            if not good_score.score > bad_score:
+                dropped["rejected_not_worse"] += 1
+                continue
+            pairs.append(
+                PairRecord(
+                    id=f"{prompt.id}-{made}", prompt=_messages(prompt),
+                    chosen=[{"role": "assistant", "content": good}],
+                    rejected=[{"role": "assistant", "content": bad}],
+                    negative_source=source, chosen_score=good_score.score, rejected_score=bad_score,
+                )
+            )
+            counts[source] += 1
+            made += 1
+    return pairs, {"pairs": len(pairs), "by_source": dict(sorted(counts.items())), "dropped": dict(sorted(dropped.items()))}
+
+
+def group_samples(samples: list[SampleRecord], threshold: float) -> tuple[dict, dict]:
+    """(best passing sample per prompt, failed samples per prompt)."""
+    best: dict[str, SampleRecord] = {}
+    failed: dict[str, list[SampleRecord]] = defaultdict(list)
+    for sample in samples:
+        if sample.score >= threshold:
+            current = best.get(sample.prompt_id)
+            if current is None or (sample.score, -len(sample.completion)) > (current.score, -len(current.completion)):
+                best[sample.prompt_id] = sample
+        else:
+            failed[sample.prompt_id].append(sample)
+    return best, failed
+
+
+def pairs_stage(run, cfg, *, round: int = 1, policy: str | None = None, generator=None, progress=None) -> Path:
+    """Sample the SFT model on train and eval prompts, then write train and held-out pairs."""
+    import contextlib
+
+    from selftune.generation import SamplingParams, open_generator
+    from selftune.records import read_records
+    from selftune.runs import write_jsonl
+    from selftune.sample import make_scorer, score_samples
+
+    prompts_path = run.output_of("prompts", "prompts", round=1)
+    sft_path = run.output_of("sft-data", "sft", round=round)
+    base_path = run.output_of("sample", "samples", round=1)
+    policy = policy or str(run.output_of("sft", "merged", round=round))
+    prompts = read_records(prompts_path, "prompts")
+    sft_examples = {r.id: r.completion[0].content for r in read_records(sft_path, "sft")}
+    base_samples = read_records(base_path, "samples")
+    inputs = {"prompts": prompts_path, "sft": sft_path, "base_samples": base_path}
+    if Path(policy).is_dir():
+        inputs["policy"] = Path(policy)
+    params = SamplingParams(n=cfg.pairs.k, temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
+                            max_new_tokens=cfg.generation.max_new_tokens, seed=cfg.pairs.seed + 1)
+    threshold = cfg.sample.scorer.pass_threshold
+    stage_config = {"pairs": cfg.pairs.model_dump(), "sample": cfg.sample.model_dump(), "policy": policy,
+                    "max_new_tokens": cfg.generation.max_new_tokens, "dtype": cfg.model.dtype}
+    with run.stage("pairs", config=stage_config, inputs=inputs, round=round) as stage:
+        opened = contextlib.nullcontext(generator) if generator else open_generator(
+            policy, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size, dtype=cfg.model.dtype)
+        with opened as gen:
+            answers = gen.generate([_messages(p) for p in prompts], params, progress=progress)
+            with make_scorer(cfg, gen) as scorer:
+                policy_samples = score_samples(prompts, answers, scorer, policy)
+        write_jsonl(stage.dir / "policy_samples.jsonl", policy_samples)
+        stage.add_output("policy_samples", stage.dir / "policy_samples.jsonl")
+        best, policy_failed = group_samples(policy_samples, threshold)
+        _, base_failed = group_samples(base_samples, threshold)
+        with make_scorer(cfg, None) as scorer:
+            for split in ("train", "eval"):
+                subset = [p for p in prompts if p.split == split]
+                chosen: dict = dict(best)
+                if split == "train":  # the SFT model's best passing sample, else the SFT data's answer
+                    chosen = {**sft_examples, **chosen}
+                weights = dict(cfg.pairs.sources)
+                if split == "eval":
+                    weights.pop("base", None)
+                pairs, counts = build_pairs(
+                    subset, chosen=chosen, policy_failures=policy_failed, base_failures=base_failed,
+                    scorer=scorer, weights=weights, pairs_per_prompt=cfg.pairs.pairs_per_prompt,
+                    max_similarity=cfg.pairs.max_similarity, seed=cfg.pairs.seed,
+                )
+                name = "pairs" if split == "train" else "eval_pairs"
+                write_jsonl(stage.dir / f"{name}.jsonl", pairs)
+                stage.add_output(name, stage.dir / f"{name}.jsonl")
+                stage.metrics[split] = counts
+        passed = sum(s.score >= threshold for s in policy_samples)
+        stage.metrics["policy_sample_pass_rate"] = float(f"{passed / max(1, len(policy_samples)):.4f}")
+    return stage.dir / "pairs.jsonl"

@@ -1,0 +1,158 @@
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from selftune.config import load_config
+from selftune.constraints import check
+from selftune.errors import RecordError
+from selftune.negatives import CORRUPTIONS, build_pairs, similarity
+from selftune.records import PromptRecord, SampleRecord, read_records
+from selftune.runs import Run, read_manifest
+from selftune.scoring import ConstraintScorer
+
+PROMPTS = [
+    PromptRecord(id="p1", messages=[{"role": "user", "content": "Write about the sea in lowercase, with a title."}],
+                 constraints=[{"type": "lowercase"}, {"type": "title"}]),
+    PromptRecord(id="p2", messages=[{"role": "user", "content": "List three fruits as bullets, no commas."}],
+                 constraints=[{"type": "bullet_count", "kwargs": {"n": 3}}, {"type": "no_commas"}]),
+    PromptRecord(id="p3", messages=[{"role": "user", "content": "End with That is all."}],
+                 constraints=[{"type": "end_phrase", "kwargs": {"phrase": "That is all."}},
+                              {"type": "word_count", "kwargs": {"relation": "at least", "n": 8}}]),
+]
+GOOD = {
+    "p1": "<<the sea>>\nthe sea is wide and calm today and the waves roll in slowly under a grey sky.",
+    "p2": "Here are three fruits:\n* apple for breakfast\n* banana for lunch\n* cherry for dessert",
+    "p3": "The garden was quiet in the evening and the birds sang softly. That is all.",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_every_corruption_scores_lower_than_the_chosen(name):
+    scorer = ConstraintScorer()
+    context = {"passing_answers": GOOD}
+    for prompt in PROMPTS:
+        good = GOOD[prompt.id]
+        [good_score] = scorer.score(prompt, [good])
+        assert good_score.passed
+        bad = CORRUPTIONS[name](good, prompt, random.Random(0), context)
+        assert bad is not None and bad != good
+        [bad_score] = scorer.score(prompt, [bad])
+        assert bad_score.score < good_score.score, (name, prompt.id, bad)
+
+
+def test_violate_constraint_names_a_broken_constraint():
+    context = {}
+    prompt = PROMPTS[0]
+    bad = CORRUPTIONS["violate-constraint"](GOOD["p1"], prompt, random.Random(1), context)
+    violated = context["violated"]
+    kwargs = next(c.kwargs for c in prompt.constraints if c.type == violated)
+    assert check(violated, GOOD["p1"], kwargs) and not check(violated, bad, kwargs)
+
+
+def _sample(pid, text, score, index):
+    return SampleRecord(prompt_id=pid, model="m", completion=text, score=score, sample_index=index)
+
+
+def test_pairs_mix_sources_count_them_and_drop_near_identical():
+    policy = {"p1": [_sample("p1", "The Sea Is Loud.", 0.0, 0)], "p2": [_sample("p2", GOOD["p2"] + "!", 0.5, 1)]}
+    base = {"p3": [_sample("p3", "No.", 0.0, 0)]}
+    weights = {"policy": 1.0, "base": 1.0, "corrupt:truncate": 1.0, "corrupt:repeat": 1.0}
+    pairs, counts = build_pairs(PROMPTS, chosen=GOOD, policy_failures=policy, base_failures=base,
+                                scorer=ConstraintScorer(), weights=weights, pairs_per_prompt=4,
+                                max_similarity=0.95, seed=0)
+    by_source = {}
+    for pair in pairs:
+        by_source[pair.negative_source] = by_source.get(pair.negative_source, 0) + 1
+        assert pair.chosen_score > pair.rejected_score
+        assert similarity(pair.chosen[0].content, pair.rejected[0].content) < 0.95
+    assert counts["by_source"] == by_source and counts["pairs"] == len(pairs)
+    assert by_source.get("policy") == 1 and by_source.get("base") == 1  # p2's policy sample was near-identical
+    assert counts["dropped"]["near_identical"] == 1
+    assert len({p.id for p in pairs}) == len(pairs)
+
+
+def test_unknown_source_is_named():
+    with pytest.raises(ValueError, match="unknown negative sources"):
+        build_pairs(PROMPTS, chosen=GOOD, policy_failures={}, base_failures={}, scorer=ConstraintScorer(),
+                    weights={"corrupt:shuffle": 1.0}, pairs_per_prompt=1, max_similarity=0.9, seed=0)
+
+
+def test_bad_pair_files_name_file_line_field(tmp_path):
+    prompt, answer = [{"role": "user", "content": "q"}], [{"role": "assistant", "content": "a"}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"id": "a", "prompt": prompt, "chosen": answer, "rejected": answer, "negative_source": "policy"}) + "\n"
+                    + json.dumps({"id": "b", "prompt": prompt, "chosen": answer, "negative_source": "base"}) + "\n")
+    with pytest.raises(RecordError) as caught:
+        read_records(path, "pairs")
+    assert caught.value.problems == [f"{path}:1: rejected: identical to chosen", f"{path}:2: rejected: missing"]
+
+
+# ---- DPO on the tiny model -----------------------------------------------------------------
+
+
+def write_pairs(path, count=16):
+    rng = random.Random(0)
+    with open(path, "w") as handle:
+        for i in range(count):
+            good = f"yes this answer {i} is lowercase and calm"
+            bad = " ".join(rng.choice(["NO", "WRONG", "Loud", "Bad"]) for _ in range(6))
+            handle.write(json.dumps({"id": f"x{i}", "prompt": [{"role": "user", "content": f"Question {i}?"}],
+                                     "chosen": [{"role": "assistant", "content": good}],
+                                     "rejected": [{"role": "assistant", "content": bad}],
+                                     "negative_source": "corrupt:repeat", "chosen_score": 1.0, "rejected_score": 0.0}) + "\n")
+    return path
+
+
+class Snapshot:
+    pass
+
+
+def test_dpo_trains_lora_only_starts_at_log2_and_learns_the_preference(tmp_path, tiny_model_dir):
+    from transformers import TrainerCallback
+
+    from selftune.dpo import dpo_stage
+
+    class Capture(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    pairs = write_pairs(tmp_path / "pairs.jsonl")
+    eval_pairs = write_pairs(tmp_path / "eval.jsonl", count=6)
+    cfg = load_config("tiny", overrides=["dpo.epochs=3", "dpo.learning_rate=5e-3", "dpo.lora.dropout=0.0", "dpo.beta=0.5",
+                                         "dpo.length_check_prompts=2"])
+    capture = Capture()
+    run = Run(tmp_path / "run")
+    merged = dpo_stage(run, cfg, pairs_path=pairs, eval_pairs_path=eval_pairs, sft_model=str(tiny_model_dir), progress=capture)
+    for name, before in capture.before.items():
+        assert (not torch.equal(before, capture.after[name])) == ("lora_" in name), name
+    history = json.loads((run.stage_dir("dpo") / "log_history.json").read_text())
+    train_logs = [h for h in history if "loss" in h and "eval_loss" not in h]
+    assert train_logs[0]["step"] == 1 and train_logs[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert train_logs[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-4)
+    metrics = read_manifest(run.stage_dir("dpo")).metrics
+    assert metrics["eval_after"]["eval_rewards/accuracies"] > 0.5
+    assert train_logs[-1]["rewards/accuracies"] > 0.5
+    assert metrics["eval_after"]["eval_rewards/margins"] > metrics["eval_before"]["eval_rewards/margins"]
+    assert (merged / "model.safetensors").is_file()
+    assert "length_sft" in metrics and "length_dpo" in metrics
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge", "rpo"])
+def test_loss_types_at_equal_policy_and_reference(loss_type):
+    from selftune.dpo import dpo_loss
+
+    policy = torch.tensor([-5.0, -7.0, -9.0, -8.0])  # chosen x2, rejected x2
+    counts = torch.tensor([5, 7, 9, 8])
+    losses, metrics = dpo_loss(policy, policy.clone(), counts, beta=0.1, loss_type=loss_type, rpo_alpha=1.0)
+    expected = {"sigmoid": math.log(2), "hinge": 1.0, "ipo": (1 / 0.2) ** 2}.get(loss_type)
+    if loss_type == "rpo":
+        assert torch.allclose(losses, math.log(2) + torch.tensor([1.0, 1.0]))
+    else:
+        assert torch.allclose(losses, torch.full((2,), expected))
+    assert torch.all(metrics["rewards/margins"] == 0)
