@@ -353,6 +353,57 @@ def inspect_masks(
         console.print(text)
 
 
+@app.command(epilog="Example: `selftune pairs --run runs/demo`")
+def pairs(
+    run_dir: Path = RunOption,
+    model: Optional[str] = typer.Option(None, "--model", help="SFT model spec; default: the run's merged SFT model."),
+    round: int = typer.Option(1, "--round", help="Round number."),
+    preset: Optional[str] = PresetOption,
+    config: list[Path] = ConfigOption,
+    set_: list[str] = SetOption,
+):
+    """Build preference pairs: chosen = passing answers; rejected = policy/base failures and named corruptions."""
+    from selftune.negatives import pairs_stage
+
+    run, cfg = open_run(run_dir, preset, config, set_)
+    with run.lock():
+        with GenerationProgress(0, "sampling SFT model") as progress:
+            out = pairs_stage(run, cfg, round=round, policy=model, progress=progress)
+    m = run.manifest("pairs", round).metrics
+    table = Table("split", "pairs", "by negative source", "dropped")
+    for split in ("train", "eval"):
+        table.add_row(split, str(m[split]["pairs"]), escape(str(m[split]["by_source"])), escape(str(m[split]["dropped"])))
+    console.print(table)
+    console.print(f"pairs: {out}", soft_wrap=True)
+
+
+@app.command(epilog="Example: `selftune dpo --run runs/demo --set dpo.beta=0.2`")
+def dpo(
+    run_dir: Path = RunOption,
+    round: int = typer.Option(1, "--round", help="Round number."),
+    preset: Optional[str] = PresetOption,
+    config: list[Path] = ConfigOption,
+    set_: list[str] = SetOption,
+):
+    """DPO: merge the SFT adapter, train a fresh LoRA against the merged SFT model as reference, merge it."""
+    from selftune.dpo import dpo_stage
+
+    run, cfg = open_run(run_dir, preset, config, set_)
+    with run.lock():
+        out = dpo_stage(run, cfg, round=round)
+    m = run.manifest("dpo", round).metrics
+    before, after = m["eval_before"], m["eval_after"]
+    if after:
+        console.print(
+            f"held-out reward accuracy {before.get('eval_rewards/accuracies', 0):.3f} -> "
+            f"{after['eval_rewards/accuracies']:.3f}, margin {before.get('eval_rewards/margins', 0):.3f} -> "
+            f"{after['eval_rewards/margins']:.3f}"
+        )
+    for warning in m["warnings"]:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    console.print(f"DPO: {m['steps']} steps, {m['tokens_per_second']} tokens/s; model: {out}", soft_wrap=True)
+
+
 def main() -> None:
     try:
         app()
