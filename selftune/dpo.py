@@ -152,6 +152,36 @@ def reference_logps(model, rows: list[dict], collator: PairCollator, batch_size:
     model.train(was_training)
 
 
+@torch.no_grad()
+def reward_stats_by_source(model, rows: list[dict], collator: PairCollator, beta: float, batch_size: int,
+                           bf16: bool) -> dict[str, dict[str, float]]:
+    """Held-out implicit reward accuracy and mean margin, overall and per negative source.
+
+    The reference is the adapter disabled (or precomputed reference log-probs when present)."""
+    device = next(model.parameters()).device
+    model.eval()
+    margins: dict[str, list[float]] = defaultdict(list)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            batch = collator(chunk)
+            args = [batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")]
+            policy, _ = sequence_logps(model, *args)
+            if "ref_logps" in batch:
+                reference = batch["ref_logps"].to(device)
+            else:
+                with model.disable_adapter():
+                    reference, _ = sequence_logps(model, *args)
+            half = len(chunk)
+            margin = beta * ((policy[:half] - reference[:half]) - (policy[half:] - reference[half:]))
+            for row, value in zip(chunk, margin.tolist()):
+                margins[row["negative_source"]].append(value)
+                margins["all"].append(value)
+    return {source: {"pairs": len(values), "accuracy": _round(sum(v > 0 for v in values) / len(values), 4),
+                     "margin": _round(sum(values) / len(values), 4)}
+            for source, values in sorted(margins.items())}
+
+
 def make_dpo_trainer_class():
     from selftune.sft import make_trainer_class
 
@@ -272,6 +302,9 @@ def dpo_stage(run, cfg, *, round: int = 1, pairs_path: Path | None = None, eval_
         result = trainer.train(resume_from_checkpoint=True if resuming else None)
         seconds = time.perf_counter() - started
         after = trainer.evaluate() if eval_rows else {}
+        if eval_rows:
+            stage.metrics["held_out_by_source"] = reward_stats_by_source(
+                model, eval_rows, collator, cfg.dpo.beta, cfg.dpo.per_device_batch_size * 2, args.bf16)
         warnings = list(trainer.warnings)
         generator = None
         length_prompts = [[m.model_dump() for m in p.prompt] for p in (eval_pairs or pairs)[: cfg.dpo.length_check_prompts]]

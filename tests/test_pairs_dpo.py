@@ -141,6 +141,9 @@ def test_dpo_trains_lora_only_starts_at_log2_and_learns_the_preference(tmp_path,
     assert metrics["eval_after"]["eval_rewards/margins"] > metrics["eval_before"]["eval_rewards/margins"]
     assert (merged / "model.safetensors").is_file()
     assert "length_sft" in metrics and "length_dpo" in metrics
+    by_source = metrics["held_out_by_source"]
+    assert by_source["all"]["pairs"] == 6 and by_source["corrupt:repeat"]["pairs"] == 6
+    assert by_source["all"]["accuracy"] == pytest.approx(metrics["eval_after"]["eval_rewards/accuracies"], abs=1e-3)
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge", "rpo"])
