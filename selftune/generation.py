@@ -10,8 +10,8 @@ Usage:
     answer.text, answer.finish_reason          # 'Hello! ...', 'stop'
 
 Sampling is reproducible per (seed, prompt text, sample index), whatever the batch size or the
-other prompts in the batch: every row owns a seeded random stream and samples with the Gumbel-max
-trick (argmax of logits/T + Gumbel noise draws exactly from softmax(logits/T)).
+other prompts in the batch: every row owns a seeded random stream and draws its next token by
+inverse-CDF sampling from its own distribution (one uniform number per row per step).
 """
 
 from __future__ import annotations
@@ -110,10 +110,15 @@ def encode_prompt(tokenizer, prompt: Prompt) -> list[int]:
 class _RowSampler:
     """Logits processor that turns greedy decoding into per-row seeded sampling.
 
-    Applied last, it scales by temperature, masks outside the top-p nucleus, then adds Gumbel
-    noise drawn from each row's own generator; generate()'s argmax then samples each row
-    independently of its batch neighbours.
+    Applied last, it draws each row's next token by inverse-CDF sampling from the temperature-
+    scaled, top-p-truncated distribution, using one uniform number from that row's own generator
+    per step, and returns logits that are 0 at the drawn token and -inf elsewhere; generate()'s
+    argmax then picks it. A row's answer thus never depends on its batch neighbours.
     """
+
+    # The nucleus is looked for among the top tokens first (a partial sort); rows whose top
+    # `shortlist` tokens hold less than top_p of the mass fall back to a full sort. Exact either way.
+    shortlist = 512
 
     def __init__(self, seeds: list[int], temperature: float, top_p: float, device):
         self.generators = []
@@ -123,23 +128,39 @@ class _RowSampler:
             self.generators.append(generator)
         self.temperature = temperature
         self.top_p = top_p
-        self.device = device
+
+    def _uniforms(self) -> torch.Tensor:
+        return torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        scores = scores.float() / self.temperature  # (rows, vocab)
-        if self.top_p < 1.0:
-            sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-            cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-            # Drop a token once the mass before it already reaches top_p; the top token stays.
-            drop_sorted = (cumulative - sorted_scores.softmax(dim=-1)) >= self.top_p
-            drop = drop_sorted.scatter(-1, order, drop_sorted)
-            scores = scores.masked_fill(drop, float("-inf"))
-        vocab = scores.shape[-1]
-        uniform = torch.stack(
-            [torch.rand(vocab, generator=g, dtype=torch.float32) for g in self.generators]
-        ).to(scores.device)
-        gumbel = -torch.log(-torch.log(uniform.clamp_(1e-20, 1.0 - 1e-7)))
-        return scores + gumbel
+        probs = (scores.float() / self.temperature).softmax(dim=-1)  # (rows, vocab)
+        rows, vocab = probs.shape
+        uniforms = self._uniforms().to(probs.device)
+        if self.top_p >= 1.0:
+            # Any fixed token order gives an exact inverse CDF: no sort needed.
+            cumulative = probs.double().cumsum(dim=-1)
+            targets = uniforms * cumulative[:, -1]
+            tokens = torch.searchsorted(cumulative, targets.unsqueeze(1)).squeeze(1).clamp_(max=vocab - 1)
+        else:
+            k = min(self.shortlist, vocab)
+            values, indices = probs.topk(k, dim=-1)  # (rows, k), descending
+            short = values.sum(dim=-1) < self.top_p
+            if short.any():  # rare: a flat distribution whose nucleus exceeds the shortlist
+                full_values, full_indices = probs[short].sort(dim=-1, descending=True)
+                values = torch.cat([values, values.new_zeros(rows, vocab - k)], dim=1)
+                indices = torch.cat([indices, indices.new_zeros(rows, vocab - k)], dim=1)
+                values[short], indices[short] = full_values, full_indices
+            cumulative = values.double().cumsum(dim=-1)
+            # Keep a token while the mass before it is below top_p (the top token always stays).
+            keep = (cumulative - values.double()) < self.top_p
+            kept = (values.double() * keep).sum(dim=-1)
+            targets = (uniforms * kept).unsqueeze(1)
+            position = (cumulative < targets).sum(dim=-1, keepdim=True)
+            position = torch.minimum(position, keep.sum(dim=-1, keepdim=True) - 1)
+            tokens = indices.gather(1, position).squeeze(1)
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(rows, device=scores.device), tokens] = 0.0
+        return out
 
 
 class HFGenerator:

@@ -72,3 +72,24 @@ def test_sampling_params_are_checked():
         SamplingParams(n=0)
     with pytest.raises(ValueError):
         SamplingParams(top_p=0)
+
+
+@pytest.mark.parametrize("top_p,shortlist", [(1.0, 512), (0.9, 512), (0.9, 4)])
+def test_row_sampler_draws_from_the_truncated_distribution(top_p, shortlist):
+    import collections
+
+    from selftune.generation import _RowSampler
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 40) * 0.7
+    probs = (logits / 0.8).softmax(-1)[0]
+    values, order = probs.sort(descending=True)
+    keep = (values.cumsum(0) - values) < top_p
+    expected = torch.zeros(40)
+    expected[order[keep]] = values[keep] / values[keep].sum()
+    sampler = _RowSampler([11], 0.8, top_p, "cpu")
+    sampler.shortlist = shortlist  # 4 forces the full-sort fallback
+    draws = collections.Counter(int(sampler(None, logits).argmax()) for _ in range(10000))
+    observed = torch.tensor([draws[i] / 10000 for i in range(40)])
+    assert all(expected[token] > 0 for token in draws)
+    assert (observed - expected).abs().max() < 0.015
