@@ -1,0 +1,231 @@
+"""Stage `evaluate`: base, SFT and DPO models side by side, one model in memory at a time.
+
+For each model in turn: load it fresh from disk, run every metric, unload it (parameters to the
+meta device, gc, accelerator cache emptied), record its peak memory and time, and check through a
+weak reference that no model object survived; only then is the next model loaded. Adapters are
+never stacked on a shared base: each model is a merged checkpoint on disk.
+
+Metrics:
+- on held-out eval prompts (greedy answers): instruction-following accuracy, prompt-level and
+  instruction-level, strict and loose (IFEval's loose reading), and per constraint type; mean
+  answer length in tokens; repetition rate (share of repeated word 4-grams);
+- on held-out pairs: implicit reward accuracy and mean margin against the SFT reference
+  (beta x [(log pi(c) - log ref(c)) - (log pi(r) - log ref(r))]), chosen and rejected log-probs;
+  perplexity of the held-out chosen answers;
+- optional: lm-eval-harness tasks (extra `eval`), inside the same loop.
+
+Usage:
+    selftune evaluate runs/demo                       # base, sft, dpo of the run's last round
+    selftune evaluate --model base=builtin:smollm2-135m-instruct --model other=path/to/model --prompts p.jsonl
+    from selftune.evaluate import evaluate_models
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import math
+import time
+import weakref
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from selftune.constraints import check, check_loose
+from selftune.errors import MissingExtraError, SelftuneError
+from selftune.records import PairRecord, PromptRecord
+from selftune.scoring import repetition_rate
+
+_round = round  # stage functions take a `round` argument
+
+
+class ModelLeakError(SelftuneError):
+    """A model object survived its turn in the one-at-a-time loop."""
+
+
+def instruction_following(prompts: list[PromptRecord], answers: list[str]) -> tuple[dict, list[dict]]:
+    """Prompt- and instruction-level accuracy, strict and loose, overall and per constraint type."""
+    prompt_strict = prompt_loose = 0
+    instructions = strict_total = loose_total = 0
+    by_type: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+    details = []
+    for prompt, answer in zip(prompts, answers):
+        strict = [check(c.type, answer, c.kwargs) for c in prompt.constraints]
+        loose = [check_loose(c.type, answer, c.kwargs) for c in prompt.constraints]
+        prompt_strict += all(strict)
+        prompt_loose += all(loose)
+        instructions += len(strict)
+        strict_total += sum(strict)
+        loose_total += sum(loose)
+        for c, s, l in zip(prompt.constraints, strict, loose):
+            by_type[c.type].append((s, l))
+        details.append({"prompt_id": prompt.id, "strict": strict, "loose": loose})
+    n = max(1, len(prompts))
+    metrics = {
+        "prompt_strict": _round(prompt_strict / n, 4), "prompt_loose": _round(prompt_loose / n, 4),
+        "instruction_strict": _round(strict_total / max(1, instructions), 4),
+        "instruction_loose": _round(loose_total / max(1, instructions), 4),
+        "by_type": {t: {"n": len(v), "strict": _round(sum(s for s, _ in v) / len(v), 4),
+                        "loose": _round(sum(l for _, l in v) / len(v), 4)} for t, v in sorted(by_type.items())},
+        "prompts": len(prompts),
+    }
+    return metrics, details
+
+
+@torch.no_grad()
+def pair_log_probs(model, tokenizer, pairs: list[PairRecord], batch_size: int = 8) -> list[tuple[float, float, int]]:
+    """(chosen log-prob, rejected log-prob, chosen response tokens) per pair, exact masking."""
+    from selftune.dpo import PairCollator, sequence_logps, tokenize_pair
+
+    separator = None if getattr(tokenizer, "chat_template", None) else "\nResponse:"
+    rows = [tokenize_pair(tokenizer, p, max_length=4096, response_separator=separator) for p in pairs]
+    collator = PairCollator(tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        batch = collator(chunk)
+        logps, counts = sequence_logps(model, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")))
+        half = len(chunk)
+        out += [(logps[k].item(), logps[half + k].item(), int(counts[k])) for k in range(half)]
+    return out
+
+
+def pair_metrics(own: list[tuple[float, float, int]], reference: list[tuple[float, float, int]],
+                 pairs: list[PairRecord], beta: float) -> dict:
+    """Implicit reward accuracy and margin against a reference, overall and per negative source."""
+    by_source: dict[str, list[float]] = defaultdict(list)
+    for (pc, pr, _), (rc, rr, _), pair in zip(own, reference, pairs):
+        margin = beta * ((pc - rc) - (pr - rr))
+        by_source["all"].append(margin)
+        by_source[pair.negative_source].append(margin)
+    total_tokens = sum(n for _, _, n in own)
+    return {
+        "reward_accuracy": {s: _round(sum(m > 0 for m in v) / len(v), 4) for s, v in sorted(by_source.items())},
+        "reward_margin": {s: _round(sum(v) / len(v), 4) for s, v in sorted(by_source.items())},
+        "logp_chosen": _round(sum(c for c, _, _ in own) / len(own), 3),
+        "logp_rejected": _round(sum(r for _, r, _ in own) / len(own), 3),
+        "chosen_perplexity": _round(math.exp(-sum(c for c, _, _ in own) / max(1, total_tokens)), 3),
+    }
+
+
+def _lm_eval(model, tokenizer, tasks: list[str]) -> dict:
+    if importlib.util.find_spec("lm_eval") is None:
+        raise MissingExtraError("lm-eval-harness tasks need the eval extra: pip install 'selftune[eval]'")
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    results = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer), tasks=tasks)
+    return {task: values for task, values in results["results"].items()}
+
+
+def evaluate_one(name: str, spec: str, prompts: list[PromptRecord], pairs: list[PairRecord], cfg) -> tuple[dict, list]:
+    """Load one model, measure everything, unload it; returns (metrics, per-prompt answers)."""
+    from selftune.generation import HFGenerator, SamplingParams
+    from selftune.models import load_model, load_tokenizer, unload
+
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(spec)
+    model = load_model(spec, dtype=cfg.model.dtype)
+    alive = weakref.ref(model)
+    generator = HFGenerator(model, tokenizer, batch_size=cfg.generation.batch_size)
+    answers = generator.generate([[m.model_dump() for m in p.messages] for p in prompts],
+                                 SamplingParams(max_new_tokens=cfg.evaluate.max_new_tokens))
+    texts = [a[0].text for a in answers]
+    following, details = instruction_following(prompts, texts)
+    metrics = {
+        "spec": spec, "instruction_following": following,
+        "mean_length_tokens": _round(sum(a[0].completion_tokens for a in answers) / max(1, len(answers)), 1),
+        "truncated_share": _round(sum(a[0].finish_reason == "length" for a in answers) / max(1, len(answers)), 4),
+        "repetition_rate": _round(sum(repetition_rate(t) for t in texts) / max(1, len(texts)), 4),
+    }
+    log_probs = pair_log_probs(model, tokenizer, pairs) if pairs else []
+    if cfg.evaluate.lm_eval_tasks:
+        metrics["lm_eval"] = _lm_eval(model, tokenizer, cfg.evaluate.lm_eval_tasks)
+    del generator
+    report = unload(model)
+    del model
+    gc.collect()
+    if alive() is not None:
+        raise ModelLeakError(f"model {name} is still referenced after its turn; refusing to load the next one")
+    metrics.update(peak_memory_gib=_round(report.peak_gib, 3), seconds=_round(time.perf_counter() - started, 1))
+    per_prompt = [{"prompt_id": p.id, "model": name, "answer": t, **{k: v for k, v in d.items() if k != "prompt_id"}}
+                  for p, t, d in zip(prompts, texts, details)]
+    return {"metrics": metrics, "log_probs": log_probs}, per_prompt
+
+
+def evaluate_models(models: list[tuple[str, str]], prompts: list[PromptRecord], pairs: list[PairRecord], cfg,
+                    *, reference: str | None = "sft", reference_spec: str | None = None, on_model=None) -> dict:
+    """Evaluate `models` [(name, spec)] in order, one at a time; pair margins against `reference`."""
+    results: dict = {"models": {}, "order": [name for name, _ in models]}
+    answers: list[dict] = []
+    log_probs: dict[str, list] = {}
+    for name, spec in models:
+        outcome, per_prompt = evaluate_one(name, spec, prompts, pairs, cfg)
+        results["models"][name] = outcome["metrics"]
+        log_probs[name] = outcome["log_probs"]
+        answers += per_prompt
+        if on_model:
+            on_model(name, outcome["metrics"])
+    if pairs:
+        if reference not in log_probs and reference_spec:
+            # The reference was not among the models: one more turn, for its log-probs only.
+            from selftune.models import load_model, load_tokenizer, unload
+
+            model = load_model(reference_spec, dtype=cfg.model.dtype)
+            log_probs[reference] = pair_log_probs(model, load_tokenizer(reference_spec), pairs)
+            unload(model)
+            del model
+            gc.collect()
+        if reference in log_probs:
+            for name in results["models"]:
+                results["models"][name]["pairs"] = pair_metrics(log_probs[name], log_probs[reference], pairs, cfg.dpo.beta)
+            results["reference"] = reference
+    results["answers"] = answers
+    return results
+
+
+def run_models(run, round: int) -> list[tuple[str, str]]:
+    """base, then each round's SFT and DPO merged models, as recorded in the run's manifests."""
+    from selftune.config import load_config
+
+    cfg = load_config(files=[run.root / "config.yaml"])
+    models = [("base", cfg.model.spec)]
+    for r in range(1, round + 1):
+        suffix = "" if round == 1 else f"-r{r}"
+        if run.manifest("sft", r) and "merged" in run.manifest("sft", r).outputs:
+            models.append((f"sft{suffix}", str(run.output_of("sft", "merged", round=r))))
+        if run.manifest("dpo", r):
+            models.append((f"dpo{suffix}", str(run.output_of("dpo", "merged", round=r))))
+    return models
+
+
+def evaluate_stage(run, cfg, *, round: int = 1, models: list[tuple[str, str]] | None = None, on_model=None) -> Path:
+    """Evaluate the run's models on its eval prompts and held-out pairs; writes eval/results.json."""
+    from selftune.records import read_records
+    from selftune.runs import write_json, write_jsonl
+
+    prompts_path = run.output_of("prompts", "prompts", round=1)
+    prompts = [p for p in read_records(prompts_path, "prompts") if p.split == "eval" and p.constraints]
+    pairs_path = run.output_of("pairs", "eval_pairs", round=round) if run.manifest("pairs", round) else None
+    pairs = read_records(pairs_path, "pairs") if pairs_path else []
+    models = models or run_models(run, round)
+    wanted = [m for m in models if m[0].split("-")[0] in cfg.evaluate.models]
+    inputs = {"prompts": prompts_path, **({"eval_pairs": pairs_path} if pairs_path else {})}
+    for name, spec in wanted:
+        if Path(spec).is_dir():
+            inputs[f"model_{name}"] = Path(spec)
+    with run.stage("evaluate", config={"evaluate": cfg.evaluate.model_dump(), "beta": cfg.dpo.beta,
+                                       "models": wanted, "dtype": cfg.model.dtype, "batch_size": cfg.generation.batch_size},
+                   inputs=inputs, round=round) as stage:
+        sft_name = next((name for name, _ in wanted if name.startswith("sft")), None)
+        results = evaluate_models(wanted, prompts, pairs, cfg, reference=sft_name, on_model=on_model)
+        answers = results.pop("answers")
+        write_jsonl(stage.dir / "answers.jsonl", answers)
+        write_json(stage.dir / "results.json", results)
+        stage.add_output("results", stage.dir / "results.json")
+        stage.add_output("answers", stage.dir / "answers.jsonl")
+        stage.metrics["prompt_strict"] = {n: m["instruction_following"]["prompt_strict"] for n, m in results["models"].items()}
+        stage.metrics["peak_memory_gib"] = {n: m["peak_memory_gib"] for n, m in results["models"].items()}
+    return stage.dir / "results.json"

@@ -1,0 +1,105 @@
+import json
+
+import pytest
+
+from selftune.config import load_config
+from selftune.evaluate import ModelLeakError, evaluate_models, instruction_following
+from selftune.models import peak_memory_bytes, reset_peak_memory
+from selftune.records import PairRecord, PromptRecord
+from tests.conftest import build_tiny_model
+
+PROMPTS = [
+    PromptRecord(id="a", messages=[{"role": "user", "content": "lowercase please"}], constraints=[{"type": "lowercase"}], split="eval"),
+    PromptRecord(id="b", messages=[{"role": "user", "content": "title and no commas"}],
+                 constraints=[{"type": "title"}, {"type": "no_commas"}], split="eval"),
+    PromptRecord(id="c", messages=[{"role": "user", "content": "end phrase"}],
+                 constraints=[{"type": "end_phrase", "kwargs": {"phrase": "That is all."}}], split="eval"),
+]
+
+
+def test_strict_and_loose_accuracy_on_hand_written_answers():
+    answers = [
+        "Sure! Here it is:\nall lowercase words",  # strict fails (capital S), loose passes (first line dropped)
+        "<<my title>>\nno commas here",           # both constraints pass
+        "The end. That is all.\n*Note: thanks*",  # strict fails (trailing line); loose passes without last line
+    ]
+    metrics, details = instruction_following(PROMPTS, answers)
+    assert metrics["prompt_strict"] == pytest.approx(1 / 3, abs=1e-4)
+    assert metrics["prompt_loose"] == 1.0
+    assert metrics["instruction_strict"] == pytest.approx(2 / 4)
+    assert metrics["instruction_loose"] == 1.0
+    assert metrics["by_type"]["lowercase"] == {"n": 1, "strict": 0.0, "loose": 1.0}
+    assert details[1] == {"prompt_id": "b", "strict": [True, True], "loose": [True, True]}
+
+
+def _pairs():
+    return [PairRecord(id=f"p{i}", prompt=[{"role": "user", "content": f"q{i}"}],
+                       chosen=[{"role": "assistant", "content": "good answer"}],
+                       rejected=[{"role": "assistant", "content": f"bad {i}"}], negative_source="policy") for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def second_model(tmp_path_factory, smollm_tokenizer_dir):
+    return build_tiny_model(tmp_path_factory.mktemp("second"), smollm_tokenizer_dir, seed=1)
+
+
+def test_model_equal_to_reference_has_zero_margins(tiny_model_dir):
+    cfg = load_config("tiny")
+    results = evaluate_models([("sft", str(tiny_model_dir)), ("dpo", str(tiny_model_dir))], PROMPTS, _pairs(), cfg)
+    for name in ("sft", "dpo"):
+        assert results["models"][name]["pairs"]["reward_margin"]["all"] == 0.0
+        assert results["models"][name]["pairs"]["reward_accuracy"]["all"] == 0.0
+    assert results["models"]["sft"]["pairs"]["chosen_perplexity"] > 1
+
+
+def test_base_answers_do_not_depend_on_evaluation_order(tiny_model_dir, second_model):
+    cfg = load_config("tiny")
+    first = evaluate_models([("base", str(tiny_model_dir)), ("other", str(second_model))], PROMPTS, _pairs(), cfg, reference="base")
+    last = evaluate_models([("other", str(second_model)), ("base", str(tiny_model_dir))], PROMPTS, _pairs(), cfg, reference="base")
+    def answers(results, name):
+        return [a["answer"] for a in results["answers"] if a["model"] == name]
+    assert answers(first, "base") == answers(last, "base")
+    assert answers(first, "base") != answers(first, "other")
+    assert first["models"]["other"]["pairs"] == last["models"]["other"]["pairs"]
+
+
+def test_a_surviving_model_reference_stops_the_loop(tiny_model_dir, monkeypatch):
+    from selftune import generation
+
+    kept = []
+    original = generation.HFGenerator.__init__
+
+    def leaky_init(self, model, tokenizer, **kwargs):
+        kept.append(model)  # a careless holder of the model
+        original(self, model, tokenizer, **kwargs)
+
+    monkeypatch.setattr(generation.HFGenerator, "__init__", leaky_init)
+    with pytest.raises(ModelLeakError, match="still referenced"):
+        evaluate_models([("base", str(tiny_model_dir)), ("sft", str(tiny_model_dir))], PROMPTS, [], load_config("tiny"))
+
+
+@pytest.fixture(scope="module")
+def big_models(tmp_path_factory, smollm_tokenizer_dir):
+    # Weights must dominate memory for the ratio to mean anything: ~110M parameters, ~440 MB fp32.
+    return [build_tiny_model(tmp_path_factory.mktemp(f"big{i}"), smollm_tokenizer_dir, hidden=1024, layers=6, seed=i)
+            for i in range(3)]
+
+
+def test_three_models_peak_like_one(big_models):
+    cfg = load_config("tiny", overrides=["evaluate.max_new_tokens=4"])
+    prompts = PROMPTS[:1]
+
+    def peak_delta(models):
+        import gc
+
+        gc.collect()
+        reset_peak_memory("cpu")
+        start = peak_memory_bytes("cpu")
+        results = evaluate_models(models, prompts, [], cfg)
+        return max(0, peak_memory_bytes("cpu") - start), results
+
+    one, _ = peak_delta([("base", str(big_models[0]))])
+    three, results = peak_delta([(f"m{i}", str(path)) for i, path in enumerate(big_models)])
+    assert one > 300 * 2**20, "the model should dominate the measured memory"
+    assert three < 1.5 * one, (three / 2**20, one / 2**20)
+    assert all(m["peak_memory_gib"] > 0 for m in results["models"].values())
