@@ -114,6 +114,11 @@ class _RowSampler:
     scaled, top-p-truncated distribution, using one uniform number from that row's own generator
     per step, and returns logits that are 0 at the drawn token and -inf elsewhere; generate()'s
     argmax then picks it. A row's answer thus never depends on its batch neighbours.
+
+    The CDF runs over the vocabulary in token-id order, not in probability order: another batch
+    shape changes logits in their last bits, which can reorder near-equal probabilities and, in a
+    sorted CDF, move every later token; in id order it only moves each boundary by that rounding.
+    The sort is used only to find the nucleus's smallest kept probability.
     """
 
     # The nucleus is looked for among the top tokens first (a partial sort); rows whose top
@@ -132,32 +137,35 @@ class _RowSampler:
     def _uniforms(self) -> torch.Tensor:
         return torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
 
+    def _nucleus_floor(self, probs: torch.Tensor) -> torch.Tensor:
+        """(rows, 1): the smallest probability inside each row's top-p nucleus."""
+        k = min(self.shortlist, probs.shape[-1])
+        values = probs.topk(k, dim=-1).values  # (rows, k), descending
+        short = values.sum(dim=-1) < self.top_p
+        floors = torch.empty(probs.shape[0], 1, dtype=probs.dtype, device=probs.device)
+        for rows, sorted_values in ((~short, values), (short, None)):
+            if not rows.any():
+                continue
+            if sorted_values is None:  # rare: a flat distribution whose nucleus exceeds the shortlist
+                sorted_values = probs[rows].sort(dim=-1, descending=True).values
+            else:
+                sorted_values = sorted_values[rows]
+            cumulative = sorted_values.double().cumsum(dim=-1)
+            # Keep a token while the mass before it is below top_p (the top token always stays).
+            kept = ((cumulative - sorted_values.double()) < self.top_p).sum(dim=-1, keepdim=True)
+            floors[rows] = sorted_values.gather(1, kept - 1)
+        return floors
+
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         probs = (scores.float() / self.temperature).softmax(dim=-1)  # (rows, vocab)
         rows, vocab = probs.shape
-        uniforms = self._uniforms().to(probs.device)
-        if self.top_p >= 1.0:
-            # Any fixed token order gives an exact inverse CDF: no sort needed.
-            cumulative = probs.double().cumsum(dim=-1)
-            targets = uniforms * cumulative[:, -1]
-            tokens = torch.searchsorted(cumulative, targets.unsqueeze(1)).squeeze(1).clamp_(max=vocab - 1)
-        else:
-            k = min(self.shortlist, vocab)
-            values, indices = probs.topk(k, dim=-1)  # (rows, k), descending
-            short = values.sum(dim=-1) < self.top_p
-            if short.any():  # rare: a flat distribution whose nucleus exceeds the shortlist
-                full_values, full_indices = probs[short].sort(dim=-1, descending=True)
-                values = torch.cat([values, values.new_zeros(rows, vocab - k)], dim=1)
-                indices = torch.cat([indices, indices.new_zeros(rows, vocab - k)], dim=1)
-                values[short], indices[short] = full_values, full_indices
-            cumulative = values.double().cumsum(dim=-1)
-            # Keep a token while the mass before it is below top_p (the top token always stays).
-            keep = (cumulative - values.double()) < self.top_p
-            kept = (values.double() * keep).sum(dim=-1)
-            targets = (uniforms * kept).unsqueeze(1)
-            position = (cumulative < targets).sum(dim=-1, keepdim=True)
-            position = torch.minimum(position, keep.sum(dim=-1, keepdim=True) - 1)
-            tokens = indices.gather(1, position).squeeze(1)
+        uniforms = self._uniforms().to(probs.device)  # (rows,)
+        weights = probs.double()
+        if self.top_p < 1.0:
+            weights = weights * (probs >= self._nucleus_floor(probs))
+        cumulative = weights.cumsum(dim=-1)  # (rows, vocab), token-id order
+        targets = (uniforms * cumulative[:, -1]).unsqueeze(1)
+        tokens = torch.searchsorted(cumulative, targets, right=True).squeeze(1).clamp_(max=vocab - 1)
         out = torch.full_like(scores, float("-inf"))
         out[torch.arange(rows, device=scores.device), tokens] = 0.0
         return out
