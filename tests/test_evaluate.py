@@ -4,7 +4,6 @@ import pytest
 
 from selftune.config import load_config
 from selftune.evaluate import ModelLeakError, evaluate_models, instruction_following
-from selftune.models import peak_memory_bytes, reset_peak_memory
 from selftune.records import PairRecord, PromptRecord
 from tests.conftest import build_tiny_model
 
@@ -85,21 +84,39 @@ def big_models(tmp_path_factory, smollm_tokenizer_dir):
             for i in range(3)]
 
 
+_PEAK_SCRIPT = """
+import gc, json, sys
+from selftune.config import load_config
+from selftune.evaluate import evaluate_models
+from selftune.models import peak_memory_bytes, reset_peak_memory
+from selftune.records import PromptRecord
+
+prompts = [PromptRecord.model_validate(json.loads(sys.argv[1]))]
+models = json.loads(sys.argv[2])
+cfg = load_config("tiny", overrides=["evaluate.max_new_tokens=4"])
+gc.collect()
+reset_peak_memory("cpu")
+start = peak_memory_bytes("cpu")
+results = evaluate_models([tuple(m) for m in models], prompts, [], cfg)
+print(json.dumps({"delta": peak_memory_bytes("cpu") - start,
+                  "reported": [m["peak_memory_gib"] for m in results["models"].values()]}))
+"""
+
+
 def test_three_models_peak_like_one(big_models):
-    cfg = load_config("tiny", overrides=["evaluate.max_new_tokens=4"])
-    prompts = PROMPTS[:1]
+    # Each measurement runs in a fresh process: within one long test process, memory freed by
+    # earlier tests stays resident and is reused, which hides part of a load from the RSS peak.
+    import subprocess
+    import sys
 
     def peak_delta(models):
-        import gc
+        done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, PROMPTS[0].model_dump_json(), json.dumps(models)],
+                              capture_output=True, text=True, check=True)
+        outcome = json.loads(done.stdout.strip().splitlines()[-1])
+        return max(0, outcome["delta"]), outcome["reported"]
 
-        gc.collect()
-        reset_peak_memory("cpu")
-        start = peak_memory_bytes("cpu")
-        results = evaluate_models(models, prompts, [], cfg)
-        return max(0, peak_memory_bytes("cpu") - start), results
-
-    one, _ = peak_delta([("base", str(big_models[0]))])
-    three, results = peak_delta([(f"m{i}", str(path)) for i, path in enumerate(big_models)])
+    one, _ = peak_delta([["base", str(big_models[0])]])
+    three, reported = peak_delta([[f"m{i}", str(path)] for i, path in enumerate(big_models)])
     assert one > 300 * 2**20, "the model should dominate the measured memory"
     assert three < 1.5 * one, (three / 2**20, one / 2**20)
-    assert all(m["peak_memory_gib"] > 0 for m in results["models"].values())
+    assert len(reported) == 3 and all(peak > 0 for peak in reported)
