@@ -1,0 +1,264 @@
+"""Stage `report`: report.md and a self-contained report.html (images embedded) for a run.
+
+Contents: a table of models x metrics with deltas against base; plots (pass rate per constraint
+type by model, SFT and DPO training curves, answer length distributions); a few answers side by
+side for the same prompts; the run's lineage (stages, config hashes, record counts, yield, pairs
+per negative source).
+
+Usage:
+    selftune report runs/demo
+    selftune compare runs/a runs/b
+    from selftune.report import report_stage, summary_rows
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+
+# (key in results, column title, higher is better)
+COLUMNS = [
+    ("prompt_strict", "prompt strict", True),
+    ("prompt_loose", "prompt loose", True),
+    ("instruction_strict", "instr. strict", True),
+    ("instruction_loose", "instr. loose", True),
+    ("reward_accuracy", "pair reward acc.", True),
+    ("reward_margin", "pair margin", True),
+    ("chosen_perplexity", "chosen ppl", False),
+    ("mean_length_tokens", "mean length", None),
+    ("repetition_rate", "repetition", False),
+    ("peak_memory_gib", "peak GiB", False),
+]
+
+
+def _value(metrics: dict, key: str):
+    following = metrics.get("instruction_following", {})
+    if key in following:
+        return following[key]
+    pairs = metrics.get("pairs", {})
+    if key in ("reward_accuracy", "reward_margin"):
+        return pairs.get(key, {}).get("all")
+    if key in pairs:
+        return pairs[key]
+    return metrics.get(key)
+
+
+def summary_rows(results: dict, baseline: str = "base") -> list[list[str]]:
+    """Rows of [model, value (delta vs base), ...] for every model."""
+    base = results["models"].get(baseline)
+    rows = []
+    for name, metrics in results["models"].items():
+        row = [name]
+        for key, _, _ in COLUMNS:
+            value = _value(metrics, key)
+            if value is None:
+                row.append("-")
+                continue
+            cell = f"{value:.3f}" if isinstance(value, float) else str(value)
+            reference = _value(base, key) if base and name != baseline else None
+            if isinstance(value, (int, float)) and isinstance(reference, (int, float)):
+                cell += f" ({value - reference:+.3f})"
+            row.append(cell)
+        rows.append(row)
+    return rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pass_rates(results: dict, path: Path) -> Path:
+    plt = _figure()
+    models = list(results["models"])
+    types = sorted({t for m in results["models"].values() for t in m["instruction_following"]["by_type"]})
+    fig, ax = plt.subplots(figsize=(max(8, len(types) * 0.5), 4))
+    width = 0.8 / max(1, len(models))
+    for k, name in enumerate(models):
+        by_type = results["models"][name]["instruction_following"]["by_type"]
+        ax.bar([i + k * width for i in range(len(types))], [by_type.get(t, {}).get("strict", 0) for t in types],
+               width, label=name)
+    ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(types))], types, rotation=60, ha="right")
+    ax.set_ylabel("strict pass rate")
+    ax.set_title("Pass rate per constraint type (eval prompts)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_training(history_by_stage: dict[str, list[dict]], path: Path) -> Path | None:
+    series = {
+        "sft loss": ("sft", "loss"), "sft held-out loss": ("sft", "eval_loss"),
+        "dpo loss": ("dpo", "loss"), "dpo reward accuracy": ("dpo", "rewards/accuracies"),
+        "dpo reward margin": ("dpo", "rewards/margins"), "dpo held-out accuracy": ("dpo", "eval_rewards/accuracies"),
+    }
+    found = {label: [(e["step"], e[key]) for e in history_by_stage.get(stage, []) if key in e]
+             for label, (stage, key) in series.items()}
+    found = {k: v for k, v in found.items() if v}
+    if not found:
+        return None
+    plt = _figure()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for label, points in found.items():
+        ax = axes[0] if label.startswith("sft") else axes[1]
+        ax.plot([s for s, _ in points], [v for _, v in points], marker=".", label=label)
+    axes[0].set_title("SFT")
+    axes[1].set_title("DPO")
+    for ax in axes:
+        ax.set_xlabel("optimizer step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_lengths(answers: list[dict], path: Path) -> Path:
+    plt = _figure()
+    lengths = defaultdict(list)
+    for row in answers:
+        lengths[row["model"]].append(len(row["answer"].split()))
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for name, values in lengths.items():
+        ax.hist(values, bins=20, alpha=0.5, label=name)
+    ax.set_xlabel("answer length (words)")
+    ax.set_ylabel("eval prompts")
+    ax.set_title("Answer length distribution")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------
+
+
+def lineage_rows(run) -> list[list[str]]:
+    rows = []
+    for stage_dir in sorted(run.root.glob("round-*/*")):
+        from selftune.runs import read_manifest
+
+        manifest = read_manifest(stage_dir)
+        if manifest is None:
+            rows.append([stage_dir.parent.name, stage_dir.name, "incomplete", "", "", ""])
+            continue
+        m = manifest.metrics
+        facts = []
+        for key in ("train", "eval", "samples", "yield", "examples", "no_passing", "steps", "eval_loss_before",
+                    "eval_loss_after", "tokens_per_second"):
+            if key in m and not isinstance(m[key], dict):
+                facts.append(f"{key}={m[key]:.4g}" if isinstance(m[key], float) else f"{key}={m[key]}")
+        if isinstance(m.get("train"), dict):
+            facts.append(f"pairs by source={m['train'].get('by_source')}")
+        rows.append([f"round-{manifest.round}", manifest.stage, manifest.status, manifest.config_hash,
+                     f"{manifest.seconds:.0f}s", ", ".join(facts)])
+    return rows
+
+
+def side_by_side(answers: list[dict], prompts: dict[str, str], count: int = 3) -> list[dict]:
+    by_prompt: dict[str, dict[str, str]] = defaultdict(dict)
+    for row in answers:
+        by_prompt[row["prompt_id"]][row["model"]] = row["answer"]
+    chosen = sorted(by_prompt)[:count]
+    return [{"prompt_id": pid, "prompt": prompts.get(pid, ""), "answers": by_prompt[pid]} for pid in chosen]
+
+
+def write_report(out: Path, *, title: str, results: dict, answers: list[dict], prompts: dict[str, str],
+                 history_by_stage: dict, lineage: list[list[str]]) -> dict[str, Path]:
+    """Write report.md, report.html and plots/*.png into `out`."""
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    images = {"pass rate per constraint type": plot_pass_rates(results, plots / "pass_rate_by_type.png"),
+              "training curves": plot_training(history_by_stage, plots / "training.png"),
+              "answer lengths": plot_lengths(answers, plots / "lengths.png")}
+    images = {k: v for k, v in images.items() if v is not None}
+    header = ["model"] + [title for _, title, _ in COLUMNS]
+    rows = summary_rows(results)
+    examples = side_by_side(answers, prompts)
+    lineage_header = ["round", "stage", "status", "config hash", "time", "facts"]
+
+    md = [f"# {title}", "", "## Models (eval split; deltas against base)", "", markdown_table(header, rows), ""]
+    md += [f"Pair metrics use the {results.get('reference', 'SFT')} model as the reference.", ""]
+    for caption, path in images.items():
+        md += [f"## {caption.capitalize()}", "", f"![{caption}](plots/{path.name})", ""]
+    md += ["## Answers side by side", ""]
+    for example in examples:
+        md += [f"### {example['prompt_id']}", "", f"> {example['prompt']}", ""]
+        for model, answer in example["answers"].items():
+            md += [f"**{model}**", "", "```", answer, "```", ""]
+    md += ["## Lineage", "", markdown_table(lineage_header, lineage), ""]
+    (out / "report.md").write_text("\n".join(md))
+
+    def embedded(path: Path) -> str:
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+    parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Models (eval split; deltas against base)</h2>",
+             _html_table(header, rows)]
+    for caption, path in images.items():
+        parts.append(f"<h2>{html.escape(caption.capitalize())}</h2><img alt='{html.escape(caption)}' src='{embedded(path)}'>")
+    parts.append("<h2>Answers side by side</h2>")
+    for example in examples:
+        cells = "".join(f"<td><b>{html.escape(m)}</b><pre>{html.escape(a)}</pre></td>" for m, a in example["answers"].items())
+        parts.append(f"<h3>{html.escape(example['prompt_id'])}</h3><blockquote>{html.escape(example['prompt'])}</blockquote>"
+                     f"<table class='side'><tr>{cells}</tr></table>")
+    parts += ["<h2>Lineage</h2>", _html_table(lineage_header, lineage)]
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}"
+             "pre{white-space:pre-wrap;max-width:380px}img{max-width:100%}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    (out / "report.html").write_text(page)
+    return {"md": out / "report.md", "html": out / "report.html", **{k: v for k, v in images.items()}}
+
+
+def report_stage(run, cfg, *, round: int = 1) -> Path:
+    from selftune.records import read_records
+
+    results_path = run.output_of("evaluate", "results", round=round)
+    answers_path = run.output_of("evaluate", "answers", round=round)
+    prompts_path = run.output_of("prompts", "prompts", round=1)
+    results = json.loads(results_path.read_text())
+    answers = [json.loads(line) for line in answers_path.read_text().splitlines() if line.strip()]
+    prompts = {p.id: p.messages[-1].content for p in read_records(prompts_path, "prompts")}
+    history = {}
+    for stage in ("sft", "dpo"):
+        path = run.stage_dir(stage, round) / "log_history.json"
+        if path.is_file():
+            history[stage] = json.loads(path.read_text())
+    with run.stage("report", config={"round": round}, inputs={"results": results_path, "answers": answers_path},
+                   round=round) as stage:
+        out = run.root / "report"
+        files = write_report(out, title=f"selftune report: {run.root.name}", results=results, answers=answers,
+                             prompts=prompts, history_by_stage=history, lineage=lineage_rows(run))
+        stage.add_output("html", files["html"])
+        stage.add_output("md", files["md"])
+    return files["html"]

@@ -1,0 +1,82 @@
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from selftune.report import summary_rows, write_report
+
+RESULTS = {
+    "order": ["base", "sft", "dpo"],
+    "reference": "sft",
+    "models": {
+        name: {
+            "instruction_following": {"prompt_strict": strict, "prompt_loose": strict + 0.1, "instruction_strict": strict,
+                                      "instruction_loose": strict + 0.1,
+                                      "by_type": {"lowercase": {"n": 4, "strict": strict, "loose": strict},
+                                                  "title": {"n": 3, "strict": strict / 2, "loose": strict}}},
+            "pairs": {"reward_accuracy": {"all": acc}, "reward_margin": {"all": acc - 0.5}, "chosen_perplexity": 3.0},
+            "mean_length_tokens": 40.0, "repetition_rate": 0.01, "peak_memory_gib": 0.7,
+        }
+        for name, strict, acc in (("base", 0.2, 0.4), ("sft", 0.3, 0.5), ("dpo", 0.45, 0.8))
+    },
+}
+ANSWERS = [{"prompt_id": f"eval-{i}", "model": m, "answer": f"answer {i} from {m} " * (i + 1)}
+           for i in range(5) for m in ("base", "sft", "dpo")]
+HISTORY = {"sft": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "eval_loss": 1.7}],
+           "dpo": [{"step": 1, "loss": 0.69, "rewards/accuracies": 0.5, "rewards/margins": 0.0},
+                   {"step": 2, "loss": 0.6, "rewards/accuracies": 0.7, "rewards/margins": 0.2}]}
+
+
+def test_summary_rows_show_deltas_against_base():
+    rows = {row[0]: row for row in summary_rows(RESULTS)}
+    assert rows["base"][1] == "0.200"
+    assert rows["dpo"][1] == "0.450 (+0.250)"
+    assert rows["sft"][5] == "0.500 (+0.100)"
+
+
+@pytest.fixture
+def report(tmp_path):
+    files = write_report(tmp_path, title="test run", results=RESULTS, answers=ANSWERS,
+                         prompts={f"eval-{i}": f"prompt {i}" for i in range(5)}, history_by_stage=HISTORY,
+                         lineage=[["round-1", "sft", "complete", "abc", "10s", "steps=2"]])
+    return tmp_path, files
+
+
+def test_report_files_hold_the_table_and_every_referenced_image_exists(report):
+    out, files = report
+    md = files["md"].read_text()
+    assert "| dpo | 0.450 (+0.250)" in md
+    for reference in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
+        assert (out / reference).is_file() and (out / reference).stat().st_size > 1000
+    page = files["html"].read_text()
+    assert page.count("<img") == 3 and "src='data:image/png;base64," in page and "<table>" in page
+    assert "answer 0 from dpo" in page and "steps=2" in page
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian package chromium); .ci/run installs it")
+def test_html_report_renders_in_headless_chromium(report, tmp_path):
+    out, files = report
+    probe = tmp_path / "probe.html"
+    probe.write_text(files["html"].read_text().replace("</body>", """<script>
+      window.addEventListener('load', () => {
+        const images = Array.from(document.images);
+        const shown = images.filter(i => i.complete && i.naturalWidth > 100 && i.getBoundingClientRect().height > 50);
+        const rows = document.querySelectorAll('table tbody tr').length;
+        const div = document.createElement('div'); div.id = 'probe';
+        div.textContent = `images=${images.length} shown=${shown.length} rows=${rows}`;
+        document.body.appendChild(div);
+      });</script></body>"""))
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    found = re.search(r"images=(\d+) shown=(\d+) rows=(\d+)", result.stdout)
+    assert found, result.stderr[-2000:]
+    images, shown, rows = map(int, found.groups())
+    assert images == 3 and shown == 3 and rows >= 3
