@@ -7,6 +7,7 @@ Usage:
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -41,7 +42,7 @@ err_console = Console(stderr=True)
 class GenerationProgress:
     """A progress bar over prompts with a live tokens/s figure; used as a ProgressCallback."""
 
-    def __init__(self, total_prompts: int, label: str = "generating"):
+    def __init__(self, total_prompts: int | None, label: str = "generating"):
         self.tokens = 0
         self.started = time.perf_counter()
         self.progress = Progress(
@@ -57,13 +58,15 @@ class GenerationProgress:
         self.task = self.progress.add_task(label, total=total_prompts, rate="")
 
     def __enter__(self):
-        self.progress.start()
-        return self
+        return self  # the bar starts with the first report: a stage that is skipped shows none
 
     def __exit__(self, *exc):
         self.progress.stop()
 
     def __call__(self, prompts_done: int, new_tokens: int) -> None:
+        if not self.progress.live.is_started:
+            self.started = time.perf_counter()
+            self.progress.start()
         self.tokens += new_tokens
         elapsed = time.perf_counter() - self.started
         self.progress.update(self.task, completed=prompts_done, rate=f"{self.tokens / elapsed:.0f} tok/s")
@@ -404,7 +407,148 @@ def dpo(
     console.print(f"DPO: {m['steps']} steps, {m['tokens_per_second']} tokens/s; model: {out}", soft_wrap=True)
 
 
+def print_results_table(results: dict, title: str) -> None:
+    from selftune.report import summary_table
+
+    print_table(*summary_table(results), title)
+
+
+def print_table(header: list[str], rows: list[list[str]], title: str) -> None:
+    # Metrics down, models across: fits a terminal however many metrics there are.
+    table = Table("metric", *(escape(row[0]) for row in rows), title=title)
+    for k, metric in enumerate(header[1:], start=1):
+        table.add_row(escape(metric), *(escape(row[k]) for row in rows))
+    console.print(table)
+
+
+@app.command(epilog="Example: `selftune evaluate runs/demo --models base,dpo`")
+def evaluate(
+    run_dir: Optional[Path] = typer.Argument(None, help="Run directory: its eval prompts, held-out pairs and models."),
+    models: Optional[str] = typer.Option(None, "--models", help="Which of the run's models, comma-separated: base,sft,dpo."),
+    model: list[str] = typer.Option([], "--model", help="NAME=SPEC of a model to evaluate instead (repeatable), e.g. from another run."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file (its eval split); default: the run's prompts."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="Held-out pairs; default: the run's eval pairs."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="NAME of the model pair margins are measured against (with --model)."),
+    out: Path = typer.Option(Path("eval"), "--out", help="Output folder with --model (a run's own evaluation stays in the run)."),
+    round: Optional[int] = typer.Option(None, "--round", help="Round to evaluate; default: the run's last."),
+):
+    """Evaluate models one at a time: each is loaded fresh, measured, and unloaded before the next.
+
+    Instruction following on the held-out eval prompts (prompt/instruction level, strict/loose,
+    per constraint type), pair reward accuracy and margin against the SFT reference, perplexity of
+    held-out chosen answers, answer length and repetition, peak memory per model.
+    """
+    from selftune.config import load_config
+    from selftune.evaluate import eval_prompts, evaluate_models, evaluate_stage, parse_model_specs, write_results
+    from selftune.records import read_records
+    from selftune.runs import Run
+
+    if run_dir is None and not model:
+        raise typer.BadParameter("give a run directory, or --model NAME=SPEC with --prompts")
+    run = Run(run_dir) if run_dir else None
+    cfg = load_config(files=[run.root / "config.yaml"]) if run else load_config()
+    if models:
+        cfg.evaluate.models = [name.strip() for name in models.split(",") if name.strip()]
+    round = round or cfg.rounds
+
+    def announce(name: str, metrics: dict) -> None:
+        console.print(f"{name}: prompt-level strict {metrics['instruction_following']['prompt_strict']:.3f}, "
+                      f"peak {metrics['peak_memory_gib']:.2f} GiB, {metrics['seconds']:.0f}s", soft_wrap=True)
+
+    if not model:
+        with run.lock():
+            path = evaluate_stage(run, cfg, round=round, on_model=announce)
+    else:
+        specs = parse_model_specs(model)
+        prompts_path = prompts or (run.output_of("prompts", "prompts") if run else None)
+        if prompts_path is None:
+            raise typer.BadParameter("--prompts is needed without a run")
+        pairs_path = pairs or (run.output_of("pairs", "eval_pairs", round=round) if run and run.manifest("pairs", round) else None)
+        pair_records = read_records(pairs_path, "pairs") if pairs_path else []
+        results = evaluate_models(specs, eval_prompts(prompts_path), pair_records, cfg,
+                                  reference=reference or specs[0][0], on_model=announce)
+        path = write_results(out, results)
+    print_results_table(json.loads(path.read_text()), "evaluation (eval split; deltas against base)")
+    console.print(f"results: {path}", soft_wrap=True)
+
+
+@app.command(epilog="Example: `selftune report runs/demo`")
+def report(
+    run_dir: Path = typer.Argument(..., help="Run directory with a completed evaluation."),
+    round: Optional[int] = typer.Option(None, "--round", help="Round whose evaluation is reported; default: the run's last."),
+):
+    """Write report.md and a self-contained report.html (table, plots, answers side by side, lineage)."""
+    from selftune.config import load_config
+    from selftune.report import report_stage
+    from selftune.runs import Run
+
+    run = Run(run_dir)
+    cfg = load_config(files=[run.root / "config.yaml"])
+    round = round or cfg.rounds
+    with run.lock():
+        html_path = report_stage(run, cfg, round=round)
+    print_results_table(json.loads(run.output_of("evaluate", "results", round=round).read_text()), "summary")
+    console.print(f"report: {html_path}", soft_wrap=True)
+
+
+@app.command(epilog="Example: `selftune compare runs/demo runs/demo-beta02`")
+def compare(runs: list[Path] = typer.Argument(..., help="Two or more run directories.")):
+    """One models x metrics table across runs (deltas against the first run's base model)."""
+    from selftune.report import compare_table
+    from selftune.runs import Run
+
+    header, rows = compare_table([Run(r) for r in runs])
+    print_table(header, rows, "comparison (eval split; deltas against the first run's base)")
+
+
+@app.command("run", epilog="Example: `selftune run --preset demo`")
+def run_command(
+    preset: Optional[str] = PresetOption,
+    config: list[Path] = ConfigOption,
+    set_: list[str] = SetOption,
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory; default: runs/<config name>."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="Self-training rounds (round r+1 starts from round r's DPO model)."),
+    from_stage: Optional[str] = typer.Option(None, "--from", help="Rerun from this stage on, whatever its manifest says."),
+    until_stage: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
+):
+    """The whole loop: prompts, sample, sft-data, sft (+merge), pairs, dpo, evaluate, report.
+
+    Stages that are complete and still valid for their inputs and config are skipped (and said
+    so); a changed option reruns the stages it affects and everything downstream; an interrupted
+    run continues where it stopped, training from its last checkpoint.
+    """
+    from selftune.config import load_config
+    from selftune.pipeline import run_pipeline
+
+    sets = [*set_, *([f"rounds={rounds}"] if rounds is not None else [])]
+    if run_dir is None:
+        run_dir = Path("runs") / load_config(preset, config, sets).name
+    run, cfg = open_run(run_dir, preset, config, sets)
+    console.print(f"run {run.root} ({cfg.rounds} round{'s' if cfg.rounds > 1 else ''}, model {cfg.model.spec})", soft_wrap=True)
+    started = time.perf_counter()
+    steps = run_pipeline(run.root, cfg, from_stage=from_stage, until_stage=until_stage,
+                         on_event=lambda line: console.print(escape(line), soft_wrap=True),
+                         progress_factory=lambda label: GenerationProgress(None, label))
+    table = Table("stage", "action", "seconds", title=f"stages ({time.perf_counter() - started:.0f}s in all)")
+    for step in steps:
+        table.add_row(step.step.label, step.action if step.action == "ran" else "up to date", f"{step.seconds:.0f}")
+    console.print(table)
+    if steps and steps[-1].step.stage == "report":
+        from selftune.report import run_results
+
+        print_results_table(run_results(run)[0], "summary (eval split; deltas against base)")
+        console.print(f"report: {steps[-1].output}", soft_wrap=True)
+
+
 def main() -> None:
+    import logging
+
+    from rich.logging import RichHandler
+
+    # Stage modules log what people should see (a resumed checkpoint, a drift warning) under "selftune".
+    handler = RichHandler(console=err_console, show_time=False, show_path=False)
+    logging.getLogger("selftune").addHandler(handler)
+    logging.getLogger("selftune").setLevel(logging.INFO)
     try:
         app()
     except SelftuneError as exc:

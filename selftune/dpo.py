@@ -266,6 +266,8 @@ def dpo_stage(run, cfg, *, round: int = 1, pairs_path: Path | None = None, eval_
     if eval_pairs_path:
         inputs["eval_pairs"] = Path(eval_pairs_path)
     stage_config = {"dpo": cfg.dpo.model_dump(), "dtype": cfg.model.dtype, "load_in_4bit": cfg.model.load_in_4bit}
+    if run.up_to_date("dpo", config=stage_config, inputs=inputs, round=round):
+        return run.output_of("dpo", "merged", round=round)
     with run.stage("dpo", config=stage_config, inputs=inputs, round=round) as stage:
         out = stage.dir
         device = default_device()
@@ -275,7 +277,7 @@ def dpo_stage(run, cfg, *, round: int = 1, pairs_path: Path | None = None, eval_
                                        max_drop_share=cfg.sft.max_drop_share, source=str(pairs_path))
         eval_rows, _ = tokenize_pairs(tokenizer, eval_pairs, max_length=cfg.dpo.max_length, response_separator=separator,
                                       max_drop_share=1.0, source=str(eval_pairs_path))
-        resuming = prepare_checkpoints(out, stage.config_hash)
+        resuming = prepare_checkpoints(out, stage.fingerprint, stage="dpo")
         model = load_model(sft_model, dtype="float32" if not cfg.model.load_in_4bit else "bfloat16", device=device,
                            load_in_4bit=cfg.model.load_in_4bit)
         if cfg.model.load_in_4bit:

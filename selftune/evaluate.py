@@ -186,6 +186,38 @@ def evaluate_models(models: list[tuple[str, str]], prompts: list[PromptRecord], 
     return results
 
 
+def write_results(out_dir: Path, results: dict) -> Path:
+    """results.json (metrics per model) and answers.jsonl (every answer) in `out_dir`."""
+    from selftune.runs import write_json, write_jsonl
+
+    results = dict(results)
+    write_jsonl(Path(out_dir) / "answers.jsonl", results.pop("answers"))
+    write_json(Path(out_dir) / "results.json", results)
+    return Path(out_dir) / "results.json"
+
+
+def eval_prompts(path: Path) -> list[PromptRecord]:
+    """The held-out prompts of a prompt file: split eval, with constraints to check."""
+    from selftune.records import read_records
+
+    prompts = [p for p in read_records(path, "prompts") if p.split == "eval" and p.constraints]
+    if not prompts:
+        raise SelftuneError(f"{path}: no eval prompts with constraints to evaluate on")
+    return prompts
+
+
+def parse_model_specs(items: list[str]) -> list[tuple[str, str]]:
+    """`NAME=SPEC` or a bare SPEC (named by its position) -> [(name, spec)]."""
+    models = []
+    for k, item in enumerate(items):
+        name, sep, spec = item.partition("=")
+        models.append((name, spec) if sep and name and "/" not in name else (f"model{k + 1}", item))
+    names = [name for name, _ in models]
+    if len(set(names)) != len(names):
+        raise SelftuneError(f"model names must differ: {names}")
+    return models
+
+
 def run_models(run, round: int) -> list[tuple[str, str]]:
     """base, then each round's SFT and DPO merged models, as recorded in the run's manifests."""
     from selftune.config import load_config
@@ -204,10 +236,9 @@ def run_models(run, round: int) -> list[tuple[str, str]]:
 def evaluate_stage(run, cfg, *, round: int = 1, models: list[tuple[str, str]] | None = None, on_model=None) -> Path:
     """Evaluate the run's models on its eval prompts and held-out pairs; writes eval/results.json."""
     from selftune.records import read_records
-    from selftune.runs import write_json, write_jsonl
 
     prompts_path = run.output_of("prompts", "prompts", round=1)
-    prompts = [p for p in read_records(prompts_path, "prompts") if p.split == "eval" and p.constraints]
+    prompts = eval_prompts(prompts_path)
     pairs_path = run.output_of("pairs", "eval_pairs", round=round) if run.manifest("pairs", round) else None
     pairs = read_records(pairs_path, "pairs") if pairs_path else []
     models = models or run_models(run, round)
@@ -216,15 +247,14 @@ def evaluate_stage(run, cfg, *, round: int = 1, models: list[tuple[str, str]] | 
     for name, spec in wanted:
         if Path(spec).is_dir():
             inputs[f"model_{name}"] = Path(spec)
-    with run.stage("evaluate", config={"evaluate": cfg.evaluate.model_dump(), "beta": cfg.dpo.beta,
-                                       "models": wanted, "dtype": cfg.model.dtype, "batch_size": cfg.generation.batch_size},
-                   inputs=inputs, round=round) as stage:
+    stage_config = {"evaluate": cfg.evaluate.model_dump(), "beta": cfg.dpo.beta, "models": wanted,
+                    "dtype": cfg.model.dtype, "batch_size": cfg.generation.batch_size}
+    if run.up_to_date("evaluate", config=stage_config, inputs=inputs, round=round):
+        return run.output_of("evaluate", "results", round=round)
+    with run.stage("evaluate", config=stage_config, inputs=inputs, round=round) as stage:
         sft_name = next((name for name, _ in wanted if name.startswith("sft")), None)
         results = evaluate_models(wanted, prompts, pairs, cfg, reference=sft_name, on_model=on_model)
-        answers = results.pop("answers")
-        write_jsonl(stage.dir / "answers.jsonl", answers)
-        write_json(stage.dir / "results.json", results)
-        stage.add_output("results", stage.dir / "results.json")
+        stage.add_output("results", write_results(stage.dir, results))
         stage.add_output("answers", stage.dir / "answers.jsonl")
         stage.metrics["prompt_strict"] = {n: m["instruction_following"]["prompt_strict"] for n, m in results["models"].items()}
         stage.metrics["peak_memory_gib"] = {n: m["peak_memory_gib"] for n, m in results["models"].items()}

@@ -223,6 +223,8 @@ def pairs_stage(run, cfg, *, round: int = 1, policy: str | None = None, generato
     threshold = cfg.sample.scorer.pass_threshold
     stage_config = {"pairs": cfg.pairs.model_dump(), "sample": cfg.sample.model_dump(), "policy": policy,
                     "max_new_tokens": cfg.generation.max_new_tokens, "dtype": cfg.model.dtype}
+    if run.up_to_date("pairs", config=stage_config, inputs=inputs, round=round):
+        return run.output_of("pairs", "pairs", round=round)
     with run.stage("pairs", config=stage_config, inputs=inputs, round=round) as stage:
         opened = contextlib.nullcontext(generator) if generator else open_generator(
             policy, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size, dtype=cfg.model.dtype)

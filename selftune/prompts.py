@@ -151,6 +151,8 @@ def prompts_stage(run, cfg, *, source: Path | None = None) -> Path:
 
     source = Path(source) if source else (None if cfg.prompts.source == "builtin" else Path(cfg.prompts.source))
     inputs = {"source": source} if source else {}
+    if run.up_to_date("prompts", config=cfg.prompts, inputs=inputs):
+        return run.output_of("prompts", "prompts")
     with run.stage("prompts", config=cfg.prompts, inputs=inputs) as stage:
         if source:
             records = import_prompts(source)

@@ -112,27 +112,52 @@ def plot_pass_rates(results: dict, path: Path) -> Path:
     return path
 
 
+# Curves drawn per training stage: (key in the Trainer's log history, label).
+_CURVES = {
+    "sft": [("loss", "loss"), ("eval_loss", "held-out loss")],
+    "dpo": [("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin"),
+            ("eval_rewards/accuracies", "held-out accuracy")],
+}
+
+
 def plot_training(history_by_stage: dict[str, list[dict]], path: Path) -> Path | None:
-    series = {
-        "sft loss": ("sft", "loss"), "sft held-out loss": ("sft", "eval_loss"),
-        "dpo loss": ("dpo", "loss"), "dpo reward accuracy": ("dpo", "rewards/accuracies"),
-        "dpo reward margin": ("dpo", "rewards/margins"), "dpo held-out accuracy": ("dpo", "eval_rewards/accuracies"),
-    }
-    found = {label: [(e["step"], e[key]) for e in history_by_stage.get(stage, []) if key in e]
-             for label, (stage, key) in series.items()}
-    found = {k: v for k, v in found.items() if v}
+    """SFT curves on the left, DPO on the right; keys are `sft`, `dpo`, or `sft-r2` for later rounds."""
+    found = {}
+    for name, history in history_by_stage.items():
+        stage = name.split("-")[0]
+        for key, label in _CURVES.get(stage, []):
+            points = [(e["step"], e[key]) for e in history if key in e]
+            if points:
+                found[(stage, f"{name} {label}")] = points
     if not found:
         return None
     plt = _figure()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for label, points in found.items():
-        ax = axes[0] if label.startswith("sft") else axes[1]
+    for (stage, label), points in found.items():
+        ax = axes[0] if stage == "sft" else axes[1]
         ax.plot([s for s, _ in points], [v for _, v in points], marker=".", label=label)
     axes[0].set_title("SFT")
     axes[1].set_title("DPO")
     for ax in axes:
         ax.set_xlabel("optimizer step")
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_trend(results: dict, path: Path) -> Path:
+    """Prompt-level strict accuracy per model in evaluation order (base, then each round's models)."""
+    plt = _figure()
+    names = list(results["models"])
+    values = [results["models"][n]["instruction_following"]["prompt_strict"] for n in names]
+    fig, ax = plt.subplots(figsize=(max(5, len(names) * 1.1), 3.5))
+    ax.plot(names, values, marker="o")
+    for x, y in zip(names, values):
+        ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center")
+    ax.set_ylabel("prompt-level strict accuracy")
+    ax.set_title("Instruction following across models and rounds (eval prompts)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -197,12 +222,12 @@ def write_report(out: Path, *, title: str, results: dict, answers: list[dict], p
     """Write report.md, report.html and plots/*.png into `out`."""
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    images = {"pass rate per constraint type": plot_pass_rates(results, plots / "pass_rate_by_type.png"),
+    images = {"accuracy by model": plot_trend(results, plots / "trend.png"),
+              "pass rate per constraint type": plot_pass_rates(results, plots / "pass_rate_by_type.png"),
               "training curves": plot_training(history_by_stage, plots / "training.png"),
               "answer lengths": plot_lengths(answers, plots / "lengths.png")}
     images = {k: v for k, v in images.items() if v is not None}
-    header = ["model"] + [title for _, title, _ in COLUMNS]
-    rows = summary_rows(results)
+    header, rows = summary_table(results)
     examples = side_by_side(answers, prompts)
     lineage_header = ["round", "stage", "status", "config hash", "time", "facts"]
 
@@ -250,15 +275,41 @@ def report_stage(run, cfg, *, round: int = 1) -> Path:
     answers = [json.loads(line) for line in answers_path.read_text().splitlines() if line.strip()]
     prompts = {p.id: p.messages[-1].content for p in read_records(prompts_path, "prompts")}
     history = {}
-    for stage in ("sft", "dpo"):
-        path = run.stage_dir(stage, round) / "log_history.json"
-        if path.is_file():
-            history[stage] = json.loads(path.read_text())
-    with run.stage("report", config={"round": round}, inputs={"results": results_path, "answers": answers_path},
-                   round=round) as stage:
+    for r in range(1, round + 1):
+        for stage in ("sft", "dpo"):
+            path = run.stage_dir(stage, r) / "log_history.json"
+            if path.is_file():
+                history[stage if r == 1 else f"{stage}-r{r}"] = json.loads(path.read_text())
+    inputs = {"results": results_path, "answers": answers_path}
+    if run.up_to_date("report", config={"round": round}, inputs=inputs, round=round):
+        return run.output_of("report", "html", round=round)
+    with run.stage("report", config={"round": round}, inputs=inputs, round=round) as stage:
         out = run.root / "report"
         files = write_report(out, title=f"selftune report: {run.root.name}", results=results, answers=answers,
                              prompts=prompts, history_by_stage=history, lineage=lineage_rows(run))
         stage.add_output("html", files["html"])
         stage.add_output("md", files["md"])
     return files["html"]
+
+
+def run_results(run) -> tuple[dict, int]:
+    """The evaluation results of a run's last round (as its config.yaml sets), through its lineage."""
+    from selftune.config import load_config
+
+    rounds = load_config(files=[run.root / "config.yaml"]).rounds
+    return json.loads(run.output_of("evaluate", "results", round=rounds).read_text()), rounds
+
+
+def summary_table(results: dict, baseline: str = "base") -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the models x metrics table, deltas against `baseline`."""
+    return ["model"] + [title for _, title, _ in COLUMNS], summary_rows(results, baseline)
+
+
+def compare_table(runs: list) -> tuple[list[str], list[list[str]]]:
+    """One table across runs: every run's models, named run/model, deltas against the first run's base."""
+    combined: dict = {"models": {}}
+    for run in runs:
+        results, _ = run_results(run)
+        for name, metrics in results["models"].items():
+            combined["models"][f"{run.root.name}/{name}"] = metrics
+    return summary_table(combined, baseline=f"{runs[0].root.name}/base")

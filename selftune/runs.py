@@ -172,6 +172,16 @@ class StageState:
     reason: str  # why the stage must run again, or "up to date"
 
 
+@dataclass(frozen=True)
+class StageEvent:
+    """What `Run.up_to_date` decided for one stage: `skip` (up to date) or `run`, and why."""
+
+    stage: str
+    round: int
+    action: Literal["skip", "run"]
+    reason: str
+
+
 def stage_state(
     stage_dir: Path,
     *,
@@ -230,6 +240,15 @@ class StageContext:
         self.inputs = inputs
         self.outputs: dict[str, Path] = {}
         self.metrics: dict[str, Any] = {}
+        # Config hash plus the inputs' sha256: training checkpoints are reused only under the same
+        # fingerprint, so a resume never continues from a run on other data.
+        self.fingerprint = config_hash
+
+    def _set_inputs(self, refs: dict[str, "FileRef"]) -> None:
+        digest = hashlib.sha256(self.config_hash.encode())
+        for name in sorted(refs):
+            digest.update(f"{name}={refs[name].sha256}".encode())
+        self.fingerprint = digest.hexdigest()[:16]
 
     def add_output(self, name: str, path: Path) -> Path:
         path = Path(path)
@@ -242,8 +261,27 @@ class StageContext:
 class Run:
     """One run directory. All paths recorded in manifests are relative to `root` when inside it."""
 
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, *, reuse: bool = False, on_event=None):
         self.root = Path(root).resolve()
+        # `selftune run` reuses every stage that is complete and still valid (`up_to_date`); a
+        # stage command run on its own always runs.
+        self.reuse = reuse
+        self.on_event = on_event or (lambda event: None)
+
+    def up_to_date(self, stage: str, *, config: BaseModel | dict | None, inputs: dict[str, Path],
+                   round: int = 1) -> bool:
+        """With `reuse` on: is `stage` complete and valid for this config and these inputs?
+
+        The decision goes to `on_event` either way, so a caller can say what it skipped and why
+        it reran the rest. Stage functions call this with the same config and inputs that they
+        hand to `stage()`, and return their recorded output when it says True.
+        """
+        if not self.reuse:
+            return False
+        state = self.state(stage, config_hash=config_hash(config), inputs={k: Path(v) for k, v in inputs.items()},
+                           round=round)
+        self.on_event(StageEvent(stage, round, "skip" if state.valid else "run", state.reason))
+        return state.valid
 
     def stage_dir(self, stage: str, round: int = 1) -> Path:
         return self.root / f"round-{round}" / stage
@@ -303,6 +341,7 @@ class Run:
         context.dir.mkdir(parents=True, exist_ok=True)
         (context.dir / MANIFEST).unlink(missing_ok=True)
         input_refs = {k: self._record(v) for k, v in inputs.items()}
+        context._set_inputs(input_refs)
         started = time.time()
         status, error = "complete", None
         try:

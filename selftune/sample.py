@@ -132,6 +132,8 @@ def sample_stage(
                     "max_new_tokens": cfg.generation.max_new_tokens, "split": split}
     params = SamplingParams(n=cfg.sample.k, temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
                             max_new_tokens=cfg.generation.max_new_tokens, seed=cfg.sample.seed)
+    if run.up_to_date("sample", config=stage_config, inputs=inputs, round=round):
+        return run.output_of("sample", "samples", round=round)
     with run.stage("sample", config=stage_config, inputs=inputs, round=round) as stage:
         opened = contextlib.nullcontext(generator) if generator else open_generator(
             policy, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size,

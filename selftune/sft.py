@@ -25,6 +25,7 @@ Usage:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import shutil
@@ -40,6 +41,7 @@ from selftune.records import read_records
 
 
 _round = round  # stage functions take a `round` argument (the self-training round)
+logger = logging.getLogger("selftune.sft")
 
 
 class NonFiniteLossError(SelftuneError):
@@ -161,15 +163,28 @@ def make_trainer_class():
     return GuardedTrainer
 
 
-def prepare_checkpoints(out_dir: Path, config_hash: str) -> bool:
-    """Keep checkpoints only if they were written under the same config; True when resuming."""
+def prepare_checkpoints(out_dir: Path, fingerprint: str, *, stage: str) -> bool:
+    """Keep checkpoints only if they were written under the same config and inputs (`fingerprint`);
+    True when training will resume from one (and the log says from which)."""
     checkpoints = out_dir / "checkpoints"
-    stamp = checkpoints / "selftune-config-hash"
-    if checkpoints.exists() and (not stamp.is_file() or stamp.read_text() != config_hash):
+    stamp = checkpoints / "selftune-fingerprint"
+    if checkpoints.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
         shutil.rmtree(checkpoints)
     checkpoints.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(config_hash)
-    return any(checkpoints.glob("checkpoint-*"))
+    stamp.write_text(fingerprint)
+    found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    # The Trainer writes trainer_state.json last; a process killed while saving leaves a folder
+    # without a readable one, and resuming from it would fail. Such a folder is dropped.
+    for folder in list(found):
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            logger.warning("%s: dropping incomplete checkpoint %s (interrupted while saving)", stage, folder.name)
+            shutil.rmtree(folder)
+            found.remove(folder)
+    if found:
+        logger.info("%s: resuming from %s (step %s)", stage, found[-1], found[-1].name.split("-")[-1])
+    return bool(found)
 
 
 def log_history(trainer) -> list[dict]:
@@ -193,6 +208,8 @@ def sft_stage(run, cfg, *, round: int = 1, data_path: Path | None = None, base: 
         inputs["base"] = Path(base)
     stage_config = {"sft": cfg.sft.model_dump(), "base": base, "dtype": cfg.model.dtype,
                     "load_in_4bit": cfg.model.load_in_4bit}
+    if run.up_to_date("sft", config=stage_config, inputs=inputs, round=round):
+        return run.output_of("sft", "merged" if cfg.sft.merge else "adapter", round=round)
     with run.stage("sft", config=stage_config, inputs=inputs, round=round) as stage:
         out = stage.dir
         device = default_device()
@@ -202,7 +219,7 @@ def sft_stage(run, cfg, *, round: int = 1, data_path: Path | None = None, base: 
         rows, dropped = tokenize_dataset(tokenizer, records, max_length=cfg.sft.max_length, response_separator=separator,
                                          max_drop_share=cfg.sft.max_drop_share, source=str(data_path))
         train_rows, eval_rows = split_validation(rows, cfg.sft.validation_share, cfg.sft.seed)
-        resuming = prepare_checkpoints(out, stage.config_hash)
+        resuming = prepare_checkpoints(out, stage.fingerprint, stage="sft")
         # Weights stay fp32 for training unless 4-bit; bf16 enters through autocast.
         model = load_model(base, dtype="float32" if not cfg.model.load_in_4bit else "bfloat16", device=device,
                            load_in_4bit=cfg.model.load_in_4bit, trust_remote_code=cfg.model.trust_remote_code)

@@ -66,8 +66,10 @@ def sft_data_stage(run, cfg, *, round: int = 1, samples_path: Path | None = None
     prompts_path = Path(prompts_path) if prompts_path else run.output_of("prompts", "prompts", round=1)
     samples = read_records(samples_path, "samples")  # validate both inputs before writing anything
     prompts = [p for p in read_records(prompts_path, "prompts") if p.split == "train"]
-    with run.stage("sft-data", config=cfg.sft_data, inputs={"samples": samples_path, "prompts": prompts_path},
-                   round=round) as stage:
+    inputs = {"samples": samples_path, "prompts": prompts_path}
+    if run.up_to_date("sft-data", config=cfg.sft_data, inputs=inputs, round=round):
+        return run.output_of("sft-data", "sft", round=round)
+    with run.stage("sft-data", config=cfg.sft_data, inputs=inputs, round=round) as stage:
         examples, stats = select_examples(prompts, samples, tie_break=cfg.sft_data.tie_break,
                                           dedupe=cfg.sft_data.dedupe, threshold=cfg.sample.scorer.pass_threshold)
         if not examples:

@@ -50,7 +50,7 @@ def test_report_files_hold_the_table_and_every_referenced_image_exists(report):
     for reference in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (out / reference).is_file() and (out / reference).stat().st_size > 1000
     page = files["html"].read_text()
-    assert page.count("<img") == 3 and "src='data:image/png;base64," in page and "<table>" in page
+    assert page.count("<img") == 4 and "src='data:image/png;base64," in page and "<table>" in page
     assert "answer 0 from dpo" in page and "steps=2" in page
 
 
@@ -79,4 +79,4 @@ def test_html_report_renders_in_headless_chromium(report, tmp_path):
     found = re.search(r"images=(\d+) shown=(\d+) rows=(\d+)", result.stdout)
     assert found, result.stderr[-2000:]
     images, shown, rows = map(int, found.groups())
-    assert images == 3 and shown == 3 and rows >= 3
+    assert images == 4 and shown == 4 and rows >= 3

@@ -1,0 +1,140 @@
+"""`selftune run`: the whole loop, stage by stage through the run's lineage.
+
+    prompts ─► [round r: sample ─► sft-data ─► sft (+merge) ─► pairs ─► dpo (+merge)] x rounds
+            ─► evaluate (base and every round's SFT and DPO models, one at a time) ─► report
+
+Every stage function checks its own manifest first (`Run.up_to_date`): a stage that is complete
+and whose config hash and input sha256s still match is skipped, and the run says so; any other
+stage runs, with the reason (never ran, config changed, input changed, ...). Because every input
+is recorded with its sha256, a rerun stage changes its outputs and so reruns everything
+downstream. A stage that was interrupted left no complete manifest and runs again; training
+resumes from its last checkpoint.
+
+Round 1 samples from the base model. Round r+1 samples from, and trains SFT on top of, round r's
+DPO model; the `base` negatives of every round are round 1's failed base samples.
+
+Usage:
+    selftune run --preset demo
+    selftune run --preset tiny --run-dir runs/t --set dpo.beta=0.2      # reruns dpo, evaluate, report
+    from selftune.pipeline import run_pipeline
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from selftune.errors import ConfigError
+from selftune.runs import Run, StageEvent
+
+ROUND_STAGES = ["sample", "sft-data", "sft", "pairs", "dpo"]
+STAGES = ["prompts", *ROUND_STAGES, "evaluate", "report"]
+
+
+@dataclass(frozen=True)
+class Step:
+    stage: str
+    round: int
+
+    @property
+    def label(self) -> str:
+        return f"round-{self.round}/{self.stage}"
+
+
+def plan(rounds: int, *, from_stage: str | None = None, until_stage: str | None = None) -> list[tuple[Step, bool]]:
+    """The steps to take, in order, each with `forced` (at or after `from_stage`: rerun whatever
+    its manifest says). `until_stage` stops after its last occurrence."""
+    for name in (from_stage, until_stage):
+        if name is not None and name not in STAGES:
+            raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    steps = [Step("prompts", 1)]
+    steps += [Step(stage, r) for r in range(1, rounds + 1) for stage in ROUND_STAGES]
+    steps += [Step("evaluate", rounds), Step("report", rounds)]
+    if until_stage is not None:
+        last = max(k for k, step in enumerate(steps) if step.stage == until_stage)
+        steps = steps[: last + 1]
+    first_forced = next((k for k, step in enumerate(steps) if step.stage == from_stage), len(steps))
+    return [(step, k >= first_forced) for k, step in enumerate(steps)]
+
+
+def _policy(run: Run, cfg, round: int) -> str:
+    """The model a round starts from: the base in round 1, else the previous round's DPO model."""
+    return cfg.model.spec if round == 1 else str(run.output_of("dpo", "merged", round=round - 1))
+
+
+def run_step(run: Run, cfg, step: Step, *, progress_factory: Callable | None = None) -> Path:
+    """Run (or reuse) one stage; returns its main output."""
+    from selftune import dpo, evaluate, negatives, prompts, report, sample, sft, sft_data
+
+    r = step.round
+    if step.stage == "prompts":
+        return prompts.prompts_stage(run, cfg)
+    if step.stage == "sample":
+        with _progress(progress_factory, f"round {r}: sampling") as progress:
+            return sample.sample_stage(run, cfg, round=r, policy=_policy(run, cfg, r), progress=progress)
+    if step.stage == "sft-data":
+        return sft_data.sft_data_stage(run, cfg, round=r)
+    if step.stage == "sft":
+        return sft.sft_stage(run, cfg, round=r, base=_policy(run, cfg, r))
+    if step.stage == "pairs":
+        with _progress(progress_factory, f"round {r}: sampling the SFT model") as progress:
+            return negatives.pairs_stage(run, cfg, round=r, progress=progress)
+    if step.stage == "dpo":
+        return dpo.dpo_stage(run, cfg, round=r)
+    if step.stage == "evaluate":
+        return evaluate.evaluate_stage(run, cfg, round=r)
+    if step.stage == "report":
+        return report.report_stage(run, cfg, round=r)
+    raise ConfigError(f"unknown stage {step.stage!r}")
+
+
+def _progress(factory, label: str):
+    import contextlib
+
+    return factory(label) if factory else contextlib.nullcontext(None)
+
+
+@dataclass
+class StepResult:
+    step: Step
+    action: str  # "skipped" (up to date) or "ran"
+    reason: str
+    seconds: float
+    output: Path
+
+
+def run_pipeline(run_dir: Path | str, cfg, *, from_stage: str | None = None, until_stage: str | None = None,
+                 on_event: Callable[[str], None] = print, progress_factory: Callable | None = None) -> list[StepResult]:
+    """Run the loop for `cfg` in `run_dir` (its config.yaml must already hold `cfg`).
+
+    `on_event` hears, before each stage, whether it is skipped or why it runs, and after a run
+    how long it took.
+    """
+    if not cfg.sft.merge:
+        raise ConfigError("sft.merge: false leaves DPO no merged SFT model to start from; set sft.merge: true")
+    decisions: list[StageEvent] = []
+
+    def decided(event: StageEvent) -> None:
+        decisions.append(event)
+        label = Step(event.stage, event.round).label
+        on_event(f"{label}: up to date, skipped" if event.action == "skip" else f"{label}: runs ({event.reason})")
+
+    run = Run(run_dir, reuse=True, on_event=decided)
+    results = []
+    with run.lock():
+        for step, forced in plan(cfg.rounds, from_stage=from_stage, until_stage=until_stage):
+            decisions.clear()
+            run.reuse = not forced
+            if forced:
+                on_event(f"{step.label}: runs (--from {from_stage})")
+            started = time.perf_counter()
+            output = run_step(run, cfg, step, progress_factory=progress_factory)
+            seconds = time.perf_counter() - started
+            skipped = bool(decisions) and decisions[-1].action == "skip"
+            reason = decisions[-1].reason if decisions else f"--from {from_stage}"
+            results.append(StepResult(step, "skipped" if skipped else "ran", reason, seconds, output))
+            if not skipped:
+                on_event(f"{step.label}: done in {seconds:.0f}s")
+    return results

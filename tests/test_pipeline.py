@@ -1,0 +1,112 @@
+"""`selftune run` end to end on the tiny preset: every stage, reuse, targeted reruns, SIGKILL resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from selftune.cli import app
+from selftune.pipeline import STAGES, plan
+from selftune.runs import read_manifest
+from selftune.sft import prepare_checkpoints
+
+runner = CliRunner()
+
+
+def test_plan_orders_rounds_and_applies_from_and_until():
+    steps = plan(2)
+    labels = [step.label for step, _ in steps]
+    assert labels[:3] == ["round-1/prompts", "round-1/sample", "round-1/sft-data"]
+    assert labels[6:8] == ["round-2/sample", "round-2/sft-data"]
+    assert labels[-2:] == ["round-2/evaluate", "round-2/report"]
+    assert not any(forced for _, forced in steps)
+    forced = [step.label for step, f in plan(2, from_stage="dpo") if f]
+    assert forced[0] == "round-1/dpo" and forced[-1] == "round-2/report" and "round-1/pairs" not in forced
+    assert [step.label for step, _ in plan(2, until_stage="sft")][-1] == "round-2/sft"
+    with pytest.raises(Exception, match="unknown stage 'sfft'"):
+        plan(1, from_stage="sfft")
+
+
+def _run(run_dir, model_dir, *extra):
+    result = runner.invoke(app, ["run", "--preset", "tiny", "--run-dir", str(run_dir), "--set", f"model.spec={model_dir}", *extra])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def _ran(output: str) -> list[str]:
+    return [line.split(":")[0] for line in output.splitlines() if ": runs (" in line]
+
+
+def test_run_end_to_end_then_reuse_then_rerun_only_what_beta_affects(tmp_path, tiny_model_dir):
+    run_dir = tmp_path / "run"
+    started = time.perf_counter()
+    first = _run(run_dir, tiny_model_dir)
+    first_seconds = time.perf_counter() - started
+    assert _ran(first) == [f"round-1/{stage}" for stage in STAGES]
+    for stage in STAGES:
+        manifest = read_manifest(run_dir / "round-1" / stage)
+        assert manifest is not None and manifest.status == "complete", stage
+    assert (run_dir / "report" / "report.html").is_file() and "report.html" in first
+    assert "prompt strict" in first  # the summary table is printed at the end
+    assert first_seconds < 180, first_seconds
+
+    second = _run(run_dir, tiny_model_dir)
+    assert _ran(second) == []
+    assert all(f"round-1/{stage}: up to date, skipped" in second for stage in STAGES)
+
+    sft_manifest = (run_dir / "round-1" / "sft" / "manifest.json").read_text()
+    third = _run(run_dir, tiny_model_dir, "--set", "dpo.beta=0.2")
+    assert _ran(third) == ["round-1/dpo", "round-1/evaluate", "round-1/report"]
+    assert "round-1/dpo: runs (config changed)" in third
+    assert (run_dir / "round-1" / "sft" / "manifest.json").read_text() == sft_manifest  # untouched
+    results = json.loads((run_dir / "round-1" / "evaluate" / "results.json").read_text())
+    assert list(results["models"]) == ["base", "sft", "dpo"]
+
+
+def test_sigkill_during_sft_then_rerun_resumes_from_the_checkpoint(tmp_path, tiny_model_dir):
+    run_dir = tmp_path / "run"
+    # Many small steps, a checkpoint after each: the kill lands mid-training.
+    command = [sys.executable, "-m", "selftune.cli", "run", "--preset", "tiny", "--run-dir", str(run_dir),
+               "--set", f"model.spec={tiny_model_dir}", "--set", "sft.epochs=30", "--set", "sft.save_steps=1",
+               "--set", "sft.per_device_batch_size=1", "--until", "sft"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = run_dir / "round-1" / "sft" / "checkpoints"
+    deadline = time.time() + 150
+    try:
+        while not any(checkpoints.glob("checkpoint-*/trainer_state.json")):
+            assert process.poll() is None, "the run ended before its first checkpoint"
+            assert time.time() < deadline, "no checkpoint within the time limit"
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert read_manifest(run_dir / "round-1" / "sft") is None  # killed: nothing looks complete
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    log = rerun.stdout + rerun.stderr
+    assert "round-1/sample: up to date, skipped" in log
+    assert "sft: resuming from" in log
+    manifest = read_manifest(run_dir / "round-1" / "sft")
+    assert manifest.status == "complete" and manifest.metrics["resumed"] is True
+
+
+def test_a_checkpoint_cut_off_while_saving_is_dropped(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "checkpoint-1").mkdir(parents=True)
+    (checkpoints / "checkpoint-1" / "trainer_state.json").write_text('{"global_step": 1}')
+    (checkpoints / "checkpoint-2").mkdir()
+    (checkpoints / "checkpoint-2" / "adapter_model.safetensors").write_bytes(b"partial")
+    (checkpoints / "selftune-fingerprint").write_text("abc")
+    assert prepare_checkpoints(tmp_path, "abc", stage="sft") is True
+    assert (checkpoints / "checkpoint-1").is_dir() and not (checkpoints / "checkpoint-2").exists()
+    # Another fingerprint (other config or inputs): no checkpoint survives.
+    assert prepare_checkpoints(tmp_path, "def", stage="sft") is False
+    assert not (checkpoints / "checkpoint-1").exists()
