@@ -29,8 +29,10 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# The whole loop on the embedded default; ends with the summary table and the report's path.
+# A second `make demo` reuses every stage that is still up to date.
 demo: $(VENV)/.installed
-	$(VENV)/bin/selftune generate --model builtin:smollm2-135m-instruct --prompts examples/prompts.jsonl --out runs/demo-generate.jsonl --max-new-tokens 96 --show
+	$(VENV)/bin/selftune run --preset demo
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q
@@ -38,8 +40,12 @@ test: $(VENV)/.installed-dev
 test-slow: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m slow
 
+# bench/sft.py and bench/dpo.py take their data from the demo run: `make demo` first.
 bench: $(VENV)/.installed
 	$(PY) bench/generation.py
+	$(PY) bench/sft.py --data runs/demo/round-1/sft-data/sft.jsonl
+	$(PY) bench/dpo.py --model runs/demo/round-1/sft/merged --pairs runs/demo/round-1/pairs/pairs.jsonl \
+		--eval-pairs runs/demo/round-1/pairs/eval_pairs.jsonl
 
 clean:
 	rm -rf $(VENV) build *.egg-info
