@@ -92,6 +92,13 @@ def _figure():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def plot_pass_rates(results: dict, path: Path) -> Path:
     plt = _figure()
     models = list(results["models"])
@@ -106,10 +113,7 @@ def plot_pass_rates(results: dict, path: Path) -> Path:
     ax.set_ylabel("strict pass rate")
     ax.set_title("Pass rate per constraint type (eval prompts)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 # Curves drawn per training stage: (key in the Trainer's log history, label).
@@ -141,10 +145,7 @@ def plot_training(history_by_stage: dict[str, list[dict]], path: Path) -> Path |
     for ax in axes:
         ax.set_xlabel("optimizer step")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_trend(results: dict, path: Path) -> Path:
@@ -158,10 +159,7 @@ def plot_trend(results: dict, path: Path) -> Path:
         ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center")
     ax.set_ylabel("prompt-level strict accuracy")
     ax.set_title("Instruction following across models and rounds (eval prompts)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_lengths(answers: list[dict], path: Path) -> Path:
@@ -176,10 +174,7 @@ def plot_lengths(answers: list[dict], path: Path) -> Path:
     ax.set_ylabel("eval prompts")
     ax.set_title("Answer length distribution")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
