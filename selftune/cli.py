@@ -408,12 +408,21 @@ def dpo(
 
 
 def print_results_table(results: dict, title: str) -> None:
-    from selftune.report import summary_table
+    from selftune.report import noise_table, summary_table
 
     print_table(*summary_table(results), title)
+    header, rows = noise_table(results)
+    if rows:
+        print_table(header, rows, "prompt-level strict gain vs base, with its noise", transpose=False)
 
 
-def print_table(header: list[str], rows: list[list[str]], title: str) -> None:
+def print_table(header: list[str], rows: list[list[str]], title: str, transpose: bool = True) -> None:
+    if not transpose:
+        table = Table(*header, title=title)
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))
+        console.print(table)
+        return
     # Metrics down, models across: fits a terminal however many metrics there are.
     table = Table("metric", *(escape(row[0]) for row in rows), title=title)
     for k, metric in enumerate(header[1:], start=1):

@@ -92,6 +92,8 @@ class PairCollator:
         }
         if "ref_chosen_logps" in rows[0]:
             batch["ref_logps"] = torch.tensor([r["ref_chosen_logps"] for r in rows] + [r["ref_rejected_logps"] for r in rows])
+        if "pair_index" in rows[0]:  # held-out rows: lets an eval pass attribute margins to negative sources
+            batch["pair_index"] = torch.tensor([r["pair_index"] for r in rows])
         return batch
 
 
@@ -152,34 +154,16 @@ def reference_logps(model, rows: list[dict], collator: PairCollator, batch_size:
     model.train(was_training)
 
 
-@torch.no_grad()
-def reward_stats_by_source(model, rows: list[dict], collator: PairCollator, beta: float, batch_size: int,
-                           bf16: bool) -> dict[str, dict[str, float]]:
-    """Held-out implicit reward accuracy and mean margin, overall and per negative source.
-
-    The reference is the adapter disabled (or precomputed reference log-probs when present)."""
-    device = next(model.parameters()).device
-    model.eval()
-    margins: dict[str, list[float]] = defaultdict(list)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            batch = collator(chunk)
-            args = [batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")]
-            policy, _ = sequence_logps(model, *args)
-            if "ref_logps" in batch:
-                reference = batch["ref_logps"].to(device)
-            else:
-                with model.disable_adapter():
-                    reference, _ = sequence_logps(model, *args)
-            half = len(chunk)
-            margin = beta * ((policy[:half] - reference[:half]) - (policy[half:] - reference[half:]))
-            for row, value in zip(chunk, margin.tolist()):
-                margins[row["negative_source"]].append(value)
-                margins["all"].append(value)
+def reward_stats_by_source(margins: dict[int, float], rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Held-out implicit reward accuracy and mean margin, overall and per negative source, from the
+    margins an eval pass recorded per row (`pair_index` -> beta x log-ratio difference)."""
+    by_source: dict[str, list[float]] = defaultdict(list)
+    for index, margin in sorted(margins.items()):
+        by_source[rows[index]["negative_source"]].append(margin)
+        by_source["all"].append(margin)
     return {source: {"pairs": len(values), "accuracy": _round(sum(v > 0 for v in values) / len(values), 4),
                      "margin": _round(sum(values) / len(values), 4)}
-            for source, values in sorted(margins.items())}
+            for source, values in sorted(by_source.items())}
 
 
 def make_dpo_trainer_class():
@@ -194,7 +178,12 @@ def make_dpo_trainer_class():
             self.displacement_warn = displacement_warn
             self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: let Trainer scale it
             self.stash: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+            self.eval_margins: dict[int, float] = {}  # pair_index -> margin, from the last evaluate()
             self.warnings: list[str] = []
+
+        def evaluate(self, *args, **kwargs):
+            self.eval_margins = {}
+            return super().evaluate(*args, **kwargs)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             policy, counts = sequence_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
@@ -208,6 +197,9 @@ def make_dpo_trainer_class():
             split = "train" if model.training else "eval"
             for name, values in metrics.items():
                 self.stash[split][name].extend(values.float().cpu().tolist())
+            if split == "eval" and "pair_index" in inputs:
+                margins = metrics["rewards/margins"].float().cpu().tolist()
+                self.eval_margins.update(zip(inputs["pair_index"].tolist(), margins))
             loss = losses.mean()
             return (loss, None) if return_outputs else loss
 
@@ -277,6 +269,8 @@ def dpo_stage(run, cfg, *, round: int = 1, pairs_path: Path | None = None, eval_
                                        max_drop_share=cfg.sft.max_drop_share, source=str(pairs_path))
         eval_rows, _ = tokenize_pairs(tokenizer, eval_pairs, max_length=cfg.dpo.max_length, response_separator=separator,
                                       max_drop_share=1.0, source=str(eval_pairs_path))
+        for index, row in enumerate(eval_rows):
+            row["pair_index"] = index
         resuming = prepare_checkpoints(out, stage.fingerprint, stage="dpo")
         model = load_model(sft_model, dtype="float32" if not cfg.model.load_in_4bit else "bfloat16", device=device,
                            load_in_4bit=cfg.model.load_in_4bit)
@@ -299,14 +293,15 @@ def dpo_stage(run, cfg, *, round: int = 1, pairs_path: Path | None = None, eval_
             beta=cfg.dpo.beta, loss_type=cfg.dpo.loss_type, rpo_alpha=cfg.dpo.rpo_alpha,
             displacement_warn=cfg.dpo.displacement_warn_nats,
         )
-        before = trainer.evaluate() if eval_rows else {}
+        # At the start the fresh adapter adds exactly zero (LoRA B starts at 0), so the policy equals
+        # its reference and every held-out margin is 0: known without an evaluation pass.
+        before = {"eval_rewards/accuracies": 0.0, "eval_rewards/margins": 0.0} if eval_rows else {}
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=True if resuming else None)
         seconds = time.perf_counter() - started
         after = trainer.evaluate() if eval_rows else {}
-        if eval_rows:
-            stage.metrics["held_out_by_source"] = reward_stats_by_source(
-                model, eval_rows, collator, cfg.dpo.beta, cfg.dpo.per_device_batch_size * 2, args.bf16)
+        if eval_rows:  # from the same pass as `after`
+            stage.metrics["held_out_by_source"] = reward_stats_by_source(trainer.eval_margins, eval_rows)
         warnings = list(trainer.warnings)
         generator = None
         length_prompts = [[m.model_dump() for m in p.prompt] for p in (eval_pairs or pairs)[: cfg.dpo.length_check_prompts]]

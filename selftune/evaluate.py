@@ -25,6 +25,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 import math
+import random
 import time
 import weakref
 from collections import defaultdict
@@ -92,6 +93,30 @@ def pair_log_probs(model, tokenizer, pairs: list[PairRecord], batch_size: int = 
     return out
 
 
+def paired_comparison(ours: list[bool], theirs: list[bool], *, draws: int = 2000, seed: int = 0) -> dict:
+    """Prompt-level accuracy difference of two models on the same prompts, with its noise.
+
+    The prompts are the unit: a 95% paired-bootstrap interval of the difference (prompts resampled
+    with replacement), and McNemar's exact test, a two-sided binomial test on the prompts where the
+    two models disagree (`wins`: only ours passes; `losses`: only theirs).
+    """
+    if len(ours) != len(theirs) or not ours:
+        raise ValueError("paired comparison needs the same, non-empty set of prompts for both models")
+    n = len(ours)
+    diffs = [int(a) - int(b) for a, b in zip(ours, theirs)]
+    rng = random.Random(seed)
+    boots = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(draws))
+    wins, losses = diffs.count(1), diffs.count(-1)
+    disagreements = wins + losses
+    tail = sum(math.comb(disagreements, k) for k in range(min(wins, losses) + 1)) / 2 ** disagreements
+    return {
+        "delta": _round(sum(diffs) / n, 4),
+        "ci95": [_round(boots[int(0.025 * draws)], 4), _round(boots[int(0.975 * draws) - 1], 4)],
+        "wins": wins, "losses": losses, "prompts": n,
+        "p_value": _round(min(1.0, 2 * tail), 4) if disagreements else 1.0,
+    }
+
+
 def pair_metrics(own: list[tuple[float, float, int]], reference: list[tuple[float, float, int]],
                  pairs: list[PairRecord], beta: float) -> dict:
     """Implicit reward accuracy and margin against a reference, overall and per negative source."""
@@ -156,8 +181,10 @@ def evaluate_one(name: str, spec: str, prompts: list[PromptRecord], pairs: list[
 
 
 def evaluate_models(models: list[tuple[str, str]], prompts: list[PromptRecord], pairs: list[PairRecord], cfg,
-                    *, reference: str | None = "sft", reference_spec: str | None = None, on_model=None) -> dict:
-    """Evaluate `models` [(name, spec)] in order, one at a time; pair margins against `reference`."""
+                    *, reference: str | None = "sft", reference_spec: str | None = None, baseline: str = "base",
+                    on_model=None) -> dict:
+    """Evaluate `models` [(name, spec)] in order, one at a time; pair margins against `reference`;
+    prompt-level strict accuracy compared with `baseline`, with its noise (`vs_base`)."""
     results: dict = {"models": {}, "order": [name for name, _ in models]}
     answers: list[dict] = []
     log_probs: dict[str, list] = {}
@@ -182,6 +209,13 @@ def evaluate_models(models: list[tuple[str, str]], prompts: list[PromptRecord], 
             for name in results["models"]:
                 results["models"][name]["pairs"] = pair_metrics(log_probs[name], log_probs[reference], pairs, cfg.dpo.beta)
             results["reference"] = reference
+    if baseline in results["models"]:
+        passed = defaultdict(list)  # model -> prompt-level strict pass per prompt, in prompt order
+        for row in answers:
+            passed[row["model"]].append(all(row["strict"]))
+        for name in results["models"]:
+            if name != baseline:
+                results["models"][name]["vs_" + baseline] = paired_comparison(passed[name], passed[baseline])
     results["answers"] = answers
     return results
 

@@ -228,6 +228,11 @@ def write_report(out: Path, *, title: str, results: dict, answers: list[dict], p
 
     md = [f"# {title}", "", "## Models (eval split; deltas against base)", "", markdown_table(header, rows), ""]
     md += [f"Pair metrics use the {results.get('reference', 'SFT')} model as the reference.", ""]
+    noise_header, noise_rows = noise_table(results)
+    if noise_rows:
+        md += ["## Is the gain more than noise?", "", markdown_table(noise_header, noise_rows), "",
+               "Paired over the same eval prompts: the interval resamples prompts; McNemar's exact test "
+               "uses the prompts where the two models disagree.", ""]
     for caption, path in images.items():
         md += [f"## {caption.capitalize()}", "", f"![{caption}](plots/{path.name})", ""]
     md += ["## Answers side by side", ""]
@@ -243,6 +248,8 @@ def write_report(out: Path, *, title: str, results: dict, answers: list[dict], p
 
     parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Models (eval split; deltas against base)</h2>",
              _html_table(header, rows)]
+    if noise_rows:
+        parts += ["<h2>Is the gain more than noise?</h2>", _html_table(noise_header, noise_rows)]
     for caption, path in images.items():
         parts.append(f"<h2>{html.escape(caption.capitalize())}</h2><img alt='{html.escape(caption)}' src='{embedded(path)}'>")
     parts.append("<h2>Answers side by side</h2>")
@@ -298,6 +305,20 @@ def run_results(run) -> tuple[dict, int]:
 def summary_table(results: dict, baseline: str = "base") -> tuple[list[str], list[list[str]]]:
     """Header and rows of the models x metrics table, deltas against `baseline`."""
     return ["model"] + [title for _, title, _ in COLUMNS], summary_rows(results, baseline)
+
+
+def noise_table(results: dict, baseline: str = "base") -> tuple[list[str], list[list[str]]]:
+    """Each model's prompt-level strict gain over `baseline` with its paired 95% interval and
+    McNemar's p (see `selftune.evaluate.paired_comparison`)."""
+    header = ["model", f"strict gain vs {baseline}", "95% CI (paired bootstrap)", "prompts won / lost", "McNemar p"]
+    rows = []
+    for name, metrics in results["models"].items():
+        versus = metrics.get("vs_" + baseline)
+        if versus:
+            low, high = versus["ci95"]
+            rows.append([name, f"{versus['delta']:+.3f}", f"[{low:+.3f}, {high:+.3f}]",
+                         f"{versus['wins']} / {versus['losses']}", f"{versus['p_value']:.4f}"])
+    return header, rows
 
 
 def compare_table(runs: list) -> tuple[list[str], list[list[str]]]:

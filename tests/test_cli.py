@@ -114,7 +114,10 @@ def test_data_commands_through_the_run_lineage(tmp_path, tiny_model_dir):
     assert result.exit_code == 0, result.output
     assert "sample pass rate per constraint type" in result.output
     samples = run_dir / "round-1" / "sample" / "samples.jsonl"
-    assert len(samples.read_text().splitlines()) == 12 * 2
+    from selftune.config import load_config
+
+    tiny = load_config("tiny")
+    assert len(samples.read_text().splitlines()) == tiny.prompts.n_train * tiny.sample.k
     result = runner.invoke(app, ["sft-data", "--run", str(run_dir)])
     # A random tiny model rarely passes; either outcome must be reported, not crash silently.
     if result.exit_code == 0:

@@ -178,7 +178,7 @@ def test_yield_statistics(tmp_path):
 
 
 def test_sft_data_keeps_only_sampled_passing_answers(tmp_path):
-    cfg = load_config("tiny", overrides=["sample.k=4", "prompts.n_train=40"])
+    cfg = load_config("tiny", overrides=["sample.k=4", "prompts.n_train=40", "sample.scorer.pass_threshold=1.0"])
     run = Run(tmp_path / "run")
     prompts_stage(run, cfg)
     pool = ["all lowercase, short", "ALL CAPS", "<<Title>>\n* a\n* b", "Sure thing. Fine. That is all.",

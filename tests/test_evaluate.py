@@ -58,6 +58,7 @@ def test_base_answers_do_not_depend_on_evaluation_order(tiny_model_dir, second_m
     def answers(results, name):
         return [a["answer"] for a in results["answers"] if a["model"] == name]
     assert answers(first, "base") == answers(last, "base")
+    assert first["models"]["other"]["vs_base"]["prompts"] == len(PROMPTS) and "vs_base" not in first["models"]["base"]
     assert answers(first, "base") != answers(first, "other")
     assert first["models"]["other"]["pairs"] == last["models"]["other"]["pairs"]
 
@@ -120,3 +121,19 @@ def test_three_models_peak_like_one(big_models):
     assert one > 300 * 2**20, "the model should dominate the measured memory"
     assert three < 1.5 * one, (three / 2**20, one / 2**20)
     assert len(reported) == 3 and all(peak > 0 for peak in reported)
+
+
+def test_paired_comparison_gives_the_gain_its_noise():
+    from selftune.evaluate import paired_comparison
+
+    theirs = [False] * 40 + [True] * 10
+    ours = [True] * 10 + [False] * 30 + [True] * 10  # 10 prompts won, none lost
+    result = paired_comparison(ours, theirs)
+    assert result["delta"] == pytest.approx(0.2) and (result["wins"], result["losses"]) == (10, 0)
+    assert result["p_value"] == pytest.approx(2 * 0.5 ** 10, abs=1e-4)  # McNemar exact, two-sided
+    low, high = result["ci95"]
+    assert 0 < low < 0.2 < high
+    mixed = paired_comparison([True, False] * 25, [False, True] * 25)  # 25 won, 25 lost
+    assert mixed["delta"] == 0 and mixed["p_value"] == 1.0 and mixed["ci95"][0] < 0 < mixed["ci95"][1]
+    with pytest.raises(ValueError):
+        paired_comparison([True], [True, False])

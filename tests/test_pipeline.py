@@ -73,7 +73,7 @@ def test_sigkill_during_sft_then_rerun_resumes_from_the_checkpoint(tmp_path, tin
     run_dir = tmp_path / "run"
     # Many small steps, a checkpoint after each: the kill lands mid-training.
     command = [sys.executable, "-m", "selftune.cli", "run", "--preset", "tiny", "--run-dir", str(run_dir),
-               "--set", f"model.spec={tiny_model_dir}", "--set", "sft.epochs=30", "--set", "sft.save_steps=1",
+               "--set", f"model.spec={tiny_model_dir}", "--set", "sft.epochs=10", "--set", "sft.save_steps=1",
                "--set", "sft.per_device_batch_size=1", "--until", "sft"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

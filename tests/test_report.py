@@ -17,6 +17,8 @@ RESULTS = {
                                                   "title": {"n": 3, "strict": strict / 2, "loose": strict}}},
             "pairs": {"reward_accuracy": {"all": acc}, "reward_margin": {"all": acc - 0.5}, "chosen_perplexity": 3.0},
             "mean_length_tokens": 40.0, "repetition_rate": 0.01, "peak_memory_gib": 0.7,
+            **({"vs_base": {"delta": strict - 0.2, "ci95": [0.05, 0.4], "wins": 30, "losses": 5, "prompts": 100,
+                            "p_value": 0.0001}} if name != "base" else {}),
         }
         for name, strict, acc in (("base", 0.2, 0.4), ("sft", 0.3, 0.5), ("dpo", 0.45, 0.8))
     },
@@ -47,6 +49,7 @@ def test_report_files_hold_the_table_and_every_referenced_image_exists(report):
     out, files = report
     md = files["md"].read_text()
     assert "| dpo | 0.450 (+0.250)" in md
+    assert "| dpo | +0.250 | [+0.050, +0.400] | 30 / 5 | 0.0001 |" in md
     for reference in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (out / reference).is_file() and (out / reference).stat().st_size > 1000
     page = files["html"].read_text()
