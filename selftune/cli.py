@@ -61,7 +61,8 @@ class GenerationProgress:
         return self  # the bar starts with the first report: a stage that is skipped shows none
 
     def __exit__(self, *exc):
-        self.progress.stop()
+        if self.progress.live.is_started:
+            self.progress.stop()
 
     def __call__(self, prompts_done: int, new_tokens: int) -> None:
         if not self.progress.live.is_started:
@@ -543,9 +544,15 @@ def run_command(
         table.add_row(step.step.label, step.action if step.action == "ran" else "up to date", f"{step.seconds:.0f}")
     console.print(table)
     if steps and steps[-1].step.stage == "report":
-        from selftune.report import run_results
+        from selftune.report import evaluation_of, side_by_side
 
-        print_results_table(run_results(run)[0], "summary (eval split; deltas against base)")
+        results, answers, prompts = evaluation_of(run, cfg.rounds)
+        for example in side_by_side(answers, prompts, count=1):
+            console.rule(f"held-out prompt {example['prompt_id']}")
+            console.print(escape(example["prompt"]), soft_wrap=True)
+            for name, answer in example["answers"].items():
+                console.print(f"[bold]{escape(name)}:[/bold] {escape(answer)}", soft_wrap=True)
+        print_results_table(results, "summary (eval split; deltas against base)")
         console.print(f"report: {steps[-1].output}", soft_wrap=True)
 
 

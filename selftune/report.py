@@ -267,15 +267,22 @@ def write_report(out: Path, *, title: str, results: dict, answers: list[dict], p
     return {"md": out / "report.md", "html": out / "report.html", **{k: v for k, v in images.items()}}
 
 
-def report_stage(run, cfg, *, round: int = 1) -> Path:
+def evaluation_of(run, round: int) -> tuple[dict, list[dict], dict[str, str]]:
+    """A run's evaluation through its lineage: results, every answer, and prompt texts by id."""
     from selftune.records import read_records
 
+    results = json.loads(run.output_of("evaluate", "results", round=round).read_text())
+    answers_path = run.output_of("evaluate", "answers", round=round)
+    answers = [json.loads(line) for line in answers_path.read_text().splitlines() if line.strip()]
+    prompts_path = run.output_of("prompts", "prompts", round=1)
+    prompts = {p.id: p.messages[-1].content for p in read_records(prompts_path, "prompts")}
+    return results, answers, prompts
+
+
+def report_stage(run, cfg, *, round: int = 1) -> Path:
     results_path = run.output_of("evaluate", "results", round=round)
     answers_path = run.output_of("evaluate", "answers", round=round)
-    prompts_path = run.output_of("prompts", "prompts", round=1)
-    results = json.loads(results_path.read_text())
-    answers = [json.loads(line) for line in answers_path.read_text().splitlines() if line.strip()]
-    prompts = {p.id: p.messages[-1].content for p in read_records(prompts_path, "prompts")}
+    results, answers, prompts = evaluation_of(run, round)
     history = {}
     for r in range(1, round + 1):
         for stage in ("sft", "dpo"):
