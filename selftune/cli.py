@@ -441,6 +441,8 @@ def evaluate(
     reference: Optional[str] = typer.Option(None, "--reference", help="NAME of the model pair margins are measured against (with --model)."),
     out: Path = typer.Option(Path("eval"), "--out", help="Output folder with --model (a run's own evaluation stays in the run)."),
     round: Optional[int] = typer.Option(None, "--round", help="Round to evaluate; default: the run's last."),
+    judge: bool = typer.Option(False, "--judge", help="Also a judge win-rate against base, positions swapped (judge loaded last, alone)."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Judge model spec; default: the base model."),
 ):
     """Evaluate models one at a time: each is loaded fresh, measured, and unloaded before the next.
 
@@ -459,6 +461,8 @@ def evaluate(
     cfg = load_config(files=[run.root / "config.yaml"]) if run else load_config()
     if models:
         cfg.evaluate.models = [name.strip() for name in models.split(",") if name.strip()]
+    if judge or judge_model:
+        cfg.evaluate.judge, cfg.evaluate.judge_model = True, judge_model or cfg.evaluate.judge_model
     round = round or cfg.rounds
 
     def announce(name: str, metrics: dict) -> None:

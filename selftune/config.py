@@ -144,7 +144,8 @@ class DPOConfig(TrainConfig):
 class EvaluateConfig(Section):
     models: list[str] = Field(default_factory=lambda: ["base", "sft", "dpo"], description="Models evaluated, one at a time.")
     max_new_tokens: int = Field(256, ge=1, description="Longest eval answer.")
-    judge: bool = Field(False, description="Also compute a judge win-rate (positions swapped).")
+    judge: bool = Field(False, description="Also compute a judge win-rate against the base (positions swapped).")
+    judge_model: str | None = Field(None, description="Judge model spec; None = the run's base model. Loaded after every evaluated model is unloaded.")
     lm_eval_tasks: list[str] = Field(default_factory=list, description="lm-eval-harness tasks (extra eval).")
 
 

@@ -209,6 +209,10 @@ def evaluate_models(models: list[tuple[str, str]], prompts: list[PromptRecord], 
             for name in results["models"]:
                 results["models"][name]["pairs"] = pair_metrics(log_probs[name], log_probs[reference], pairs, cfg.dpo.beta)
             results["reference"] = reference
+    if cfg.evaluate.judge and baseline in results["models"]:
+        results["judge"] = judge_models(answers, prompts, baseline, cfg)
+        for name, outcome in results["judge"]["vs_" + baseline].items():
+            results["models"][name]["judge_win_rate"] = outcome["win_rate"]
     if baseline in results["models"]:
         passed = defaultdict(list)  # model -> prompt-level strict pass per prompt, in prompt order
         for row in answers:
@@ -250,6 +254,30 @@ def parse_model_specs(items: list[str]) -> list[tuple[str, str]]:
     if len(set(names)) != len(names):
         raise SelftuneError(f"model names must differ: {names}")
     return models
+
+
+def judge_models(answers: list[dict], prompts: list[PromptRecord], baseline: str, cfg) -> dict:
+    """Judge win-rate of every model against `baseline`, positions swapped (see `judge_win_rate`).
+
+    Runs after the last evaluated model is unloaded, so the judge is the only model in memory.
+    """
+    from selftune.generation import open_generator
+    from selftune.records import message_text
+    from selftune.scoring import judge_win_rate
+
+    spec = cfg.evaluate.judge_model or cfg.model.spec
+    by_model: dict[str, dict[str, str]] = defaultdict(dict)
+    for row in answers:
+        by_model[row["model"]][row["prompt_id"]] = row["answer"]
+    requests = [message_text(p.messages) for p in prompts]
+    outcome: dict = {"judge": spec, f"vs_{baseline}": {}}
+    with open_generator(spec, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size,
+                        dtype=cfg.model.dtype) as judge:
+        for name, texts in by_model.items():
+            if name != baseline:
+                outcome[f"vs_{baseline}"][name] = judge_win_rate(
+                    judge, requests, [texts[p.id] for p in prompts], [by_model[baseline][p.id] for p in prompts])
+    return outcome
 
 
 def run_models(run, round: int) -> list[tuple[str, str]]:

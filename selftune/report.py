@@ -27,6 +27,7 @@ COLUMNS = [
     ("instruction_loose", "instr. loose", True),
     ("reward_accuracy", "pair reward acc.", True),
     ("reward_margin", "pair margin", True),
+    ("judge_win_rate", "judge win rate", True),
     ("chosen_perplexity", "chosen ppl", False),
     ("mean_length_tokens", "mean length", None),
     ("repetition_rate", "repetition", False),

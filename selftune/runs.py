@@ -231,7 +231,8 @@ def _resolve(root: Path, recorded: str) -> Path:
 class StageContext:
     """Handed to a stage's body: where to write, and what to record in the manifest."""
 
-    def __init__(self, run: "Run", name: str, round: int, config_hash: str, inputs: dict[str, Path]):
+    def __init__(self, run: "Run", name: str, round: int, config_hash: str, inputs: dict[str, Path],
+                 fingerprint: str):
         self.run = run
         self.name = name
         self.round = round
@@ -242,13 +243,7 @@ class StageContext:
         self.metrics: dict[str, Any] = {}
         # Config hash plus the inputs' sha256: training checkpoints are reused only under the same
         # fingerprint, so a resume never continues from a run on other data.
-        self.fingerprint = config_hash
-
-    def _set_inputs(self, refs: dict[str, "FileRef"]) -> None:
-        digest = hashlib.sha256(self.config_hash.encode())
-        for name in sorted(refs):
-            digest.update(f"{name}={refs[name].sha256}".encode())
-        self.fingerprint = digest.hexdigest()[:16]
+        self.fingerprint = fingerprint
 
     def add_output(self, name: str, path: Path) -> Path:
         path = Path(path)
@@ -337,11 +332,14 @@ class Run:
         incomplete rather than looking like the previous, now overwritten, result.
         """
         inputs = {k: Path(v) for k, v in (inputs or {}).items()}
-        context = StageContext(self, name, round, config_hash(config), inputs)
+        input_refs = {k: self._record(v) for k, v in inputs.items()}
+        stage_hash = config_hash(config)
+        digest = hashlib.sha256(stage_hash.encode())
+        for key in sorted(input_refs):
+            digest.update(f"{key}={input_refs[key].sha256}".encode())
+        context = StageContext(self, name, round, stage_hash, inputs, fingerprint=digest.hexdigest()[:16])
         context.dir.mkdir(parents=True, exist_ok=True)
         (context.dir / MANIFEST).unlink(missing_ok=True)
-        input_refs = {k: self._record(v) for k, v in inputs.items()}
-        context._set_inputs(input_refs)
         started = time.time()
         status, error = "complete", None
         try:

@@ -178,3 +178,58 @@ class RewardModelScorer:
                 value = 1 / (1 + math.exp(-logit))
                 results.append(ScoreResult(value, value >= self.pass_threshold, {"reward_logit": logit}))
         return results
+
+
+PAIRWISE_RUBRIC = """Which response follows every instruction in the request better? Judge only how well \
+the instructions are followed and how helpful the response is, not its length.
+
+[Request]
+{request}
+
+[Response A]
+{a}
+
+[Response B]
+{b}
+
+Reply with one line: "Winner: A", "Winner: B" or "Winner: tie"."""
+
+_VERDICT = re.compile(r"winner[\s*:=]*(A|B|tie)\b", re.IGNORECASE)
+
+
+def parse_pairwise_verdict(text: str) -> str | None:
+    """'A', 'B' or 'tie' from a judge's reply; None when it names no winner."""
+    match = _VERDICT.search(text)
+    if match:
+        return match.group(1).upper() if match.group(1).lower() != "tie" else "tie"
+    bare = re.fullmatch(r"\W*(A|B)\W*", text.strip())
+    return bare.group(1) if bare else None
+
+
+def judge_win_rate(generator: Generator, requests: Sequence[str], ours: Sequence[str], theirs: Sequence[str],
+                   *, rubric: str = PAIRWISE_RUBRIC, max_new_tokens: int = 16) -> dict:
+    """How often a judge prefers `ours` to `theirs`, each pair asked twice with the positions swapped.
+
+    A win counts 1, a tie or an unreadable verdict 0.5, a loss 0; the rate is the mean over both
+    orders, so a judge that always names the first position gives exactly 0.5. `position_bias` is
+    the share of verdicts naming A.
+    """
+    queries, sides = [], []
+    for request, a, b in zip(requests, ours, theirs):
+        queries.append([{"role": "user", "content": rubric.format(request=request, a=a, b=b)}])
+        sides.append("A")  # ours shown first
+        queries.append([{"role": "user", "content": rubric.format(request=request, a=b, b=a)}])
+        sides.append("B")  # ours shown second
+    verdicts = [v[0].text for v in generator.generate(queries, SamplingParams(max_new_tokens=max_new_tokens))]
+    points, named_a, unreadable = [], 0, 0
+    for text, ours_side in zip(verdicts, sides):
+        verdict = parse_pairwise_verdict(text)
+        unreadable += verdict is None
+        named_a += verdict == "A"
+        points.append(0.5 if verdict in (None, "tie") else float(verdict == ours_side))
+    return {
+        "win_rate": round(sum(points) / max(1, len(points)), 4),
+        "comparisons": len(points),
+        "position_bias": round(named_a / max(1, len(points)), 4),
+        "unreadable": unreadable,
+    }

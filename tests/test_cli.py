@@ -6,7 +6,8 @@ from typer.testing import CliRunner
 from selftune.cli import app
 
 runner = CliRunner()
-COMMANDS = ["generate", "validate", "doctor", "config", "prompts", "sample", "sft-data", "sft", "merge", "inspect", "pairs", "dpo"]
+COMMANDS = ["generate", "validate", "doctor", "config", "prompts", "sample", "sft-data", "sft", "merge", "inspect", "pairs", "dpo",
+            "evaluate", "report", "compare", "run"]
 
 
 def test_help_lists_every_command():
@@ -18,7 +19,8 @@ def test_help_lists_every_command():
 
 @pytest.mark.parametrize("command", [["generate"], ["validate"], ["doctor"], ["config", "show"], ["config", "presets"],
                                      ["prompts", "build"], ["sample"], ["sft-data"], ["sft"], ["merge"],
-                                     ["inspect", "masks"], ["pairs"], ["dpo"]])
+                                     ["inspect", "masks"], ["pairs"], ["dpo"], ["evaluate"], ["report"], ["compare"],
+                                     ["run"]])
 def test_each_command_help_ends_with_an_example(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0

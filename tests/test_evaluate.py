@@ -137,3 +137,52 @@ def test_paired_comparison_gives_the_gain_its_noise():
     assert mixed["delta"] == 0 and mixed["p_value"] == 1.0 and mixed["ci95"][0] < 0 < mixed["ci95"][1]
     with pytest.raises(ValueError):
         paired_comparison([True], [True, False])
+
+
+class _Judge:
+    """A judge stub: names the response holding `prefer`, or always `fixed`."""
+
+    def __init__(self, prefer=None, fixed=None):
+        self.prefer, self.fixed = prefer, fixed
+
+    def generate(self, prompts, params, progress=None):
+        from selftune.generation import Completion
+
+        out = []
+        for i, prompt in enumerate(prompts):
+            text = prompt[0]["content"]
+            a = text.split("[Response A]")[1].split("[Response B]")[0]
+            verdict = self.fixed or ("Winner: A" if self.prefer in a else "Winner: **B**")
+            out.append([Completion(i, 0, verdict, "stop", 1, 1, None)])
+        return out
+
+
+@pytest.mark.parametrize("text,verdict", [("Winner: A", "A"), ("winner = b.", "B"), ("Winner: tie", "tie"),
+                                          ("**Winner:** **A**", "A"), ("B", "B"), ("I like both", None)])
+def test_pairwise_verdict_parsing(text, verdict):
+    from selftune.scoring import parse_pairwise_verdict
+
+    assert parse_pairwise_verdict(text) == verdict
+
+
+def test_judge_win_rate_swaps_positions():
+    from selftune.scoring import judge_win_rate
+
+    requests = ["q1", "q2", "q3"]
+    ours, theirs = ["good one", "good two", "meh"], ["bad", "bad", "good three"]
+    preferring = judge_win_rate(_Judge(prefer="good"), requests, ours, theirs)
+    assert preferring["win_rate"] == pytest.approx(2 / 3, abs=1e-4) and preferring["comparisons"] == 6
+    assert preferring["position_bias"] == 0.5
+    biased = judge_win_rate(_Judge(fixed="Winner: A"), requests, ours, theirs)  # always the first position
+    assert biased["win_rate"] == 0.5 and biased["position_bias"] == 1.0
+    unreadable = judge_win_rate(_Judge(fixed="hmm"), requests, ours, theirs)
+    assert unreadable["win_rate"] == 0.5 and unreadable["unreadable"] == 6
+
+
+def test_judge_runs_after_the_models_with_a_tiny_judge(tiny_model_dir):
+    cfg = load_config("tiny", overrides=["evaluate.judge=true", f"evaluate.judge_model={tiny_model_dir}"])
+    results = evaluate_models([("base", str(tiny_model_dir)), ("sft", str(tiny_model_dir))], PROMPTS, [], cfg)
+    outcome = results["judge"]["vs_base"]["sft"]
+    assert outcome["comparisons"] == 2 * len(PROMPTS) and 0 <= outcome["win_rate"] <= 1
+    assert results["models"]["sft"]["judge_win_rate"] == outcome["win_rate"]
+    assert "judge_win_rate" not in results["models"]["base"]

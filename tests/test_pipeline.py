@@ -67,6 +67,14 @@ def test_run_end_to_end_then_reuse_then_rerun_only_what_beta_affects(tmp_path, t
     assert (run_dir / "round-1" / "sft" / "manifest.json").read_text() == sft_manifest  # untouched
     results = json.loads((run_dir / "round-1" / "evaluate" / "results.json").read_text())
     assert list(results["models"]) == ["base", "sft", "dpo"]
+    assert {"delta", "ci95", "p_value"} <= set(results["models"]["dpo"]["vs_base"])
+
+    compared = runner.invoke(app, ["compare", str(run_dir), str(run_dir)])
+    assert compared.exit_code == 0, compared.output
+    assert f"{run_dir.name}/dpo" in compared.output and "prompt strict" in compared.output
+    (run_dir / "report" / "report.html").unlink()
+    reported = runner.invoke(app, ["report", str(run_dir)])
+    assert reported.exit_code == 0 and (run_dir / "report" / "report.html").is_file()
 
 
 def test_sigkill_during_sft_then_rerun_resumes_from_the_checkpoint(tmp_path, tiny_model_dir):
