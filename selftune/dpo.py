@@ -92,7 +92,7 @@ class PairCollator:
         }
         if "ref_chosen_logps" in rows[0]:
             batch["ref_logps"] = torch.tensor([r["ref_chosen_logps"] for r in rows] + [r["ref_rejected_logps"] for r in rows])
-        if "pair_index" in rows[0]:  # held-out rows: lets an eval pass attribute margins to negative sources
+        if all("pair_index" in r for r in rows):  # held-out rows: an eval pass attributes margins to sources
             batch["pair_index"] = torch.tensor([r["pair_index"] for r in rows])
         return batch
 

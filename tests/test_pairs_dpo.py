@@ -159,3 +159,16 @@ def test_loss_types_at_equal_policy_and_reference(loss_type):
     else:
         assert torch.allclose(losses, torch.full((2,), expected))
     assert torch.all(metrics["rewards/margins"] == 0)
+
+
+def test_collator_carries_pair_index_only_when_every_row_has_one():
+    from selftune.dpo import PairCollator
+
+    row = {"chosen_input_ids": [1, 2, 3], "chosen_labels": [-100, 2, 3], "rejected_input_ids": [1, 4],
+           "rejected_labels": [-100, 4]}
+    collate = PairCollator(pad_id=0)
+    held_out = [{**row, "pair_index": 7}, {**row, "pair_index": 9}]
+    assert collate(held_out)["pair_index"].tolist() == [7, 9]
+    mixed = [{**row, "pair_index": 7}, dict(row)]  # reference log-probs run over train and held-out rows together
+    batch = collate(mixed)
+    assert "pair_index" not in batch and batch["input_ids"].shape == (4, 3)
