@@ -311,8 +311,11 @@ def run_results(run) -> tuple[dict, int]:
 
 
 def summary_table(results: dict, baseline: str = "base") -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the models x metrics table, deltas against `baseline`."""
-    return ["model"] + [title for _, title, _ in COLUMNS], summary_rows(results, baseline)
+    """Header and rows of the models x metrics table, deltas against `baseline`; a metric no model
+    has (a judge win-rate when no judge ran) is left out."""
+    header, rows = ["model"] + [title for _, title, _ in COLUMNS], summary_rows(results, baseline)
+    keep = [k for k in range(len(header)) if k == 0 or any(row[k] != "-" for row in rows)]
+    return [header[k] for k in keep], [[row[k] for k in keep] for row in rows]
 
 
 def noise_table(results: dict, baseline: str = "base") -> tuple[list[str], list[list[str]]]:

@@ -83,3 +83,14 @@ def test_html_report_renders_in_headless_chromium(report, tmp_path):
     assert found, result.stderr[-2000:]
     images, shown, rows = map(int, found.groups())
     assert images == 4 and shown == 4 and rows >= 3
+
+
+def test_a_metric_no_model_has_is_left_out_of_the_table():
+    from selftune.report import summary_table
+
+    header, _ = summary_table(RESULTS)
+    assert "judge win rate" not in header and "prompt strict" in header
+    judged = {**RESULTS, "models": {**RESULTS["models"], "dpo": {**RESULTS["models"]["dpo"], "judge_win_rate": 0.62}}}
+    header, rows = summary_table(judged)
+    column = header.index("judge win rate")
+    assert [row[column] for row in rows] == ["-", "-", "0.620"]
