@@ -66,7 +66,6 @@ class GenerationProgress:
 
     def __call__(self, prompts_done: int, new_tokens: int) -> None:
         if not self.progress.live.is_started:
-            self.started = time.perf_counter()
             self.progress.start()
         self.tokens += new_tokens
         elapsed = time.perf_counter() - self.started
