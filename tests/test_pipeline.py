@@ -77,6 +77,20 @@ def test_run_end_to_end_then_reuse_then_rerun_only_what_beta_affects(tmp_path, t
     assert reported.exit_code == 0 and (run_dir / "report" / "report.html").is_file()
 
 
+def test_two_rounds_start_round_two_from_round_one_dpo_and_evaluate_every_model(tmp_path, tiny_model_dir):
+    run_dir = tmp_path / "run"
+    output = _run(run_dir, tiny_model_dir, "--rounds", "2")
+    assert "round-2/dpo: done" in output
+    round_one_dpo = (run_dir / "round-1" / "dpo" / "merged").resolve()
+    for stage in ("sample", "sft"):
+        inputs = read_manifest(run_dir / "round-2" / stage).inputs
+        recorded = inputs["policy" if stage == "sample" else "base"].path
+        assert (run_dir / recorded).resolve() == round_one_dpo, stage
+    results = json.loads((run_dir / "round-2" / "evaluate" / "results.json").read_text())
+    assert list(results["models"]) == ["base", "sft-r1", "dpo-r1", "sft-r2", "dpo-r2"]
+    assert (run_dir / "report" / "plots" / "trend.png").is_file()
+
+
 def test_sigkill_during_sft_then_rerun_resumes_from_the_checkpoint(tmp_path, tiny_model_dir):
     run_dir = tmp_path / "run"
     # Many small steps, a checkpoint after each: the kill lands mid-training.
