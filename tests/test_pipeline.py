@@ -45,16 +45,13 @@ def _ran(output: str) -> list[str]:
 
 def test_run_end_to_end_then_reuse_then_rerun_only_what_beta_affects(tmp_path, tiny_model_dir):
     run_dir = tmp_path / "run"
-    started = time.perf_counter()
     first = _run(run_dir, tiny_model_dir)
-    first_seconds = time.perf_counter() - started
     assert _ran(first) == [f"round-1/{stage}" for stage in STAGES]
     for stage in STAGES:
         manifest = read_manifest(run_dir / "round-1" / stage)
         assert manifest is not None and manifest.status == "complete", stage
     assert (run_dir / "report" / "report.html").is_file() and "report.html" in first
     assert "prompt strict" in first  # the summary table is printed at the end
-    assert first_seconds < 180, first_seconds
 
     second = _run(run_dir, tiny_model_dir)
     assert _ran(second) == []
