@@ -159,7 +159,7 @@ def plot_trend(results: dict, path: Path) -> Path:
     for x, y in zip(names, values):
         ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center")
     ax.set_ylabel("prompt-level strict accuracy")
-    ax.set_title("Instruction following across models and rounds (eval prompts)")
+    ax.set_title("Instruction following by model (eval prompts)")
     return _save(plt, fig, path)
 
 
