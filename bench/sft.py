@@ -46,7 +46,9 @@ def run_ours(model_spec, records, eval_rows, work: Path):
 
     from selftune.sft import make_trainer_class, tokenize_dataset, training_arguments
 
+    # Effective batch 8 (TRL's default per-device batch, no accumulation), whatever the demo preset uses.
     cfg = load_config("demo", overrides=[f"model.spec={model_spec}", "sft.epochs=1", "sft.report_to=[]",
+                                         "sft.per_device_batch_size=8", "sft.gradient_accumulation=1",
                                          "sft.save_steps=100000", "sft.validation_share=0"])
     tokenizer = load_tokenizer(model_spec)
     tokenizer.padding_side = "right"
