@@ -66,18 +66,26 @@ TOPICS = {
 CONSTRAINT_COUNT_WEIGHTS = {1: 0.6, 2: 0.3, 3: 0.1}
 
 
-def _draw_constraints(rng: random.Random, split: str, count: int) -> list[dict]:
+def _draw_constraints(rng: random.Random, split: str, count: int, type_weights: dict[str, float]) -> list[dict]:
     names: list[str] = []
     for _ in range(count):
-        options = [n for n in CONSTRAINTS if compatible(names, n)]
+        options = [n for n in CONSTRAINTS if compatible(names, n) and type_weights.get(n, 1.0) > 0]
         if not options:
             break
-        names.append(rng.choice(options))
+        names.append(rng.choices(options, [type_weights.get(n, 1.0) for n in options])[0])
     return [{"type": n, "kwargs": CONSTRAINTS[n].sample_kwargs(rng, split)} for n in names]
 
 
-def build_prompts(n_train: int = 300, n_eval: int = 100, max_constraints: int = 2, seed: int = 0) -> list[PromptRecord]:
-    """Deterministic train and eval prompts (see the module docstring for how eval is held out)."""
+def build_prompts(n_train: int = 300, n_eval: int = 100, max_constraints: int = 2, seed: int = 0,
+                  type_weights: dict[str, float] | None = None) -> list[PromptRecord]:
+    """Deterministic train and eval prompts (see the module docstring for how eval is held out).
+
+    `type_weights` (constraint type -> relative weight, 1 when absent, 0 = never) shapes the
+    *train* mix only: the eval split draws every type evenly, so a score on it is not tilted
+    towards the types training favoured."""
+    unknown = sorted(set(type_weights or {}) - set(CONSTRAINTS))
+    if unknown:
+        raise ValueError(f"type_weights: unknown constraint type(s) {unknown}; known: {sorted(CONSTRAINTS)}")
     rng = random.Random(seed)
     counts = [c for c in CONSTRAINT_COUNT_WEIGHTS if c <= max_constraints]
     weights = [CONSTRAINT_COUNT_WEIGHTS[c] for c in counts]
@@ -87,7 +95,8 @@ def build_prompts(n_train: int = 300, n_eval: int = 100, max_constraints: int = 
         rng.shuffle(tasks)
         for i in range(total):
             task = tasks[i % len(tasks)]
-            constraints = _draw_constraints(rng, split, rng.choices(counts, weights)[0])
+            constraints = _draw_constraints(rng, split, rng.choices(counts, weights)[0],
+                                            (type_weights or {}) if split == "train" else {})
             text = " ".join([task] + [describe(c["type"], c["kwargs"]) for c in constraints])
             records.append(
                 PromptRecord(
@@ -158,7 +167,7 @@ def prompts_stage(run, cfg, *, source: Path | None = None) -> Path:
             records = import_prompts(source)
         else:
             p = cfg.prompts
-            records = build_prompts(p.n_train, p.n_eval, p.max_constraints, p.seed)
+            records = build_prompts(p.n_train, p.n_eval, p.max_constraints, p.seed, p.type_weights)
         out = stage.dir / "prompts.jsonl"
         write_jsonl(out, records)
         stage.add_output("prompts", out)

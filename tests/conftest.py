@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from selftune.generation import Completion, SamplingParams
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
@@ -89,3 +91,21 @@ CHAT_PROMPTS = [
     [{"role": "user", "content": "What is 2 + 2? Explain your reasoning step by step in detail."}],
     "Instruction: say hello\nResponse:",
 ]
+
+
+class MockGenerator:
+    """Answers every prompt with queued texts, cycling; records what it was asked."""
+
+    name = "mock"
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.calls = []
+
+    def generate(self, prompts, params: SamplingParams, progress=None):
+        self.calls.append((prompts, params))
+        out = []
+        for i, _ in enumerate(prompts):
+            texts = self.answers(i) if callable(self.answers) else self.answers
+            out.append([Completion(i, s, texts[s % len(texts)], "stop", 5, 3, s) for s in range(params.n)])
+        return out

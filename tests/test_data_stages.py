@@ -4,32 +4,14 @@ import pytest
 
 from selftune.config import load_config
 from selftune.constraints import CONSTRAINTS
-from selftune.errors import RecordError
-from selftune.generation import Completion, SamplingParams
+from selftune.errors import ConfigError, RecordError
 from selftune.prompts import FORMS, TOPICS, build_prompts, import_prompts, prompts_stage
 from selftune.records import read_records
 from selftune.runs import Run
 from selftune.sample import sample_stage, yield_stats
 from selftune.scoring import ConstraintScorer, JudgeScorer, RewardModelScorer, parse_judge_score
 from selftune.sft_data import sft_data_stage
-
-
-class MockGenerator:
-    """Answers every prompt with queued texts, cycling; records what it was asked."""
-
-    name = "mock"
-
-    def __init__(self, answers):
-        self.answers = answers
-        self.calls = []
-
-    def generate(self, prompts, params: SamplingParams, progress=None):
-        self.calls.append((prompts, params))
-        out = []
-        for i, _ in enumerate(prompts):
-            texts = self.answers(i) if callable(self.answers) else self.answers
-            out.append([Completion(i, s, texts[s % len(texts)], "stop", 5, 3, s) for s in range(params.n)])
-        return out
+from tests.conftest import MockGenerator
 
 
 # ---- prompts ------------------------------------------------------------------------------
@@ -55,6 +37,29 @@ def test_eval_tasks_and_constraint_values_never_occur_in_train():
     assert eval_values and not train_values & eval_values
     # Every constraint type appears in the default train set.
     assert {c.type for r in records if r.split == "train" for c in r.constraints} == set(CONSTRAINTS)
+
+
+def test_type_weights_shape_the_train_mix_only():
+    def share(records, split, names):
+        drawn = [c.type for r in records if r.split == split for c in r.constraints]
+        return sum(t in names for t in drawn) / len(drawn)
+
+    hard = {"lowercase", "uppercase", "quoted"}
+    even = build_prompts(600, 300, seed=0)
+    tilted = build_prompts(600, 300, seed=0, type_weights=dict.fromkeys(hard, 0.1))
+    assert share(tilted, "train", hard) < 0.5 * share(even, "train", hard)
+    assert share(tilted, "eval", hard) == pytest.approx(share(even, "eval", hard), abs=0.03)
+    never = build_prompts(300, 50, seed=0, type_weights={"lowercase": 0})
+    assert share(never, "train", {"lowercase"}) == 0 and share(never, "eval", {"lowercase"}) > 0
+    with pytest.raises(ValueError, match="unknown constraint type"):
+        build_prompts(3, 1, type_weights={"lowercse": 0.5})
+
+
+def test_default_config_downweights_types_the_base_rarely_passes():
+    weights = load_config().prompts.type_weights
+    assert weights and all(0 < w < 1 for w in weights.values())
+    with pytest.raises(ConfigError, match="prompts.type_weights"):
+        load_config(overrides=["prompts.type_weights={lowercse: 0.5}"])
 
 
 def test_import_user_prompts_from_jsonl_and_csv(tmp_path):
