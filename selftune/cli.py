@@ -476,7 +476,7 @@ def evaluate(
         prompts_path = prompts or (run.output_of("prompts", "prompts") if run else None)
         if prompts_path is None:
             raise typer.BadParameter("--prompts is needed without a run")
-        pairs_path = pairs or (run.output_of("pairs", "eval_pairs", round=round) if run and run.manifest("pairs", round) else None)
+        pairs_path = pairs or (run.optional_output("pairs", "eval_pairs", round=round) if run else None)
         pair_records = read_records(pairs_path, "pairs") if pairs_path else []
         results = evaluate_models(specs, eval_prompts(prompts_path), pair_records, cfg,
                                   reference=reference or specs[0][0], on_model=announce)

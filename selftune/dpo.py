@@ -249,8 +249,7 @@ def dpo_stage(run, cfg, *, round: int = 1, pairs_path: Path | None = None, eval_
 
     pairs_path = Path(pairs_path) if pairs_path else run.output_of("pairs", "pairs", round=round)
     if eval_pairs_path is None:
-        manifest = run.manifest("pairs", round)
-        eval_pairs_path = run.output_of("pairs", "eval_pairs", round=round) if manifest and "eval_pairs" in manifest.outputs else None
+        eval_pairs_path = run.optional_output("pairs", "eval_pairs", round=round)
     sft_model = sft_model or str(run.output_of("sft", "merged", round=round))
     pairs = read_records(pairs_path, "pairs")  # validate before loading anything
     eval_pairs = read_records(eval_pairs_path, "pairs") if eval_pairs_path else []

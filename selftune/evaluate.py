@@ -301,7 +301,7 @@ def evaluate_stage(run, cfg, *, round: int = 1, models: list[tuple[str, str]] | 
 
     prompts_path = run.output_of("prompts", "prompts", round=1)
     prompts = eval_prompts(prompts_path)
-    pairs_path = run.output_of("pairs", "eval_pairs", round=round) if run.manifest("pairs", round) else None
+    pairs_path = run.optional_output("pairs", "eval_pairs", round=round)
     pairs = read_records(pairs_path, "pairs") if pairs_path else []
     models = models or run_models(run, round)
     wanted = [m for m in models if m[0].split("-")[0] in cfg.evaluate.models]

@@ -25,6 +25,7 @@ Usage:
 from __future__ import annotations
 
 import difflib
+import logging
 import random
 import re
 from collections import Counter, defaultdict
@@ -32,8 +33,15 @@ from pathlib import Path
 from typing import Callable
 
 from selftune.constraints import check
+from selftune.errors import SelftuneError
 from selftune.records import PairRecord, PromptRecord, SampleRecord
 from selftune.scoring import Scorer
+
+logger = logging.getLogger("selftune.pairs")
+
+
+class NoPairsError(SelftuneError):
+    """No training pair could be built: nothing passing to use as the chosen side."""
 
 Corruption = Callable[[str, PromptRecord, random.Random, dict], "str | None"]
 
@@ -250,10 +258,17 @@ def pairs_stage(run, cfg, *, round: int = 1, policy: str | None = None, generato
                     scorer=scorer, weights=weights, pairs_per_prompt=cfg.pairs.pairs_per_prompt,
                     max_similarity=cfg.pairs.max_similarity, seed=cfg.pairs.seed,
                 )
+                stage.metrics[split] = counts
+                if not pairs and split == "train":
+                    raise NoPairsError(f"pairs: no training pair from {len(subset)} train prompts ({counts}); "
+                                       "the SFT model and the SFT data gave no passing answer to build on")
+                if not pairs:  # DPO then trains without held-out reward statistics, and says so
+                    logger.warning("pairs: no held-out pair from %d eval prompts: the SFT model passed none of them",
+                                   len(subset))
+                    continue
                 name = "pairs" if split == "train" else "eval_pairs"
                 write_jsonl(stage.dir / f"{name}.jsonl", pairs)
                 stage.add_output(name, stage.dir / f"{name}.jsonl")
-                stage.metrics[split] = counts
         passed = sum(s.score >= threshold for s in policy_samples)
         stage.metrics["policy_sample_pass_rate"] = float(f"{passed / max(1, len(policy_samples)):.4f}")
     return stage.dir / "pairs.jsonl"

@@ -188,11 +188,13 @@ def stage_state(
     config_hash: str,
     inputs: dict[str, Path],
     root: Path | None = None,
+    hashed: dict[str, str] | None = None,
 ) -> StageState:
     """Is this stage complete and still valid for these inputs and this config?
 
     Valid means: a manifest with status complete, the same config hash, the same set of inputs
     with unchanged sha256, and every recorded output still present with its recorded sha256.
+    Each input sha256 computed on the way is put in `hashed` (name -> sha256) when given.
     """
     manifest = read_manifest(stage_dir)
     if manifest is None:
@@ -206,7 +208,10 @@ def stage_state(
     for name, path in inputs.items():
         if not Path(path).exists():
             return StageState(False, f"input {name} missing: {path}")
-        if sha256_path(Path(path)) != manifest.inputs[name].sha256:
+        digest = sha256_path(Path(path))
+        if hashed is not None:
+            hashed[name] = digest
+        if digest != manifest.inputs[name].sha256:
             return StageState(False, f"input {name} changed: {path}")
     base = Path(root) if root else Path(stage_dir)
     for name, ref in manifest.outputs.items():
@@ -262,6 +267,9 @@ class Run:
         # stage command run on its own always runs.
         self.reuse = reuse
         self.on_event = on_event or (lambda event: None)
+        # (stage, round) -> {input name: (path, sha256)} computed by `up_to_date`, taken by the
+        # `stage()` call that follows, so a rerun hashes a large input (a 32B checkpoint) once.
+        self._input_hashes: dict[tuple[str, int], dict[str, tuple[Path, str]]] = {}
 
     def up_to_date(self, stage: str, *, config: BaseModel | dict | None, inputs: dict[str, Path],
                    round: int = 1) -> bool:
@@ -273,8 +281,11 @@ class Run:
         """
         if not self.reuse:
             return False
-        state = self.state(stage, config_hash=config_hash(config), inputs={k: Path(v) for k, v in inputs.items()},
-                           round=round)
+        inputs = {k: Path(v) for k, v in inputs.items()}
+        hashed: dict[str, str] = {}
+        state = stage_state(self.stage_dir(stage, round), config_hash=config_hash(config), inputs=inputs,
+                            root=self.root, hashed=hashed)
+        self._input_hashes[(stage, round)] = {k: (inputs[k], digest) for k, digest in hashed.items()}
         self.on_event(StageEvent(stage, round, "skip" if state.valid else "run", state.reason))
         return state.valid
 
@@ -309,13 +320,21 @@ class Run:
             raise LineageError(f"output {output!r} of {where} changed after it was recorded: {path}")
         return path
 
-    def _record(self, path: Path) -> FileRef:
+    def optional_output(self, stage: str, output: str, round: int = 1) -> Path | None:
+        """Like `output_of` for an output a completed stage may leave out (held-out pairs when
+        no eval prompt got a passing answer): None when the stage has not run or did not record it."""
+        manifest = self.manifest(stage, round)
+        if manifest is None or manifest.status != "complete" or output not in manifest.outputs:
+            return None
+        return self.output_of(stage, output, round)
+
+    def _record(self, path: Path, sha256: str | None = None) -> FileRef:
         path = Path(path).resolve()
         try:
             shown = str(path.relative_to(self.root))
         except ValueError:
             shown = str(path)
-        return FileRef(path=shown, sha256=sha256_path(path))
+        return FileRef(path=shown, sha256=sha256 or sha256_path(path))
 
     @contextlib.contextmanager
     def stage(
@@ -332,7 +351,9 @@ class Run:
         incomplete rather than looking like the previous, now overwritten, result.
         """
         inputs = {k: Path(v) for k, v in (inputs or {}).items()}
-        input_refs = {k: self._record(v) for k, v in inputs.items()}
+        known = self._input_hashes.pop((name, round), {})
+        input_refs = {k: self._record(v, known[k][1] if k in known and known[k][0] == v else None)
+                      for k, v in inputs.items()}
         stage_hash = config_hash(config)
         digest = hashlib.sha256(stage_hash.encode())
         for key in sorted(input_refs):

@@ -90,6 +90,44 @@ def test_bad_pair_files_name_file_line_field(tmp_path):
     assert caught.value.problems == [f"{path}:1: rejected: identical to chosen", f"{path}:2: rejected: missing"]
 
 
+def _upstream_run(tmp_path, sft_ids):
+    """A run whose prompts, sample and sft-data stages hold PROMPTS (p3 is the eval prompt)."""
+    from selftune.runs import write_jsonl
+
+    run = Run(tmp_path / "run")
+    prompts = [p.model_copy(update={"split": "eval" if p.id == "p3" else "train"}) for p in PROMPTS]
+    for stage, name, rows in (
+        ("prompts", "prompts", prompts),
+        ("sample", "samples", [_sample("p1", "No.", 0.0, 0)]),
+        ("sft-data", "sft", [{"id": i, "prompt": [{"role": "user", "content": "q"}],
+                              "completion": [{"role": "assistant", "content": GOOD[i]}]} for i in sft_ids]),
+    ):
+        with run.stage(stage, config={}) as context:
+            write_jsonl(context.dir / f"{name}.jsonl", rows)
+            context.add_output(name, context.dir / f"{name}.jsonl")
+    return run
+
+
+def test_pairs_stage_without_held_out_pairs_warns_and_without_train_pairs_fails(tmp_path, caplog):
+    from selftune.negatives import NoPairsError, pairs_stage
+    from tests.conftest import MockGenerator
+
+    cfg = load_config("tiny", overrides=["sample.scorer.pass_threshold=1.0"])
+    failing = MockGenerator(["No."])  # the SFT model passes nothing, the eval prompt p3 included
+    run = _upstream_run(tmp_path, ["p1", "p2"])
+    with caplog.at_level("WARNING", logger="selftune.pairs"):
+        pairs_stage(run, cfg, policy="mock", generator=failing)
+    manifest = read_manifest(run.stage_dir("pairs"))
+    assert manifest.status == "complete" and "eval_pairs" not in manifest.outputs
+    assert manifest.metrics["train"]["pairs"] > 0 and manifest.metrics["eval"]["pairs"] == 0
+    assert "no held-out pair from 1 eval prompts" in caplog.text
+
+    run = _upstream_run(tmp_path / "second", ["p3"])  # SFT data holds no train prompt
+    with pytest.raises(NoPairsError, match="no training pair from 2 train prompts"):
+        pairs_stage(run, cfg, policy="mock", generator=failing)
+    assert read_manifest(run.stage_dir("pairs")).status == "failed"
+
+
 # ---- DPO on the tiny model -----------------------------------------------------------------
 
 

@@ -47,6 +47,22 @@ def test_config_change_and_modified_output_make_stage_stale(tmp_path):
         run.output_of("sample", "samples")
 
 
+def test_rerun_after_changed_input_hashes_it_once_and_records_the_new_sha(tmp_path, monkeypatch):
+    import selftune.runs as runs
+
+    run = Run(tmp_path / "run", reuse=True)
+    prompts = complete_stage(run, tmp_path)
+    prompts.write_text('{"id": "b"}\n')
+    hashed = []
+    real = runs.sha256_path
+    monkeypatch.setattr(runs, "sha256_path", lambda path: hashed.append(path.resolve()) or real(path))
+    assert not run.up_to_date("sample", config={"k": 4}, inputs={"prompts": prompts})
+    complete_stage(run, tmp_path)
+    assert hashed.count(prompts.resolve()) == 1
+    assert run.manifest("sample").inputs["prompts"].sha256 == real(prompts)
+    assert run.up_to_date("sample", config={"k": 4}, inputs={"prompts": prompts})
+
+
 def test_exception_after_outputs_leaves_stage_incomplete(tmp_path):
     run = Run(tmp_path / "run")
     prompts = complete_stage(run, tmp_path)
