@@ -97,13 +97,56 @@ class PairCollator:
         return batch
 
 
-def sequence_logps(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of response-token log-probs per sequence (2B,), and response-token counts (2B,)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]  # (2B, T-1, V)
-    targets = labels[:, 1:]  # (2B, T-1): token t+1 is predicted at position t
-    token_logps = -F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
-    mask = targets != IGNORE_INDEX
-    return (token_logps * mask).sum(-1), mask.sum(-1)
+def sequence_logps(model, input_ids, attention_mask, labels, *, max_padding: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of response-token log-probs per sequence (2B,), and response-token counts (2B,).
+
+    Two savings, both exact (right padding and causal attention: a real token never sees a pad):
+    - the rows run in length-sorted chunks, each cut to its own longest row, so padding wastes at
+      most `max_padding` of a chunk's positions (chosen and rejected answers differ in length, and
+      one 2B batch padded to its longest row spent ~28% of its positions on pads in the demo);
+    - the LM head runs only from the first position that predicts a response token on
+      (`logits_to_keep`), not over the prompts: the (rows x positions x vocab) logits are the
+      largest tensors of a small model's step.
+    """
+    lengths = attention_mask.sum(-1).tolist()
+    counts = (labels[:, 1:] != IGNORE_INDEX).sum(-1)
+    out = torch.zeros(len(lengths), dtype=torch.float32, device=input_ids.device)
+    for rows in _length_chunks(lengths, max_padding):
+        width = max(lengths[k] for k in rows)
+        index = torch.tensor(rows, device=input_ids.device)
+        ids, mask, lab = input_ids[index, :width], attention_mask[index, :width], labels[index, :width]
+        targets = lab[:, 1:]  # token t+1 is predicted at position t
+        answered = (targets != IGNORE_INDEX).any(0).nonzero()
+        start = int(answered[0]) if len(answered) else width - 1
+        kwargs = {"logits_to_keep": width - start} if _accepts_logits_to_keep(model) else {}
+        logits = model(input_ids=ids, attention_mask=mask, **kwargs).logits
+        logits = logits[:, -(width - start):][:, :-1] if kwargs else logits[:, start:-1]  # (n, width-1-start, V)
+        targets = targets[:, start:]
+        token_logps = -F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+        out = out.index_put((index,), (token_logps * (targets != IGNORE_INDEX)).sum(-1))
+    return out, counts
+
+
+def _length_chunks(lengths: list[int], max_padding: float) -> list[list[int]]:
+    """Row indices grouped by length (shortest first) so each group's padding stays within
+    `max_padding` of its positions."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for k in sorted(range(len(lengths)), key=lambda k: lengths[k]):
+        if current and (len(current) + 1) * lengths[k] > (1 + max_padding) * (real + lengths[k]):
+            chunks.append(current)
+            current, real = [], 0
+        current.append(k)
+        real += lengths[k]
+    return chunks + [current] if current else chunks
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def dpo_loss(policy: torch.Tensor, reference: torch.Tensor, counts: torch.Tensor, *, beta: float,

@@ -184,6 +184,47 @@ def test_dpo_trains_lora_only_starts_at_log2_and_learns_the_preference(tmp_path,
     assert by_source["all"]["accuracy"] == pytest.approx(metrics["eval_after"]["eval_rewards/accuracies"], abs=1e-3)
 
 
+@pytest.mark.parametrize("max_padding", [0.0, 0.15, 10.0])
+def test_sequence_logps_in_chunks_with_head_on_answers_only_equals_the_full_pass(tmp_path, tiny_model_dir, max_padding):
+    from selftune.dpo import PairCollator, _length_chunks, sequence_logps, tokenize_pairs
+    from selftune.masking import IGNORE_INDEX
+    from selftune.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    model = load_model(str(tiny_model_dir), dtype="float32")
+    pairs = read_records(write_pairs_varied(tmp_path / "pairs.jsonl"), "pairs")
+    rows, _ = tokenize_pairs(tokenizer, pairs, max_length=256, response_separator=None, max_drop_share=0.0, source="t")
+    batch = PairCollator(tokenizer.pad_token_id)(rows)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    full = -torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    expected = (full * (targets != IGNORE_INDEX)).sum(-1)
+
+    got, counts = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], max_padding=max_padding)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    assert counts.tolist() == (targets != IGNORE_INDEX).sum(-1).tolist()
+    got.sum().backward()  # gradients reach the weights through every chunk
+    assert model.get_input_embeddings().weight.grad.abs().sum() > 0
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    chunks = _length_chunks(lengths, max_padding)
+    assert sorted(k for c in chunks for k in c) == list(range(len(lengths)))
+    assert (len(chunks) == 1) == (max_padding == 10.0)
+    for chunk in chunks:
+        width = max(lengths[k] for k in chunk)
+        assert len(chunk) * width <= (1 + max_padding) * sum(lengths[k] for k in chunk) or len(chunk) == 1
+
+
+def write_pairs_varied(path):
+    """Pairs whose prompts, chosen and rejected answers all differ in length."""
+    with open(path, "w") as handle:
+        for i in range(5):
+            handle.write(json.dumps({"id": f"v{i}", "prompt": [{"role": "user", "content": "Tell me " + "more " * (3 * i) + "?"}],
+                                     "chosen": [{"role": "assistant", "content": "a fine answer " * (1 + 4 * i)}],
+                                     "rejected": [{"role": "assistant", "content": "no " * (2 + (7 * i) % 11)}],
+                                     "negative_source": "policy"}) + "\n")
+    return path
+
+
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge", "rpo"])
 def test_loss_types_at_equal_policy_and_reference(loss_type):
     from selftune.dpo import dpo_loss
