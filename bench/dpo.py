@@ -1,19 +1,22 @@
 """Our DPO against TRL's DPOTrainer with its default settings, side by side in one run.
 
 Same merged SFT model, same pairs, same fresh LoRA shape, same effective batch (8 = TRL's default
-per-device batch, no accumulation) and one epoch each. Prints wall time per epoch, peak memory
+per-device batch, no accumulation) and the same number of epochs (`--epochs`, default 3 = TRL's
+default); wall time is reported per epoch. Our reference pass runs once, before the first epoch,
+so a one-epoch row (`--one-epoch-row`) shows its cost unamortized. Prints wall time per epoch, peak memory
 (RSS high-water mark), and held-out reward accuracy and margin measured the same way for all rows:
 log-probs of the held-out pairs under the trained adapter vs the adapter disabled (the SFT
-reference), masked by `selftune.masking`.
+reference), masked by `selftune.masking`. Each row runs in a fresh process, so its peak memory is
+its own (an allocator keeps freed memory, which would count against the next row).
 
 Rows:
 - `selftune dpo`: the demo preset's DPO settings at effective batch 8, dtype as `auto` picks it.
 - `TRL defaults, our dtype`: every DPOConfig default except mixed precision, which follows ours
-  (on a CPU without native bf16 units `auto` picks fp32; on a bf16 GPU both run bf16). A full epoch.
+  (on a CPU without native bf16 units `auto` picks fp32; on a bf16 GPU both run bf16). Every epoch.
 - `TRL defaults as shipped`: DPOConfig untouched (bf16=True). On a CPU without native bf16 units
   that precision is emulated and a step takes minutes, so this row times `--shipped-steps` steps
   and reports steps-per-epoch x seconds-per-step (marked "extrapolated"); 0 skips it, -1 runs
-  the full epoch.
+  every epoch.
 
     python bench/dpo.py --model runs/demo/round-1/sft/merged \
         --pairs runs/demo/round-1/pairs/pairs.jsonl --eval-pairs runs/demo/round-1/pairs/eval_pairs.jsonl
@@ -22,7 +25,6 @@ Rows:
 from __future__ import annotations
 
 import argparse
-import gc
 import tempfile
 import time
 from pathlib import Path
@@ -53,15 +55,30 @@ def held_out(model, tokenizer, eval_rows, beta: float) -> tuple[float, float]:
     return wins / len(margins), sum(margins) / len(margins)
 
 
-def run_ours(model_spec, pairs, eval_rows, tokenizer, work: Path):
+def bench_tokenizer(model_spec):
+    tokenizer = load_tokenizer(model_spec)
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def in_fresh_process(function, *args, **kwargs):
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(function, *args, **kwargs).result()
+
+
+def run_ours(model_spec, pairs, eval_rows, work: Path, *, epochs: int):
     from peft import get_peft_model
     from transformers import set_seed
 
     from selftune.dpo import make_dpo_trainer_class, reference_logps
     from selftune.sft import _as_dataset, training_arguments
 
-    cfg = load_config("demo", overrides=["dpo.epochs=1", "dpo.report_to=[]", "dpo.save_steps=100000",
+    cfg = load_config("demo", overrides=[f"dpo.epochs={epochs}", "dpo.report_to=[]", "dpo.save_steps=100000",
                                          "dpo.per_device_batch_size=8", "dpo.gradient_accumulation=1"])
+    tokenizer = bench_tokenizer(model_spec)
     rows, _ = tokenize_pairs(tokenizer, pairs, max_length=cfg.dpo.max_length, response_separator=None,
                              max_drop_share=1.0, source="bench")
     args = training_arguments(cfg.dpo, work / "ours", has_eval=False, device="cpu")
@@ -76,14 +93,15 @@ def run_ours(model_spec, pairs, eval_rows, tokenizer, work: Path):
                                        processing_class=tokenizer, beta=cfg.dpo.beta, loss_type=cfg.dpo.loss_type,
                                        rpo_alpha=cfg.dpo.rpo_alpha, displacement_warn=cfg.dpo.displacement_warn_nats)
     trainer.train()
-    seconds = time.perf_counter() - start
+    seconds = (time.perf_counter() - start) / epochs
     peak = peak_memory_bytes("cpu")
     accuracy, margin = held_out(model, tokenizer, eval_rows, cfg.dpo.beta)
     return {"seconds": seconds, "peak_gib": peak / 2**30, "accuracy": accuracy, "margin": margin, "bf16": args.bf16,
-            "settings": f"lr={args.learning_rate:g} beta={cfg.dpo.beta} bf16={args.bf16} precompute_ref=True"}
+            "settings": f"epochs={epochs} lr={args.learning_rate:g} beta={cfg.dpo.beta} bf16={args.bf16} "
+                        f"lora_dropout={cfg.dpo.lora.dropout} precompute_ref=True"}
 
 
-def run_trl(model_spec, pairs, eval_rows, tokenizer, work: Path, *, bf16: bool | None, max_steps: int):
+def run_trl(model_spec, pairs, eval_rows, work: Path, *, epochs: int, bf16: bool | None, max_steps: int):
     """TRL's DPOTrainer with DPOConfig defaults; `bf16=None` keeps TRL's own mixed-precision default.
     `max_steps > 0` stops early and reports the epoch time as steps-per-epoch x seconds-per-step."""
     import math
@@ -94,12 +112,13 @@ def run_trl(model_spec, pairs, eval_rows, tokenizer, work: Path, *, bf16: bool |
 
     data = Dataset.from_list([{"prompt": [m.model_dump() for m in p.prompt], "chosen": [m.model_dump() for m in p.chosen],
                                "rejected": [m.model_dump() for m in p.rejected]} for p in pairs])
-    # TRL defaults except what the comparison fixes: output dir, one epoch, CPU, no trackers/saves.
-    fixed = dict(output_dir=str(work / "trl"), num_train_epochs=1, use_cpu=True, report_to="none",
+    # TRL defaults except what the comparison fixes: output dir, epochs, CPU, no trackers/saves.
+    fixed = dict(output_dir=str(work / "trl"), num_train_epochs=epochs, use_cpu=True, report_to="none",
                  save_strategy="no", disable_tqdm=True)
     if bf16 is not None:
         fixed["bf16"] = bf16
     args = DPOConfig(**fixed, **({"max_steps": max_steps} if max_steps > 0 else {}))
+    tokenizer = load_tokenizer(model_spec)
     model = load_model(model_spec, dtype="float32")
     set_seed(0)
     reset_peak_memory("cpu")
@@ -110,12 +129,11 @@ def run_trl(model_spec, pairs, eval_rows, tokenizer, work: Path, *, bf16: bool |
     seconds = time.perf_counter() - start
     peak = peak_memory_bytes("cpu")
     steps_per_epoch = math.ceil(len(pairs) / (args.per_device_train_batch_size * args.gradient_accumulation_steps))
-    extrapolated = 0 < max_steps < steps_per_epoch
-    if extrapolated:
-        seconds *= steps_per_epoch / max_steps
-    accuracy, margin = held_out(trainer.model, tokenizer, eval_rows, args.beta)
+    extrapolated = 0 < max_steps < steps_per_epoch * epochs
+    seconds *= steps_per_epoch / max_steps if extrapolated else 1 / epochs
+    accuracy, margin = held_out(trainer.model, bench_tokenizer(model_spec), eval_rows, args.beta)
     return {"seconds": seconds, "peak_gib": peak / 2**30, "accuracy": accuracy, "margin": margin,
-            "settings": f"lr={args.learning_rate:g} beta={args.beta} bf16={args.bf16} "
+            "settings": f"epochs={epochs} lr={args.learning_rate:g} beta={args.beta} bf16={args.bf16} disable_dropout={args.disable_dropout} "
                         f"grad_ckpt={args.gradient_checkpointing} precompute_ref={args.precompute_ref_log_probs}"
                         + (f" (extrapolated from {max_steps} of {steps_per_epoch} steps; held-out after those)"
                            if extrapolated else "")}
@@ -127,6 +145,8 @@ def main() -> None:
     parser.add_argument("--pairs", required=True, type=Path)
     parser.add_argument("--eval-pairs", required=True, type=Path)
     parser.add_argument("--limit", type=int, default=0, help="Use only this many training pairs (0 = all).")
+    parser.add_argument("--epochs", type=int, default=3, help="Epochs for every row (3 = TRL's default).")
+    parser.add_argument("--one-epoch-row", action="store_true", help="Also time our DPO over a single epoch.")
     parser.add_argument("--shipped-steps", type=int, default=1,
                         help="Steps timed for the TRL-as-shipped row (0 skips it, -1 runs the full epoch).")
     args = parser.parse_args()
@@ -134,9 +154,7 @@ def main() -> None:
     pairs = read_records(args.pairs, "pairs")
     if args.limit:
         pairs = pairs[: args.limit]
-    tokenizer = load_tokenizer(args.model)
-    tokenizer.padding_side = "right"
-    eval_rows, _ = tokenize_pairs(tokenizer, read_records(args.eval_pairs, "pairs"), max_length=1024,
+    eval_rows, _ = tokenize_pairs(bench_tokenizer(args.model), read_records(args.eval_pairs, "pairs"), max_length=1024,
                                   response_separator=None, max_drop_share=1.0, source=str(args.eval_pairs))
     print(f"{len(pairs)} training pairs, {len(eval_rows)} held-out pairs, threads {torch.get_num_threads()}")
     header = f"{'trainer':<26}{'s/epoch':>9}{'peak GiB':>10}{'held-out acc':>14}{'margin':>9}  settings"
@@ -146,24 +164,26 @@ def main() -> None:
               flush=True)
 
     results = {}
+    common = (args.model, pairs, eval_rows)
     with tempfile.TemporaryDirectory() as tmp:
-        results["selftune dpo"] = ours = run_ours(args.model, pairs, eval_rows, tokenizer, Path(tmp))
+        results["selftune dpo"] = ours = in_fresh_process(run_ours, *common, Path(tmp), epochs=args.epochs)
         print(header)
         show("selftune dpo", ours)
-        gc.collect()
-        results["TRL defaults, our dtype"] = run_trl(args.model, pairs, eval_rows, load_tokenizer(args.model),
-                                                     Path(tmp), bf16=ours["bf16"], max_steps=0)
+        if args.one_epoch_row and args.epochs != 1:
+            results["selftune dpo, 1 epoch"] = in_fresh_process(run_ours, *common, Path(tmp), epochs=1)
+            show("selftune dpo, 1 epoch", results["selftune dpo, 1 epoch"])
+        results["TRL defaults, our dtype"] = in_fresh_process(run_trl, *common, Path(tmp), epochs=args.epochs,
+                                                              bf16=ours["bf16"], max_steps=0)
         show("TRL defaults, our dtype", results["TRL defaults, our dtype"])
         if args.shipped_steps:
-            gc.collect()
-            results["TRL defaults as shipped"] = run_trl(args.model, pairs, eval_rows, load_tokenizer(args.model),
-                                                         Path(tmp), bf16=None, max_steps=max(args.shipped_steps, 0))
+            results["TRL defaults as shipped"] = in_fresh_process(run_trl, *common, Path(tmp), epochs=args.epochs, bf16=None,
+                                                                  max_steps=max(args.shipped_steps, 0))
             show("TRL defaults as shipped", results["TRL defaults as shipped"])
     print(header)
     for name, r in results.items():
         show(name, r)
     for name, r in results.items():
-        if name != "selftune dpo":
+        if not name.startswith("selftune dpo"):
             print(f"vs {name}: time {ours['seconds'] / r['seconds']:.2f}x, peak memory {ours['peak_gib'] / r['peak_gib']:.2f}x, "
                   f"held-out reward accuracy {ours['accuracy']:.3f} vs {r['accuracy']:.3f}")
 
