@@ -82,15 +82,19 @@ def build_prompts(n_train: int = 300, n_eval: int = 100, max_constraints: int = 
 
     `type_weights` (constraint type -> relative weight, 1 when absent, 0 = never) shapes the
     *train* mix only: the eval split draws every type evenly, so a score on it is not tilted
-    towards the types training favoured."""
+    towards the types training favoured.
+
+    Each split draws from its own random stream, so the eval prompts depend only on `seed` and
+    `n_eval`: runs that differ in their train mix or size are scored on the same eval set."""
     unknown = sorted(set(type_weights or {}) - set(CONSTRAINTS))
     if unknown:
         raise ValueError(f"type_weights: unknown constraint type(s) {unknown}; known: {sorted(CONSTRAINTS)}")
-    rng = random.Random(seed)
+    streams = {"train": random.Random(seed), "eval": random.Random(f"eval-{seed}")}
     counts = [c for c in CONSTRAINT_COUNT_WEIGHTS if c <= max_constraints]
     weights = [CONSTRAINT_COUNT_WEIGHTS[c] for c in counts]
     records = []
     for split, total in (("train", n_train), ("eval", n_eval)):
+        rng = streams[split]
         tasks = [form.format(topic) for form in FORMS[split] for topic in TOPICS[split]]
         rng.shuffle(tasks)
         for i in range(total):

@@ -55,6 +55,15 @@ def test_type_weights_shape_the_train_mix_only():
         build_prompts(3, 1, type_weights={"lowercse": 0.5})
 
 
+def test_eval_prompts_do_not_depend_on_the_train_mix_or_size():
+    def eval_split(records):
+        return [r.model_dump() for r in records if r.split == "eval"]
+
+    reference = eval_split(build_prompts(300, 100, seed=3))
+    assert eval_split(build_prompts(40, 100, seed=3, type_weights={"lowercase": 0, "title": 5.0})) == reference
+    assert eval_split(build_prompts(300, 100, seed=4)) != reference
+
+
 def test_default_config_downweights_types_the_base_rarely_passes():
     weights = load_config().prompts.type_weights
     assert weights and all(0 < w < 1 for w in weights.values())
