@@ -98,7 +98,7 @@ def _repeat(text: str, prompt, rng, context) -> str | None:
     words = text.split()
     if not words:
         return None
-    opening = " ".join(words[: rng.randint(2, min(6, len(words)))])
+    opening = " ".join(words[: rng.randint(min(2, len(words)), min(6, len(words)))])  # a one-word answer too
     return " ".join([opening] * rng.randint(8, 16))
 
 

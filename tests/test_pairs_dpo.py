@@ -43,6 +43,12 @@ def test_every_corruption_scores_lower_than_the_chosen(name):
         assert bad_score.score < good_score.score, (name, prompt.id, bad)
 
 
+def test_repeat_corrupts_a_one_word_answer():
+    for seed in range(5):
+        bad = CORRUPTIONS["repeat"]("Yes.", PROMPTS[0], random.Random(seed), {})
+        assert bad.split().count("Yes.") >= 8
+
+
 def test_violate_constraint_names_a_broken_constraint():
     context = {}
     prompt = PROMPTS[0]
