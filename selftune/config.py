@@ -67,15 +67,9 @@ class PromptsConfig(Section):
     @field_validator("type_weights")
     @classmethod
     def _known_types(cls, weights: dict[str, float]) -> dict[str, float]:
-        from selftune.constraints import CONSTRAINTS
+        from selftune.prompts import check_type_weights
 
-        unknown = sorted(set(weights) - set(CONSTRAINTS))
-        if unknown:
-            raise ValueError(f"unknown constraint type(s) {unknown}; known: {sorted(CONSTRAINTS)}")
-        negative = sorted(n for n, w in weights.items() if w < 0)
-        if negative:
-            raise ValueError(f"weights must be >= 0, not for {negative}")
-        return weights
+        return check_type_weights(weights)
 
 
 class ScorerConfig(Section):

@@ -76,6 +76,18 @@ def _draw_constraints(rng: random.Random, split: str, count: int, type_weights: 
     return [{"type": n, "kwargs": CONSTRAINTS[n].sample_kwargs(rng, split)} for n in names]
 
 
+def check_type_weights(weights: dict[str, float]) -> dict[str, float]:
+    """`weights` unchanged, or ValueError naming unknown constraint types or negative weights
+    (also run by the config's `prompts.type_weights` validator)."""
+    unknown = sorted(set(weights) - set(CONSTRAINTS))
+    if unknown:
+        raise ValueError(f"unknown constraint type(s) {unknown}; known: {sorted(CONSTRAINTS)}")
+    negative = sorted(n for n, w in weights.items() if w < 0)
+    if negative:
+        raise ValueError(f"weights must be >= 0, not for {negative}")
+    return weights
+
+
 def build_prompts(n_train: int = 300, n_eval: int = 100, max_constraints: int = 2, seed: int = 0,
                   type_weights: dict[str, float] | None = None) -> list[PromptRecord]:
     """Deterministic train and eval prompts (see the module docstring for how eval is held out).
@@ -86,9 +98,7 @@ def build_prompts(n_train: int = 300, n_eval: int = 100, max_constraints: int = 
 
     Each split draws from its own random stream, so the eval prompts depend only on `seed` and
     `n_eval`: runs that differ in their train mix or size are scored on the same eval set."""
-    unknown = sorted(set(type_weights or {}) - set(CONSTRAINTS))
-    if unknown:
-        raise ValueError(f"type_weights: unknown constraint type(s) {unknown}; known: {sorted(CONSTRAINTS)}")
+    check_type_weights(type_weights or {})
     streams = {"train": random.Random(seed), "eval": random.Random(f"eval-{seed}")}
     counts = [c for c in CONSTRAINT_COUNT_WEIGHTS if c <= max_constraints]
     weights = [CONSTRAINT_COUNT_WEIGHTS[c] for c in counts]
