@@ -111,6 +111,7 @@ def sequence_logps(model, input_ids, attention_mask, labels, *, max_padding: flo
     lengths = attention_mask.sum(-1).tolist()
     counts = (labels[:, 1:] != IGNORE_INDEX).sum(-1)
     out = torch.zeros(len(lengths), dtype=torch.float32, device=input_ids.device)
+    trim_head = _accepts_logits_to_keep(model)
     for rows in _length_chunks(lengths, max_padding):
         width = max(lengths[k] for k in rows)
         index = torch.tensor(rows, device=input_ids.device)
@@ -118,7 +119,7 @@ def sequence_logps(model, input_ids, attention_mask, labels, *, max_padding: flo
         targets = lab[:, 1:]  # token t+1 is predicted at position t
         answered = (targets != IGNORE_INDEX).any(0).nonzero()
         start = int(answered[0]) if len(answered) else width - 1
-        kwargs = {"logits_to_keep": width - start} if _accepts_logits_to_keep(model) else {}
+        kwargs = {"logits_to_keep": width - start} if trim_head else {}
         logits = model(input_ids=ids, attention_mask=mask, **kwargs).logits
         logits = logits[:, -(width - start):][:, :-1] if kwargs else logits[:, start:-1]  # (n, width-1-start, V)
         targets = targets[:, start:]
