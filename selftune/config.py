@@ -152,6 +152,7 @@ class DPOConfig(TrainConfig):
     loss_type: Literal["sigmoid", "ipo", "hinge", "rpo"] = Field("sigmoid", description="Preference loss.")
     rpo_alpha: float = Field(1.0, ge=0, description="Weight of the NLL term on chosen when loss_type is rpo.")
     precompute_ref_log_probs: bool = Field(True, description="Compute reference log-probs once before training.")
+    share_prompts: bool = Field(True, description="Run each prompt once for all its answers in a batch (exact; checked on the model first).")
     displacement_warn_nats: float = Field(0.5, gt=0, description="Warn when chosen log-prob per token falls this far below its start.")
     length_check_prompts: int = Field(16, ge=0, description="Held-out prompts answered by SFT and DPO to check length drift (0 = off).")
     length_drift_warn: float = Field(1.5, gt=1, description="Warn when DPO/SFT mean answer length leaves [1/x, x].")

@@ -188,29 +188,82 @@ def test_dpo_trains_lora_only_starts_at_log2_and_learns_the_preference(tmp_path,
     by_source = metrics["held_out_by_source"]
     assert by_source["all"]["pairs"] == 6 and by_source["corrupt:repeat"]["pairs"] == 6
     assert by_source["all"]["accuracy"] == pytest.approx(metrics["eval_after"]["eval_rewards/accuracies"], abs=1e-3)
+    assert metrics["share_prompts"] is True  # the tiny Llama passes the sharing check
 
 
-@pytest.mark.parametrize("max_padding", [0.0, 0.15, 10.0])
-def test_sequence_logps_in_chunks_with_head_on_answers_only_equals_the_full_pass(tmp_path, tiny_model_dir, max_padding):
-    from selftune.dpo import PairCollator, _length_chunks, sequence_logps, tokenize_pairs
+def test_dpo_runs_whole_sequences_when_prompt_sharing_would_change_log_probs(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    import selftune.dpo
+    from selftune.dpo import dpo_stage
+
+    monkeypatch.setattr(selftune.dpo, "prompt_sharing_mismatch", lambda model, rows, collator: 0.3)
+    shared_calls = []
+    real = selftune.dpo._shared_prompt_logps
+    monkeypatch.setattr(selftune.dpo, "_shared_prompt_logps", lambda *a, **k: shared_calls.append(1) or real(*a, **k))
+    cfg = load_config("tiny", overrides=["dpo.epochs=1", "dpo.length_check_prompts=0"])
+    run = Run(tmp_path / "run")
+    dpo_stage(run, cfg, pairs_path=write_pairs(tmp_path / "pairs.jsonl"), eval_pairs_path=None, sft_model=str(tiny_model_dir))
+    assert read_manifest(run.stage_dir("dpo")).metrics["share_prompts"] is False
+    assert "prompt sharing changes this model's log-probs" in caplog.text
+    assert not shared_calls
+
+
+def test_dpo_batches_keep_a_prompts_pairs_together(tmp_path, tiny_model_dir, monkeypatch):
+    import selftune.dpo
+    from selftune.dpo import dpo_stage
+
+    seen = []  # prompt group of every training row, in the order the batches were built
+    collate = selftune.dpo.PairCollator.__call__
+    monkeypatch.setattr(selftune.dpo.PairCollator, "__call__", lambda self, rows: seen.extend(r["prompt_group"] for r in rows)
+                        or collate(self, rows))
+    cfg = load_config("tiny", overrides=["dpo.epochs=2", "dpo.length_check_prompts=0", "dpo.per_device_batch_size=2",
+                                         "dpo.precompute_ref_log_probs=false", "dpo.share_prompts=false"])
+    dpo_stage(Run(tmp_path / "run"), cfg, pairs_path=write_pairs_varied(tmp_path / "pairs.jsonl"), eval_pairs_path=None,
+              sft_model=str(tiny_model_dir))
+    epochs = [seen[:7], seen[7:]]
+    assert len(seen) == 14 and epochs[0] != epochs[1]  # 7 pairs (5 prompts) per epoch, reshuffled
+    for order in epochs:
+        runs = [order[0]] + [b for a, b in zip(order, order[1:]) if a != b]
+        assert sorted(runs) == list(range(5))  # each prompt's pairs in one contiguous run
+
+
+def full_pass_logps(model, batch):
+    """Answer log-probs from one plain forward over the padded batch: what every saving must equal."""
     from selftune.masking import IGNORE_INDEX
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    full = -torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    return (full * (targets != IGNORE_INDEX)).sum(-1), (targets != IGNORE_INDEX).sum(-1)
+
+
+def varied_batch(tmp_path, tiny_model_dir):
+    from selftune.dpo import PairCollator, tokenize_pairs
     from selftune.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     model = load_model(str(tiny_model_dir), dtype="float32")
     pairs = read_records(write_pairs_varied(tmp_path / "pairs.jsonl"), "pairs")
     rows, _ = tokenize_pairs(tokenizer, pairs, max_length=256, response_separator=None, max_drop_share=0.0, source="t")
-    batch = PairCollator(tokenizer.pad_token_id)(rows)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    targets = batch["labels"][:, 1:]
-    full = -torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
-    expected = (full * (targets != IGNORE_INDEX)).sum(-1)
+    return model, rows, PairCollator(tokenizer.pad_token_id)(rows)
 
-    got, counts = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], max_padding=max_padding)
+
+@pytest.mark.parametrize("max_padding", [0.0, 0.15, 10.0])
+@pytest.mark.parametrize("share_prompts", [False, True])
+def test_sequence_logps_savings_equal_the_full_pass(tmp_path, tiny_model_dir, max_padding, share_prompts):
+    from selftune.dpo import _length_chunks, sequence_logps
+
+    model, rows, batch = varied_batch(tmp_path, tiny_model_dir)
+    expected, expected_counts = full_pass_logps(model, batch)
+    expected.sum().backward()
+    expected_grad = model.get_input_embeddings().weight.grad.clone()
+    model.zero_grad()
+
+    got, counts = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                 max_padding=max_padding, share_prompts=share_prompts)
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
-    assert counts.tolist() == (targets != IGNORE_INDEX).sum(-1).tolist()
-    got.sum().backward()  # gradients reach the weights through every chunk
-    assert model.get_input_embeddings().weight.grad.abs().sum() > 0
+    assert counts.tolist() == expected_counts.tolist()
+    got.sum().backward()  # the same gradients, through every chunk, duplicate row and shared prompt
+    assert torch.allclose(model.get_input_embeddings().weight.grad, expected_grad, rtol=1e-4, atol=1e-5 * float(expected_grad.abs().max()))
     lengths = batch["attention_mask"].sum(-1).tolist()
     chunks = _length_chunks(lengths, max_padding)
     assert sorted(k for c in chunks for k in c) == list(range(len(lengths)))
@@ -220,12 +273,61 @@ def test_sequence_logps_in_chunks_with_head_on_answers_only_equals_the_full_pass
         assert len(chunk) * width <= (1 + max_padding) * sum(lengths[k] for k in chunk) or len(chunk) == 1
 
 
+def test_prompt_sharing_runs_each_prompt_and_duplicate_answer_once(tmp_path, tiny_model_dir):
+    from selftune.dpo import sequence_logps
+    from selftune.masking import IGNORE_INDEX
+
+    model, _, batch = varied_batch(tmp_path, tiny_model_dir)
+    fed = []  # real (unmasked) positions fed to each forward call
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(int(kwargs["attention_mask"][:, -kwargs["input_ids"].shape[1]:].sum())),
+        with_kwargs=True)
+    sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], share_prompts=True)
+    rows = {tuple(ids[mask == 1].tolist()): labels[mask == 1].tolist()
+            for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"])}
+    prefix = {ids: [l != IGNORE_INDEX for l in labels].index(True) - 1 for ids, labels in rows.items()}
+    prompts = {ids[: prefix[ids]] for ids in rows}
+    assert len(prompts) < len(rows) < len(batch["input_ids"])  # the data repeats prompts and whole rows
+    assert sum(fed) == sum(map(len, prompts)) + sum(len(ids) - prefix[ids] for ids in rows)
+
+
+def test_prompt_sharing_is_off_under_gradient_checkpointing_with_gradients(tmp_path, tiny_model_dir):
+    """Checkpointed layers drop the KV cache while gradients are on; the answers must still see their prompts."""
+    from selftune.dpo import sequence_logps
+
+    model, _, batch = varied_batch(tmp_path, tiny_model_dir)
+    expected, _ = full_pass_logps(model, batch)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    got, _ = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], share_prompts=True)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+
+
+def test_prompt_grouped_sampler_keeps_a_prompts_pairs_together_and_reshuffles_per_epoch():
+    from selftune.dpo import PromptGroupedSampler
+
+    groups = [0, 1, 0, 2, 3, 1, 0, 4, 5, 5, 6, 7]
+    sampler = PromptGroupedSampler(groups, seed=3)
+    orders = []
+    for epoch in (0, 1, 0):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert sorted(order) == list(range(len(groups))) and len(sampler) == len(groups)
+        runs = [groups[order[0]]] + [groups[b] for a, b in zip(order, order[1:]) if groups[a] != groups[b]]
+        assert len(runs) == len(set(groups))  # each prompt's pairs form one contiguous run
+        orders.append(order)
+    assert orders[0] != orders[1] and orders[0] == orders[2]
+
+
 def write_pairs_varied(path):
-    """Pairs whose prompts, chosen and rejected answers all differ in length."""
+    """Pairs whose prompts, chosen and rejected answers differ in length; two prompts have two
+    pairs each, with the same chosen answer (as the pairs stage writes them)."""
     with open(path, "w") as handle:
-        for i in range(5):
-            handle.write(json.dumps({"id": f"v{i}", "prompt": [{"role": "user", "content": "Tell me " + "more " * (3 * i) + "?"}],
-                                     "chosen": [{"role": "assistant", "content": "a fine answer " * (1 + 4 * i)}],
+        for i in range(7):
+            p = min(i, 4)  # pairs 5 and 6 reuse the prompts (and chosen answers) of pairs 4 and 4
+            p = {5: 2, 6: 4}.get(i, p)
+            handle.write(json.dumps({"id": f"v{i}", "prompt": [{"role": "user", "content": "Tell me " + "more " * (3 * p) + "?"}],
+                                     "chosen": [{"role": "assistant", "content": "a fine answer " * (1 + 4 * p)}],
                                      "rejected": [{"role": "assistant", "content": "no " * (2 + (7 * i) % 11)}],
                                      "negative_source": "policy"}) + "\n")
     return path
