@@ -45,7 +45,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/generation.py
 	$(PY) bench/sft.py --data runs/demo/round-1/sft-data/sft.jsonl
 	$(PY) bench/dpo.py --model runs/demo/round-1/sft/merged --pairs runs/demo/round-1/pairs/pairs.jsonl \
-		--eval-pairs runs/demo/round-1/pairs/eval_pairs.jsonl --one-epoch-row --shipped-steps 0
+		--eval-pairs runs/demo/round-1/pairs/eval_pairs.jsonl --ours defaults --ours demo --shipped-steps 0
 
 clean:
 	rm -rf $(VENV) build *.egg-info
