@@ -226,6 +226,34 @@ def test_dpo_batches_keep_a_prompts_pairs_together(tmp_path, tiny_model_dir, mon
         assert sorted(runs) == list(range(5))  # each prompt's pairs in one contiguous run
 
 
+def test_dpo_resumed_from_a_checkpoint_replays_the_same_batches_and_losses(tmp_path, tiny_model_dir):
+    from transformers import TrainerCallback
+
+    from selftune.dpo import dpo_stage
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt("simulated interruption")
+
+    def losses(run):
+        history = json.loads((run.stage_dir("dpo") / "log_history.json").read_text())
+        return {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
+
+    pairs = write_pairs_varied(tmp_path / "pairs.jsonl")
+    cfg = load_config("tiny", overrides=["dpo.epochs=2", "dpo.per_device_batch_size=2", "dpo.length_check_prompts=0"])
+    straight, interrupted = Run(tmp_path / "straight"), Run(tmp_path / "interrupted")
+    dpo_stage(straight, cfg, pairs_path=pairs, eval_pairs_path=None, sft_model=str(tiny_model_dir))
+    with pytest.raises(KeyboardInterrupt):
+        dpo_stage(interrupted, cfg, pairs_path=pairs, eval_pairs_path=None, sft_model=str(tiny_model_dir), progress=StopAt())
+    dpo_stage(interrupted, cfg, pairs_path=pairs, eval_pairs_path=None, sft_model=str(tiny_model_dir))
+    assert read_manifest(interrupted.stage_dir("dpo")).metrics["resumed"] is True
+    expected, resumed = losses(straight), losses(interrupted)
+    assert set(resumed) == set(expected) == set(range(1, 9))  # 2 epochs of 4 batches; steps 1-2 from checkpoint-2
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(expected[step], rel=1e-5), step
+
+
 def full_pass_logps(model, batch):
     """Answer log-probs from one plain forward over the padded batch: what every saving must equal."""
     from selftune.masking import IGNORE_INDEX
