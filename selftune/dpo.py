@@ -482,8 +482,8 @@ def dpo_stage(run, cfg, *, round: int = 1, pairs_path: Path | None = None, eval_
         if share:
             gap = prompt_sharing_mismatch(model, rows[:4], collator)
             if gap > SHARING_TOLERANCE:
-                logger.warning("dpo: prompt sharing changes this model's log-probs (by up to %.3g nats per answer "
-                               "token on 4 pairs); every sequence runs whole instead", gap)
+                logger.warning("dpo: prompt sharing changes this model's log-probs by up to %.3g nats per answer "
+                               "token on 4 pairs (tolerance %g); every sequence runs whole instead", gap, SHARING_TOLERANCE)
                 share = False
         stage.metrics["share_prompts"] = share
         if cfg.dpo.precompute_ref_log_probs:
