@@ -213,7 +213,8 @@ def _shared_prompt_logps(model, input_ids, attention_mask, labels, rows, lengths
         members = [prefixes[i] for i in prefix_chunk]
         width = max(prefix_len[g[0]] for g in members)
         index = torch.tensor([g[0] for g in members], device=device)
-        prefix_mask = (torch.arange(width, device=device)[None] < torch.tensor([prefix_len[g[0]] for g in members], device=device)[:, None]).long()
+        ends = torch.tensor([prefix_len[g[0]] for g in members], device=device)
+        prefix_mask = (torch.arange(width, device=device)[None] < ends[:, None]).long()  # (groups, width)
         cache = DynamicCache()
         model(input_ids=input_ids[index, :width] * prefix_mask, attention_mask=prefix_mask, cache=cache, use_cache=True,
               **({"logits_to_keep": 1} if trim_head else {}))
