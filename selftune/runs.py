@@ -283,8 +283,7 @@ class Run:
             return False
         inputs = {k: Path(v) for k, v in inputs.items()}
         hashed: dict[str, str] = {}
-        state = stage_state(self.stage_dir(stage, round), config_hash=config_hash(config), inputs=inputs,
-                            root=self.root, hashed=hashed)
+        state = self.state(stage, config_hash=config_hash(config), inputs=inputs, round=round, hashed=hashed)
         self._input_hashes[(stage, round)] = {k: (inputs[k], digest) for k, digest in hashed.items()}
         self.on_event(StageEvent(stage, round, "skip" if state.valid else "run", state.reason))
         return state.valid
@@ -298,9 +297,10 @@ class Run:
     def manifest(self, stage: str, round: int = 1) -> Manifest | None:
         return read_manifest(self.stage_dir(stage, round))
 
-    def state(self, stage: str, *, config_hash: str, inputs: dict[str, Path], round: int = 1) -> StageState:
+    def state(self, stage: str, *, config_hash: str, inputs: dict[str, Path], round: int = 1,
+              hashed: dict[str, str] | None = None) -> StageState:
         return stage_state(
-            self.stage_dir(stage, round), config_hash=config_hash, inputs=inputs, root=self.root
+            self.stage_dir(stage, round), config_hash=config_hash, inputs=inputs, root=self.root, hashed=hashed
         )
 
     def output_of(self, stage: str, output: str, round: int = 1) -> Path:
