@@ -76,7 +76,7 @@ def run_ours(model_spec, pairs, eval_rows, work: Path, *, preset: str | None, ep
     from peft import get_peft_model
     from transformers import set_seed
 
-    from selftune.dpo import SHARING_TOLERANCE, make_dpo_trainer_class, prompt_sharing_mismatch, reference_logps
+    from selftune.dpo import make_dpo_trainer_class, prompt_sharing_holds, reference_logps
     from selftune.sft import _as_dataset, training_arguments
 
     overrides = ["dpo.report_to=[]", "dpo.save_steps=100000", "dpo.per_device_batch_size=8", "dpo.gradient_accumulation=1"]
@@ -92,7 +92,7 @@ def run_ours(model_spec, pairs, eval_rows, work: Path, *, preset: str | None, ep
     collator = PairCollator(tokenizer.pad_token_id)
     reset_peak_memory("cpu")
     start = time.perf_counter()
-    share = cfg.dpo.share_prompts and prompt_sharing_mismatch(model, rows[:4], collator) <= SHARING_TOLERANCE
+    share = cfg.dpo.share_prompts and prompt_sharing_holds(model, rows, collator)  # as the stage decides
     reference_logps(model, rows, collator, 16, args.bf16, share_prompts=share)  # part of our epoch's cost
     trainer = make_dpo_trainer_class()(model=model, args=args, train_dataset=_as_dataset(rows), data_collator=collator,
                                        processing_class=tokenizer, beta=cfg.dpo.beta, loss_type=cfg.dpo.loss_type,

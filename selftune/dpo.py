@@ -159,13 +159,14 @@ def sequence_logps(model, input_ids, attention_mask, labels, *, max_padding: flo
     rows = sorted(representative.values())
     out = torch.zeros(len(lengths), dtype=torch.float32, device=input_ids.device)
     trim_head = _accepts_logits_to_keep(model)
-    has_label = (labels != IGNORE_INDEX).tolist()
-    # A row's shared prefix is its prompt less the last token, whose logits predict the first answer token.
-    prefix_len = {k: (has_label[k].index(True) if True in has_label[k] else lengths[k]) - 1 for k in rows}
     # Under gradient checkpointing a layer drops its KV cache while gradients are on (its backward
     # replay would write the cache twice), so the answers could not see the prompt: no sharing there.
-    share_prompts = (share_prompts and min(prefix_len.values()) >= 1
-                     and not (torch.is_grad_enabled() and _checkpointing(model)))
+    share_prompts = share_prompts and not (torch.is_grad_enabled() and _checkpointing(model))
+    if share_prompts:
+        has_label = (labels != IGNORE_INDEX).tolist()
+        # A row's shared prefix is its prompt less the last token, whose logits predict the first answer token.
+        prefix_len = {k: (has_label[k].index(True) if True in has_label[k] else lengths[k]) - 1 for k in rows}
+        share_prompts = min(prefix_len.values()) >= 1  # every row has a prompt token to share
     if share_prompts:
         out = _shared_prompt_logps(model, input_ids, attention_mask, labels, rows, lengths, prefix_len, max_padding,
                                    trim_head, out)
@@ -260,6 +261,16 @@ def prompt_sharing_mismatch(model, rows: list[dict], collator: PairCollator) -> 
     shared, _ = sequence_logps(model, **batch, share_prompts=True)
     model.train(was_training)
     return float(((plain - shared).abs() / counts.clamp(min=1)).max())
+
+
+def prompt_sharing_holds(model, rows: list[dict], collator: PairCollator) -> bool:
+    """Whether prompt sharing gives this model's log-probs on the first 4 of `rows` within
+    `SHARING_TOLERANCE`; warns when it does not."""
+    gap = prompt_sharing_mismatch(model, rows[:4], collator)
+    if gap > SHARING_TOLERANCE:
+        logger.warning("dpo: prompt sharing changes this model's log-probs by up to %.3g nats per answer "
+                       "token on 4 pairs (tolerance %g); every sequence runs whole instead", gap, SHARING_TOLERANCE)
+    return gap <= SHARING_TOLERANCE
 
 
 def _length_chunks(lengths: list[int], max_padding: float) -> list[list[int]]:
@@ -479,13 +490,7 @@ def dpo_stage(run, cfg, *, round: int = 1, pairs_path: Path | None = None, eval_
         model = get_peft_model(model, lora_config(cfg.dpo.lora))
         args = training_arguments(cfg.dpo, out, has_eval=bool(eval_rows), device=device)
         collator = PairCollator(tokenizer.pad_token_id)
-        share = cfg.dpo.share_prompts
-        if share:
-            gap = prompt_sharing_mismatch(model, rows[:4], collator)
-            if gap > SHARING_TOLERANCE:
-                logger.warning("dpo: prompt sharing changes this model's log-probs by up to %.3g nats per answer "
-                               "token on 4 pairs (tolerance %g); every sequence runs whole instead", gap, SHARING_TOLERANCE)
-                share = False
+        share = cfg.dpo.share_prompts and prompt_sharing_holds(model, rows, collator)
         stage.metrics["share_prompts"] = share
         if cfg.dpo.precompute_ref_log_probs:
             started = time.perf_counter()
