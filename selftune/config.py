@@ -50,8 +50,8 @@ class GenerationConfig(Section):
 class PromptsConfig(Section):
     source: str = Field("builtin", description="'builtin' (tasks x verifiable constraints) or a JSONL / datasets-readable file.")
     n_train: int = Field(300, ge=1, description="Train prompts to build from the builtin set.")
-    n_eval: int = Field(100, ge=1, description="Held-out eval prompts (tasks and constraint values unseen in train).")
-    max_constraints: int = Field(2, ge=1, le=3, description="Most constraints per builtin prompt.")
+    n_eval: int = Field(200, ge=1, description="Held-out eval prompts (tasks, topics, constraint values and wordings unseen in train).")
+    max_constraints: int = Field(3, ge=1, le=3, description="Most constraints per builtin prompt (1 to 3; mostly 1).")
     seed: int = Field(0, description="Seed of the builtin prompt set.")
     # The types SmolLM2-135M-Instruct passed in under 10% of 640 samples (K=8, 80 train prompts,
     # 128 tokens): lowercase 0, capital_words 0, letter_frequency 0, uppercase 2%, quoted 4%,

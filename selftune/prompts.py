@@ -1,11 +1,13 @@
 """The built-in prompt set (tasks x verifiable constraints) and import of user prompts.
 
 Built-in prompts pair a writing task with 1 to `max_constraints` compatible constraints. The set
-is a pure function of its seed. The `eval` split is held out twice over:
+is a pure function of its seed. The `eval` split is held out three times over:
 
 - its tasks use topics and task forms that never occur in `train` (`TOPICS` and `FORMS` are split);
 - its constraint parameters come from the `eval` value pools of each type (other word counts,
-  keywords, phrases, letters...), so a model cannot pass eval by memorising train values.
+  keywords, phrases, letters...), so a model cannot pass eval by memorising train values;
+- its instruction sentences use each type's `eval` wordings, which never occur in `train`, so a
+  gain on eval shows the model follows a request however it is worded, not one memorised sentence.
 
 Usage:
     from selftune.prompts import build_prompts, import_prompts
@@ -35,11 +37,24 @@ FORMS = {
         "Write a short story that involves {}.",
         "Write an email to a friend about {}.",
         "List some interesting facts about {}.",
+        "Write a short poem about {}.",
+        "Write a note for a classroom notice board about {}.",
+        "Describe {} in a few sentences.",
+        "Write a social media post about {}.",
+        "Write a short review of a book about {}.",
+        "Give three tips related to {}.",
+        "Write a brief news report about {}.",
+        "Write a riddle whose answer is {}.",
     ],
     "eval": [
         "Write a short speech about {}.",
         "Write a diary entry about {}.",
         "Summarize why people care about {}.",
+        "Write a limerick about {}.",
+        "Write a text message inviting a friend to learn about {}.",
+        "Write a short travel guide entry about {}.",
+        "Explain the history of {} briefly.",
+        "Write a short dialogue between two people about {}.",
     ],
 }
 TOPICS = {
@@ -50,7 +65,13 @@ TOPICS = {
         "winter mornings", "street food", "lighthouses", "paper airplanes", "museums",
         "rivers", "board games", "clocks", "forests", "birthdays", "the internet", "snow",
         "kites", "farmers markets", "penguins", "space travel", "friendship", "tea",
-        "photography", "sunflowers",
+        "photography", "sunflowers", "elephants", "bakeries", "sailing", "mushrooms", "islands",
+        "trees in autumn", "the post office", "swimming", "pizza", "hiking boots", "fossils",
+        "umbrellas", "the circus", "pencils", "rainforests", "bees and flowers", "lanterns",
+        "astronauts", "picnics", "saving money", "learning a language", "dinosaurs", "bridges of wood",
+        "a village fair", "foxes", "knitting", "the first day of school", "carnivals", "wind",
+        "night trains", "ice cream", "frogs", "castles", "yoga", "soup", "football", "maps of stars",
+        "spiders", "theatre",
     ],
     "eval": [
         "bridges", "thunderstorms", "dolphins", "public transport", "origami", "glaciers",
@@ -58,7 +79,9 @@ TOPICS = {
         "hot air balloons", "caves", "postcards", "windmills", "jellyfish", "sandcastles",
         "fireflies", "submarines", "vineyards", "puzzles", "comets", "harbors", "kayaking",
         "waterfalls", "tigers", "soap bubbles", "telescopes", "pottery", "the arctic", "canals",
-        "skyscrapers", "pinecones", "rainbows",
+        "skyscrapers", "pinecones", "rainbows", "lemons", "mailboxes", "parrots", "skateboards",
+        "rock climbing", "volunteering", "the desert at night", "quilts", "chocolate", "bus stops",
+        "wolves", "snorkeling", "chess clocks", "mountain huts", "candles",
     ],
 }
 # How many constraints a prompt gets: mostly one, so a small model still passes often enough for
@@ -67,13 +90,15 @@ CONSTRAINT_COUNT_WEIGHTS = {1: 0.6, 2: 0.3, 3: 0.1}
 
 
 def _draw_constraints(rng: random.Random, split: str, count: int, type_weights: dict[str, float]) -> list[dict]:
+    """`count` compatible constraints, each with its parameters and one of its split's wordings."""
     names: list[str] = []
     for _ in range(count):
         options = [n for n in CONSTRAINTS if compatible(names, n) and type_weights.get(n, 1.0) > 0]
         if not options:
             break
         names.append(rng.choices(options, [type_weights.get(n, 1.0) for n in options])[0])
-    return [{"type": n, "kwargs": CONSTRAINTS[n].sample_kwargs(rng, split)} for n in names]
+    return [{"type": n, "kwargs": CONSTRAINTS[n].sample_kwargs(rng, split),
+             "wording": rng.choice(CONSTRAINTS[n].wording_ids(split))} for n in names]
 
 
 def check_type_weights(weights: dict[str, float]) -> dict[str, float]:
@@ -88,7 +113,7 @@ def check_type_weights(weights: dict[str, float]) -> dict[str, float]:
     return weights
 
 
-def build_prompts(n_train: int = 300, n_eval: int = 100, max_constraints: int = 2, seed: int = 0,
+def build_prompts(n_train: int = 300, n_eval: int = 200, max_constraints: int = 3, seed: int = 0,
                   type_weights: dict[str, float] | None = None) -> list[PromptRecord]:
     """Deterministic train and eval prompts (see the module docstring for how eval is held out).
 
@@ -111,7 +136,7 @@ def build_prompts(n_train: int = 300, n_eval: int = 100, max_constraints: int = 
             task = tasks[i % len(tasks)]
             constraints = _draw_constraints(rng, split, rng.choices(counts, weights)[0],
                                             (type_weights or {}) if split == "train" else {})
-            text = " ".join([task] + [describe(c["type"], c["kwargs"]) for c in constraints])
+            text = " ".join([task] + [describe(c["type"], c["kwargs"], c["wording"]) for c in constraints])
             records.append(
                 PromptRecord(
                     id=f"{split}-{i:04d}",

@@ -49,20 +49,42 @@ def test_checker_on_hand_written_texts(name):
 def test_instruction_is_rendered_from_parameters(name):
     kwargs, _, _ = CASES[name]
     sentence = describe(name, kwargs)
-    assert sentence.endswith((".", ":", "*", "P.S.")) and len(sentence) > 20
+    assert sentence.endswith((".", ":", "*", "P.S.", "\"")) and len(sentence) > 20
     for value in kwargs.values():
         shown = value if isinstance(value, list) else [value]
         for item in shown:
             assert str(item) in sentence
 
 
-def test_every_pool_draws_valid_parameters_in_both_splits():
+def test_every_pool_and_wording_renders_in_both_splits():
     import random
 
     rng = random.Random(0)
     for kind in CONSTRAINTS.values():
         for split in ("train", "eval"):
-            describe(kind.name, kind.sample_kwargs(rng, split))
+            assert len(kind.wording_ids(split)) >= 2, f"{kind.name} needs several {split} wordings"
+            for wording in kind.wording_ids(split):
+                kwargs = kind.sample_kwargs(rng, split)
+                sentence = describe(kind.name, kwargs, wording)
+                assert "{" not in sentence.replace("{\"", ""), sentence  # every field filled in
+    with pytest.raises(ValueError, match="no wording"):
+        describe("lowercase", {}, "eval-9")
+
+
+def test_eval_wordings_and_values_never_occur_in_train():
+    for kind in CONSTRAINTS.values():
+        assert not set(kind.wordings["train"]) & set(kind.wordings["eval"]), kind.name
+        for name, pool in kind.pools.items():
+            if name in ("relation", "paragraph"):
+                continue  # a relation or a paragraph number alone is not a value to memorise
+            assert not [v for v in pool["eval"] if v in pool["train"]], f"{kind.name}.{name}"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_empty_or_blank_text_never_passes(name):
+    kwargs, _, _ = CASES[name]
+    for text in ("", "   ", "\n\n"):
+        assert not check(name, text, kwargs) and not check_loose(name, text, kwargs)
 
 
 def test_parameter_schema_rejects_bad_kwargs():

@@ -21,7 +21,7 @@ def test_builtin_prompts_are_deterministic_and_sized():
     a, b = build_prompts(300, 100, seed=1), build_prompts(300, 100, seed=1)
     assert [r.model_dump() for r in a] == [r.model_dump() for r in b]
     assert sum(r.split == "train" for r in a) == 300 and sum(r.split == "eval" for r in a) == 100
-    assert all(1 <= len(r.constraints) <= 2 for r in a)
+    assert all(1 <= len(r.constraints) <= 3 for r in a)
     assert build_prompts(10, 5, seed=2)[0].model_dump() != a[0].model_dump()
 
 
@@ -37,6 +37,24 @@ def test_eval_tasks_and_constraint_values_never_occur_in_train():
     assert eval_values and not train_values & eval_values
     # Every constraint type appears in the default train set.
     assert {c.type for r in records if r.split == "train" for c in r.constraints} == set(CONSTRAINTS)
+
+
+def test_no_eval_prompt_or_eval_wording_leaks_into_train():
+    from selftune.constraints import describe
+
+    records = build_prompts(600, 300, seed=0)
+    train_text = "\n".join(r.messages[0].content for r in records if r.split == "train")
+    for record in records:
+        if record.split != "eval":
+            continue
+        assert record.messages[0].content not in train_text
+        for c in record.constraints:
+            assert c.wording.startswith("eval-")
+            # The eval sentence, rendered with train values too, never appears in a train prompt.
+            kind = CONSTRAINTS[c.type]
+            for kwargs in [c.kwargs] + [{k: v["train"][0] for k, v in kind.pools.items()}]:
+                assert describe(c.type, kwargs, c.wording) not in train_text, (c.type, c.wording)
+    assert all(c.wording.startswith("train-") for r in records if r.split == "train" for c in r.constraints)
 
 
 def test_type_weights_shape_the_train_mix_only():
