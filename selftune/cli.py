@@ -233,7 +233,7 @@ def sample(
     run_dir: Path = RunOption,
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file; default: the run's prompts stage output."),
     model: Optional[str] = typer.Option(None, "--model", help="Policy spec; default: the config's model."),
-    round: int = typer.Option(1, "--round", help="Round number."),
+    round_number: int = typer.Option(1, "--round", help="Round number."),
     preset: Optional[str] = PresetOption,
     config: list[Path] = ConfigOption,
     set_: list[str] = SetOption,
@@ -249,8 +249,8 @@ def sample(
 
             prompt_count = sum(r.split == "train" for r in read_records(run.output_of("prompts", "prompts"), "prompts"))
         with GenerationProgress(prompt_count or 0, "sampling") as progress:
-            out = sample_stage(run, cfg, round=round, prompts_path=prompts, policy=model, progress=progress)
-    print_yield(run.manifest("sample", round).metrics)
+            out = sample_stage(run, cfg, round_number=round_number, prompts_path=prompts, policy=model, progress=progress)
+    print_yield(run.manifest("sample", round_number).metrics)
     console.print(f"samples: {out}", soft_wrap=True)
 
 
@@ -271,7 +271,7 @@ def sft_data(
     run_dir: Path = RunOption,
     samples: Optional[Path] = typer.Option(None, "--samples", help="Samples file; default: the run's sample stage output."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file; default: the run's prompts stage output."),
-    round: int = typer.Option(1, "--round", help="Round number."),
+    round_number: int = typer.Option(1, "--round", help="Round number."),
     preset: Optional[str] = PresetOption,
     config: list[Path] = ConfigOption,
     set_: list[str] = SetOption,
@@ -281,8 +281,8 @@ def sft_data(
 
     run, cfg = open_run(run_dir, preset, config, set_)
     with run.lock():
-        out = sft_data_stage(run, cfg, round=round, samples_path=samples, prompts_path=prompts)
-    m = run.manifest("sft-data", round).metrics
+        out = sft_data_stage(run, cfg, round_number=round_number, samples_path=samples, prompts_path=prompts)
+    m = run.manifest("sft-data", round_number).metrics
     console.print(
         f"{m['examples']} SFT examples from {m['prompts']} prompts (yield {m['yield']:.1%}; "
         f"{m['no_passing']} without a passing sample, {m['duplicates_dropped']} duplicates dropped): {out}",
@@ -295,7 +295,7 @@ def sft(
     run_dir: Path = RunOption,
     data: Optional[Path] = typer.Option(None, "--data", help="SFT JSONL; default: the run's sft-data output."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model spec; default: the config's model."),
-    round: int = typer.Option(1, "--round", help="Round number."),
+    round_number: int = typer.Option(1, "--round", help="Round number."),
     preset: Optional[str] = PresetOption,
     config: list[Path] = ConfigOption,
     set_: list[str] = SetOption,
@@ -305,8 +305,8 @@ def sft(
 
     run, cfg = open_run(run_dir, preset, config, set_)
     with run.lock():
-        out = sft_stage(run, cfg, round=round, data_path=data, base=base)
-    m = run.manifest("sft", round).metrics
+        out = sft_stage(run, cfg, round_number=round_number, data_path=data, base=base)
+    m = run.manifest("sft", round_number).metrics
     console.print(
         f"SFT: {m['steps']} steps, {m['train_examples']} examples ({m['dropped']} dropped), "
         f"{m['tokens_per_second']} tokens/s, held-out loss {m['eval_loss_before']} -> {m['eval_loss_after']}; model: {out}",
@@ -360,7 +360,7 @@ def inspect_masks(
 def pairs(
     run_dir: Path = RunOption,
     model: Optional[str] = typer.Option(None, "--model", help="SFT model spec; default: the run's merged SFT model."),
-    round: int = typer.Option(1, "--round", help="Round number."),
+    round_number: int = typer.Option(1, "--round", help="Round number."),
     preset: Optional[str] = PresetOption,
     config: list[Path] = ConfigOption,
     set_: list[str] = SetOption,
@@ -371,8 +371,8 @@ def pairs(
     run, cfg = open_run(run_dir, preset, config, set_)
     with run.lock():
         with GenerationProgress(0, "sampling SFT model") as progress:
-            out = pairs_stage(run, cfg, round=round, policy=model, progress=progress)
-    m = run.manifest("pairs", round).metrics
+            out = pairs_stage(run, cfg, round_number=round_number, policy=model, progress=progress)
+    m = run.manifest("pairs", round_number).metrics
     table = Table("split", "pairs", "by negative source", "dropped")
     for split in ("train", "eval"):
         table.add_row(split, str(m[split]["pairs"]), escape(str(m[split]["by_source"])), escape(str(m[split]["dropped"])))
@@ -383,7 +383,7 @@ def pairs(
 @app.command(epilog="Example: `selftune dpo --run runs/demo --set dpo.beta=0.2`")
 def dpo(
     run_dir: Path = RunOption,
-    round: int = typer.Option(1, "--round", help="Round number."),
+    round_number: int = typer.Option(1, "--round", help="Round number."),
     preset: Optional[str] = PresetOption,
     config: list[Path] = ConfigOption,
     set_: list[str] = SetOption,
@@ -393,8 +393,8 @@ def dpo(
 
     run, cfg = open_run(run_dir, preset, config, set_)
     with run.lock():
-        out = dpo_stage(run, cfg, round=round)
-    m = run.manifest("dpo", round).metrics
+        out = dpo_stage(run, cfg, round_number=round_number)
+    m = run.manifest("dpo", round_number).metrics
     before, after = m["eval_before"], m["eval_after"]
     if after:
         console.print(
@@ -439,7 +439,7 @@ def evaluate(
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Held-out pairs; default: the run's eval pairs."),
     reference: Optional[str] = typer.Option(None, "--reference", help="NAME of the model pair margins are measured against (with --model)."),
     out: Path = typer.Option(Path("eval"), "--out", help="Output folder with --model (a run's own evaluation stays in the run)."),
-    round: Optional[int] = typer.Option(None, "--round", help="Round to evaluate; default: the run's last."),
+    round_number: Optional[int] = typer.Option(None, "--round", help="Round to evaluate; default: the run's last."),
     judge: bool = typer.Option(False, "--judge", help="Also a judge win-rate against base, positions swapped (judge loaded last, alone)."),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Judge model spec; default: the base model."),
 ):
@@ -462,7 +462,7 @@ def evaluate(
         cfg.evaluate.models = [name.strip() for name in models.split(",") if name.strip()]
     if judge or judge_model:
         cfg.evaluate.judge, cfg.evaluate.judge_model = True, judge_model or cfg.evaluate.judge_model
-    round = round or cfg.rounds
+    round_number = round_number or cfg.rounds
 
     def announce(name: str, metrics: dict) -> None:
         console.print(f"{name}: prompt-level strict {metrics['instruction_following']['prompt_strict']:.3f}, "
@@ -470,13 +470,13 @@ def evaluate(
 
     if not model:
         with run.lock():
-            path = evaluate_stage(run, cfg, round=round, on_model=announce)
+            path = evaluate_stage(run, cfg, round_number=round_number, on_model=announce)
     else:
         specs = parse_model_specs(model)
         prompts_path = prompts or (run.output_of("prompts", "prompts") if run else None)
         if prompts_path is None:
             raise typer.BadParameter("--prompts is needed without a run")
-        pairs_path = pairs or (run.optional_output("pairs", "eval_pairs", round=round) if run else None)
+        pairs_path = pairs or (run.optional_output("pairs", "eval_pairs", round_number=round_number) if run else None)
         pair_records = read_records(pairs_path, "pairs") if pairs_path else []
         results = evaluate_models(specs, eval_prompts(prompts_path), pair_records, cfg,
                                   reference=reference or specs[0][0], on_model=announce)
@@ -488,7 +488,7 @@ def evaluate(
 @app.command(epilog="Example: `selftune report runs/demo`")
 def report(
     run_dir: Path = typer.Argument(..., help="Run directory with a completed evaluation."),
-    round: Optional[int] = typer.Option(None, "--round", help="Round whose evaluation is reported; default: the run's last."),
+    round_number: Optional[int] = typer.Option(None, "--round", help="Round whose evaluation is reported; default: the run's last."),
 ):
     """Write report.md and a self-contained report.html (table, plots, answers side by side, lineage)."""
     from selftune.config import load_config
@@ -497,10 +497,10 @@ def report(
 
     run = Run(run_dir)
     cfg = load_config(files=[run.root / "config.yaml"])
-    round = round or cfg.rounds
+    round_number = round_number or cfg.rounds
     with run.lock():
-        html_path = report_stage(run, cfg, round=round)
-    print_results_table(json.loads(run.output_of("evaluate", "results", round=round).read_text()), "summary")
+        html_path = report_stage(run, cfg, round_number=round_number)
+    print_results_table(json.loads(run.output_of("evaluate", "results", round_number=round_number).read_text()), "summary")
     console.print(f"report: {html_path}", soft_wrap=True)
 
 

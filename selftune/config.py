@@ -41,8 +41,9 @@ class ModelConfig(Section):
 
 
 class GenerationConfig(Section):
-    backend: Literal["auto", "hf", "vllm"] = Field("auto", description="auto = vLLM when installed with a GPU, else the batched HF backend.")
-    batch_size: int = Field(32, ge=1, description="Sequences (prompts x samples) per forward pass in the HF backend.")
+    backend: Literal["auto", "hf", "continuous", "vllm"] = Field(
+        "auto", description="auto = vLLM when installed with a GPU, else the continuous-batching engine (hf where it cannot serve the model).")
+    batch_size: int = Field(64, ge=1, description="Sequences in flight (prompts x samples) per forward pass.")
     max_new_tokens: int = Field(256, ge=1, description="Longest answer, in tokens.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine.")
 
@@ -86,6 +87,7 @@ class SampleConfig(Section):
     temperature: float = Field(0.8, gt=0, description="Sampling temperature (> 0: rejection sampling needs variety).")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
     seed: int = Field(0, description="Sampling seed; each answer's own seed is derived from it.")
+    early_rejection: bool = Field(True, description="Stop an answer once its prefix fails a constraint it can no longer pass (constraints scorer).")
     scorer: ScorerConfig = Field(default_factory=ScorerConfig, description="Scorer of sampled answers.")
 
 

@@ -44,7 +44,6 @@ from selftune.masking import IGNORE_INDEX, MaskingError, tokenize_example
 from selftune.records import read_records
 
 logger = logging.getLogger("selftune.dpo")
-_round = round  # stage functions take a `round` argument (the self-training round)
 
 
 def tokenize_pair(tokenizer, pair, *, max_length: int, response_separator: str | None) -> dict:
@@ -361,8 +360,8 @@ def reward_stats_by_source(margins: dict[int, float], rows: list[dict]) -> dict[
     for index, margin in sorted(margins.items()):
         by_source[rows[index]["negative_source"]].append(margin)
         by_source["all"].append(margin)
-    return {source: {"pairs": len(values), "accuracy": _round(sum(v > 0 for v in values) / len(values), 4),
-                     "margin": _round(sum(values) / len(values), 4)}
+    return {source: {"pairs": len(values), "accuracy": round(sum(v > 0 for v in values) / len(values), 4),
+                     "margin": round(sum(values) / len(values), 4)}
             for source, values in sorted(by_source.items())}
 
 
@@ -444,31 +443,31 @@ def mean_answer_length(generator, prompts, max_new_tokens: int) -> float:
     return sum(a[0].completion_tokens for a in answers) / max(1, len(answers))
 
 
-def dpo_stage(run, cfg, *, round: int = 1, pairs_path: Path | None = None, eval_pairs_path: Path | None = None,
+def dpo_stage(run, cfg, *, round_number: int = 1, pairs_path: Path | None = None, eval_pairs_path: Path | None = None,
               sft_model: str | None = None, progress=None) -> Path:
     """Train the DPO adapter on the merged SFT model and merge it; returns the merged DPO model dir."""
     from peft import get_peft_model
     from transformers import set_seed
 
-    from selftune.generation import HFGenerator
+    from selftune.generation import make_generator
     from selftune.merge import merge_adapter
     from selftune.models import default_device, load_model, load_tokenizer, unload
     from selftune.sft import (_as_dataset, log_history, lora_config, prepare_checkpoints, tracker_callbacks,
                               training_arguments)
 
-    pairs_path = Path(pairs_path) if pairs_path else run.output_of("pairs", "pairs", round=round)
+    pairs_path = Path(pairs_path) if pairs_path else run.output_of("pairs", "pairs", round_number=round_number)
     if eval_pairs_path is None:
-        eval_pairs_path = run.optional_output("pairs", "eval_pairs", round=round)
-    sft_model = sft_model or str(run.output_of("sft", "merged", round=round))
+        eval_pairs_path = run.optional_output("pairs", "eval_pairs", round_number=round_number)
+    sft_model = sft_model or str(run.output_of("sft", "merged", round_number=round_number))
     pairs = read_records(pairs_path, "pairs")  # validate before loading anything
     eval_pairs = read_records(eval_pairs_path, "pairs") if eval_pairs_path else []
     inputs = {"pairs": pairs_path, "sft_model": Path(sft_model)}
     if eval_pairs_path:
         inputs["eval_pairs"] = Path(eval_pairs_path)
     stage_config = {"dpo": cfg.dpo.model_dump(), "dtype": cfg.model.dtype, "load_in_4bit": cfg.model.load_in_4bit}
-    if run.up_to_date("dpo", config=stage_config, inputs=inputs, round=round):
-        return run.output_of("dpo", "merged", round=round)
-    with run.stage("dpo", config=stage_config, inputs=inputs, round=round) as stage:
+    if run.up_to_date("dpo", config=stage_config, inputs=inputs, round_number=round_number):
+        return run.output_of("dpo", "merged", round_number=round_number)
+    with run.stage("dpo", config=stage_config, inputs=inputs, round_number=round_number) as stage:
         out = stage.dir
         device = default_device()
         tokenizer = load_tokenizer(sft_model)
@@ -496,7 +495,7 @@ def dpo_stage(run, cfg, *, round: int = 1, pairs_path: Path | None = None, eval_
             started = time.perf_counter()
             for part in (rows, eval_rows):  # each numbers its own prompt groups
                 reference_logps(model, part, collator, cfg.dpo.per_device_batch_size * 2, args.bf16, share_prompts=share)
-            stage.metrics["reference_seconds"] = _round(time.perf_counter() - started, 1)
+            stage.metrics["reference_seconds"] = round(time.perf_counter() - started, 1)
         trainer = make_dpo_trainer_class()(
             model=model, args=args, train_dataset=_as_dataset(rows), eval_dataset=_as_dataset(eval_rows) if eval_rows else None,
             data_collator=collator, processing_class=tokenizer,
@@ -518,12 +517,13 @@ def dpo_stage(run, cfg, *, round: int = 1, pairs_path: Path | None = None, eval_
         length_prompts = [[m.model_dump() for m in p.prompt] for p in (eval_pairs or pairs)[: cfg.dpo.length_check_prompts]]
         if length_prompts:
             model.eval()
-            generator = HFGenerator(model, tokenizer, batch_size=cfg.generation.batch_size)
+            generator = make_generator(model, tokenizer, backend=cfg.generation.backend,
+                                       batch_size=cfg.generation.batch_size)
             with model.disable_adapter():
                 sft_length = mean_answer_length(generator, length_prompts, cfg.generation.max_new_tokens)
             dpo_length = mean_answer_length(generator, length_prompts, cfg.generation.max_new_tokens)
             ratio = dpo_length / max(sft_length, 1e-9)
-            stage.metrics.update(length_sft=_round(sft_length, 1), length_dpo=_round(dpo_length, 1))
+            stage.metrics.update(length_sft=round(sft_length, 1), length_dpo=round(dpo_length, 1))
             if not 1 / cfg.dpo.length_drift_warn <= ratio <= cfg.dpo.length_drift_warn:
                 message = (f"mean answer length drifted from {sft_length:.0f} (SFT) to {dpo_length:.0f} tokens (DPO) "
                            f"on {len(length_prompts)} held-out prompts")
@@ -538,7 +538,7 @@ def dpo_stage(run, cfg, *, round: int = 1, pairs_path: Path | None = None, eval_
         stage.add_output("adapter", adapter_dir)
         stage.metrics.update(
             pairs=len(pairs), dropped=dropped, eval_pairs=len(eval_rows), steps=result.global_step, resumed=resuming,
-            train_seconds=_round(seconds, 1), tokens_per_second=_round(tokens / seconds, 1) if not resuming else None,
+            train_seconds=round(seconds, 1), tokens_per_second=round(tokens / seconds, 1) if not resuming else None,
             train_loss=result.training_loss if math.isfinite(result.training_loss) else None,
             eval_before={k: v for k, v in before.items() if k.startswith("eval_")},
             eval_after={k: v for k, v in after.items() if k.startswith("eval_")},

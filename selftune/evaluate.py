@@ -38,7 +38,6 @@ from selftune.errors import MissingExtraError, SelftuneError
 from selftune.records import PairRecord, PromptRecord
 from selftune.scoring import repetition_rate
 
-_round = round  # stage functions take a `round` argument
 
 
 class ModelLeakError(SelftuneError):
@@ -64,11 +63,11 @@ def instruction_following(prompts: list[PromptRecord], answers: list[str]) -> tu
         details.append({"prompt_id": prompt.id, "strict": strict, "loose": loose})
     n = max(1, len(prompts))
     metrics = {
-        "prompt_strict": _round(prompt_strict / n, 4), "prompt_loose": _round(prompt_loose / n, 4),
-        "instruction_strict": _round(strict_total / max(1, instructions), 4),
-        "instruction_loose": _round(loose_total / max(1, instructions), 4),
-        "by_type": {t: {"n": len(v), "strict": _round(sum(s for s, _ in v) / len(v), 4),
-                        "loose": _round(sum(l for _, l in v) / len(v), 4)} for t, v in sorted(by_type.items())},
+        "prompt_strict": round(prompt_strict / n, 4), "prompt_loose": round(prompt_loose / n, 4),
+        "instruction_strict": round(strict_total / max(1, instructions), 4),
+        "instruction_loose": round(loose_total / max(1, instructions), 4),
+        "by_type": {t: {"n": len(v), "strict": round(sum(s for s, _ in v) / len(v), 4),
+                        "loose": round(sum(l for _, l in v) / len(v), 4)} for t, v in sorted(by_type.items())},
         "prompts": len(prompts),
     }
     return metrics, details
@@ -110,10 +109,10 @@ def paired_comparison(ours: list[bool], theirs: list[bool], *, draws: int = 2000
     disagreements = wins + losses
     tail = sum(math.comb(disagreements, k) for k in range(min(wins, losses) + 1)) / 2 ** disagreements
     return {
-        "delta": _round(sum(diffs) / n, 4),
-        "ci95": [_round(boots[int(0.025 * draws)], 4), _round(boots[int(0.975 * draws) - 1], 4)],
+        "delta": round(sum(diffs) / n, 4),
+        "ci95": [round(boots[int(0.025 * draws)], 4), round(boots[int(0.975 * draws) - 1], 4)],
         "wins": wins, "losses": losses, "prompts": n,
-        "p_value": _round(min(1.0, 2 * tail), 4) if disagreements else 1.0,
+        "p_value": round(min(1.0, 2 * tail), 4) if disagreements else 1.0,
     }
 
 
@@ -127,11 +126,11 @@ def pair_metrics(own: list[tuple[float, float, int]], reference: list[tuple[floa
         by_source[pair.negative_source].append(margin)
     total_tokens = sum(n for _, _, n in own)
     return {
-        "reward_accuracy": {s: _round(sum(m > 0 for m in v) / len(v), 4) for s, v in sorted(by_source.items())},
-        "reward_margin": {s: _round(sum(v) / len(v), 4) for s, v in sorted(by_source.items())},
-        "logp_chosen": _round(sum(c for c, _, _ in own) / len(own), 3),
-        "logp_rejected": _round(sum(r for _, r, _ in own) / len(own), 3),
-        "chosen_perplexity": _round(math.exp(-sum(c for c, _, _ in own) / max(1, total_tokens)), 3),
+        "reward_accuracy": {s: round(sum(m > 0 for m in v) / len(v), 4) for s, v in sorted(by_source.items())},
+        "reward_margin": {s: round(sum(v) / len(v), 4) for s, v in sorted(by_source.items())},
+        "logp_chosen": round(sum(c for c, _, _ in own) / len(own), 3),
+        "logp_rejected": round(sum(r for _, r, _ in own) / len(own), 3),
+        "chosen_perplexity": round(math.exp(-sum(c for c, _, _ in own) / max(1, total_tokens)), 3),
     }
 
 
@@ -147,23 +146,23 @@ def _lm_eval(model, tokenizer, tasks: list[str]) -> dict:
 
 def evaluate_one(name: str, spec: str, prompts: list[PromptRecord], pairs: list[PairRecord], cfg) -> tuple[dict, list]:
     """Load one model, measure everything, unload it; returns (metrics, per-prompt answers)."""
-    from selftune.generation import HFGenerator, SamplingParams
+    from selftune.generation import SamplingParams, make_generator
     from selftune.models import load_model, load_tokenizer, unload
 
     started = time.perf_counter()
     tokenizer = load_tokenizer(spec)
     model = load_model(spec, dtype=cfg.model.dtype)
     alive = weakref.ref(model)
-    generator = HFGenerator(model, tokenizer, batch_size=cfg.generation.batch_size)
+    generator = make_generator(model, tokenizer, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size)
     answers = generator.generate([[m.model_dump() for m in p.messages] for p in prompts],
                                  SamplingParams(max_new_tokens=cfg.evaluate.max_new_tokens))
     texts = [a[0].text for a in answers]
     following, details = instruction_following(prompts, texts)
     metrics = {
         "spec": spec, "instruction_following": following,
-        "mean_length_tokens": _round(sum(a[0].completion_tokens for a in answers) / max(1, len(answers)), 1),
-        "truncated_share": _round(sum(a[0].finish_reason == "length" for a in answers) / max(1, len(answers)), 4),
-        "repetition_rate": _round(sum(repetition_rate(t) for t in texts) / max(1, len(texts)), 4),
+        "mean_length_tokens": round(sum(a[0].completion_tokens for a in answers) / max(1, len(answers)), 1),
+        "truncated_share": round(sum(a[0].finish_reason == "length" for a in answers) / max(1, len(answers)), 4),
+        "repetition_rate": round(sum(repetition_rate(t) for t in texts) / max(1, len(texts)), 4),
     }
     log_probs = pair_log_probs(model, tokenizer, pairs) if pairs else []
     if cfg.evaluate.lm_eval_tasks:
@@ -174,7 +173,7 @@ def evaluate_one(name: str, spec: str, prompts: list[PromptRecord], pairs: list[
     gc.collect()
     if alive() is not None:
         raise ModelLeakError(f"model {name} is still referenced after its turn; refusing to load the next one")
-    metrics.update(peak_memory_gib=_round(report.peak_gib, 3), seconds=_round(time.perf_counter() - started, 1))
+    metrics.update(peak_memory_gib=round(report.peak_gib, 3), seconds=round(time.perf_counter() - started, 1))
     per_prompt = [{"prompt_id": p.id, "model": name, "answer": t, **{k: v for k, v in d.items() if k != "prompt_id"}}
                   for p, t, d in zip(prompts, texts, details)]
     return {"metrics": metrics, "log_probs": log_probs}, per_prompt
@@ -280,40 +279,40 @@ def judge_models(answers: list[dict], prompts: list[PromptRecord], baseline: str
     return outcome
 
 
-def run_models(run, round: int) -> list[tuple[str, str]]:
+def run_models(run, round_number: int) -> list[tuple[str, str]]:
     """base, then each round's SFT and DPO merged models, as recorded in the run's manifests."""
     from selftune.config import load_config
 
     cfg = load_config(files=[run.root / "config.yaml"])
     models = [("base", cfg.model.spec)]
-    for r in range(1, round + 1):
-        suffix = "" if round == 1 else f"-r{r}"
+    for r in range(1, round_number + 1):
+        suffix = "" if round_number == 1 else f"-r{r}"
         if run.manifest("sft", r) and "merged" in run.manifest("sft", r).outputs:
-            models.append((f"sft{suffix}", str(run.output_of("sft", "merged", round=r))))
+            models.append((f"sft{suffix}", str(run.output_of("sft", "merged", round_number=r))))
         if run.manifest("dpo", r):
-            models.append((f"dpo{suffix}", str(run.output_of("dpo", "merged", round=r))))
+            models.append((f"dpo{suffix}", str(run.output_of("dpo", "merged", round_number=r))))
     return models
 
 
-def evaluate_stage(run, cfg, *, round: int = 1, models: list[tuple[str, str]] | None = None, on_model=None) -> Path:
+def evaluate_stage(run, cfg, *, round_number: int = 1, models: list[tuple[str, str]] | None = None, on_model=None) -> Path:
     """Evaluate the run's models on its eval prompts and held-out pairs; writes eval/results.json."""
     from selftune.records import read_records
 
-    prompts_path = run.output_of("prompts", "prompts", round=1)
+    prompts_path = run.output_of("prompts", "prompts", round_number=1)
     prompts = eval_prompts(prompts_path)
-    pairs_path = run.optional_output("pairs", "eval_pairs", round=round)
+    pairs_path = run.optional_output("pairs", "eval_pairs", round_number=round_number)
     pairs = read_records(pairs_path, "pairs") if pairs_path else []
-    models = models or run_models(run, round)
+    models = models or run_models(run, round_number)
     wanted = [m for m in models if m[0].split("-")[0] in cfg.evaluate.models]
     inputs = {"prompts": prompts_path, **({"eval_pairs": pairs_path} if pairs_path else {})}
     for name, spec in wanted:
         if Path(spec).is_dir():
             inputs[f"model_{name}"] = Path(spec)
     stage_config = {"evaluate": cfg.evaluate.model_dump(), "beta": cfg.dpo.beta, "models": wanted,
-                    "dtype": cfg.model.dtype, "batch_size": cfg.generation.batch_size}
-    if run.up_to_date("evaluate", config=stage_config, inputs=inputs, round=round):
-        return run.output_of("evaluate", "results", round=round)
-    with run.stage("evaluate", config=stage_config, inputs=inputs, round=round) as stage:
+                    "dtype": cfg.model.dtype, "backend": cfg.generation.backend}
+    if run.up_to_date("evaluate", config=stage_config, inputs=inputs, round_number=round_number):
+        return run.output_of("evaluate", "results", round_number=round_number)
+    with run.stage("evaluate", config=stage_config, inputs=inputs, round_number=round_number) as stage:
         sft_name = next((name for name, _ in wanted if name.startswith("sft")), None)
         results = evaluate_models(wanted, prompts, pairs, cfg, reference=sft_name, on_model=on_model)
         stage.add_output("results", write_results(stage.dir, results))

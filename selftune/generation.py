@@ -20,6 +20,7 @@ import contextlib
 import gc
 import hashlib
 import importlib.util
+import logging
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal, Protocol, Sequence, Union
 
@@ -30,9 +31,14 @@ from selftune.models import end_of_turn_ids
 
 Message = dict
 Prompt = Union[str, list[Message]]
-FinishReason = Literal["stop", "length"]
+# stop: the model closed its turn; length: the token cap; rejected: early rejection stopped an
+# answer whose prefix already failed a check that cannot recover (`Completion.rejected_by` names it).
+FinishReason = Literal["stop", "length", "rejected"]
 # Called after each batch with (prompts finished so far, new tokens generated in this batch).
 ProgressCallback = Callable[[int, int], None]
+# Early rejection: called with (prompt index, answer text so far), returns the name of a check the
+# answer can no longer pass (the answer stops there, finish_reason "rejected"), or None to go on.
+StopWhen = Callable[[int, str], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int  # includes the stop token when finish_reason == "stop"
     seed: int | None  # the row's own sampling seed; None when greedy
+    rejected_by: str | None = None  # the failed check when finish_reason == "rejected"
 
 
 class Generator(Protocol):
@@ -79,6 +86,7 @@ class Generator(Protocol):
         prompts: Sequence[Prompt],
         params: SamplingParams,
         progress: ProgressCallback | None = None,
+        stop_when: StopWhen | None = None,
     ) -> list[list[Completion]]:
         """One list of `params.n` completions per prompt, in the order of `prompts`."""
         ...
@@ -107,67 +115,69 @@ def encode_prompt(tokenizer, prompt: Prompt) -> list[int]:
     return tokenizer(text, add_special_tokens=isinstance(prompt, str))["input_ids"]
 
 
-class _RowSampler:
-    """Logits processor that turns greedy decoding into per-row seeded sampling.
+# The top-p nucleus is looked for among this many top tokens first (a partial sort); rows whose
+# shortlist holds less than top_p of the mass fall back to a full sort. Exact either way.
+NUCLEUS_SHORTLIST = 512
 
-    Applied last, it draws each row's next token by inverse-CDF sampling from the temperature-
-    scaled, top-p-truncated distribution, using one uniform number from that row's own generator
-    per step, and returns logits that are 0 at the drawn token and -inf elsewhere; generate()'s
-    argmax then picks it. A row's answer thus never depends on its batch neighbours.
+
+def _nucleus_floor(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """(rows, 1): the smallest probability inside each row's top-p nucleus."""
+    k = min(NUCLEUS_SHORTLIST, probs.shape[-1])
+    values = probs.topk(k, dim=-1).values  # (rows, k), descending
+    short = values.sum(dim=-1) < top_p
+    floors = torch.empty(probs.shape[0], 1, dtype=probs.dtype, device=probs.device)
+    for rows, sorted_values in ((~short, values), (short, None)):
+        if not rows.any():
+            continue
+        if sorted_values is None:  # rare: a flat distribution whose nucleus exceeds the shortlist
+            sorted_values = probs[rows].sort(dim=-1, descending=True).values
+        else:
+            sorted_values = sorted_values[rows]
+        cumulative = sorted_values.double().cumsum(dim=-1)
+        # Keep a token while the mass before it is below top_p (the top token always stays).
+        kept = ((cumulative - sorted_values.double()) < top_p).sum(dim=-1, keepdim=True)
+        floors[rows] = sorted_values.gather(1, kept - 1)
+    return floors
+
+
+def draw_tokens(logits: torch.Tensor, generators: Sequence[torch.Generator | None], params: SamplingParams) -> torch.Tensor:
+    """Next token per row (rows,): argmax when greedy; otherwise inverse-CDF sampling from the
+    temperature-scaled, top-p-truncated distribution with one uniform number from each row's own
+    generator, so a row's draw never depends on its batch neighbours.
 
     The CDF runs over the vocabulary in token-id order, not in probability order: another batch
     shape changes logits in their last bits, which can reorder near-equal probabilities and, in a
     sorted CDF, move every later token; in id order it only moves each boundary by that rounding.
-    The sort is used only to find the nucleus's smallest kept probability.
     """
+    if params.greedy:
+        return logits.argmax(dim=-1)
+    probs = (logits.float() / params.temperature).softmax(dim=-1)  # (rows, vocab)
+    uniforms = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators]).to(probs.device)
+    weights = probs.double()
+    if params.top_p < 1.0:
+        weights = weights * (probs >= _nucleus_floor(probs, params.top_p))
+    cumulative = weights.cumsum(dim=-1)  # (rows, vocab), token-id order
+    targets = (uniforms * cumulative[:, -1]).unsqueeze(1)
+    return torch.searchsorted(cumulative, targets, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
-    # The nucleus is looked for among the top tokens first (a partial sort); rows whose top
-    # `shortlist` tokens hold less than top_p of the mass fall back to a full sort. Exact either way.
-    shortlist = 512
 
-    def __init__(self, seeds: list[int], temperature: float, top_p: float, device):
+class _RowSampler:
+    """Logits processor that turns `generate`'s greedy decoding into per-row seeded sampling: it
+    draws each row's token with `draw_tokens` and returns logits that are 0 there and -inf
+    elsewhere, which generate()'s argmax then picks."""
+
+    def __init__(self, seeds: list[int], params: SamplingParams):
         self.generators = []
         for seed in seeds:
             generator = torch.Generator(device="cpu")
             generator.manual_seed(seed)
             self.generators.append(generator)
-        self.temperature = temperature
-        self.top_p = top_p
-
-    def _uniforms(self) -> torch.Tensor:
-        return torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
-
-    def _nucleus_floor(self, probs: torch.Tensor) -> torch.Tensor:
-        """(rows, 1): the smallest probability inside each row's top-p nucleus."""
-        k = min(self.shortlist, probs.shape[-1])
-        values = probs.topk(k, dim=-1).values  # (rows, k), descending
-        short = values.sum(dim=-1) < self.top_p
-        floors = torch.empty(probs.shape[0], 1, dtype=probs.dtype, device=probs.device)
-        for rows, sorted_values in ((~short, values), (short, None)):
-            if not rows.any():
-                continue
-            if sorted_values is None:  # rare: a flat distribution whose nucleus exceeds the shortlist
-                sorted_values = probs[rows].sort(dim=-1, descending=True).values
-            else:
-                sorted_values = sorted_values[rows]
-            cumulative = sorted_values.double().cumsum(dim=-1)
-            # Keep a token while the mass before it is below top_p (the top token always stays).
-            kept = ((cumulative - sorted_values.double()) < self.top_p).sum(dim=-1, keepdim=True)
-            floors[rows] = sorted_values.gather(1, kept - 1)
-        return floors
+        self.params = params
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        probs = (scores.float() / self.temperature).softmax(dim=-1)  # (rows, vocab)
-        rows, vocab = probs.shape
-        uniforms = self._uniforms().to(probs.device)  # (rows,)
-        weights = probs.double()
-        if self.top_p < 1.0:
-            weights = weights * (probs >= self._nucleus_floor(probs))
-        cumulative = weights.cumsum(dim=-1)  # (rows, vocab), token-id order
-        targets = (uniforms * cumulative[:, -1]).unsqueeze(1)
-        tokens = torch.searchsorted(cumulative, targets, right=True).squeeze(1).clamp_(max=vocab - 1)
+        tokens = draw_tokens(scores, self.generators, self.params)
         out = torch.full_like(scores, float("-inf"))
-        out[torch.arange(rows, device=scores.device), tokens] = 0.0
+        out[torch.arange(scores.shape[0], device=scores.device), tokens] = 0.0
         return out
 
 
@@ -192,8 +202,11 @@ class HFGenerator:
         prompts: Sequence[Prompt],
         params: SamplingParams,
         progress: ProgressCallback | None = None,
+        stop_when: StopWhen | None = None,
     ) -> list[list[Completion]]:
-        from transformers import GenerationConfig, LogitsProcessorList
+        """`stop_when` gives the same answers as the continuous engine's early rejection, but a
+        rejected row keeps its place in the batch until the batch ends: no time is saved here."""
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         texts = [render_prompt(self.tokenizer, p) for p in prompts]
         encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
@@ -224,17 +237,20 @@ class HFGenerator:
             seeds: list[int | None] = [None] * len(rows)
             if not params.greedy:
                 seeds = [row_seed(params.seed, texts[i], s) for i, s in rows]
-                processors.append(_RowSampler(seeds, params.temperature, params.top_p, device))
+                processors.append(_RowSampler(seeds, params))
+            early = _EarlyStop(self, [i for i, _ in rows], width, stop_when) if stop_when else None
             output = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention.to(device),
                 generation_config=config,
                 logits_processor=processors,
+                stopping_criteria=StoppingCriteriaList([early] if early else []),
             )
             new_tokens = output[:, width:].tolist()  # (rows, <= max_new_tokens)
             batch_tokens = 0
             for row, (i, s) in enumerate(rows):
-                completion = self._finish(new_tokens[row], i, s, len(encoded[i]), seeds[row])
+                rejected = early.rejected.get(row) if early else None
+                completion = self._finish(new_tokens[row], i, s, len(encoded[i]), seeds[row], rejected)
                 batch_tokens += completion.completion_tokens
                 results[i][s] = completion
             done += len(batch)
@@ -242,7 +258,13 @@ class HFGenerator:
                 progress(done, batch_tokens)
         return results  # type: ignore[return-value]
 
-    def _finish(self, tokens, prompt_index, sample_index, prompt_tokens, seed) -> Completion:
+    def _finish(self, tokens, prompt_index, sample_index, prompt_tokens, seed, rejected=None) -> Completion:
+        if rejected is not None:  # (answer length when rejected, failed check)
+            length, check = rejected
+            return Completion(prompt_index=prompt_index, sample_index=sample_index,
+                              text=self.tokenizer.decode(tokens[:length], skip_special_tokens=True),
+                              finish_reason="rejected", prompt_tokens=prompt_tokens, completion_tokens=length,
+                              seed=seed, rejected_by=check)
         stop = next((k for k, t in enumerate(tokens) if t in self.stop_ids), None)
         kept = tokens if stop is None else tokens[:stop]
         return Completion(
@@ -254,6 +276,33 @@ class HFGenerator:
             completion_tokens=len(tokens) if stop is None else stop + 1,
             seed=seed,
         )
+
+
+class _EarlyStop:
+    """A stopping criterion asking `stop_when` about every row still running after each step;
+    records (answer length, failed check) per rejected row."""
+
+    def __init__(self, generator: HFGenerator, prompt_indices: list[int], prompt_width: int, stop_when: StopWhen):
+        self.generator, self.prompt_indices, self.width, self.stop_when = generator, prompt_indices, prompt_width, stop_when
+        self.rejected: dict[int, tuple[int, str]] = {}
+        self.stopped: set[int] = set()
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for row, ids in enumerate(input_ids[:, self.width:].tolist()):
+            if row in self.stopped:
+                done[row] = True
+                continue
+            if ids[-1] in self.generator.stop_ids:
+                self.stopped.add(row)
+                continue
+            text = self.generator.tokenizer.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
+            failed = self.stop_when(self.prompt_indices[row], text)
+            if failed is not None:
+                self.rejected[row] = (len(ids), failed)
+                self.stopped.add(row)
+                done[row] = True
+        return done
 
 
 class VLLMGenerator:
@@ -329,13 +378,14 @@ def open_generator(
 ) -> Iterator[Generator]:
     """Load a model spec behind a Generator, and unload it when the block ends.
 
-    backend: 'hf', 'vllm' (error naming the extra when vLLM is missing), or 'auto' (vLLM when
-    installed on a GPU machine, else hf).
+    backend: 'hf', 'continuous', 'vllm' (error naming the extra when vLLM is missing), or 'auto'
+    (vLLM when installed on a GPU machine, else the continuous engine; see `make_generator`).
     """
     from selftune.models import load_model, load_tokenizer, resolve_model_path, unload
 
+    check_backend(backend)
     if backend == "auto":
-        backend = "vllm" if vllm_available() else "hf"
+        backend = "vllm" if vllm_available() else "continuous"
     tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
     if backend == "vllm":
         generator = VLLMGenerator(
@@ -347,12 +397,44 @@ def open_generator(
             del generator
             gc.collect()
         return
-    if backend != "hf":
-        raise ValueError(f"backend must be auto, hf or vllm, not {backend!r}")
     model = load_model(spec, dtype=dtype, trust_remote_code=trust_remote_code)
-    generator = HFGenerator(model, tokenizer, batch_size=batch_size)
+    generator = make_generator(model, tokenizer, backend=backend, batch_size=batch_size)
     try:
         yield generator
     finally:
         generator.model = None
         unload(model)
+
+
+BACKENDS = ("auto", "hf", "continuous", "vllm")
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"generation backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    return backend
+
+
+# Prompts the continuous engine's logits are checked on before it serves a model.
+_CHECK_PROMPTS = [[{"role": "user", "content": "Name three colors."}],
+                  [{"role": "user", "content": "Write one sentence about the sea, all in lowercase."}]]
+
+
+def make_generator(model, tokenizer, *, backend: str = "auto", batch_size: int = 32) -> Generator:
+    """A generator around an already loaded transformers model: 'hf' (`model.generate`) or
+    'continuous' (`selftune.engine`); 'auto' picks the continuous engine when its logits match a
+    plain forward of this model (checked on two prompts), else the HF backend with a warning."""
+    check_backend(backend)
+    if backend == "hf":
+        return HFGenerator(model, tokenizer, batch_size=batch_size)
+    from selftune.engine import ContinuousGenerator, engine_supports
+
+    engine = ContinuousGenerator(model, tokenizer, batch_size=batch_size)
+    reason = engine_supports(engine, _CHECK_PROMPTS if getattr(tokenizer, "chat_template", None) else
+                             ["Name three colors:", "The sea is"])
+    if reason is None:
+        return engine
+    if backend == "continuous":
+        raise ValueError(f"the continuous engine cannot serve this model: {reason}; use generation.backend: hf")
+    logging.getLogger("selftune.generation").warning("continuous engine off for this model (%s); using the HF backend", reason)
+    return HFGenerator(model, tokenizer, batch_size=batch_size)

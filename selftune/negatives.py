@@ -207,7 +207,7 @@ def group_samples(samples: list[SampleRecord], threshold: float) -> tuple[dict, 
     return best, failed
 
 
-def pairs_stage(run, cfg, *, round: int = 1, policy: str | None = None, generator=None, progress=None) -> Path:
+def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, generator=None, progress=None) -> Path:
     """Sample the SFT model on train and eval prompts, then write train and held-out pairs."""
     import contextlib
 
@@ -216,10 +216,10 @@ def pairs_stage(run, cfg, *, round: int = 1, policy: str | None = None, generato
     from selftune.runs import write_jsonl
     from selftune.sample import make_scorer, score_samples
 
-    prompts_path = run.output_of("prompts", "prompts", round=1)
-    sft_path = run.output_of("sft-data", "sft", round=round)
-    base_path = run.output_of("sample", "samples", round=1)
-    policy = policy or str(run.output_of("sft", "merged", round=round))
+    prompts_path = run.output_of("prompts", "prompts", round_number=1)
+    sft_path = run.output_of("sft-data", "sft", round_number=round_number)
+    base_path = run.output_of("sample", "samples", round_number=1)
+    policy = policy or str(run.output_of("sft", "merged", round_number=round_number))
     prompts = read_records(prompts_path, "prompts")
     sft_examples = {r.id: r.completion[0].content for r in read_records(sft_path, "sft")}
     base_samples = read_records(base_path, "samples")
@@ -230,10 +230,11 @@ def pairs_stage(run, cfg, *, round: int = 1, policy: str | None = None, generato
                             max_new_tokens=cfg.generation.max_new_tokens, seed=cfg.pairs.seed + 1)
     threshold = cfg.sample.scorer.pass_threshold
     stage_config = {"pairs": cfg.pairs.model_dump(), "sample": cfg.sample.model_dump(), "policy": policy,
+                    "backend": cfg.generation.backend,
                     "max_new_tokens": cfg.generation.max_new_tokens, "dtype": cfg.model.dtype}
-    if run.up_to_date("pairs", config=stage_config, inputs=inputs, round=round):
-        return run.output_of("pairs", "pairs", round=round)
-    with run.stage("pairs", config=stage_config, inputs=inputs, round=round) as stage:
+    if run.up_to_date("pairs", config=stage_config, inputs=inputs, round_number=round_number):
+        return run.output_of("pairs", "pairs", round_number=round_number)
+    with run.stage("pairs", config=stage_config, inputs=inputs, round_number=round_number) as stage:
         opened = contextlib.nullcontext(generator) if generator else open_generator(
             policy, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size, dtype=cfg.model.dtype)
         with opened as gen:

@@ -59,9 +59,9 @@ def plan(rounds: int, *, from_stage: str | None = None, until_stage: str | None 
     return [(step, k >= first_forced) for k, step in enumerate(steps)]
 
 
-def _policy(run: Run, cfg, round: int) -> str:
+def _policy(run: Run, cfg, round_number: int) -> str:
     """The model a round starts from: the base in round 1, else the previous round's DPO model."""
-    return cfg.model.spec if round == 1 else str(run.output_of("dpo", "merged", round=round - 1))
+    return cfg.model.spec if round_number == 1 else str(run.output_of("dpo", "merged", round_number=round_number - 1))
 
 
 def run_step(run: Run, cfg, step: Step, *, progress_factory: Callable | None = None) -> Path:
@@ -73,20 +73,20 @@ def run_step(run: Run, cfg, step: Step, *, progress_factory: Callable | None = N
         return prompts.prompts_stage(run, cfg)
     if step.stage == "sample":
         with _progress(progress_factory, f"round {r}: sampling") as progress:
-            return sample.sample_stage(run, cfg, round=r, policy=_policy(run, cfg, r), progress=progress)
+            return sample.sample_stage(run, cfg, round_number=r, policy=_policy(run, cfg, r), progress=progress)
     if step.stage == "sft-data":
-        return sft_data.sft_data_stage(run, cfg, round=r)
+        return sft_data.sft_data_stage(run, cfg, round_number=r)
     if step.stage == "sft":
-        return sft.sft_stage(run, cfg, round=r, base=_policy(run, cfg, r))
+        return sft.sft_stage(run, cfg, round_number=r, base=_policy(run, cfg, r))
     if step.stage == "pairs":
         with _progress(progress_factory, f"round {r}: sampling the SFT model") as progress:
-            return negatives.pairs_stage(run, cfg, round=r, progress=progress)
+            return negatives.pairs_stage(run, cfg, round_number=r, progress=progress)
     if step.stage == "dpo":
-        return dpo.dpo_stage(run, cfg, round=r)
+        return dpo.dpo_stage(run, cfg, round_number=r)
     if step.stage == "evaluate":
-        return evaluate.evaluate_stage(run, cfg, round=r)
+        return evaluate.evaluate_stage(run, cfg, round_number=r)
     if step.stage == "report":
-        return report.report_stage(run, cfg, round=r)
+        return report.report_stage(run, cfg, round_number=r)
     raise ConfigError(f"unknown stage {step.stage!r}")
 
 

@@ -268,32 +268,32 @@ def write_report(out: Path, *, title: str, results: dict, answers: list[dict], p
     return {"md": out / "report.md", "html": out / "report.html", **{k: v for k, v in images.items()}}
 
 
-def evaluation_of(run, round: int) -> tuple[dict, list[dict], dict[str, str]]:
+def evaluation_of(run, round_number: int) -> tuple[dict, list[dict], dict[str, str]]:
     """A run's evaluation through its lineage: results, every answer, and prompt texts by id."""
     from selftune.records import read_records
 
-    results = json.loads(run.output_of("evaluate", "results", round=round).read_text())
-    answers_path = run.output_of("evaluate", "answers", round=round)
+    results = json.loads(run.output_of("evaluate", "results", round_number=round_number).read_text())
+    answers_path = run.output_of("evaluate", "answers", round_number=round_number)
     answers = [json.loads(line) for line in answers_path.read_text().splitlines() if line.strip()]
-    prompts_path = run.output_of("prompts", "prompts", round=1)
+    prompts_path = run.output_of("prompts", "prompts", round_number=1)
     prompts = {p.id: p.messages[-1].content for p in read_records(prompts_path, "prompts")}
     return results, answers, prompts
 
 
-def report_stage(run, cfg, *, round: int = 1) -> Path:
-    results_path = run.output_of("evaluate", "results", round=round)
-    answers_path = run.output_of("evaluate", "answers", round=round)
-    results, answers, prompts = evaluation_of(run, round)
+def report_stage(run, cfg, *, round_number: int = 1) -> Path:
+    results_path = run.output_of("evaluate", "results", round_number=round_number)
+    answers_path = run.output_of("evaluate", "answers", round_number=round_number)
+    results, answers, prompts = evaluation_of(run, round_number)
     history = {}
-    for r in range(1, round + 1):
+    for r in range(1, round_number + 1):
         for stage in ("sft", "dpo"):
             path = run.stage_dir(stage, r) / "log_history.json"
             if path.is_file():
                 history[stage if r == 1 else f"{stage}-r{r}"] = json.loads(path.read_text())
     inputs = {"results": results_path, "answers": answers_path}
-    if run.up_to_date("report", config={"round": round}, inputs=inputs, round=round):
-        return run.output_of("report", "html", round=round)
-    with run.stage("report", config={"round": round}, inputs=inputs, round=round) as stage:
+    if run.up_to_date("report", config={"round": round_number}, inputs=inputs, round_number=round_number):
+        return run.output_of("report", "html", round_number=round_number)
+    with run.stage("report", config={"round": round_number}, inputs=inputs, round_number=round_number) as stage:
         out = run.root / "report"
         files = write_report(out, title=f"selftune report: {run.root.name}", results=results, answers=answers,
                              prompts=prompts, history_by_stage=history, lineage=lineage_rows(run))
@@ -307,7 +307,7 @@ def run_results(run) -> tuple[dict, int]:
     from selftune.config import load_config
 
     rounds = load_config(files=[run.root / "config.yaml"]).rounds
-    return json.loads(run.output_of("evaluate", "results", round=rounds).read_text()), rounds
+    return json.loads(run.output_of("evaluate", "results", round_number=rounds).read_text()), rounds
 
 
 def summary_table(results: dict, baseline: str = "base") -> tuple[list[str], list[list[str]]]:

@@ -236,12 +236,12 @@ def _resolve(root: Path, recorded: str) -> Path:
 class StageContext:
     """Handed to a stage's body: where to write, and what to record in the manifest."""
 
-    def __init__(self, run: "Run", name: str, round: int, config_hash: str, inputs: dict[str, Path],
+    def __init__(self, run: "Run", name: str, round_number: int, config_hash: str, inputs: dict[str, Path],
                  fingerprint: str):
         self.run = run
         self.name = name
-        self.round = round
-        self.dir = run.stage_dir(name, round)
+        self.round = round_number
+        self.dir = run.stage_dir(name, round_number)
         self.config_hash = config_hash
         self.inputs = inputs
         self.outputs: dict[str, Path] = {}
@@ -272,7 +272,7 @@ class Run:
         self._input_hashes: dict[tuple[str, int], dict[str, tuple[Path, str]]] = {}
 
     def up_to_date(self, stage: str, *, config: BaseModel | dict | None, inputs: dict[str, Path],
-                   round: int = 1) -> bool:
+                   round_number: int = 1) -> bool:
         """With `reuse` on: is `stage` complete and valid for this config and these inputs?
 
         The decision goes to `on_event` either way, so a caller can say what it skipped and why
@@ -283,30 +283,30 @@ class Run:
             return False
         inputs = {k: Path(v) for k, v in inputs.items()}
         hashed: dict[str, str] = {}
-        state = self.state(stage, config_hash=config_hash(config), inputs=inputs, round=round, hashed=hashed)
-        self._input_hashes[(stage, round)] = {k: (inputs[k], digest) for k, digest in hashed.items()}
-        self.on_event(StageEvent(stage, round, "skip" if state.valid else "run", state.reason))
+        state = self.state(stage, config_hash=config_hash(config), inputs=inputs, round_number=round_number, hashed=hashed)
+        self._input_hashes[(stage, round_number)] = {k: (inputs[k], digest) for k, digest in hashed.items()}
+        self.on_event(StageEvent(stage, round_number, "skip" if state.valid else "run", state.reason))
         return state.valid
 
-    def stage_dir(self, stage: str, round: int = 1) -> Path:
-        return self.root / f"round-{round}" / stage
+    def stage_dir(self, stage: str, round_number: int = 1) -> Path:
+        return self.root / f"round-{round_number}" / stage
 
     def lock(self):
         return RunLock(self.root)
 
-    def manifest(self, stage: str, round: int = 1) -> Manifest | None:
-        return read_manifest(self.stage_dir(stage, round))
+    def manifest(self, stage: str, round_number: int = 1) -> Manifest | None:
+        return read_manifest(self.stage_dir(stage, round_number))
 
-    def state(self, stage: str, *, config_hash: str, inputs: dict[str, Path], round: int = 1,
+    def state(self, stage: str, *, config_hash: str, inputs: dict[str, Path], round_number: int = 1,
               hashed: dict[str, str] | None = None) -> StageState:
         return stage_state(
-            self.stage_dir(stage, round), config_hash=config_hash, inputs=inputs, root=self.root, hashed=hashed
+            self.stage_dir(stage, round_number), config_hash=config_hash, inputs=inputs, root=self.root, hashed=hashed
         )
 
-    def output_of(self, stage: str, output: str, round: int = 1) -> Path:
+    def output_of(self, stage: str, output: str, round_number: int = 1) -> Path:
         """The path an upstream stage recorded for one of its outputs, checked against its sha256."""
-        manifest = self.manifest(stage, round)
-        where = f"{self.root.name}/round-{round}/{stage}"
+        manifest = self.manifest(stage, round_number)
+        where = f"{self.root.name}/round-{round_number}/{stage}"
         if manifest is None or manifest.status != "complete":
             raise LineageError(f"stage {where} has not completed: run it first")
         if output not in manifest.outputs:
@@ -320,13 +320,13 @@ class Run:
             raise LineageError(f"output {output!r} of {where} changed after it was recorded: {path}")
         return path
 
-    def optional_output(self, stage: str, output: str, round: int = 1) -> Path | None:
+    def optional_output(self, stage: str, output: str, round_number: int = 1) -> Path | None:
         """Like `output_of` for an output a completed stage may leave out (held-out pairs when
         no eval prompt got a passing answer): None when the stage has not run or did not record it."""
-        manifest = self.manifest(stage, round)
+        manifest = self.manifest(stage, round_number)
         if manifest is None or manifest.status != "complete" or output not in manifest.outputs:
             return None
-        return self.output_of(stage, output, round)
+        return self.output_of(stage, output, round_number)
 
     def _record(self, path: Path, sha256: str | None = None) -> FileRef:
         path = Path(path).resolve()
@@ -343,7 +343,7 @@ class Run:
         *,
         config: BaseModel | dict | None,
         inputs: dict[str, Path] | None = None,
-        round: int = 1,
+        round_number: int = 1,
     ) -> Iterator[StageContext]:
         """Run a stage's body; write its manifest last (complete), or as failed on an exception.
 
@@ -351,14 +351,14 @@ class Run:
         incomplete rather than looking like the previous, now overwritten, result.
         """
         inputs = {k: Path(v) for k, v in (inputs or {}).items()}
-        known = self._input_hashes.pop((name, round), {})
+        known = self._input_hashes.pop((name, round_number), {})
         input_refs = {k: self._record(v, known[k][1] if k in known and known[k][0] == v else None)
                       for k, v in inputs.items()}
         stage_hash = config_hash(config)
         digest = hashlib.sha256(stage_hash.encode())
         for key in sorted(input_refs):
             digest.update(f"{key}={input_refs[key].sha256}".encode())
-        context = StageContext(self, name, round, stage_hash, inputs, fingerprint=digest.hexdigest()[:16])
+        context = StageContext(self, name, round_number, stage_hash, inputs, fingerprint=digest.hexdigest()[:16])
         context.dir.mkdir(parents=True, exist_ok=True)
         (context.dir / MANIFEST).unlink(missing_ok=True)
         started = time.time()
@@ -372,7 +372,7 @@ class Run:
             finished = time.time()
             manifest = Manifest(
                 stage=name,
-                round=round,
+                round=round_number,
                 status=status,  # type: ignore[arg-type]
                 config_hash=context.config_hash,
                 inputs=input_refs,

@@ -16,6 +16,7 @@ Usage:
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -60,6 +61,20 @@ def _reward_model_from(scorer_cfg, cfg):
         unload(model)
 
 
+def early_rejection(prompts: list[PromptRecord]):
+    """`stop_when` for generation: the first constraint (as `type#index`, the scorer's check name)
+    that an answer's prefix already fails beyond repair, or None (`constraints.fails_early`)."""
+    from selftune.constraints import EARLY_FAIL, fails_early
+
+    rules = [[(f"{c.type}#{k}", c.type, c.kwargs) for k, c in enumerate(p.constraints) if c.type in EARLY_FAIL]
+             for p in prompts]
+
+    def stop_when(prompt_index: int, text: str) -> str | None:
+        return next((name for name, kind, kwargs in rules[prompt_index] if fails_early(kind, text, kwargs)), None)
+
+    return stop_when
+
+
 def score_samples(prompts: list[PromptRecord], answers, scorer: Scorer, model_name: str) -> list[SampleRecord]:
     rows = []
     for prompt, completions in zip(prompts, answers):
@@ -71,6 +86,7 @@ def score_samples(prompts: list[PromptRecord], answers, scorer: Scorer, model_na
                     score=result.score, checks=result.checks, sample_index=completion.sample_index,
                     seed=completion.seed, finish_reason=completion.finish_reason,
                     completion_tokens=completion.completion_tokens,
+                    **({"rejected_by": completion.rejected_by} if completion.rejected_by else {}),
                 )
             )
     return rows
@@ -101,6 +117,8 @@ def yield_stats(prompts: list[PromptRecord], rows: list[SampleRecord], threshold
         "checks_by_type": {k: len(v) for k, v in sorted(by_type.items())},
         "best_score_distribution": bins,
         "truncated": sum(getattr(r, "finish_reason", None) == "length" for r in rows),
+        "rejected_early": sum(getattr(r, "finish_reason", None) == "rejected" for r in rows),
+        "completion_tokens": sum(getattr(r, "completion_tokens", 0) or 0 for r in rows),
     }
 
 
@@ -108,7 +126,7 @@ def sample_stage(
     run,
     cfg,
     *,
-    round: int = 1,
+    round_number: int = 1,
     prompts_path: Path | None = None,
     policy: str | None = None,
     generator: Generator | None = None,
@@ -116,7 +134,7 @@ def sample_stage(
     split: str = "train",
 ) -> Path:
     """Write `samples.jsonl` for one round; returns its path."""
-    prompts_path = Path(prompts_path) if prompts_path else run.output_of("prompts", "prompts", round=1)
+    prompts_path = Path(prompts_path) if prompts_path else run.output_of("prompts", "prompts", round_number=1)
     prompts = [r for r in read_records(prompts_path, "prompts") if r.split == split]
     if not prompts:
         raise RecordError([f"{prompts_path}: no prompts with split {split!r}"])
@@ -129,18 +147,23 @@ def sample_stage(
     if Path(policy).is_dir():
         inputs["policy"] = Path(policy)
     stage_config = {"sample": cfg.sample.model_dump(), "policy": policy, "dtype": cfg.model.dtype,
+                    "backend": cfg.generation.backend,
                     "max_new_tokens": cfg.generation.max_new_tokens, "split": split}
     params = SamplingParams(n=cfg.sample.k, temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
                             max_new_tokens=cfg.generation.max_new_tokens, seed=cfg.sample.seed)
-    if run.up_to_date("sample", config=stage_config, inputs=inputs, round=round):
-        return run.output_of("sample", "samples", round=round)
-    with run.stage("sample", config=stage_config, inputs=inputs, round=round) as stage:
+    if run.up_to_date("sample", config=stage_config, inputs=inputs, round_number=round_number):
+        return run.output_of("sample", "samples", round_number=round_number)
+    with run.stage("sample", config=stage_config, inputs=inputs, round_number=round_number) as stage:
         opened = contextlib.nullcontext(generator) if generator else open_generator(
             policy, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size,
             dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
             tensor_parallel_size=cfg.generation.tensor_parallel_size)
+        stop_when = early_rejection(prompts) if cfg.sample.early_rejection and cfg.sample.scorer.kind == "constraints" else None
         with opened as gen:
-            answers = gen.generate([[m.model_dump() for m in p.messages] for p in prompts], params, progress=progress)
+            started = time.perf_counter()
+            answers = gen.generate([[m.model_dump() for m in p.messages] for p in prompts], params, progress=progress,
+                                   stop_when=stop_when)
+            stage.metrics["generation_seconds"] = round(time.perf_counter() - started, 1)
             with make_scorer(cfg, gen) as scorer:
                 rows = score_samples(prompts, answers, scorer, policy)
         out = stage.dir / "samples.jsonl"

@@ -40,7 +40,6 @@ from selftune.masking import MaskingError, tokenize_example
 from selftune.records import read_records
 
 
-_round = round  # stage functions take a `round` argument (the self-training round)
 logger = logging.getLogger("selftune.sft")
 
 
@@ -191,7 +190,7 @@ def log_history(trainer) -> list[dict]:
     return [{k: v for k, v in entry.items()} for entry in trainer.state.log_history]
 
 
-def sft_stage(run, cfg, *, round: int = 1, data_path: Path | None = None, base: str | None = None,
+def sft_stage(run, cfg, *, round_number: int = 1, data_path: Path | None = None, base: str | None = None,
               progress=None) -> Path:
     """Train the SFT adapter (and merge it); returns the merged model dir, or the adapter dir."""
     from peft import get_peft_model
@@ -200,7 +199,7 @@ def sft_stage(run, cfg, *, round: int = 1, data_path: Path | None = None, base: 
     from selftune.merge import merge_adapter
     from selftune.models import default_device, load_model, load_tokenizer, unload
 
-    data_path = Path(data_path) if data_path else run.output_of("sft-data", "sft", round=round)
+    data_path = Path(data_path) if data_path else run.output_of("sft-data", "sft", round_number=round_number)
     base = base or cfg.model.spec
     records = read_records(data_path, "sft")  # validate before loading anything
     inputs = {"sft": data_path}
@@ -208,9 +207,9 @@ def sft_stage(run, cfg, *, round: int = 1, data_path: Path | None = None, base: 
         inputs["base"] = Path(base)
     stage_config = {"sft": cfg.sft.model_dump(), "base": base, "dtype": cfg.model.dtype,
                     "load_in_4bit": cfg.model.load_in_4bit}
-    if run.up_to_date("sft", config=stage_config, inputs=inputs, round=round):
-        return run.output_of("sft", "merged" if cfg.sft.merge else "adapter", round=round)
-    with run.stage("sft", config=stage_config, inputs=inputs, round=round) as stage:
+    if run.up_to_date("sft", config=stage_config, inputs=inputs, round_number=round_number):
+        return run.output_of("sft", "merged" if cfg.sft.merge else "adapter", round_number=round_number)
+    with run.stage("sft", config=stage_config, inputs=inputs, round_number=round_number) as stage:
         out = stage.dir
         device = default_device()
         tokenizer = load_tokenizer(base, trust_remote_code=cfg.model.trust_remote_code)
@@ -257,9 +256,9 @@ def sft_stage(run, cfg, *, round: int = 1, data_path: Path | None = None, base: 
         stage.metrics.update(
             examples=len(records), train_examples=len(train_rows), validation_examples=len(eval_rows),
             dropped=dropped, trainable_parameters=trainable, steps=result.global_step,
-            resumed=resuming, train_seconds=_round(seconds, 1),
-            tokens_per_second=_round(train_tokens / seconds, 1) if not resuming else None,
-            response_token_share=_round(trained_tokens / max(1, sum(len(r["input_ids"]) for r in train_rows)), 4),
+            resumed=resuming, train_seconds=round(seconds, 1),
+            tokens_per_second=round(train_tokens / seconds, 1) if not resuming else None,
+            response_token_share=round(trained_tokens / max(1, sum(len(r["input_ids"]) for r in train_rows)), 4),
             eval_loss_before=initial_eval, eval_loss_after=final_eval,
             train_loss=result.training_loss if math.isfinite(result.training_loss) else None,
             bf16=args.bf16,

@@ -60,16 +60,16 @@ def select_examples(prompts: list[PromptRecord], samples: list[SampleRecord], *,
     return examples, stats
 
 
-def sft_data_stage(run, cfg, *, round: int = 1, samples_path: Path | None = None,
+def sft_data_stage(run, cfg, *, round_number: int = 1, samples_path: Path | None = None,
                    prompts_path: Path | None = None) -> Path:
-    samples_path = Path(samples_path) if samples_path else run.output_of("sample", "samples", round=round)
-    prompts_path = Path(prompts_path) if prompts_path else run.output_of("prompts", "prompts", round=1)
+    samples_path = Path(samples_path) if samples_path else run.output_of("sample", "samples", round_number=round_number)
+    prompts_path = Path(prompts_path) if prompts_path else run.output_of("prompts", "prompts", round_number=1)
     samples = read_records(samples_path, "samples")  # validate both inputs before writing anything
     prompts = [p for p in read_records(prompts_path, "prompts") if p.split == "train"]
     inputs = {"samples": samples_path, "prompts": prompts_path}
-    if run.up_to_date("sft-data", config=cfg.sft_data, inputs=inputs, round=round):
-        return run.output_of("sft-data", "sft", round=round)
-    with run.stage("sft-data", config=cfg.sft_data, inputs=inputs, round=round) as stage:
+    if run.up_to_date("sft-data", config=cfg.sft_data, inputs=inputs, round_number=round_number):
+        return run.output_of("sft-data", "sft", round_number=round_number)
+    with run.stage("sft-data", config=cfg.sft_data, inputs=inputs, round_number=round_number) as stage:
         examples, stats = select_examples(prompts, samples, tie_break=cfg.sft_data.tie_break,
                                           dedupe=cfg.sft_data.dedupe, threshold=cfg.sample.scorer.pass_threshold)
         if not examples:

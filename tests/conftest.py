@@ -102,10 +102,15 @@ class MockGenerator:
         self.answers = answers
         self.calls = []
 
-    def generate(self, prompts, params: SamplingParams, progress=None):
+    def generate(self, prompts, params: SamplingParams, progress=None, stop_when=None):
         self.calls.append((prompts, params))
         out = []
         for i, _ in enumerate(prompts):
             texts = self.answers(i) if callable(self.answers) else self.answers
-            out.append([Completion(i, s, texts[s % len(texts)], "stop", 5, 3, s) for s in range(params.n)])
+            answers = []
+            for s in range(params.n):
+                text = texts[s % len(texts)]
+                failed = stop_when(i, text) if stop_when else None
+                answers.append(Completion(i, s, text, "rejected" if failed else "stop", 5, 3, s, rejected_by=failed))
+            out.append(answers)
         return out

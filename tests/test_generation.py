@@ -75,9 +75,10 @@ def test_sampling_params_are_checked():
 
 
 @pytest.mark.parametrize("top_p,shortlist", [(1.0, 512), (0.9, 512), (0.9, 4)])
-def test_row_sampler_draws_from_the_truncated_distribution(top_p, shortlist):
+def test_row_sampler_draws_from_the_truncated_distribution(top_p, shortlist, monkeypatch):
     import collections
 
+    from selftune import generation
     from selftune.generation import _RowSampler
 
     torch.manual_seed(0)
@@ -87,8 +88,8 @@ def test_row_sampler_draws_from_the_truncated_distribution(top_p, shortlist):
     keep = (values.cumsum(0) - values) < top_p
     expected = torch.zeros(40)
     expected[order[keep]] = values[keep] / values[keep].sum()
-    sampler = _RowSampler([11], 0.8, top_p, "cpu")
-    sampler.shortlist = shortlist  # 4 forces the full-sort fallback
+    sampler = _RowSampler([11], SamplingParams(temperature=0.8, top_p=top_p))
+    monkeypatch.setattr(generation, "NUCLEUS_SHORTLIST", shortlist)  # 4 forces the full-sort fallback
     draws = collections.Counter(int(sampler(None, logits).argmax()) for _ in range(10000))
     observed = torch.tensor([draws[i] / 10000 for i in range(40)])
     assert all(expected[token] > 0 for token in draws)

@@ -1,0 +1,110 @@
+"""Early rejection never cuts an answer that would pass: for every constraint type with an
+early-failure rule, no prefix of a passing text is ever judged doomed (random texts and split
+points), and the rule does fire on the prefixes it exists for."""
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from selftune.constraints import CONSTRAINTS, EARLY_FAIL, check, fails_early
+
+# Characters the rules look at: cases, commas, sentence and paragraph breaks, bullets, quotes,
+# brackets, stars, digits, and the words and phrases the parameters use.
+PIECES = ["a", "B", "the", "The", "THE", " ", " ", "\n", "\n\n", ",", ".", "!", "?", "*", "* ", "- ", '"', "{", "}",
+          "[", "]", "1", "2", "SECTION 1", "SECTION 2", "SECTION 3", "******", "today", "Today", "water", "z",
+          "Sure thing.", "Sure", "I agree.", "I disagree.", "'", "-", "é", "É", "ß", "\t"]
+texts = st.lists(st.sampled_from(PIECES), max_size=40).map("".join)
+
+# Parameters per type: the pools of both splits plus hand-picked edges.
+PARAMS = {
+    name: [kind.sample_kwargs(random.Random(seed), split) for seed in range(6) for split in ("train", "eval")]
+    for name, kind in CONSTRAINTS.items() if name in EARLY_FAIL
+}
+PARAMS["word_count"] += [{"relation": "at most", "n": 1}, {"relation": "at most", "n": 3}]
+PARAMS["sentence_count"] += [{"relation": "at most", "n": 1}, {"relation": "at most", "n": 2}]
+PARAMS["paragraph_count"] += [{"n": 1}, {"n": 2}]
+PARAMS["bullet_count"] += [{"n": 1}, {"n": 2}]
+PARAMS["numbered_sections"] += [{"n": 1}, {"n": 2}, {"n": 3}]
+PARAMS["start_phrase"] += [{"phrase": "Sure thing."}]
+PARAMS["first_word"] += [{"paragraph": 1, "word": "today"}]
+PARAMS["forbidden_words"] += [{"keywords": ["the"]}]
+PARAMS["keyword_frequency"] += [{"relation": "at most", "n": 1, "keyword": "water"}]
+PARAMS["letter_frequency"] += [{"relation": "at most", "n": 2, "letter": "z"}]
+PARAMS["capital_words"] += [{"relation": "at most", "n": 1}]
+PARAMS["fixed_options"] += [{"options": ["I agree.", "I disagree."]}]
+
+
+@pytest.mark.parametrize("name", sorted(EARLY_FAIL))
+@settings(max_examples=300, deadline=None)
+@given(text=texts, data=st.data())
+def test_no_prefix_of_a_passing_text_is_doomed(name, text, data):
+    kwargs = data.draw(st.sampled_from(PARAMS[name]))
+    if not check(name, text, kwargs):
+        return
+    for cut in range(len(text) + 1):
+        assert not fails_early(name, text[:cut], kwargs), (name, kwargs, text, cut)
+
+
+@pytest.mark.parametrize("name", sorted(EARLY_FAIL))
+@settings(max_examples=200, deadline=None)
+@given(text=texts, data=st.data())
+def test_a_doomed_prefix_fails_whatever_follows(name, text, data):
+    kwargs = data.draw(st.sampled_from(PARAMS[name]))
+    cut = data.draw(st.integers(0, len(text)))
+    if fails_early(name, text[:cut], kwargs):
+        assert not check(name, text, kwargs), (name, kwargs, text, cut)
+
+
+# Each rule fires where it should: a prefix that cannot recover (hand-written).
+DOOMED = {
+    "lowercase": ({}, "The"),
+    "uppercase": ({}, "HELLo"),
+    "no_commas": ({}, "One, two"),
+    "word_count": ({"relation": "at most", "n": 2}, "one two three four"),
+    "sentence_count": ({"relation": "at most", "n": 1}, "One. Two. Thr"),
+    "paragraph_count": ({"n": 1}, "One.\n\nTwo.\n\nThr"),
+    "bullet_count": ({"n": 1}, "* one\n* two"),
+    "json_format": ({}, "Here is"),
+    "quoted": ({}, "  Hello"),
+    "start_phrase": ({"phrase": "Sure thing."}, "Sure thin "),
+    "first_word": ({"paragraph": 1, "word": "today"}, "Tomorrow we"),
+    "forbidden_words": ({"keywords": ["the"]}, "In the "),
+    "keyword_frequency": ({"relation": "at most", "n": 1, "keyword": "water"}, "water and water."),
+    "letter_frequency": ({"relation": "at most", "n": 1, "letter": "z"}, "zz"),
+    "capital_words": ({"relation": "at most", "n": 1}, "VERY VERY "),
+    "numbered_sections": ({"n": 3}, "SECTION 2\n"),
+    "fixed_options": ({"options": ["I agree.", "I disagree."]}, "I agree. I disagree."),
+    "two_answers": ({}, "a ****** b ******"),
+}
+# ...and does not fire on a prefix that can still pass.
+ALIVE = {
+    "word_count": ({"relation": "at least", "n": 2}, "one two three"),
+    "start_phrase": ({"phrase": "Sure thing."}, "  Sure th"),
+    "first_word": ({"paragraph": 1, "word": "today"}, "Today"),  # may still become "Todays"? no: a word ends at a space
+    "forbidden_words": ({"keywords": ["the"]}, "In the"),  # "theatre" may follow
+    "numbered_sections": ({"n": 3}, "SECTION 1\nSECTION 2"),
+    "json_format": ({}, "```json\n"),
+}
+
+
+def test_every_rule_has_a_doomed_case():
+    assert set(DOOMED) == set(EARLY_FAIL)
+
+
+@pytest.mark.parametrize("name", sorted(DOOMED))
+def test_rule_fires_on_a_doomed_prefix(name):
+    kwargs, prefix = DOOMED[name]
+    assert fails_early(name, prefix, kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(ALIVE))
+def test_rule_waits_on_a_prefix_that_can_still_pass(name):
+    kwargs, prefix = ALIVE[name]
+    assert not fails_early(name, prefix, kwargs)
+
+
+def test_types_without_a_rule_never_fail_early():
+    assert not fails_early("title", "No title here at all.\n\n", {})
+    assert not fails_early("include_keywords", "nothing", {"keywords": ["river"]})

@@ -1,0 +1,146 @@
+"""The continuous-batching engine: same answers as the HF backend, refilled slots, a shared
+prefix, early rejection that never cuts a passing answer, and the self-check that guards it."""
+
+import logging
+
+import pytest
+import torch
+
+from selftune.constraints import check
+from selftune.engine import ENGINE_TOLERANCE, ContinuousGenerator, engine_supports
+from selftune.generation import HFGenerator, SamplingParams, encode_prompt, make_generator
+from selftune.models import load_model, load_tokenizer
+from selftune.records import PromptRecord
+from selftune.sample import early_rejection
+from tests.conftest import CHAT_PROMPTS
+
+CHAT_ONLY = [p for p in CHAT_PROMPTS if not isinstance(p, str)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    model = load_model(str(tiny_model_dir), dtype="float32")
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    return model, tokenizer
+
+
+def answers(results):
+    return [[(c.text, c.finish_reason, c.completion_tokens, c.seed) for c in completions] for completions in results]
+
+
+@pytest.mark.parametrize("params", [SamplingParams(max_new_tokens=14),
+                                    SamplingParams(n=3, temperature=1.0, top_p=0.9, max_new_tokens=14, seed=5)])
+@pytest.mark.parametrize("slots", [4, 64])
+def test_engine_gives_the_hf_backends_answers(tiny, params, slots):
+    model, tokenizer = tiny
+    reference = HFGenerator(model, tokenizer, batch_size=16).generate(CHAT_PROMPTS, params)
+    engine = ContinuousGenerator(model, tokenizer, batch_size=slots)
+    assert answers(engine.generate(CHAT_PROMPTS, params)) == answers(reference)
+    # Fewer slots than sequences: finished rows handed their slots to waiting prompts.
+    sequences = len(CHAT_PROMPTS) * params.n
+    assert (slots < sequences) == (engine.stats["decode_tokens"] > 0 and slots < sequences)
+
+
+def test_chat_prompts_share_their_template_prefix_once(tiny):
+    model, tokenizer = tiny
+    params = SamplingParams(n=2, temperature=0.9, max_new_tokens=10, seed=1)
+    engine = ContinuousGenerator(model, tokenizer, batch_size=3)
+    result = engine.generate(CHAT_ONLY, params)
+    assert engine.stats["shared_prefix"] > 0
+    # Each prompt's own tokens are prefilled once for its n samples, the shared prefix once in all.
+    own = sum(len(encode_prompt(tokenizer, p)) for p in CHAT_ONLY)
+    assert engine.stats["prefill_tokens"] == own - (len(CHAT_ONLY) - 1) * engine.stats["shared_prefix"]
+    assert answers(result) == answers(HFGenerator(model, tokenizer, batch_size=8).generate(CHAT_ONLY, params))
+
+
+def test_stop_at_end_of_turn_and_at_the_token_cap(tiny):
+    model, tokenizer = tiny
+    params = SamplingParams(max_new_tokens=6)
+    capped = ContinuousGenerator(model, tokenizer, batch_size=8).generate(CHAT_ONLY[:1], params)[0][0]
+    assert capped.finish_reason == "length" and capped.completion_tokens == 6
+    # Declare the model's greedy first token an end-of-turn token: the answer stops there, without it.
+    with torch.no_grad():
+        first = int(model(input_ids=torch.tensor([encode_prompt(tokenizer, CHAT_ONLY[0])])).logits[0, -1].argmax())
+    stopped = ContinuousGenerator(model, tokenizer, stop_ids=[first]).generate(CHAT_ONLY[:1], params)[0][0]
+    assert (stopped.finish_reason, stopped.completion_tokens, stopped.text) == ("stop", 1, "")
+
+
+PROMPTS = [
+    PromptRecord(id="a", messages=[{"role": "user", "content": "Write in lowercase."}],
+                 constraints=[{"type": "lowercase", "kwargs": {}}]),
+    PromptRecord(id="b", messages=[{"role": "user", "content": "No commas and at most 6 words."}],
+                 constraints=[{"type": "no_commas", "kwargs": {}}, {"type": "word_count", "kwargs": {"relation": "at most", "n": 6}}]),
+    PromptRecord(id="c", messages=[{"role": "user", "content": "Wrap it in quotes."}],
+                 constraints=[{"type": "quoted", "kwargs": {}}]),
+    PromptRecord(id="d", messages=[{"role": "user", "content": "Give it a title."}],
+                 constraints=[{"type": "title", "kwargs": {}}]),
+]
+
+
+@pytest.mark.parametrize("backend", ["continuous", "hf"])
+def test_early_rejection_cuts_only_doomed_answers(tiny, backend):
+    model, tokenizer = tiny
+    generator = ContinuousGenerator(model, tokenizer, batch_size=5) if backend == "continuous" else \
+        HFGenerator(model, tokenizer, batch_size=8)
+    prompts = [[m.model_dump() for m in p.messages] for p in PROMPTS]
+    params = SamplingParams(n=6, temperature=1.0, max_new_tokens=16, seed=3)
+    full = generator.generate(prompts, params)
+    cut = generator.generate(prompts, params, stop_when=early_rejection(PROMPTS))
+    rejected = 0
+    for record, whole, early in zip(PROMPTS, full, cut):
+        for a, b in zip(whole, early):
+            passes = all(check(c.type, a.text, c.kwargs) for c in record.constraints)
+            if b.finish_reason != "rejected":
+                assert (b.text, b.finish_reason) == (a.text, a.finish_reason)
+                continue
+            rejected += 1
+            assert not passes, "an answer that passes every check was cut"
+            assert a.text.startswith(b.text) and b.completion_tokens <= a.completion_tokens
+            kind, index = b.rejected_by.split("#")
+            assert record.constraints[int(index)].type == kind
+            assert not check(kind, a.text, record.constraints[int(index)].kwargs)
+    assert rejected >= 3  # random text breaks lowercase, commas, quotes and word counts quickly
+    # The title prompt has no early rule: none of its answers is cut.
+    assert all(c.finish_reason != "rejected" for c in cut[3])
+    if backend == "continuous":
+        assert generator.stats["rejected"] == rejected
+
+
+def test_rejection_saves_decode_steps(tiny):
+    model, tokenizer = tiny
+    prompts = [[m.model_dump() for m in p.messages] for p in PROMPTS[:3]]
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=16, seed=3)
+    engine = ContinuousGenerator(model, tokenizer, batch_size=12)
+    engine.generate(prompts, params)
+    whole = engine.stats["decode_tokens"]
+    engine.generate(prompts, params, stop_when=early_rejection(PROMPTS[:3]))
+    assert engine.stats["decode_tokens"] < whole
+
+
+def test_self_check_passes_for_llama_and_catches_a_broken_engine(tiny):
+    model, tokenizer = tiny
+    engine = ContinuousGenerator(model, tokenizer)
+    assert engine.self_check(CHAT_ONLY) < 1e-4
+    assert engine_supports(engine, CHAT_ONLY) is None
+
+    class OffByOne(ContinuousGenerator):
+        def _causal_mask(self, lengths, q, prefix, width, device):  # hides the previous token from each query
+            mask = super()._causal_mask(lengths, q, prefix, width, device)
+            return mask & ~torch.eye(q, width, dtype=torch.bool, device=device).roll(prefix - 1, 1)[None, None]
+
+    broken = OffByOne(model, tokenizer)
+    assert broken.self_check(CHAT_ONLY) > ENGINE_TOLERANCE
+    assert "differ" in engine_supports(broken, CHAT_ONLY)
+
+
+def test_auto_backend_falls_back_to_hf_when_the_check_fails(tiny, monkeypatch, caplog):
+    model, tokenizer = tiny
+    assert isinstance(make_generator(model, tokenizer, backend="auto"), ContinuousGenerator)
+    monkeypatch.setattr(ContinuousGenerator, "self_check", lambda self, prompts: 0.5)
+    with caplog.at_level(logging.WARNING, logger="selftune.generation"):
+        assert isinstance(make_generator(model, tokenizer, backend="auto"), HFGenerator)
+    assert "continuous engine off" in caplog.text
+    with pytest.raises(ValueError, match="cannot serve"):
+        make_generator(model, tokenizer, backend="continuous")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        make_generator(model, tokenizer, backend="bogus")
