@@ -466,7 +466,9 @@ def evaluate(
 
     def announce(name: str, metrics: dict) -> None:
         console.print(f"{name}: prompt-level strict {metrics['instruction_following']['prompt_strict']:.3f}, "
-                      f"peak {metrics['peak_memory_gib']:.2f} GiB, {metrics['seconds']:.0f}s", soft_wrap=True)
+                      + (f"peak {metrics['peak_memory_gib']:.2f} GiB, " if metrics["peak_memory_gib"] is not None else "")
+                      + f"{metrics['seconds']:.0f}s" + (" (answers from cache)" if metrics.get("answers_from_cache") else ""),
+                      soft_wrap=True)
 
     if not model:
         with run.lock():

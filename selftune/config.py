@@ -88,12 +88,14 @@ class SampleConfig(Section):
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
     seed: int = Field(0, description="Sampling seed; each answer's own seed is derived from it.")
     early_rejection: bool = Field(True, description="Stop an answer once its prefix fails a constraint it can no longer pass (constraints scorer).")
+    full_samples: int = Field(1, ge=0, description="Answers per prompt never stopped early: repairs (sft_data.repair) need whole answers.")
     scorer: ScorerConfig = Field(default_factory=ScorerConfig, description="Scorer of sampled answers.")
 
 
 class SFTDataConfig(Section):
     tie_break: Literal["shortest", "longest", "first"] = Field("shortest", description="Which of several best passing answers to keep.")
     dedupe: bool = Field(True, description="Drop examples whose prompt and answer repeat an earlier one.")
+    repair: bool = Field(True, description="A prompt with no passing answer gets a repaired one (selftune.repair), tagged chosen_source repair:<checks>.")
 
 
 class LoraConfig(Section):
@@ -132,6 +134,7 @@ class PairsConfig(Section):
     k: int = Field(4, ge=1, description="Answers sampled per prompt from the SFT model for chosen/policy negatives.")
     sources: dict[str, float] = Field(
         default_factory=lambda: {
+            "original": 0.4,
             "policy": 0.35,
             "base": 0.25,
             "corrupt:violate-constraint": 0.15,
@@ -140,9 +143,17 @@ class PairsConfig(Section):
             "corrupt:repeat": 0.05,
             "corrupt:break-format": 0.05,
         },
-        description="Negative sources and their mixing weights.",
+        description="Negative sources and their mixing weights (original = a failing answer under its own repair).",
     )
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, weights: dict[str, float]) -> dict[str, float]:
+        from selftune.negatives import check_sources
+
+        return check_sources(weights)
     pairs_per_prompt: int = Field(2, ge=1, description="Most pairs per prompt.")
+    eval_prompts: int = Field(50, ge=0, description="Eval prompts sampled for held-out pairs (DPO's held-out reward accuracy); 0 = none.")
     max_similarity: float = Field(0.95, gt=0, le=1, description="Drop pairs whose two sides are at least this similar.")
     seed: int = Field(0, description="Seed of source choice and corruptions.")
 
@@ -170,6 +181,7 @@ class EvaluateConfig(Section):
     judge: bool = Field(False, description="Also compute a judge win-rate against the base (positions swapped).")
     judge_model: str | None = Field(None, description="Judge model spec; None = the run's base model. Loaded after every evaluated model is unloaded.")
     lm_eval_tasks: list[str] = Field(default_factory=list, description="lm-eval-harness tasks (extra eval).")
+    cache_answers: bool = Field(True, description="Reuse a model's greedy eval answers for the same weights, prompts and settings (cache under SELFTUNE_HOME).")
 
 
 class PipelineConfig(Section):

@@ -263,7 +263,8 @@ class ContinuousGenerator:
                 elif len(row.tokens) >= params.max_new_tokens:
                     finish(row, "length")
                 elif stop_when is not None:
-                    failed = stop_when(row.prompt_index, self.tokenizer.decode(row.tokens, skip_special_tokens=True).rstrip("\ufffd"))
+                    text = self.tokenizer.decode(row.tokens, skip_special_tokens=True).rstrip("\ufffd")
+                    failed = stop_when(row.prompt_index, row.sample_index, text)
                     if failed is None:
                         continue
                     finish(row, "rejected", failed)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import json
 import math
 import random
 import time
@@ -144,36 +145,77 @@ def _lm_eval(model, tokenizer, tasks: list[str]) -> dict:
     return {task: values for task, values in results["results"].items()}
 
 
-def evaluate_one(name: str, spec: str, prompts: list[PromptRecord], pairs: list[PairRecord], cfg) -> tuple[dict, list]:
-    """Load one model, measure everything, unload it; returns (metrics, per-prompt answers)."""
-    from selftune.generation import SamplingParams, make_generator
-    from selftune.models import load_model, load_tokenizer, unload
+def answers_cache_path(spec: str, prompts: list[PromptRecord], cfg) -> Path:
+    """Where a model's greedy eval answers are kept: keyed by the model's weights (sha256 of its
+    checkpoint), the prompts' text and every setting that shapes an answer. A later evaluation of
+    the same model on the same prompts (a run whose DPO changed, another run with the same base)
+    reads them instead of generating again."""
+    import hashlib
+    import json as json_module
 
-    started = time.perf_counter()
-    tokenizer = load_tokenizer(spec)
-    model = load_model(spec, dtype=cfg.model.dtype)
-    alive = weakref.ref(model)
+    from selftune.models import resolve_model_path, selftune_home
+    from selftune.runs import sha256_path
+
+    key = json_module.dumps({
+        "model": sha256_path(Path(resolve_model_path(spec))),
+        "prompts": [[m.model_dump() for m in p.messages] for p in prompts],
+        "max_new_tokens": cfg.evaluate.max_new_tokens, "dtype": cfg.model.dtype, "backend": cfg.generation.backend,
+        "engine": 1,  # bump when generation changes in a way that changes greedy answers
+    }, sort_keys=True)
+    return selftune_home() / "cache" / "answers" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+
+
+def _generate_answers(model, tokenizer, prompts: list[PromptRecord], cfg) -> list[dict]:
+    from selftune.generation import SamplingParams, make_generator
+
     generator = make_generator(model, tokenizer, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size)
     answers = generator.generate([[m.model_dump() for m in p.messages] for p in prompts],
                                  SamplingParams(max_new_tokens=cfg.evaluate.max_new_tokens))
-    texts = [a[0].text for a in answers]
+    return [{"text": a[0].text, "completion_tokens": a[0].completion_tokens, "finish_reason": a[0].finish_reason}
+            for a in answers]
+
+
+def evaluate_one(name: str, spec: str, prompts: list[PromptRecord], pairs: list[PairRecord], cfg) -> tuple[dict, list]:
+    """Load one model, measure everything, unload it; returns (metrics, per-prompt answers).
+
+    With `evaluate.cache_answers`, greedy answers already generated for this model, prompts and
+    settings are read from the cache (`answers_cache_path`); the model is then loaded only when
+    held-out pairs or lm-eval tasks need it."""
+    from selftune.models import load_model, load_tokenizer, unload
+    from selftune.runs import write_json
+
+    started = time.perf_counter()
+    cache = answers_cache_path(spec, prompts, cfg) if cfg.evaluate.cache_answers else None
+    answers = json.loads(cache.read_text())["answers"] if cache is not None and cache.is_file() else None
+    report = None
+    log_probs: list = []
+    metrics: dict = {"spec": spec, "answers_from_cache": answers is not None}
+    if answers is None or pairs or cfg.evaluate.lm_eval_tasks:
+        tokenizer = load_tokenizer(spec)
+        model = load_model(spec, dtype=cfg.model.dtype)
+        alive = weakref.ref(model)
+        if answers is None:
+            answers = _generate_answers(model, tokenizer, prompts, cfg)
+            if cache is not None:
+                write_json(cache, {"spec": spec, "answers": answers})
+        log_probs = pair_log_probs(model, tokenizer, pairs) if pairs else []
+        if cfg.evaluate.lm_eval_tasks:
+            metrics["lm_eval"] = _lm_eval(model, tokenizer, cfg.evaluate.lm_eval_tasks)
+        report = unload(model)
+        del model
+        gc.collect()
+        if alive() is not None:
+            raise ModelLeakError(f"model {name} is still referenced after its turn; refusing to load the next one")
+    texts = [a["text"] for a in answers]
     following, details = instruction_following(prompts, texts)
-    metrics = {
-        "spec": spec, "instruction_following": following,
-        "mean_length_tokens": round(sum(a[0].completion_tokens for a in answers) / max(1, len(answers)), 1),
-        "truncated_share": round(sum(a[0].finish_reason == "length" for a in answers) / max(1, len(answers)), 4),
+    metrics.update({
+        "instruction_following": following,
+        "mean_length_tokens": round(sum(a["completion_tokens"] for a in answers) / max(1, len(answers)), 1),
+        "truncated_share": round(sum(a["finish_reason"] == "length" for a in answers) / max(1, len(answers)), 4),
         "repetition_rate": round(sum(repetition_rate(t) for t in texts) / max(1, len(texts)), 4),
-    }
-    log_probs = pair_log_probs(model, tokenizer, pairs) if pairs else []
-    if cfg.evaluate.lm_eval_tasks:
-        metrics["lm_eval"] = _lm_eval(model, tokenizer, cfg.evaluate.lm_eval_tasks)
-    del generator
-    report = unload(model)
-    del model
-    gc.collect()
-    if alive() is not None:
-        raise ModelLeakError(f"model {name} is still referenced after its turn; refusing to load the next one")
-    metrics.update(peak_memory_gib=round(report.peak_gib, 3), seconds=round(time.perf_counter() - started, 1))
+    })
+    metrics.update(peak_memory_gib=round(report.peak_gib, 3) if report else None,
+                   seconds=round(time.perf_counter() - started, 1))
     per_prompt = [{"prompt_id": p.id, "model": name, "answer": t, **{k: v for k, v in d.items() if k != "prompt_id"}}
                   for p, t, d in zip(prompts, texts, details)]
     return {"metrics": metrics, "log_probs": log_probs}, per_prompt

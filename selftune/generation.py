@@ -36,9 +36,9 @@ Prompt = Union[str, list[Message]]
 FinishReason = Literal["stop", "length", "rejected"]
 # Called after each batch with (prompts finished so far, new tokens generated in this batch).
 ProgressCallback = Callable[[int, int], None]
-# Early rejection: called with (prompt index, answer text so far), returns the name of a check the
-# answer can no longer pass (the answer stops there, finish_reason "rejected"), or None to go on.
-StopWhen = Callable[[int, str], "str | None"]
+# Early rejection: called with (prompt index, sample index, answer text so far), returns the name of
+# a check the answer can no longer pass (the answer stops there, finish_reason "rejected"), or None.
+StopWhen = Callable[[int, int, str], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,7 @@ class HFGenerator:
             if not params.greedy:
                 seeds = [row_seed(params.seed, texts[i], s) for i, s in rows]
                 processors.append(_RowSampler(seeds, params))
-            early = _EarlyStop(self, [i for i, _ in rows], width, stop_when) if stop_when else None
+            early = _EarlyStop(self, rows, width, stop_when) if stop_when else None
             output = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention.to(device),
@@ -282,8 +282,8 @@ class _EarlyStop:
     """A stopping criterion asking `stop_when` about every row still running after each step;
     records (answer length, failed check) per rejected row."""
 
-    def __init__(self, generator: HFGenerator, prompt_indices: list[int], prompt_width: int, stop_when: StopWhen):
-        self.generator, self.prompt_indices, self.width, self.stop_when = generator, prompt_indices, prompt_width, stop_when
+    def __init__(self, generator: HFGenerator, rows: list[tuple[int, int]], prompt_width: int, stop_when: StopWhen):
+        self.generator, self.rows, self.width, self.stop_when = generator, rows, prompt_width, stop_when
         self.rejected: dict[int, tuple[int, str]] = {}
         self.stopped: set[int] = set()
 
@@ -297,7 +297,7 @@ class _EarlyStop:
                 self.stopped.add(row)
                 continue
             text = self.generator.tokenizer.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
-            failed = self.stop_when(self.prompt_indices[row], text)
+            failed = self.stop_when(*self.rows[row], text)
             if failed is not None:
                 self.rejected[row] = (len(ids), failed)
                 self.stopped.add(row)

@@ -11,8 +11,12 @@ data's answer. Rejected, mixed by `pairs.sources` weights among the sources a pr
     corrupt:off-topic          a passing answer to another prompt
     corrupt:repeat             degenerate repetition of the chosen answer's opening
     corrupt:break-format       the chosen answer with its layout and markup flattened
+    original                   a failing sample of the SFT model, paired under its own repair
+                               (`selftune.repair`): a minimal contrast, the chosen side being
+                               the repaired answer (`chosen_source: repair:<checks>`)
 
-Every pair records `negative_source` and both scores; the chosen must score higher than the
+Every pair records `negative_source`, `chosen_source` (policy: the SFT model's passing sample;
+sft-data: the SFT data's sampled answer; repair:<checks>: a repaired answer) and both scores; the chosen must score higher than the
 rejected; pairs whose sides are near-identical (difflib ratio >= `pairs.max_similarity`) are
 dropped and counted. Held-out pairs for evaluation are built the same way from the eval prompts
 (sources: policy and corruptions; the base model is not sampled on eval prompts).
@@ -29,6 +33,7 @@ import logging
 import random
 import re
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -126,10 +131,56 @@ def _messages(prompt: PromptRecord) -> list[dict]:
     return [m.model_dump() for m in prompt.messages]
 
 
+@dataclass(frozen=True)
+class Chosen:
+    """A prompt's chosen answer and where it came from (`sample`, `sft-data`, `repair:<checks>`)."""
+
+    text: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """A failing answer and its repair: the minimal-contrast pair (repair over original)."""
+
+    repaired: str
+    source: str  # repair:<checks>
+    original: str
+    original_score: float
+
+
+def contrasts_for(prompt: PromptRecord, failures: list[SampleRecord], limit: int, seed: int) -> list[Contrast]:
+    """Up to `limit` minimal contrasts from a prompt's failing samples (`selftune.repair`)."""
+    from selftune.repair import repair_answer
+    from selftune.sft_data import repair_candidates
+
+    out: list[Contrast] = []
+    texts = [s.completion for s in failures]
+    for sample in repair_candidates(failures):
+        if len(out) >= limit:
+            break
+        fixed = repair_answer(prompt, sample.completion, siblings=[t for t in texts if t != sample.completion], seed=seed)
+        if fixed is not None:
+            out.append(Contrast(fixed.text, fixed.source, sample.completion, sample.score))
+    return out
+
+
+NEGATIVE_SOURCES = ("policy", "base", "original")
+
+
+def check_sources(weights: dict[str, float]) -> dict[str, float]:
+    """`weights` unchanged, or ValueError naming unknown negative sources (also the config's check)."""
+    unknown = [s for s in weights if s not in NEGATIVE_SOURCES and s.removeprefix("corrupt:") not in CORRUPTIONS]
+    if unknown:
+        raise ValueError(f"unknown negative sources {unknown}; known: {', '.join(NEGATIVE_SOURCES)}, "
+                         + ", ".join(f"corrupt:{name}" for name in CORRUPTIONS))
+    return weights
+
+
 def build_pairs(
     prompts: list[PromptRecord],
     *,
-    chosen: dict[str, SampleRecord | str],
+    chosen: dict[str, Chosen],
     policy_failures: dict[str, list[SampleRecord]],
     base_failures: dict[str, list[SampleRecord]],
     scorer: Scorer,
@@ -137,36 +188,49 @@ def build_pairs(
     pairs_per_prompt: int,
     max_similarity: float,
     seed: int,
+    contrasts: dict[str, list[Contrast]] | None = None,
 ) -> tuple[list[PairRecord], dict]:
-    """Pairs for `prompts` with the given chosen answers and negative pools; returns (pairs, counts)."""
-    unknown = [s for s in weights if s not in ("policy", "base") and s.removeprefix("corrupt:") not in CORRUPTIONS]
-    if unknown:
-        raise ValueError(f"unknown negative sources {unknown}; known: policy, base, "
-                         + ", ".join(f"corrupt:{name}" for name in CORRUPTIONS))
+    """Pairs for `prompts` with the given chosen answers and negative pools; returns (pairs, counts).
+
+    Source `original` pairs a repaired answer over the failing answer it was repaired from
+    (`contrasts`); every other source pairs the prompt's chosen answer over a negative. A prompt
+    without a chosen answer falls back to its first contrast's repair."""
+    check_sources(weights)
+    contrasts = contrasts or {}
     rng = random.Random(seed)
-    chosen_text = {pid: (c if isinstance(c, str) else c.completion) for pid, c in chosen.items()}
-    context: dict = {"passing_answers": chosen_text}
+    chosen = dict(chosen)
+    for pid, pool in contrasts.items():
+        if pid not in chosen and pool:
+            chosen[pid] = Chosen(pool[0].repaired, pool[0].source)
+    context: dict = {"passing_answers": {pid: c.text for pid, c in chosen.items()}}
     pairs: list[PairRecord] = []
     counts: Counter = Counter()
+    chosen_counts: Counter = Counter()
     dropped: Counter = Counter()
     for prompt in prompts:
-        if prompt.id not in chosen_text:
+        if prompt.id not in chosen:
             dropped["no_chosen"] += 1
             continue
-        good = chosen_text[prompt.id]
-        [good_score] = scorer.score(prompt, [good])
-        pools = {"policy": list(policy_failures.get(prompt.id, [])), "base": list(base_failures.get(prompt.id, []))}
+        main = chosen[prompt.id]
+        [main_score] = scorer.score(prompt, [main.text])
+        pools = {"policy": list(policy_failures.get(prompt.id, [])), "base": list(base_failures.get(prompt.id, [])),
+                 "original": list(contrasts.get(prompt.id, []))}
         available = dict(weights)
         made = 0
         while made < pairs_per_prompt and available:
             names = list(available)
             source = rng.choices(names, [available[n] for n in names])[0]
+            good, good_source, good_score = main.text, main.source, main_score.score
             if source in pools:
                 if not pools[source]:
                     del available[source]
                     continue
-                sample = pools[source].pop(rng.randrange(len(pools[source])))
-                bad, bad_score = sample.completion, sample.score
+                item = pools[source].pop(rng.randrange(len(pools[source])))
+                if source == "original":
+                    good, good_source, good_score = item.repaired, item.source, 1.0
+                    bad, bad_score = item.original, item.original_score
+                else:
+                    bad, bad_score = item.completion, item.score
             else:
                 del available[source]  # one pair per corruption per prompt
                 bad = CORRUPTIONS[source.removeprefix("corrupt:")](good, prompt, rng, context)
@@ -174,10 +238,10 @@ def build_pairs(
                     dropped[f"{source}:not_applicable"] += 1
                     continue
                 bad_score = scorer.score(prompt, [bad])[0].score
-            if similarity(good.strip(), bad.strip()) >= max_similarity:
+            if similarity(good.strip(), bad.strip()) >= max_similarity and source != "original":
                 dropped["near_identical"] += 1
                 continue
-            if not good_score.score > bad_score:
+            if good.strip() == bad.strip() or not good_score > bad_score:
                 dropped["rejected_not_worse"] += 1
                 continue
             pairs.append(
@@ -185,12 +249,14 @@ def build_pairs(
                     id=f"{prompt.id}-{made}", prompt=_messages(prompt),
                     chosen=[{"role": "assistant", "content": good}],
                     rejected=[{"role": "assistant", "content": bad}],
-                    negative_source=source, chosen_score=good_score.score, rejected_score=bad_score,
+                    negative_source=source, chosen_source=good_source, chosen_score=good_score, rejected_score=bad_score,
                 )
             )
             counts[source] += 1
+            chosen_counts[good_source.split(":")[0]] += 1
             made += 1
-    return pairs, {"pairs": len(pairs), "by_source": dict(sorted(counts.items())), "dropped": dict(sorted(dropped.items()))}
+    return pairs, {"pairs": len(pairs), "by_source": dict(sorted(counts.items())),
+                   "by_chosen_source": dict(sorted(chosen_counts.items())), "dropped": dict(sorted(dropped.items()))}
 
 
 def group_samples(samples: list[SampleRecord], threshold: float) -> tuple[dict, dict]:
@@ -220,8 +286,12 @@ def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, g
     sft_path = run.output_of("sft-data", "sft", round_number=round_number)
     base_path = run.output_of("sample", "samples", round_number=1)
     policy = policy or str(run.output_of("sft", "merged", round_number=round_number))
-    prompts = read_records(prompts_path, "prompts")
-    sft_examples = {r.id: r.completion[0].content for r in read_records(sft_path, "sft")}
+    all_prompts = read_records(prompts_path, "prompts")
+    # Held-out pairs come from the first `pairs.eval_prompts` eval prompts: sampling them all costs
+    # as much as the train prompts, for a diagnostic (held-out reward accuracy) that needs far fewer.
+    prompts = [p for p in all_prompts if p.split == "train"] + \
+        [p for p in all_prompts if p.split == "eval"][: cfg.pairs.eval_prompts]
+    sft_records = read_records(sft_path, "sft")
     base_samples = read_records(base_path, "samples")
     inputs = {"prompts": prompts_path, "sft": sft_path, "base_samples": base_path}
     if Path(policy).is_dir():
@@ -245,19 +315,29 @@ def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, g
         stage.add_output("policy_samples", stage.dir / "policy_samples.jsonl")
         best, policy_failed = group_samples(policy_samples, threshold)
         _, base_failed = group_samples(base_samples, threshold)
+        use_contrasts = cfg.pairs.sources.get("original", 0) > 0 and cfg.sample.scorer.kind == "constraints"
         with make_scorer(cfg, None) as scorer:
             for split in ("train", "eval"):
                 subset = [p for p in prompts if p.split == split]
-                chosen: dict = dict(best)
-                if split == "train":  # the SFT model's best passing sample, else the SFT data's answer
-                    chosen = {**sft_examples, **chosen}
+                # The SFT model's best passing sample, else (train) the SFT data's answer.
+                chosen = {pid: Chosen(s.completion, "policy") for pid, s in best.items()}
+                contrasts: dict[str, list[Contrast]] = {}
+                if split == "train":
+                    for record in sft_records:
+                        source = getattr(record, "chosen_source", "sample")
+                        chosen.setdefault(record.id, Chosen(record.completion[0].content,
+                                                            source if source.startswith("repair:") else "sft-data"))
+                if use_contrasts:
+                    for prompt in subset:
+                        contrasts[prompt.id] = contrasts_for(prompt, policy_failed.get(prompt.id, []),
+                                                             cfg.pairs.pairs_per_prompt, cfg.pairs.seed)
                 weights = dict(cfg.pairs.sources)
                 if split == "eval":
                     weights.pop("base", None)
                 pairs, counts = build_pairs(
                     subset, chosen=chosen, policy_failures=policy_failed, base_failures=base_failed,
                     scorer=scorer, weights=weights, pairs_per_prompt=cfg.pairs.pairs_per_prompt,
-                    max_similarity=cfg.pairs.max_similarity, seed=cfg.pairs.seed,
+                    max_similarity=cfg.pairs.max_similarity, seed=cfg.pairs.seed, contrasts=contrasts,
                 )
                 stage.metrics[split] = counts
                 if not pairs and split == "train":

@@ -61,15 +61,18 @@ def _reward_model_from(scorer_cfg, cfg):
         unload(model)
 
 
-def early_rejection(prompts: list[PromptRecord]):
+def early_rejection(prompts: list[PromptRecord], full_samples: int = 0):
     """`stop_when` for generation: the first constraint (as `type#index`, the scorer's check name)
-    that an answer's prefix already fails beyond repair, or None (`constraints.fails_early`)."""
+    that an answer's prefix already fails for good, or None (`constraints.fails_early`). The first
+    `full_samples` answers of each prompt always run to their end: a repair needs a whole answer."""
     from selftune.constraints import EARLY_FAIL, fails_early
 
     rules = [[(f"{c.type}#{k}", c.type, c.kwargs) for k, c in enumerate(p.constraints) if c.type in EARLY_FAIL]
              for p in prompts]
 
-    def stop_when(prompt_index: int, text: str) -> str | None:
+    def stop_when(prompt_index: int, sample_index: int, text: str) -> str | None:
+        if sample_index < full_samples:
+            return None
         return next((name for name, kind, kwargs in rules[prompt_index] if fails_early(kind, text, kwargs)), None)
 
     return stop_when
@@ -158,7 +161,9 @@ def sample_stage(
             policy, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size,
             dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
             tensor_parallel_size=cfg.generation.tensor_parallel_size)
-        stop_when = early_rejection(prompts) if cfg.sample.early_rejection and cfg.sample.scorer.kind == "constraints" else None
+        stop_when = None
+        if cfg.sample.early_rejection and cfg.sample.scorer.kind == "constraints":
+            stop_when = early_rejection(prompts, cfg.sample.full_samples)
         with opened as gen:
             started = time.perf_counter()
             answers = gen.generate([[m.model_dump() for m in p.messages] for p in prompts], params, progress=progress,

@@ -19,8 +19,29 @@ from selftune.records import PromptRecord, SampleRecord, SFTRecord, read_records
 from selftune.runs import write_jsonl
 
 
+def repair_candidates(samples: list[SampleRecord]) -> list[SampleRecord]:
+    """A prompt's failing samples in the order repairs are tried: best score first, whole answers
+    before cut ones, then shortest."""
+    return sorted(samples, key=lambda s: (-s.score, getattr(s, "finish_reason", "stop") != "stop", len(s.completion),
+                                          s.sample_index))
+
+
+def repaired_example(prompt: PromptRecord, samples: list[SampleRecord], seed: int = 0):
+    """(repaired answer, the sample it came from) for the first failing sample a repair fixes, or None."""
+    from selftune.repair import repair_answer
+
+    texts = [s.completion for s in samples]
+    for sample in repair_candidates(samples):
+        fixed = repair_answer(prompt, sample.completion, siblings=[t for t in texts if t != sample.completion], seed=seed)
+        if fixed is not None:
+            return fixed, sample
+    return None
+
+
 def select_examples(prompts: list[PromptRecord], samples: list[SampleRecord], *, tie_break: str = "shortest",
-                    dedupe: bool = True, threshold: float = 1.0) -> tuple[list[SFTRecord], dict]:
+                    dedupe: bool = True, threshold: float = 1.0, repair: bool = False) -> tuple[list[SFTRecord], dict]:
+    """Per prompt, the best passing sample (`chosen_source: sample`); with `repair`, a prompt with
+    none gets its best repairable failing sample repaired (`chosen_source: repair:<checks>`)."""
     by_prompt: dict[str, list[SampleRecord]] = defaultdict(list)
     for sample in samples:
         by_prompt[sample.prompt_id].append(sample)
@@ -34,29 +55,38 @@ def select_examples(prompts: list[PromptRecord], samples: list[SampleRecord], *,
     }[tie_break]
     examples, seen = [], set()
     no_passing = duplicates = 0
+    sources: dict[str, int] = defaultdict(int)
     for prompt in prompts:
         passing = [s for s in by_prompt.get(prompt.id, []) if s.score >= threshold]
-        if not passing:
-            no_passing += 1
-            continue
-        top = max(s.score for s in passing)
-        best = min((s for s in passing if s.score == top), key=tie_key)
-        key = (tuple(m.content for m in prompt.messages), best.completion.strip())
+        if passing:
+            top = max(s.score for s in passing)
+            best = min((s for s in passing if s.score == top), key=tie_key)
+            text, source, origin = best.completion, "sample", best
+        else:
+            fixed = repaired_example(prompt, by_prompt.get(prompt.id, [])) if repair else None
+            if fixed is None:
+                no_passing += 1
+                continue
+            text, source, origin = fixed[0].text, fixed[0].source, fixed[1]
+        key = (tuple(m.content for m in prompt.messages), text.strip())
         if dedupe and key in seen:
             duplicates += 1
             continue
         seen.add(key)
+        sources["sample" if source == "sample" else "repair"] += 1
         examples.append(
             SFTRecord(
                 id=prompt.id,
                 prompt=[m.model_dump() for m in prompt.messages],
-                completion=[{"role": "assistant", "content": best.completion}],
-                score=best.score, sample_index=best.sample_index, source_model=best.model,
+                completion=[{"role": "assistant", "content": text}],
+                chosen_source=source, sample_index=origin.sample_index, source_model=origin.model,
+                **({"score": origin.score} if source == "sample" else {"original": origin.completion}),
             )
         )
     sampled = sum(1 for p in prompts if by_prompt.get(p.id))
     stats = {"prompts": sampled, "examples": len(examples), "no_passing": no_passing,
-             "duplicates_dropped": duplicates, "yield": round(len(examples) / max(sampled, 1), 4)}
+             "duplicates_dropped": duplicates, "yield": round(len(examples) / max(sampled, 1), 4),
+             "by_source": dict(sources)}
     return examples, stats
 
 
@@ -67,11 +97,16 @@ def sft_data_stage(run, cfg, *, round_number: int = 1, samples_path: Path | None
     samples = read_records(samples_path, "samples")  # validate both inputs before writing anything
     prompts = [p for p in read_records(prompts_path, "prompts") if p.split == "train"]
     inputs = {"samples": samples_path, "prompts": prompts_path}
-    if run.up_to_date("sft-data", config=cfg.sft_data, inputs=inputs, round_number=round_number):
+    # The pass threshold and the scorer decide which samples count as passing: they are part of the
+    # stage's config (a changed threshold used to leave stale SFT data "up to date").
+    stage_config = {"sft_data": cfg.sft_data.model_dump(), "pass_threshold": cfg.sample.scorer.pass_threshold,
+                    "scorer": cfg.sample.scorer.kind}
+    if run.up_to_date("sft-data", config=stage_config, inputs=inputs, round_number=round_number):
         return run.output_of("sft-data", "sft", round_number=round_number)
-    with run.stage("sft-data", config=cfg.sft_data, inputs=inputs, round_number=round_number) as stage:
+    with run.stage("sft-data", config=stage_config, inputs=inputs, round_number=round_number) as stage:
         examples, stats = select_examples(prompts, samples, tie_break=cfg.sft_data.tie_break,
-                                          dedupe=cfg.sft_data.dedupe, threshold=cfg.sample.scorer.pass_threshold)
+                                          dedupe=cfg.sft_data.dedupe, threshold=cfg.sample.scorer.pass_threshold,
+                                          repair=cfg.sft_data.repair and cfg.sample.scorer.kind == "constraints")
         if not examples:
             raise ValueError(f"no prompt in {samples_path} has a passing sample: nothing to train on")
         out = stage.dir / "sft.jsonl"

@@ -110,7 +110,7 @@ class MockGenerator:
             answers = []
             for s in range(params.n):
                 text = texts[s % len(texts)]
-                failed = stop_when(i, text) if stop_when else None
+                failed = stop_when(i, s, text) if stop_when else None
                 answers.append(Completion(i, s, text, "rejected" if failed else "stop", 5, 3, s, rejected_by=failed))
             out.append(answers)
         return out

@@ -210,7 +210,8 @@ def test_yield_statistics(tmp_path):
 
 
 def test_sft_data_keeps_only_sampled_passing_answers(tmp_path):
-    cfg = load_config("tiny", overrides=["sample.k=4", "prompts.n_train=40", "sample.scorer.pass_threshold=1.0"])
+    cfg = load_config("tiny", overrides=["sample.k=4", "prompts.n_train=40", "sample.scorer.pass_threshold=1.0",
+                                         "sft_data.repair=false"])
     run = Run(tmp_path / "run")
     prompts_stage(run, cfg)
     pool = ["all lowercase, short", "ALL CAPS", "<<Title>>\n* a\n* b", "Sure thing. Fine. That is all.",
@@ -226,6 +227,49 @@ def test_sft_data_keeps_only_sampled_passing_answers(tmp_path):
     metrics = run.manifest("sft-data").metrics
     assert metrics["examples"] + metrics["no_passing"] + metrics["duplicates_dropped"] == 40
     assert metrics["no_passing"] == 40 - len({s.prompt_id for s in samples if s.score == 1.0})
+
+
+def test_sft_data_repairs_prompts_without_a_passing_answer(tmp_path):
+    from selftune.scoring import ConstraintScorer
+
+    cfg = load_config("tiny", overrides=["sample.k=2", "prompts.n_train=40", "sample.scorer.pass_threshold=1.0"])
+    run = Run(tmp_path / "run")
+    prompts_stage(run, cfg)
+    pool = ["The Sea Is Calm. Boats Drift Slowly, And Gulls Cry. Nights Are Cold. The Shore Is Quiet. Stars Rise.",
+            "Waves come in. They go out again, all day long. Children play near the water. The sun sets late. Then"]
+    sample_stage(run, cfg, generator=MockGenerator(pool))
+    examples = read_records(sft_data_stage(run, cfg), "sft")
+    samples = read_records(run.output_of("sample", "samples"), "samples")
+    prompts = {p.id: p for p in read_records(run.output_of("prompts", "prompts"), "prompts")}
+    failing = {(s.prompt_id, s.completion) for s in samples if s.score < 1.0}
+    repaired = [e for e in examples if e.chosen_source.startswith("repair:")]
+    assert len(repaired) >= 10, "most prompts should get a repaired example"
+    for example in repaired:
+        assert (example.id, example.original) in failing
+        assert ConstraintScorer().score(prompts[example.id], [example.completion[0].content])[0].passed
+    assert all(e.chosen_source in ("sample",) or e.chosen_source.startswith("repair:") for e in examples)
+    metrics = run.manifest("sft-data").metrics
+    assert metrics["by_source"]["repair"] == len(repaired)
+    assert metrics["examples"] + metrics["no_passing"] + metrics["duplicates_dropped"] == 40
+
+
+def test_a_changed_pass_threshold_reruns_sft_data(tmp_path):
+    """The stage read sample.scorer.pass_threshold without hashing it, so a changed threshold left
+    stale SFT data marked up to date."""
+    cfg = load_config("tiny", overrides=["sample.k=2", "prompts.n_train=12", "sft_data.repair=false"])
+    run = Run(tmp_path / "run", reuse=True)
+    prompts_stage(run, cfg)
+    sample_stage(run, cfg, generator=MockGenerator(["yes, a short answer.", "No"]))
+    loose_cfg = load_config("tiny", overrides=["sample.k=2", "prompts.n_train=12", "sft_data.repair=false",
+                                               "sample.scorer.pass_threshold=0.1"])
+    strict_cfg = load_config("tiny", overrides=["sample.k=2", "prompts.n_train=12", "sft_data.repair=false",
+                                                "sample.scorer.pass_threshold=1.0"])
+    loose = len(read_records(sft_data_stage(run, loose_cfg), "sft"))
+    try:
+        strict = len(read_records(sft_data_stage(run, strict_cfg), "sft"))
+    except ValueError:  # no sample passes every check: nothing to train on, said by name
+        strict = 0
+    assert strict < loose
 
 
 def test_tie_break_and_dedupe():

@@ -52,7 +52,7 @@ def test_model_equal_to_reference_has_zero_margins(tiny_model_dir):
 
 
 def test_base_answers_do_not_depend_on_evaluation_order(tiny_model_dir, second_model):
-    cfg = load_config("tiny")
+    cfg = load_config("tiny", overrides=["evaluate.cache_answers=false"])  # each order generates its own answers
     first = evaluate_models([("base", str(tiny_model_dir)), ("other", str(second_model))], PROMPTS, _pairs(), cfg, reference="base")
     last = evaluate_models([("other", str(second_model)), ("base", str(tiny_model_dir))], PROMPTS, _pairs(), cfg, reference="base")
     def answers(results, name):
@@ -63,19 +63,35 @@ def test_base_answers_do_not_depend_on_evaluation_order(tiny_model_dir, second_m
     assert first["models"]["other"]["pairs"] == last["models"]["other"]["pairs"]
 
 
-def test_a_surviving_model_reference_stops_the_loop(tiny_model_dir, monkeypatch):
-    from selftune import generation
+@pytest.mark.parametrize("backend", ["hf", "continuous"])
+def test_a_surviving_model_reference_stops_the_loop(tiny_model_dir, monkeypatch, backend):
+    from selftune import engine, generation
 
     kept = []
-    original = generation.HFGenerator.__init__
+    generator_class = generation.HFGenerator if backend == "hf" else engine.ContinuousGenerator
+    original = generator_class.__init__
 
     def leaky_init(self, model, tokenizer, **kwargs):
         kept.append(model)  # a careless holder of the model
         original(self, model, tokenizer, **kwargs)
 
-    monkeypatch.setattr(generation.HFGenerator, "__init__", leaky_init)
+    monkeypatch.setattr(generator_class, "__init__", leaky_init)
     with pytest.raises(ModelLeakError, match="still referenced"):
-        evaluate_models([("base", str(tiny_model_dir)), ("sft", str(tiny_model_dir))], PROMPTS, [], load_config("tiny"))
+        evaluate_models([("base", str(tiny_model_dir)), ("sft", str(tiny_model_dir))], PROMPTS, [],
+                        load_config("tiny", overrides=[f"generation.backend={backend}"]))
+
+
+def test_cached_answers_are_reused_only_for_the_same_weights_prompts_and_settings(tiny_model_dir, second_model):
+    cfg = load_config("tiny")
+    first = evaluate_models([("base", str(tiny_model_dir))], PROMPTS, [], cfg)
+    again = evaluate_models([("base", str(tiny_model_dir)), ("other", str(second_model))], PROMPTS, [], cfg)
+    assert not first["models"]["base"]["answers_from_cache"] and again["models"]["base"]["answers_from_cache"]
+    assert not again["models"]["other"]["answers_from_cache"]  # other weights: generated
+    assert again["models"]["base"]["peak_memory_gib"] is None  # no pairs: the model was not even loaded
+    assert [a["answer"] for a in again["answers"] if a["model"] == "base"] == [a["answer"] for a in first["answers"]]
+    longer = load_config("tiny", overrides=["evaluate.max_new_tokens=9"])
+    assert not evaluate_models([("base", str(tiny_model_dir))], PROMPTS, [], longer)["models"]["base"]["answers_from_cache"]
+    assert not evaluate_models([("base", str(tiny_model_dir))], PROMPTS[:2], [], cfg)["models"]["base"]["answers_from_cache"]
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +110,7 @@ from selftune.records import PromptRecord
 
 prompts = [PromptRecord.model_validate(json.loads(sys.argv[1]))]
 models = json.loads(sys.argv[2])
-cfg = load_config("tiny", overrides=["evaluate.max_new_tokens=4"])
+cfg = load_config("tiny", overrides=["evaluate.max_new_tokens=4", "evaluate.cache_answers=false"])
 gc.collect()
 reset_peak_memory("cpu")
 start = peak_memory_bytes("cpu")

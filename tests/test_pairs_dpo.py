@@ -8,7 +8,7 @@ import torch
 from selftune.config import load_config
 from selftune.constraints import check
 from selftune.errors import RecordError
-from selftune.negatives import CORRUPTIONS, build_pairs, similarity
+from selftune.negatives import CORRUPTIONS, Chosen, Contrast, build_pairs, contrasts_for, similarity
 from selftune.records import PromptRecord, SampleRecord, read_records
 from selftune.runs import Run, read_manifest
 from selftune.scoring import ConstraintScorer
@@ -27,6 +27,7 @@ GOOD = {
     "p2": "Here are three fruits:\n* apple for breakfast\n* banana for lunch\n* cherry for dessert",
     "p3": "The garden was quiet in the evening and the birds sang softly. That is all.",
 }
+CHOSEN = {pid: Chosen(text, "policy") for pid, text in GOOD.items()}
 
 
 @pytest.mark.parametrize("name", sorted(CORRUPTIONS))
@@ -66,7 +67,7 @@ def test_pairs_mix_sources_count_them_and_drop_near_identical():
     policy = {"p1": [_sample("p1", "The Sea Is Loud.", 0.0, 0)], "p2": [_sample("p2", GOOD["p2"] + "!", 0.5, 1)]}
     base = {"p3": [_sample("p3", "No.", 0.0, 0)]}
     weights = {"policy": 1.0, "base": 1.0, "corrupt:truncate": 1.0, "corrupt:repeat": 1.0}
-    pairs, counts = build_pairs(PROMPTS, chosen=GOOD, policy_failures=policy, base_failures=base,
+    pairs, counts = build_pairs(PROMPTS, chosen=CHOSEN, policy_failures=policy, base_failures=base,
                                 scorer=ConstraintScorer(), weights=weights, pairs_per_prompt=4,
                                 max_similarity=0.95, seed=0)
     by_source = {}
@@ -78,11 +79,30 @@ def test_pairs_mix_sources_count_them_and_drop_near_identical():
     assert by_source.get("policy") == 1 and by_source.get("base") == 1  # p2's policy sample was near-identical
     assert counts["dropped"]["near_identical"] == 1
     assert len({p.id for p in pairs}) == len(pairs)
+    assert {p.chosen_source for p in pairs} == {"policy"} and counts["by_chosen_source"] == {"policy": len(pairs)}
+
+
+def test_minimal_contrast_pairs_a_repair_over_its_original():
+    failing = {"p1": [_sample("p1", "The Sea Is Wide And Calm Today. The Waves Roll In Slowly.", 0.5, 0),
+                      _sample("p1", "The Sea. It Never Sleeps, And The Gulls Cry All Day. Boats", 0.3, 1)]}
+    contrasts = {"p1": contrasts_for(PROMPTS[0], failing["p1"], limit=2, seed=0)}
+    assert len(contrasts["p1"]) == 2
+    pairs, counts = build_pairs(PROMPTS[:1], chosen={}, policy_failures={}, base_failures={}, scorer=ConstraintScorer(),
+                                weights={"original": 1.0}, pairs_per_prompt=4, max_similarity=0.95, seed=0,
+                                contrasts=contrasts)
+    assert counts["by_source"] == {"original": 2} and len(pairs) == 2
+    originals = {s.completion for s in failing["p1"]}
+    for pair in pairs:
+        assert pair.rejected[0].content in originals
+        assert pair.chosen_source.startswith("repair:") and "lowercase" in pair.chosen_source
+        assert ConstraintScorer().score(PROMPTS[0], [pair.chosen[0].content])[0].passed
+        # Minimal: the repair keeps the original's words (here: lowercased, a title added, cut to whole sentences).
+        assert pair.chosen[0].content.split("\n")[-1] in pair.rejected[0].content.lower()
 
 
 def test_unknown_source_is_named():
     with pytest.raises(ValueError, match="unknown negative sources"):
-        build_pairs(PROMPTS, chosen=GOOD, policy_failures={}, base_failures={}, scorer=ConstraintScorer(),
+        build_pairs(PROMPTS, chosen=CHOSEN, policy_failures={}, base_failures={}, scorer=ConstraintScorer(),
                     weights={"corrupt:shuffle": 1.0}, pairs_per_prompt=1, max_similarity=0.9, seed=0)
 
 
