@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 
 from selftune.config import load_config
-from selftune.dpo import PairCollator, sequence_logps, tokenize_pairs
+from selftune.logprobs import PairCollator, sequence_logps, tokenize_pairs
 from selftune.models import load_model, load_tokenizer, peak_memory_bytes, reset_peak_memory
 from selftune.records import read_records
-from selftune.sft import lora_config
+from selftune.training import lora_config
 
 
 @torch.no_grad()
@@ -76,8 +76,9 @@ def run_ours(model_spec, pairs, eval_rows, work: Path, *, preset: str | None, ep
     from peft import get_peft_model
     from transformers import set_seed
 
-    from selftune.dpo import make_dpo_trainer_class, prompt_sharing_holds, reference_logps
-    from selftune.sft import _as_dataset, training_arguments
+    from selftune.dpo import make_dpo_trainer_class, reference_logps
+    from selftune.logprobs import prompt_sharing_holds
+    from selftune.training import as_dataset, training_arguments
 
     overrides = ["dpo.report_to=[]", "dpo.save_steps=100000", "dpo.per_device_batch_size=8", "dpo.gradient_accumulation=1"]
     cfg = load_config(preset, overrides=overrides + ([f"dpo.epochs={epochs}"] if epochs else []))
@@ -94,7 +95,7 @@ def run_ours(model_spec, pairs, eval_rows, work: Path, *, preset: str | None, ep
     start = time.perf_counter()
     share = cfg.dpo.share_prompts and prompt_sharing_holds(model, rows, collator)  # as the stage decides
     reference_logps(model, rows, collator, 16, args.bf16, share_prompts=share)  # part of our epoch's cost
-    trainer = make_dpo_trainer_class()(model=model, args=args, train_dataset=_as_dataset(rows), data_collator=collator,
+    trainer = make_dpo_trainer_class()(model=model, args=args, train_dataset=as_dataset(rows), data_collator=collator,
                                        processing_class=tokenizer, beta=cfg.dpo.beta, loss_type=cfg.dpo.loss_type,
                                        rpo_alpha=cfg.dpo.rpo_alpha, displacement_warn=cfg.dpo.displacement_warn_nats,
                                        share_prompts=share)

@@ -1,33 +1,134 @@
-"""Batched HF generation vs a one-prompt-at-a-time `model.generate` loop, side by side.
+"""Generation backends side by side, and the demo's sampling workload with and without early
+rejection, all in one run on one machine (one heavy job at a time: run nothing else meanwhile).
 
-Same model, prompts, dtype and greedy settings for both; prints tokens/s of each and the ratio.
+Part 1, backends on the same prompts and settings: tokens/s for greedy answers and for sampling
+(n answers per prompt), the ratio to the HF backend (`model.generate`), and how many greedy answers
+equal the HF backend's. CTranslate2 joins when it is installed (`pip install ctranslate2`): the
+checkpoint is converted once (time printed) into a temporary folder.
+
+Part 2, the demo preset's sampling stage (its train prompts, K answers each, its token cap): the
+HF backend, the continuous engine, and the engine with early rejection. Prints wall time, answers
+that pass every check, passing answers per minute, the yield (prompts with a passing answer) and
+the ratios against the HF backend.
 
     python bench/generation.py [--model builtin:smollm2-135m-instruct] [--prompts 32]
-                               [--max-new-tokens 96] [--batch-size 32] [--dtype auto]
+        [--max-new-tokens 96] [--batch-size 64] [--workload demo] [--skip-backends] [--skip-workload]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
+from selftune.config import load_config
+from selftune.engine import ContinuousGenerator
 from selftune.generation import HFGenerator, SamplingParams, encode_prompt
-from selftune.models import end_of_turn_ids, load_model, load_tokenizer, unload
-
-TOPICS = ["the sea", "a city at night", "bread", "the moon", "trains", "winter", "a lost key", "coffee"]
-ASKS = [
-    "Write a short poem about {}.",
-    "Give three facts about {} as a bulleted list.",
-    "Describe {} in two sentences, all in lowercase.",
-    "Write a title for an essay about {}, wrapped in <<double angular brackets>>, then one paragraph.",
-]
+from selftune.models import end_of_turn_ids, load_model, load_tokenizer, resolve_model_path, unload
+from selftune.prompts import build_prompts
+from selftune.sample import early_rejection
+from selftune.scoring import ConstraintScorer
 
 
-def bench_prompts(count: int) -> list[list[dict]]:
-    prompts = [ask.format(topic) for ask in ASKS for topic in TOPICS]
-    return [[{"role": "user", "content": text}] for text in prompts[:count]]
+def timed(generate):
+    start = time.perf_counter()
+    result = generate()
+    return result, time.perf_counter() - start
+
+
+def ctranslate2_run(model_path: str, tokenizer, prompts, params: SamplingParams, batch_size: int, workdir: Path):
+    """(texts per prompt, generated tokens, seconds, conversion seconds) with CTranslate2 in fp32."""
+    import ctranslate2
+    from ctranslate2.converters import TransformersConverter
+
+    out = workdir / "ct2"
+    start = time.perf_counter()
+    if not (out / "model.bin").exists():
+        TransformersConverter(model_path).convert(str(out), force=True)
+    converted = time.perf_counter() - start
+    generator = ctranslate2.Generator(str(out), device="cpu", compute_type="float32", intra_threads=torch.get_num_threads())
+    tokens = [tokenizer.convert_ids_to_tokens(encode_prompt(tokenizer, p)) for p in prompts]
+    ends = [tokenizer.convert_ids_to_tokens(i) for i in end_of_turn_ids(tokenizer)]
+    start = time.perf_counter()
+    ctranslate2.set_random_seed(params.seed)
+    results = generator.generate_batch(
+        [t for t in tokens for _ in range(params.n)], max_length=params.max_new_tokens, max_batch_size=batch_size,
+        include_prompt_in_result=False, end_token=ends, sampling_topk=1 if params.greedy else 0,
+        sampling_topp=params.top_p, sampling_temperature=max(params.temperature, 1e-6))
+    seconds = time.perf_counter() - start
+    texts = [tokenizer.decode(r.sequences_ids[0], skip_special_tokens=True) for r in results]
+    generated = sum(len(r.sequences_ids[0]) + (1 if len(r.sequences_ids[0]) < params.max_new_tokens else 0) for r in results)
+    return texts, generated, seconds, converted
+
+
+def part_backends(args, model, tokenizer) -> None:
+    prompts = [[m.model_dump() for m in r.messages] for r in build_prompts(args.prompts, 0, seed=0)]
+    greedy = SamplingParams(max_new_tokens=args.max_new_tokens)
+    sampled = SamplingParams(n=4, temperature=0.8, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=0)
+    print(f"\n== backends: {len(prompts)} prompts, {args.max_new_tokens} new tokens at most, batch {args.batch_size} ==")
+    print(f"{'backend':<22}{'mode':<10}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}{'vs hf':>8}{'= hf greedy':>13}")
+    reference_rate, reference_texts = {}, None
+    backends = [("hf", HFGenerator(model, tokenizer, batch_size=args.batch_size)),
+                ("continuous", ContinuousGenerator(model, tokenizer, batch_size=args.batch_size))]
+    backends[0][1].generate(prompts[:2], SamplingParams(max_new_tokens=4))  # warm-up
+    rows = []
+    for name, generator in backends:
+        for mode, params in (("greedy", greedy), ("sample n4", sampled)):
+            result, seconds = timed(lambda: generator.generate(prompts, params))
+            tokens = sum(c.completion_tokens for r in result for c in r)
+            texts = [r[0].text for r in result]
+            if name == "hf":
+                reference_rate[mode] = tokens / seconds
+                if mode == "greedy":
+                    reference_texts = texts
+            same = sum(a == b for a, b in zip(texts, reference_texts)) if mode == "greedy" else None
+            rows.append((name, mode, tokens, seconds, same))
+    if importlib.util.find_spec("ctranslate2") is not None:
+        with tempfile.TemporaryDirectory() as workdir:
+            for mode, params in (("greedy", greedy), ("sample n4", sampled)):
+                texts, tokens, seconds, converted = ctranslate2_run(resolve_model_path(args.model), tokenizer, prompts,
+                                                                    params, args.batch_size, Path(workdir))
+                same = sum(a == b for a, b in zip(texts, reference_texts)) if mode == "greedy" else None
+                rows.append(("ctranslate2 fp32", mode, tokens, seconds, same))
+                if converted > 0.5:
+                    print(f"(ctranslate2 conversion: {converted:.1f}s)")
+    else:
+        print("(ctranslate2 not installed: pip install ctranslate2 to add it)")
+    for name, mode, tokens, seconds, same in rows:
+        rate = tokens / seconds
+        agree = f"{same}/{len(prompts)}" if same is not None else "-"
+        print(f"{name:<22}{mode:<10}{tokens:>8}{seconds:>9.1f}{rate:>10.1f}{rate / reference_rate[mode]:>7.2f}x{agree:>13}")
+
+
+def part_workload(args, model, tokenizer) -> None:
+    cfg = load_config(args.workload)
+    records = [r for r in build_prompts(cfg.prompts.n_train, 1, cfg.prompts.max_constraints, cfg.prompts.seed,
+                                        cfg.prompts.type_weights) if r.split == "train"]
+    prompts = [[m.model_dump() for m in r.messages] for r in records]
+    params = SamplingParams(n=cfg.sample.k, temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
+                            max_new_tokens=cfg.generation.max_new_tokens, seed=cfg.sample.seed)
+    scorer = ConstraintScorer(quality_checks=cfg.sample.scorer.quality_checks)
+    print(f"\n== the {args.workload} preset's sampling workload: {len(records)} prompts x {params.n} answers, "
+          f"{params.max_new_tokens} tokens at most ==")
+    print(f"{'backend':<34}{'seconds':>9}{'tokens':>8}{'passing':>9}{'per min':>9}{'yield':>8}{'vs hf':>8}")
+    runs = [("hf", HFGenerator(model, tokenizer, batch_size=args.batch_size), None),
+            ("continuous", ContinuousGenerator(model, tokenizer, batch_size=args.batch_size), None),
+            ("continuous + early rejection", ContinuousGenerator(model, tokenizer, batch_size=args.batch_size),
+             early_rejection(records, cfg.sample.full_samples))]
+    base_rate = None
+    for name, generator, stop_when in runs:
+        result, seconds = timed(lambda: generator.generate(prompts, params, stop_when=stop_when))
+        passing = [[s.passed for s in scorer.score(record, [c.text for c in answers])] for record, answers in zip(records, result)]
+        count = sum(sum(p) for p in passing)
+        rate = count / seconds * 60
+        base_rate = base_rate or rate
+        tokens = sum(c.completion_tokens for r in result for c in r)
+        yielded = sum(any(p) for p in passing) / len(records)
+        print(f"{name:<34}{seconds:>9.1f}{tokens:>8}{count:>9}{rate:>9.2f}{yielded:>8.3f}{rate / base_rate:>7.2f}x")
 
 
 def main() -> None:
@@ -35,48 +136,19 @@ def main() -> None:
     parser.add_argument("--model", default="builtin:smollm2-135m-instruct")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=96)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workload", default="demo", help="Preset whose sampling stage is measured in part 2.")
+    parser.add_argument("--skip-backends", action="store_true")
+    parser.add_argument("--skip-workload", action="store_true")
     args = parser.parse_args()
 
     tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, dtype=args.dtype)
-    prompts = bench_prompts(args.prompts)
-    params = SamplingParams(max_new_tokens=args.max_new_tokens)
-    stop_ids = end_of_turn_ids(tokenizer)
-    print(f"model {args.model} dtype {model.dtype} threads {torch.get_num_threads()} "
-          f"prompts {len(prompts)} max_new_tokens {args.max_new_tokens}")
-
-    # Warm-up both paths once so neither pays first-call costs in the timing.
-    HFGenerator(model, tokenizer, batch_size=4).generate(prompts[:4], SamplingParams(max_new_tokens=4))
-
-    start = time.perf_counter()
-    batched = HFGenerator(model, tokenizer, batch_size=args.batch_size).generate(prompts, params)
-    batched_seconds = time.perf_counter() - start
-    batched_tokens = sum(c[0].completion_tokens for c in batched)
-
-    start = time.perf_counter()
-    loop_tokens, loop_texts = 0, []
-    with torch.inference_mode():
-        for prompt in prompts:
-            ids = torch.tensor([encode_prompt(tokenizer, prompt)])
-            out = model.generate(
-                ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
-                do_sample=False, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
-            )
-            new = out[0, ids.shape[1]:].tolist()
-            loop_tokens += len(new)
-            cut = next((k for k, t in enumerate(new) if t in stop_ids), len(new))
-            loop_texts.append(tokenizer.decode(new[:cut], skip_special_tokens=True))
-    loop_seconds = time.perf_counter() - start
-    same = sum(a[0].text == b for a, b in zip(batched, loop_texts))
-
-    batched_rate, loop_rate = batched_tokens / batched_seconds, loop_tokens / loop_seconds
-    print(f"{'backend':<28}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}")
-    print(f"{'batched HFGenerator':<28}{batched_tokens:>8}{batched_seconds:>10.1f}{batched_rate:>10.1f}")
-    print(f"{'one-at-a-time generate()':<28}{loop_tokens:>8}{loop_seconds:>10.1f}{loop_rate:>10.1f}")
-    print(f"speed-up (tokens/s ratio): {batched_rate / loop_rate:.2f}x")
-    print(f"identical greedy answers: {same}/{len(prompts)}")
+    model = load_model(args.model, dtype="float32")
+    print(f"model {args.model} float32, {torch.get_num_threads()} threads")
+    if not args.skip_backends:
+        part_backends(args, model, tokenizer)
+    if not args.skip_workload:
+        part_workload(args, model, tokenizer)
     unload(model)
 
 

@@ -1,11 +1,14 @@
 """Our SFT against TRL's SFTTrainer with its default settings, side by side in one run.
 
 Same model, same SFT data, same LoRA shape, same effective batch (8) and one epoch each. Prints
-train tokens/s, peak memory (RSS high-water mark) and final held-out loss of each, and the ratios.
-Held-out loss is measured the same way for both: mean response-token loss of the trained model on
-the same validation rows, masked by `selftune.masking`.
+train tokens/s, the share of this machine's measured fp32 matmul peak that the model FLOPs reach
+(LoRA training: 4 FLOP per parameter per token, forward plus the backward through activations),
+peak memory (RSS high-water mark) and final held-out loss of each, and the ratios. Rows: our
+trainer (LM head on answer positions only), our trainer with the model's own full-logits loss
+(the previous path), and TRL's SFTTrainer. Held-out loss is measured the same way for all: mean
+response-token loss of the trained model on the same validation rows, masked by `selftune.masking`.
 
-    python bench/sft.py --data runs/demo/round-1/sft-data/sft.jsonl [--model builtin:smollm2-135m-instruct]
+    python bench/sft.py --data runs/demo/round-1/sft-data/sft.jsonl [--model builtin:smollm2-135m-instruct] [--skip-trl]
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from selftune.config import load_config
 from selftune.masking import tokenize_example
 from selftune.models import load_model, load_tokenizer, peak_memory_bytes, reset_peak_memory
 from selftune.records import read_records
-from selftune.sft import lora_config, split_validation
+from selftune.sft import split_validation
+from selftune.training import lora_config
 
 
 @torch.no_grad()
@@ -40,11 +44,26 @@ def held_out_loss(model, rows) -> float:
     return total / count
 
 
-def run_ours(model_spec, records, eval_rows, work: Path):
+def matmul_peak_gflops(size: int = 2048, repeats: int = 8) -> float:
+    """Best-of-`repeats` fp32 GFLOP/s of one (size x size) @ (size x size) matmul on this machine."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(_timed_matmul(a, b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _timed_matmul(a, b) -> float:
+    start = time.perf_counter()
+    a @ b
+    return time.perf_counter() - start
+
+
+def run_ours(model_spec, records, eval_rows, work: Path, *, full_logits: bool = False):
     from peft import get_peft_model
     from transformers import DataCollatorForSeq2Seq, set_seed
 
-    from selftune.sft import make_trainer_class, tokenize_dataset, training_arguments
+    from selftune.sft import tokenize_dataset
+    from selftune.training import make_sft_trainer_class, make_trainer_class, training_arguments
 
     # Effective batch 8 (TRL's default per-device batch, no accumulation), whatever the demo preset uses.
     cfg = load_config("demo", overrides=[f"model.spec={model_spec}", "sft.epochs=1", "sft.report_to=[]",
@@ -60,7 +79,8 @@ def run_ours(model_spec, records, eval_rows, work: Path):
     set_seed(0)
     model = get_peft_model(model, lora_config(cfg.sft.lora))
     args = training_arguments(cfg.sft, work / "ours", has_eval=False, device="cpu")
-    trainer = make_trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(rows),
+    trainer_class = make_trainer_class() if full_logits else make_sft_trainer_class()
+    trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows),
                                    data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
                                    processing_class=tokenizer)
     reset_peak_memory("cpu")
@@ -70,7 +90,8 @@ def run_ours(model_spec, records, eval_rows, work: Path):
     peak = peak_memory_bytes("cpu")
     tokens = sum(len(r["input_ids"]) for r in rows)
     return {"seconds": seconds, "tokens_per_second": tokens / seconds, "peak_gib": peak / 2**30,
-            "held_out_loss": held_out_loss(model, eval_rows), "bf16": args.bf16, "lr": args.learning_rate}
+            "held_out_loss": held_out_loss(model, eval_rows), "bf16": args.bf16, "lr": args.learning_rate,
+            "parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)}
 
 
 def run_trl(model_spec, records, eval_rows, work: Path, tokens: int):
@@ -103,6 +124,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--model", default="builtin:smollm2-135m-instruct")
     parser.add_argument("--limit", type=int, default=0, help="Use only this many examples (0 = all).")
+    parser.add_argument("--skip-trl", action="store_true", help="Leave out TRL's SFTTrainer row.")
     args = parser.parse_args()
 
     records = read_records(args.data, "sft")
@@ -121,17 +143,27 @@ def main() -> None:
     gc.collect()
     print(f"data {args.data}: {len(train)} train examples ({train_tokens} tokens), {len(held)} held out; "
           f"threads {torch.get_num_threads()}; base held-out loss {base_loss:.4f}")
+    peak_gflops = matmul_peak_gflops()
+    print(f"measured fp32 matmul peak: {peak_gflops:.1f} GFLOP/s")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        ours = run_ours(args.model, train, eval_rows, Path(tmp))
+        ours = run_ours(args.model, train, eval_rows, Path(tmp) / "a")
+        rows.append(("selftune sft", ours))
         gc.collect()
-        trl = run_trl(args.model, train, eval_rows, Path(tmp), train_tokens)
-    print(f"{'trainer':<24}{'seconds':>9}{'tokens/s':>10}{'peak GiB':>10}{'held-out loss':>15}  settings")
-    for name, r in (("selftune sft", ours), ("TRL SFTTrainer default", trl)):
-        print(f"{name:<24}{r['seconds']:>9.1f}{r['tokens_per_second']:>10.1f}{r['peak_gib']:>10.2f}"
+        rows.append(("selftune sft, full logits", run_ours(args.model, train, eval_rows, Path(tmp) / "b", full_logits=True)))
+        gc.collect()
+        if not args.skip_trl:
+            rows.append(("TRL SFTTrainer default", run_trl(args.model, train, eval_rows, Path(tmp), train_tokens)))
+    flop_per_token = 4 * ours["parameters"]
+    print(f"{'trainer':<28}{'seconds':>9}{'tokens/s':>10}{'of peak':>9}{'peak GiB':>10}{'held-out loss':>15}  settings")
+    for name, r in rows:
+        share = r["tokens_per_second"] * flop_per_token / 1e9 / peak_gflops
+        print(f"{name:<28}{r['seconds']:>9.1f}{r['tokens_per_second']:>10.1f}{share:>8.0%}{r['peak_gib']:>10.2f}"
               f"{r['held_out_loss']:>15.4f}  bf16={r['bf16']} lr={r['lr']:g}")
-    print(f"tokens/s ratio (selftune / TRL): {ours['tokens_per_second'] / trl['tokens_per_second']:.2f}x; "
-          f"peak memory ratio: {ours['peak_gib'] / trl['peak_gib']:.2f}x; "
-          f"held-out loss: {ours['held_out_loss']:.4f} vs {trl['held_out_loss']:.4f} (base {base_loss:.4f})")
+    for name, r in rows[1:]:
+        print(f"selftune sft vs {name}: tokens/s {ours['tokens_per_second'] / r['tokens_per_second']:.2f}x, "
+              f"peak memory {ours['peak_gib'] / r['peak_gib']:.2f}x, held-out loss {ours['held_out_loss']:.4f} vs "
+              f"{r['held_out_loss']:.4f} (base {base_loss:.4f})")
 
 
 if __name__ == "__main__":

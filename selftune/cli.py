@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from selftune.errors import SelftuneError
 
@@ -356,6 +356,19 @@ def inspect_masks(
         console.print(text)
 
 
+@inspect_app.command("types", epilog="Example: `selftune inspect types runs/demo`")
+def inspect_types(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    round_number: int = typer.Option(1, "--round", help="Round whose samples, SFT data and pairs are counted."),
+):
+    """Per constraint type: base sample pass rate, SFT examples and pairs carrying it, and every
+    evaluated model's held-out pass rate, as a markdown table (the diagnosis of docs/gain.md)."""
+    from selftune.diagnosis import markdown, type_table
+    from selftune.runs import Run
+
+    console.print(markdown(*type_table(Run(run_dir), round_number)), markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command(epilog="Example: `selftune pairs --run runs/demo`")
 def pairs(
     run_dir: Path = RunOption,
@@ -413,7 +426,8 @@ def print_results_table(results: dict, title: str) -> None:
     print_table(*summary_table(results), title)
     header, rows = noise_table(results)
     if rows:
-        print_table(header, rows, "prompt-level strict gain vs base, with its noise", transpose=False)
+        print_table(header, rows, "prompt-level strict gain vs base, with its noise (IFEval-style eval prompts; benchmarks by name)",
+                    transpose=False)
 
 
 def print_table(header: list[str], rows: list[list[str]], title: str, transpose: bool = True) -> None:
@@ -424,7 +438,8 @@ def print_table(header: list[str], rows: list[list[str]], title: str, transpose:
         console.print(table)
         return
     # Metrics down, models across: fits a terminal however many metrics there are.
-    table = Table("metric", *(escape(row[0]) for row in rows), title=title)
+    # The metric names stay on one line: a wrapped "IFEval-style prompt strict" is hard to read.
+    table = Table(Column("metric", no_wrap=True), *(escape(row[0]) for row in rows), title=title)
     for k, metric in enumerate(header[1:], start=1):
         table.add_row(escape(metric), *(escape(row[k]) for row in rows))
     console.print(table)
@@ -442,6 +457,9 @@ def evaluate(
     round_number: Optional[int] = typer.Option(None, "--round", help="Round to evaluate; default: the run's last."),
     judge: bool = typer.Option(False, "--judge", help="Also a judge win-rate against base, positions swapped (judge loaded last, alone)."),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Judge model spec; default: the base model."),
+    benchmark: list[str] = typer.Option([], "--benchmark", help="ifeval[=PATH] or ifbench[=PATH] (repeatable): the benchmark's prompts scored by its reference checkers."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N prompts of each benchmark."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--benchmark-max-new-tokens", help="Longest benchmark answer (default: evaluate.benchmark_max_new_tokens)."),
 ):
     """Evaluate models one at a time: each is loaded fresh, measured, and unloaded before the next.
 
@@ -462,10 +480,26 @@ def evaluate(
         cfg.evaluate.models = [name.strip() for name in models.split(",") if name.strip()]
     if judge or judge_model:
         cfg.evaluate.judge, cfg.evaluate.judge_model = True, judge_model or cfg.evaluate.judge_model
+    if benchmark:
+        from selftune.benchmarks import parse_benchmark
+
+        for item in benchmark:
+            try:
+                parse_benchmark(item)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--benchmark") from None
+        cfg.evaluate.benchmarks = benchmark
+    if limit is not None:
+        cfg.evaluate.benchmark_limit = limit
+    if max_new_tokens is not None:
+        cfg.evaluate.benchmark_max_new_tokens = max_new_tokens
     round_number = round_number or cfg.rounds
 
     def announce(name: str, metrics: dict) -> None:
-        console.print(f"{name}: prompt-level strict {metrics['instruction_following']['prompt_strict']:.3f}, "
+        scores = [f"{label} prompt-level strict {values['prompt_strict']:.3f}" for label, values in
+                  ([("IFEval-style", metrics["instruction_following"])] if "instruction_following" in metrics else [])
+                  + list(metrics.get("benchmarks", {}).items())]
+        console.print(f"{name}: " + ", ".join(scores) + ", "
                       + (f"peak {metrics['peak_memory_gib']:.2f} GiB, " if metrics["peak_memory_gib"] is not None else "")
                       + f"{metrics['seconds']:.0f}s" + (" (answers from cache)" if metrics.get("answers_from_cache") else ""),
                       soft_wrap=True)
@@ -476,11 +510,11 @@ def evaluate(
     else:
         specs = parse_model_specs(model)
         prompts_path = prompts or (run.output_of("prompts", "prompts") if run else None)
-        if prompts_path is None:
-            raise typer.BadParameter("--prompts is needed without a run")
+        if prompts_path is None and not cfg.evaluate.benchmarks:
+            raise typer.BadParameter("--prompts or --benchmark is needed without a run")
         pairs_path = pairs or (run.optional_output("pairs", "eval_pairs", round_number=round_number) if run else None)
         pair_records = read_records(pairs_path, "pairs") if pairs_path else []
-        results = evaluate_models(specs, eval_prompts(prompts_path), pair_records, cfg,
+        results = evaluate_models(specs, eval_prompts(prompts_path) if prompts_path else [], pair_records, cfg,
                                   reference=reference or specs[0][0], on_model=announce)
         path = write_results(out, results)
     print_results_table(json.loads(path.read_text()), "evaluation (eval split; deltas against base)")

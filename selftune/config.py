@@ -131,7 +131,7 @@ class SFTConfig(TrainConfig):
 
 
 class PairsConfig(Section):
-    k: int = Field(4, ge=1, description="Answers sampled per prompt from the SFT model for chosen/policy negatives.")
+    k: int = Field(4, ge=0, description="Answers sampled per prompt from the SFT model for chosen/policy negatives (0 = none: pairs from the base samples and the SFT data's repairs).")
     sources: dict[str, float] = Field(
         default_factory=lambda: {
             "original": 0.4,
@@ -153,6 +153,7 @@ class PairsConfig(Section):
 
         return check_sources(weights)
     pairs_per_prompt: int = Field(2, ge=1, description="Most pairs per prompt.")
+    max_pairs: int = Field(0, ge=0, description="Most training pairs kept (0 = all); a seeded draw keeps the source mix.")
     eval_prompts: int = Field(50, ge=0, description="Eval prompts sampled for held-out pairs (DPO's held-out reward accuracy); 0 = none.")
     max_similarity: float = Field(0.95, gt=0, le=1, description="Drop pairs whose two sides are at least this similar.")
     seed: int = Field(0, description="Seed of source choice and corruptions.")
@@ -181,7 +182,19 @@ class EvaluateConfig(Section):
     judge: bool = Field(False, description="Also compute a judge win-rate against the base (positions swapped).")
     judge_model: str | None = Field(None, description="Judge model spec; None = the run's base model. Loaded after every evaluated model is unloaded.")
     lm_eval_tasks: list[str] = Field(default_factory=list, description="lm-eval-harness tasks (extra eval).")
+    benchmarks: list[str] = Field(default_factory=list, description="Standard benchmarks run on every evaluated model: ifeval[=PATH], ifbench[=PATH] (reference checkers; extra benchmarks).")
+    benchmark_max_new_tokens: int = Field(512, ge=1, description="Longest benchmark answer, in tokens.")
+    benchmark_limit: int | None = Field(None, ge=1, description="Only the first N prompts of each benchmark (quick checks).")
     cache_answers: bool = Field(True, description="Reuse a model's greedy eval answers for the same weights, prompts and settings (cache under SELFTUNE_HOME).")
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known_benchmarks(cls, items: list[str]) -> list[str]:
+        from selftune.benchmarks import parse_benchmark
+
+        for item in items:
+            parse_benchmark(item)
+        return items
 
 
 class PipelineConfig(Section):

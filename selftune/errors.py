@@ -27,6 +27,10 @@ class RecordError(SelftuneError):
         super().__init__("\n".join(shown) + more)
 
 
+class TooManyDroppedError(SelftuneError):
+    """More training rows than allowed could not be masked."""
+
+
 class RunLockedError(SelftuneError):
     """Another process holds the run directory's lock."""
 

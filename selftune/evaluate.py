@@ -77,7 +77,7 @@ def instruction_following(prompts: list[PromptRecord], answers: list[str]) -> tu
 @torch.no_grad()
 def pair_log_probs(model, tokenizer, pairs: list[PairRecord], batch_size: int = 8) -> list[tuple[float, float, int]]:
     """(chosen log-prob, rejected log-prob, chosen response tokens) per pair, exact masking."""
-    from selftune.dpo import PairCollator, sequence_logps, tokenize_pair
+    from selftune.logprobs import PairCollator, sequence_logps, tokenize_pair
 
     separator = None if getattr(tokenizer, "chat_template", None) else "\nResponse:"
     rows = [tokenize_pair(tokenizer, p, max_length=4096, response_separator=separator) for p in pairs]
@@ -145,59 +145,74 @@ def _lm_eval(model, tokenizer, tasks: list[str]) -> dict:
     return {task: values for task, values in results["results"].items()}
 
 
-def answers_cache_path(spec: str, prompts: list[PromptRecord], cfg) -> Path:
-    """Where a model's greedy eval answers are kept: keyed by the model's weights (sha256 of its
-    checkpoint), the prompts' text and every setting that shapes an answer. A later evaluation of
-    the same model on the same prompts (a run whose DPO changed, another run with the same base)
-    reads them instead of generating again."""
+def answers_cache_path(spec: str, messages: list[list[dict]], max_new_tokens: int, cfg) -> Path:
+    """Where a model's greedy answers to a prompt set are kept: keyed by the model's weights
+    (sha256 of its checkpoint), the prompts' text and every setting that shapes an answer. A later
+    evaluation of the same model on the same prompts (a run whose DPO changed, another run with the
+    same base) reads them instead of generating again."""
     import hashlib
-    import json as json_module
 
     from selftune.models import resolve_model_path, selftune_home
     from selftune.runs import sha256_path
 
-    key = json_module.dumps({
-        "model": sha256_path(Path(resolve_model_path(spec))),
-        "prompts": [[m.model_dump() for m in p.messages] for p in prompts],
-        "max_new_tokens": cfg.evaluate.max_new_tokens, "dtype": cfg.model.dtype, "backend": cfg.generation.backend,
+    key = json.dumps({
+        "model": sha256_path(Path(resolve_model_path(spec))), "prompts": messages,
+        "max_new_tokens": max_new_tokens, "dtype": cfg.model.dtype, "backend": cfg.generation.backend,
         "engine": 1,  # bump when generation changes in a way that changes greedy answers
     }, sort_keys=True)
     return selftune_home() / "cache" / "answers" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
 
-def _generate_answers(model, tokenizer, prompts: list[PromptRecord], cfg) -> list[dict]:
+def _generate_answers(model, tokenizer, messages: list[list[dict]], max_new_tokens: int, cfg) -> list[dict]:
     from selftune.generation import SamplingParams, make_generator
 
     generator = make_generator(model, tokenizer, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size)
-    answers = generator.generate([[m.model_dump() for m in p.messages] for p in prompts],
-                                 SamplingParams(max_new_tokens=cfg.evaluate.max_new_tokens))
+    answers = generator.generate(messages, SamplingParams(max_new_tokens=max_new_tokens))
     return [{"text": a[0].text, "completion_tokens": a[0].completion_tokens, "finish_reason": a[0].finish_reason}
             for a in answers]
 
 
-def evaluate_one(name: str, spec: str, prompts: list[PromptRecord], pairs: list[PairRecord], cfg) -> tuple[dict, list]:
+def answer_stats(answers: list[dict]) -> dict:
+    texts = [a["text"] for a in answers]
+    n = max(1, len(answers))
+    return {"mean_length_tokens": round(sum(a["completion_tokens"] for a in answers) / n, 1),
+            "truncated_share": round(sum(a["finish_reason"] == "length" for a in answers) / n, 4),
+            "repetition_rate": round(sum(repetition_rate(t) for t in texts) / max(1, len(texts)), 4)}
+
+
+def evaluate_one(name: str, spec: str, prompts: list[PromptRecord], pairs: list[PairRecord], cfg,
+                 benchmarks: list[tuple[str, list]] = ()) -> tuple[dict, list]:
     """Load one model, measure everything, unload it; returns (metrics, per-prompt answers).
 
-    With `evaluate.cache_answers`, greedy answers already generated for this model, prompts and
-    settings are read from the cache (`answers_cache_path`); the model is then loaded only when
-    held-out pairs or lm-eval tasks need it."""
+    With `evaluate.cache_answers`, greedy answers already generated for this model, prompt set and
+    settings are read from the cache (`answers_cache_path`); the model is then loaded only for
+    what the cache cannot give (held-out pairs, lm-eval tasks, prompt sets not cached yet).
+    `benchmarks` [(name, prompts)] are answered with the model's greedy answers too and scored
+    with their reference checkers (`selftune.benchmarks`)."""
+    from selftune.benchmarks import score_benchmark
     from selftune.models import load_model, load_tokenizer, unload
     from selftune.runs import write_json
 
     started = time.perf_counter()
-    cache = answers_cache_path(spec, prompts, cfg) if cfg.evaluate.cache_answers else None
-    answers = json.loads(cache.read_text())["answers"] if cache is not None and cache.is_file() else None
+    sets = [("eval", [[m.model_dump() for m in p.messages] for p in prompts], cfg.evaluate.max_new_tokens)] if prompts else []
+    sets += [(bench, [p.messages() for p in bench_prompts], cfg.evaluate.benchmark_max_new_tokens)
+             for bench, bench_prompts in benchmarks]
+    caches = {label: answers_cache_path(spec, messages, tokens, cfg) if cfg.evaluate.cache_answers else None
+              for label, messages, tokens in sets}
+    generated: dict[str, list[dict]] = {label: json.loads(path.read_text())["answers"]
+                                        for label, path in caches.items() if path is not None and path.is_file()}
+    metrics: dict = {"spec": spec, "answers_from_cache": bool(sets) and all(label in generated for label, _, _ in sets)}
     report = None
     log_probs: list = []
-    metrics: dict = {"spec": spec, "answers_from_cache": answers is not None}
-    if answers is None or pairs or cfg.evaluate.lm_eval_tasks:
+    if len(generated) < len(sets) or pairs or cfg.evaluate.lm_eval_tasks:
         tokenizer = load_tokenizer(spec)
         model = load_model(spec, dtype=cfg.model.dtype)
         alive = weakref.ref(model)
-        if answers is None:
-            answers = _generate_answers(model, tokenizer, prompts, cfg)
-            if cache is not None:
-                write_json(cache, {"spec": spec, "answers": answers})
+        for label, messages, tokens in sets:
+            if label not in generated:
+                generated[label] = _generate_answers(model, tokenizer, messages, tokens, cfg)
+                if caches[label] is not None:
+                    write_json(caches[label], {"spec": spec, "answers": generated[label]})
         log_probs = pair_log_probs(model, tokenizer, pairs) if pairs else []
         if cfg.evaluate.lm_eval_tasks:
             metrics["lm_eval"] = _lm_eval(model, tokenizer, cfg.evaluate.lm_eval_tasks)
@@ -206,14 +221,16 @@ def evaluate_one(name: str, spec: str, prompts: list[PromptRecord], pairs: list[
         gc.collect()
         if alive() is not None:
             raise ModelLeakError(f"model {name} is still referenced after its turn; refusing to load the next one")
-    texts = [a["text"] for a in answers]
-    following, details = instruction_following(prompts, texts)
-    metrics.update({
-        "instruction_following": following,
-        "mean_length_tokens": round(sum(a["completion_tokens"] for a in answers) / max(1, len(answers)), 1),
-        "truncated_share": round(sum(a["finish_reason"] == "length" for a in answers) / max(1, len(answers)), 4),
-        "repetition_rate": round(sum(repetition_rate(t) for t in texts) / max(1, len(texts)), 4),
-    })
+    texts = [a["text"] for a in generated.get("eval", [])]
+    if prompts:
+        following, details = instruction_following(prompts, texts)
+        metrics.update({"instruction_following": following, **answer_stats(generated["eval"])})
+    else:
+        details = []
+    for bench, bench_prompts in benchmarks:
+        scores = score_benchmark(bench, bench_prompts, [a["text"] for a in generated[bench]])
+        metrics.setdefault("benchmarks", {})[bench] = {**scores, **answer_stats(generated[bench]),
+                                                       "max_new_tokens": cfg.evaluate.benchmark_max_new_tokens}
     metrics.update(peak_memory_gib=round(report.peak_gib, 3) if report else None,
                    seconds=round(time.perf_counter() - started, 1))
     per_prompt = [{"prompt_id": p.id, "model": name, "answer": t, **{k: v for k, v in d.items() if k != "prompt_id"}}
@@ -221,31 +238,34 @@ def evaluate_one(name: str, spec: str, prompts: list[PromptRecord], pairs: list[
     return {"metrics": metrics, "log_probs": log_probs}, per_prompt
 
 
+def load_benchmarks(cfg) -> list[tuple[str, list]]:
+    """The configured benchmarks' prompts (`evaluate.benchmarks`), read and checked before any model loads."""
+    from selftune.benchmarks import load_benchmark, parse_benchmark
+
+    out = []
+    for item in cfg.evaluate.benchmarks:
+        name, path = parse_benchmark(item)
+        out.append((name, load_benchmark(name, path, cfg.evaluate.benchmark_limit)))
+    return out
+
+
 def evaluate_models(models: list[tuple[str, str]], prompts: list[PromptRecord], pairs: list[PairRecord], cfg,
-                    *, reference: str | None = "sft", reference_spec: str | None = None, baseline: str = "base",
-                    on_model=None) -> dict:
+                    *, reference: str | None = "sft", baseline: str = "base", on_model=None) -> dict:
     """Evaluate `models` [(name, spec)] in order, one at a time; pair margins against `reference`;
-    prompt-level strict accuracy compared with `baseline`, with its noise (`vs_base`)."""
+    prompt-level strict accuracy (built-in eval and each benchmark) compared with `baseline`, with
+    its noise (`vs_base`)."""
+    benchmarks = load_benchmarks(cfg)
     results: dict = {"models": {}, "order": [name for name, _ in models]}
     answers: list[dict] = []
     log_probs: dict[str, list] = {}
     for name, spec in models:
-        outcome, per_prompt = evaluate_one(name, spec, prompts, pairs, cfg)
+        outcome, per_prompt = evaluate_one(name, spec, prompts, pairs, cfg, benchmarks)
         results["models"][name] = outcome["metrics"]
         log_probs[name] = outcome["log_probs"]
         answers += per_prompt
         if on_model:
             on_model(name, outcome["metrics"])
     if pairs:
-        if reference not in log_probs and reference_spec:
-            # The reference was not among the models: one more turn, for its log-probs only.
-            from selftune.models import load_model, load_tokenizer, unload
-
-            model = load_model(reference_spec, dtype=cfg.model.dtype)
-            log_probs[reference] = pair_log_probs(model, load_tokenizer(reference_spec), pairs)
-            unload(model)
-            del model
-            gc.collect()
         if reference in log_probs:
             for name in results["models"]:
                 results["models"][name]["pairs"] = pair_metrics(log_probs[name], log_probs[reference], pairs, cfg.dpo.beta)
@@ -259,8 +279,16 @@ def evaluate_models(models: list[tuple[str, str]], prompts: list[PromptRecord], 
         for row in answers:
             passed[row["model"]].append(all(row["strict"]))
         for name in results["models"]:
-            if name != baseline:
+            if name != baseline and prompts:
                 results["models"][name]["vs_" + baseline] = paired_comparison(passed[name], passed[baseline])
+        for bench, _ in benchmarks:
+            ours = results["models"][baseline]["benchmarks"][bench]["per_prompt"]
+            for name, metrics in results["models"].items():
+                theirs = metrics["benchmarks"][bench]["per_prompt"]
+                if name != baseline and set(theirs) == set(ours):
+                    keys = sorted(ours)
+                    metrics["benchmarks"][bench]["vs_" + baseline] = paired_comparison(
+                        [theirs[k] for k in keys], [ours[k] for k in keys])
     results["answers"] = answers
     return results
 
@@ -347,6 +375,12 @@ def evaluate_stage(run, cfg, *, round_number: int = 1, models: list[tuple[str, s
     models = models or run_models(run, round_number)
     wanted = [m for m in models if m[0].split("-")[0] in cfg.evaluate.models]
     inputs = {"prompts": prompts_path, **({"eval_pairs": pairs_path} if pairs_path else {})}
+    from selftune.benchmarks import parse_benchmark
+
+    for item in cfg.evaluate.benchmarks:  # a changed benchmark file reruns the evaluation
+        bench, path = parse_benchmark(item)
+        if path is not None:
+            inputs[f"benchmark_{bench}"] = path
     for name, spec in wanted:
         if Path(spec).is_dir():
             inputs[f"model_{name}"] = Path(spec)

@@ -285,36 +285,42 @@ def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, g
     prompts_path = run.output_of("prompts", "prompts", round_number=1)
     sft_path = run.output_of("sft-data", "sft", round_number=round_number)
     base_path = run.output_of("sample", "samples", round_number=1)
-    policy = policy or str(run.output_of("sft", "merged", round_number=round_number))
+    if cfg.pairs.k:
+        policy = policy or str(run.output_of("sft", "merged", round_number=round_number))
     all_prompts = read_records(prompts_path, "prompts")
     # Held-out pairs come from the first `pairs.eval_prompts` eval prompts: sampling them all costs
     # as much as the train prompts, for a diagnostic (held-out reward accuracy) that needs far fewer.
     prompts = [p for p in all_prompts if p.split == "train"] + \
-        [p for p in all_prompts if p.split == "eval"][: cfg.pairs.eval_prompts]
+        [p for p in all_prompts if p.split == "eval"][: cfg.pairs.eval_prompts if cfg.pairs.k else 0]
     sft_records = read_records(sft_path, "sft")
     base_samples = read_records(base_path, "samples")
     inputs = {"prompts": prompts_path, "sft": sft_path, "base_samples": base_path}
-    if Path(policy).is_dir():
+    if cfg.pairs.k and Path(policy).is_dir():
         inputs["policy"] = Path(policy)
-    params = SamplingParams(n=cfg.pairs.k, temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
+    params = SamplingParams(n=max(1, cfg.pairs.k), temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
                             max_new_tokens=cfg.generation.max_new_tokens, seed=cfg.pairs.seed + 1)
     threshold = cfg.sample.scorer.pass_threshold
-    stage_config = {"pairs": cfg.pairs.model_dump(), "sample": cfg.sample.model_dump(), "policy": policy,
+    stage_config = {"pairs": cfg.pairs.model_dump(), "sample": cfg.sample.model_dump(), "policy": policy if cfg.pairs.k else None,
                     "backend": cfg.generation.backend,
                     "max_new_tokens": cfg.generation.max_new_tokens, "dtype": cfg.model.dtype}
     if run.up_to_date("pairs", config=stage_config, inputs=inputs, round_number=round_number):
         return run.output_of("pairs", "pairs", round_number=round_number)
     with run.stage("pairs", config=stage_config, inputs=inputs, round_number=round_number) as stage:
-        opened = contextlib.nullcontext(generator) if generator else open_generator(
-            policy, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size, dtype=cfg.model.dtype)
-        with opened as gen:
-            answers = gen.generate([_messages(p) for p in prompts], params, progress=progress)
-            with make_scorer(cfg, gen) as scorer:
-                policy_samples = score_samples(prompts, answers, scorer, policy)
-        write_jsonl(stage.dir / "policy_samples.jsonl", policy_samples)
-        stage.add_output("policy_samples", stage.dir / "policy_samples.jsonl")
+        policy_samples: list[SampleRecord] = []
+        if cfg.pairs.k:  # on-policy: the SFT model answers every train prompt (and some eval prompts)
+            opened = contextlib.nullcontext(generator) if generator else open_generator(
+                policy, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size, dtype=cfg.model.dtype,
+                trust_remote_code=cfg.model.trust_remote_code)
+            with opened as gen:
+                answers = gen.generate([_messages(p) for p in prompts], params, progress=progress)
+                with make_scorer(cfg, gen) as scorer:
+                    policy_samples = score_samples(prompts, answers, scorer, policy)
+            write_jsonl(stage.dir / "policy_samples.jsonl", policy_samples)
+            stage.add_output("policy_samples", stage.dir / "policy_samples.jsonl")
         best, policy_failed = group_samples(policy_samples, threshold)
         _, base_failed = group_samples(base_samples, threshold)
+        if not cfg.pairs.k:  # off-policy: the base samples' failures serve as the policy's
+            policy_failed, base_failed = base_failed, {}
         use_contrasts = cfg.pairs.sources.get("original", 0) > 0 and cfg.sample.scorer.kind == "constraints"
         with make_scorer(cfg, None) as scorer:
             for split in ("train", "eval"):
@@ -331,6 +337,13 @@ def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, g
                     for prompt in subset:
                         contrasts[prompt.id] = contrasts_for(prompt, policy_failed.get(prompt.id, []),
                                                              cfg.pairs.pairs_per_prompt, cfg.pairs.seed)
+                    by_id = {p.id: p for p in subset}
+                    for record in sft_records:  # the SFT data's own repairs, over the base answers they mend
+                        original = getattr(record, "original", None)
+                        if original and record.id in by_id and not any(c.original == original for c in contrasts[record.id]):
+                            [score] = scorer.score(by_id[record.id], [original])
+                            contrasts[record.id].append(Contrast(record.completion[0].content, record.chosen_source,
+                                                                 original, score.score))
                 weights = dict(cfg.pairs.sources)
                 if split == "eval":
                     weights.pop("base", None)
@@ -339,6 +352,12 @@ def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, g
                     scorer=scorer, weights=weights, pairs_per_prompt=cfg.pairs.pairs_per_prompt,
                     max_similarity=cfg.pairs.max_similarity, seed=cfg.pairs.seed, contrasts=contrasts,
                 )
+                if split == "train" and cfg.pairs.max_pairs and len(pairs) > cfg.pairs.max_pairs:
+                    keep = sorted(random.Random(cfg.pairs.seed).sample(range(len(pairs)), cfg.pairs.max_pairs))
+                    pairs = [pairs[k] for k in keep]
+                    counts = {**counts, "pairs": len(pairs), "by_source": dict(Counter(p.negative_source for p in pairs)),
+                              "by_chosen_source": dict(Counter(p.chosen_source.split(":")[0] for p in pairs)),
+                              "before_max_pairs": counts["pairs"]}
                 stage.metrics[split] = counts
                 if not pairs and split == "train":
                     raise NoPairsError(f"pairs: no training pair from {len(subset)} train prompts ({counts}); "

@@ -21,10 +21,10 @@ from pathlib import Path
 
 # (key in results, column title, higher is better)
 COLUMNS = [
-    ("prompt_strict", "prompt strict", True),
-    ("prompt_loose", "prompt loose", True),
-    ("instruction_strict", "instr. strict", True),
-    ("instruction_loose", "instr. loose", True),
+    ("prompt_strict", "IFEval-style prompt strict", True),
+    ("prompt_loose", "IFEval-style prompt loose", True),
+    ("instruction_strict", "IFEval-style instr. strict", True),
+    ("instruction_loose", "IFEval-style instr. loose", True),
     ("reward_accuracy", "pair reward acc.", True),
     ("reward_margin", "pair margin", True),
     ("judge_win_rate", "judge win rate", True),
@@ -35,7 +35,20 @@ COLUMNS = [
 ]
 
 
+_BENCHMARK_COLUMNS = [("prompt_strict", "prompt strict"), ("prompt_loose", "prompt loose"),
+                      ("instruction_strict", "instr. strict"), ("instruction_loose", "instr. loose")]
+
+
+def columns(results: dict) -> list[tuple[str, str, bool | None]]:
+    """COLUMNS, then four per benchmark any model ran (`ifeval:prompt_strict`, ...)."""
+    benchmarks = sorted({b for m in results["models"].values() for b in m.get("benchmarks", {})})
+    return COLUMNS + [(f"{b}:{key}", f"{b.upper()} {title}", True) for b in benchmarks for key, title in _BENCHMARK_COLUMNS]
+
+
 def _value(metrics: dict, key: str):
+    if ":" in key:
+        bench, _, name = key.partition(":")
+        return metrics.get("benchmarks", {}).get(bench, {}).get(name)
     following = metrics.get("instruction_following", {})
     if key in following:
         return following[key]
@@ -53,7 +66,7 @@ def summary_rows(results: dict, baseline: str = "base") -> list[list[str]]:
     rows = []
     for name, metrics in results["models"].items():
         row = [name]
-        for key, _, _ in COLUMNS:
+        for key, _, _ in columns(results):
             value = _value(metrics, key)
             if value is None:
                 row.append("-")
@@ -100,19 +113,29 @@ def _save(plt, fig, path: Path) -> Path:
     return path
 
 
-def plot_pass_rates(results: dict, path: Path) -> Path:
+def plot_pass_rates(results: dict, path: Path, benchmark: str | None = None) -> Path | None:
+    """Strict pass rate per constraint type (eval prompts) or per instruction (a benchmark)."""
+    def by_type(metrics: dict) -> dict:
+        if benchmark:
+            return metrics.get("benchmarks", {}).get(benchmark, {}).get("by_instruction", {})
+        return metrics.get("instruction_following", {}).get("by_type", {})
+
+    models = [n for n, m in results["models"].items() if by_type(m)]
+    types = sorted({t for n in models for t in by_type(results["models"][n])})
+    if not types:
+        return None
     plt = _figure()
-    models = list(results["models"])
-    types = sorted({t for m in results["models"].values() for t in m["instruction_following"]["by_type"]})
-    fig, ax = plt.subplots(figsize=(max(8, len(types) * 0.5), 4))
+    fig, ax = plt.subplots(figsize=(max(8, len(types) * 0.45), 4.5))
     width = 0.8 / max(1, len(models))
     for k, name in enumerate(models):
-        by_type = results["models"][name]["instruction_following"]["by_type"]
-        ax.bar([i + k * width for i in range(len(types))], [by_type.get(t, {}).get("strict", 0) for t in types],
+        values = by_type(results["models"][name])
+        ax.bar([i + k * width for i in range(len(types))], [values.get(t, {}).get("strict", 0) for t in types],
                width, label=name)
-    ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(types))], types, rotation=60, ha="right")
+    ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(types))], types, rotation=70, ha="right",
+                  fontsize=7 if benchmark else None)
     ax.set_ylabel("strict pass rate")
-    ax.set_title("Pass rate per constraint type (eval prompts)")
+    ax.set_title(f"Pass rate per instruction ({benchmark.upper()})" if benchmark else
+                 "Pass rate per constraint type (eval prompts, IFEval-style checkers)")
     ax.legend()
     return _save(plt, fig, path)
 
@@ -149,16 +172,18 @@ def plot_training(history_by_stage: dict[str, list[dict]], path: Path) -> Path |
     return _save(plt, fig, path)
 
 
-def plot_trend(results: dict, path: Path) -> Path:
+def plot_trend(results: dict, path: Path) -> Path | None:
     """Prompt-level strict accuracy per model in evaluation order (base, then each round's models)."""
+    names = [n for n, m in results["models"].items() if "instruction_following" in m]
+    if not names:
+        return None
     plt = _figure()
-    names = list(results["models"])
     values = [results["models"][n]["instruction_following"]["prompt_strict"] for n in names]
     fig, ax = plt.subplots(figsize=(max(5, len(names) * 1.1), 3.5))
     ax.plot(names, values, marker="o")
     for x, y in zip(names, values):
         ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center")
-    ax.set_ylabel("prompt-level strict accuracy")
+    ax.set_ylabel("IFEval-style prompt-level strict")
     ax.set_title("Instruction following by model (eval prompts)")
     return _save(plt, fig, path)
 
@@ -222,12 +247,18 @@ def write_report(out: Path, *, title: str, results: dict, answers: list[dict], p
               "pass rate per constraint type": plot_pass_rates(results, plots / "pass_rate_by_type.png"),
               "training curves": plot_training(history_by_stage, plots / "training.png"),
               "answer lengths": plot_lengths(answers, plots / "lengths.png")}
+    for bench in sorted({b for m in results["models"].values() for b in m.get("benchmarks", {})}):
+        images[f"{bench.upper()} pass rate per instruction"] = plot_pass_rates(results, plots / f"{bench}_by_instruction.png",
+                                                                                 benchmark=bench)
     images = {k: v for k, v in images.items() if v is not None}
     header, rows = summary_table(results)
     examples = side_by_side(answers, prompts)
     lineage_header = ["round", "stage", "status", "config hash", "time", "facts"]
 
-    md = [f"# {title}", "", "## Models (eval split; deltas against base)", "", markdown_table(header, rows), ""]
+    md = [f"# {title}", "", "## Models (eval split; deltas against base)", "", markdown_table(header, rows), "",
+          "Prompt and instruction columns without a benchmark name use selftune's IFEval-style checkers on the "
+          "run's held-out prompts; IFEVAL and IFBENCH columns use those benchmarks' own prompts and reference "
+          "checkers.", ""]
     md += [f"Pair metrics use the {results.get('reference', 'SFT')} model as the reference.", ""]
     noise_header, noise_rows = noise_table(results)
     if noise_rows:
@@ -313,7 +344,7 @@ def run_results(run) -> tuple[dict, int]:
 def summary_table(results: dict, baseline: str = "base") -> tuple[list[str], list[list[str]]]:
     """Header and rows of the models x metrics table, deltas against `baseline`; a metric no model
     has (a judge win-rate when no judge ran) is left out."""
-    header, rows = ["model"] + [title for _, title, _ in COLUMNS], summary_rows(results, baseline)
+    header, rows = ["model"] + [title for _, title, _ in columns(results)], summary_rows(results, baseline)
     keep = [k for k in range(len(header)) if k == 0 or any(row[k] != "-" for row in rows)]
     return [header[k] for k in keep], [[row[k] for k in keep] for row in rows]
 
@@ -321,14 +352,17 @@ def summary_table(results: dict, baseline: str = "base") -> tuple[list[str], lis
 def noise_table(results: dict, baseline: str = "base") -> tuple[list[str], list[list[str]]]:
     """Each model's prompt-level strict gain over `baseline` with its paired 95% interval and
     McNemar's p (see `selftune.evaluate.paired_comparison`)."""
-    header = ["model", f"strict gain vs {baseline}", "95% CI (paired bootstrap)", "prompts won / lost", "McNemar p"]
+    header = ["model", f"prompt strict gain vs {baseline}", "95% CI (paired bootstrap)", "prompts won / lost", "McNemar p"]
     rows = []
     for name, metrics in results["models"].items():
-        versus = metrics.get("vs_" + baseline)
-        if versus:
-            low, high = versus["ci95"]
-            rows.append([name, f"{versus['delta']:+.3f}", f"[{low:+.3f}, {high:+.3f}]",
-                         f"{versus['wins']} / {versus['losses']}", f"{versus['p_value']:.4f}"])
+        found = [(name, metrics.get("vs_" + baseline))]
+        found += [(f"{name} ({bench.upper()})", values.get("vs_" + baseline))
+                  for bench, values in sorted(metrics.get("benchmarks", {}).items())]
+        for label, versus in found:
+            if versus:
+                low, high = versus["ci95"]
+                rows.append([label, f"{versus['delta']:+.3f}", f"[{low:+.3f}, {high:+.3f}]",
+                             f"{versus['wins']} / {versus['losses']}", f"{versus['p_value']:.4f}"])
     return header, rows
 
 

@@ -32,23 +32,16 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
-from selftune.errors import SelftuneError
+from selftune.errors import TooManyDroppedError
 from selftune.masking import MaskingError, tokenize_example
 from selftune.records import read_records
+from selftune.training import (as_dataset, log_history, lora_config, make_sft_trainer_class, prepare_checkpoints,
+                               tracker_callbacks, training_arguments)
 
 
 logger = logging.getLogger("selftune.sft")
-
-
-class NonFiniteLossError(SelftuneError):
-    """Training produced a NaN or inf loss."""
-
-
-class TooManyDroppedError(SelftuneError):
-    """More rows than allowed could not be masked."""
 
 
 def tokenize_dataset(tokenizer, records, *, max_length: int, response_separator: str | None,
@@ -82,112 +75,6 @@ def split_validation(rows: list, share: float, seed: int) -> tuple[list, list]:
     count = max(1, int(round(len(rows) * share)))
     held = set(order[:count])
     return [r for k, r in enumerate(rows) if k not in held], [r for k, r in enumerate(rows) if k in held]
-
-
-def use_bf16(setting, device: str) -> bool:
-    from selftune.models import cpu_bf16_speedup
-
-    if setting != "auto":
-        return bool(setting)
-    if device.startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
-    return cpu_bf16_speedup() >= 1.5
-
-
-def lora_config(cfg):
-    from peft import LoraConfig
-
-    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
-                      task_type="CAUSAL_LM")
-
-
-def training_arguments(train_cfg, out_dir: Path, *, has_eval: bool, device: str, **extra):
-    from transformers import TrainingArguments
-
-    return TrainingArguments(
-        output_dir=str(out_dir / "checkpoints"),
-        per_device_train_batch_size=train_cfg.per_device_batch_size,
-        per_device_eval_batch_size=train_cfg.per_device_batch_size,
-        gradient_accumulation_steps=train_cfg.gradient_accumulation,
-        learning_rate=train_cfg.learning_rate,
-        lr_scheduler_type=train_cfg.scheduler,
-        warmup_steps=train_cfg.warmup_ratio,  # a float below 1 is a share of all steps
-        num_train_epochs=train_cfg.epochs,
-        logging_steps=train_cfg.logging_steps,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=train_cfg.eval_steps,
-        save_strategy="steps",
-        save_steps=train_cfg.save_steps,
-        save_total_limit=2,
-        bf16=use_bf16(train_cfg.bf16, device),
-        activation_checkpointing=train_cfg.gradient_checkpointing,
-        train_sampling_strategy="group_by_length",
-        # TensorBoard is attached by `tracker_callbacks` so its logs land in the stage's logs/.
-        report_to=[r for r in train_cfg.report_to if r != "tensorboard"] or "none",
-        seed=train_cfg.seed,
-        data_seed=train_cfg.seed,
-        use_cpu=not device.startswith("cuda"),
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        **extra,
-    )
-
-
-def tracker_callbacks(train_cfg, out_dir: Path) -> list:
-    if "tensorboard" not in train_cfg.report_to:
-        return []
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers.integrations import TensorBoardCallback
-
-    return [TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "logs")))]
-
-
-def make_trainer_class():
-    from transformers import Trainer
-
-    class GuardedTrainer(Trainer):
-        """Trainer that stops at the first non-finite loss (before any later checkpoint)."""
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            if not torch.isfinite(loss).all():
-                raise NonFiniteLossError(
-                    f"loss became {loss.item()} at step {self.state.global_step + 1}; training stopped. "
-                    f"The last good checkpoint stays in {self.args.output_dir}; lower the learning rate "
-                    "or check the data, then rerun to resume from it."
-                )
-            return loss
-
-    return GuardedTrainer
-
-
-def prepare_checkpoints(out_dir: Path, fingerprint: str, *, stage: str) -> bool:
-    """Keep checkpoints only if they were written under the same config and inputs (`fingerprint`);
-    True when training will resume from one (and the log says from which)."""
-    checkpoints = out_dir / "checkpoints"
-    stamp = checkpoints / "selftune-fingerprint"
-    if checkpoints.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
-        shutil.rmtree(checkpoints)
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint)
-    found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    # The Trainer writes trainer_state.json last; a process killed while saving leaves a folder
-    # without a readable one, and resuming from it would fail. Such a folder is dropped.
-    for folder in list(found):
-        try:
-            json.loads((folder / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            logger.warning("%s: dropping incomplete checkpoint %s (interrupted while saving)", stage, folder.name)
-            shutil.rmtree(folder)
-            found.remove(folder)
-    if found:
-        logger.info("%s: resuming from %s (step %s)", stage, found[-1], found[-1].name.split("-")[-1])
-    return bool(found)
-
-
-def log_history(trainer) -> list[dict]:
-    return [{k: v for k, v in entry.items()} for entry in trainer.state.log_history]
 
 
 def sft_stage(run, cfg, *, round_number: int = 1, data_path: Path | None = None, base: str | None = None,
@@ -233,9 +120,9 @@ def sft_stage(run, cfg, *, round_number: int = 1, data_path: Path | None = None,
         model = get_peft_model(model, lora_config(cfg.sft.lora))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         args = training_arguments(cfg.sft, out, has_eval=bool(eval_rows), device=device)
-        trainer = make_trainer_class()(
-            model=model, args=args, train_dataset=_as_dataset(train_rows),
-            eval_dataset=_as_dataset(eval_rows) if eval_rows else None,
+        trainer = make_sft_trainer_class()(
+            model=model, args=args, train_dataset=as_dataset(train_rows),
+            eval_dataset=as_dataset(eval_rows) if eval_rows else None,
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=None),
             processing_class=tokenizer, callbacks=tracker_callbacks(cfg.sft, out) + ([progress] if progress else []),
         )
@@ -273,7 +160,3 @@ def sft_stage(run, cfg, *, round_number: int = 1, data_path: Path | None = None,
     return adapter_dir
 
 
-def _as_dataset(rows: list[dict]):
-    from datasets import Dataset
-
-    return Dataset.from_list(rows)

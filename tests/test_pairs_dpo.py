@@ -8,7 +8,7 @@ import torch
 from selftune.config import load_config
 from selftune.constraints import check
 from selftune.errors import RecordError
-from selftune.negatives import CORRUPTIONS, Chosen, Contrast, build_pairs, contrasts_for, similarity
+from selftune.negatives import CORRUPTIONS, Chosen, build_pairs, contrasts_for, similarity
 from selftune.records import PromptRecord, SampleRecord, read_records
 from selftune.runs import Run, read_manifest
 from selftune.scoring import ConstraintScorer
@@ -212,13 +212,13 @@ def test_dpo_trains_lora_only_starts_at_log2_and_learns_the_preference(tmp_path,
 
 
 def test_dpo_runs_whole_sequences_when_prompt_sharing_would_change_log_probs(tmp_path, tiny_model_dir, monkeypatch, caplog):
-    import selftune.dpo
+    import selftune.logprobs
     from selftune.dpo import dpo_stage
 
-    monkeypatch.setattr(selftune.dpo, "prompt_sharing_mismatch", lambda model, rows, collator: 0.3)
+    monkeypatch.setattr(selftune.logprobs, "prompt_sharing_mismatch", lambda model, rows, collator: 0.3)
     shared_calls = []
-    real = selftune.dpo._shared_prompt_logps
-    monkeypatch.setattr(selftune.dpo, "_shared_prompt_logps", lambda *a, **k: shared_calls.append(1) or real(*a, **k))
+    real = selftune.logprobs._shared_prompt_logps
+    monkeypatch.setattr(selftune.logprobs, "_shared_prompt_logps", lambda *a, **k: shared_calls.append(1) or real(*a, **k))
     cfg = load_config("tiny", overrides=["dpo.epochs=1", "dpo.length_check_prompts=0"])
     run = Run(tmp_path / "run")
     dpo_stage(run, cfg, pairs_path=write_pairs(tmp_path / "pairs.jsonl"), eval_pairs_path=None, sft_model=str(tiny_model_dir))
@@ -285,7 +285,7 @@ def full_pass_logps(model, batch):
 
 
 def varied_batch(tmp_path, tiny_model_dir):
-    from selftune.dpo import PairCollator, tokenize_pairs
+    from selftune.logprobs import PairCollator, tokenize_pairs
     from selftune.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
@@ -298,7 +298,7 @@ def varied_batch(tmp_path, tiny_model_dir):
 @pytest.mark.parametrize("max_padding", [0.0, 0.15, 10.0])
 @pytest.mark.parametrize("share_prompts", [False, True])
 def test_sequence_logps_savings_equal_the_full_pass(tmp_path, tiny_model_dir, max_padding, share_prompts):
-    from selftune.dpo import _length_chunks, sequence_logps
+    from selftune.logprobs import _length_chunks, sequence_logps
 
     model, rows, batch = varied_batch(tmp_path, tiny_model_dir)
     expected, expected_counts = full_pass_logps(model, batch)
@@ -322,7 +322,7 @@ def test_sequence_logps_savings_equal_the_full_pass(tmp_path, tiny_model_dir, ma
 
 
 def test_prompt_sharing_runs_each_prompt_and_duplicate_answer_once(tmp_path, tiny_model_dir):
-    from selftune.dpo import sequence_logps
+    from selftune.logprobs import sequence_logps
     from selftune.masking import IGNORE_INDEX
 
     model, _, batch = varied_batch(tmp_path, tiny_model_dir)
@@ -341,7 +341,7 @@ def test_prompt_sharing_runs_each_prompt_and_duplicate_answer_once(tmp_path, tin
 
 def test_prompt_sharing_is_off_under_gradient_checkpointing_with_gradients(tmp_path, tiny_model_dir):
     """Checkpointed layers drop the KV cache while gradients are on; the answers must still see their prompts."""
-    from selftune.dpo import sequence_logps
+    from selftune.logprobs import sequence_logps
 
     model, _, batch = varied_batch(tmp_path, tiny_model_dir)
     expected, _ = full_pass_logps(model, batch)
@@ -397,7 +397,7 @@ def test_loss_types_at_equal_policy_and_reference(loss_type):
 
 
 def test_collator_carries_pair_index_only_when_every_row_has_one():
-    from selftune.dpo import PairCollator
+    from selftune.logprobs import PairCollator
 
     row = {"chosen_input_ids": [1, 2, 3], "chosen_labels": [-100, 2, 3], "rejected_input_ids": [1, 4],
            "rejected_labels": [-100, 4]}
@@ -407,3 +407,34 @@ def test_collator_carries_pair_index_only_when_every_row_has_one():
     mixed = [{**row, "pair_index": 7}, dict(row)]  # reference log-probs run over train and held-out rows together
     batch = collate(mixed)
     assert "pair_index" not in batch and batch["input_ids"].shape == (4, 3)
+
+
+def test_pairs_without_sampling_the_sft_model_use_base_failures_and_sft_repairs(tmp_path):
+    """pairs.k=0: no model is loaded; the SFT data's repairs pair over the base answers they mend."""
+    from selftune.negatives import pairs_stage
+    from selftune.runs import write_jsonl
+
+    run = Run(tmp_path / "run")
+    original = "The Sea Is Wide And Calm Today. The Waves Roll In."
+    repaired = "<<the sea>>\n\nthe sea is wide and calm today. the waves roll in."
+    prompts = [p.model_copy(update={"split": "train"}) for p in PROMPTS]
+    for stage, name, rows in (
+        ("prompts", "prompts", prompts),
+        ("sample", "samples", [_sample("p1", original, 0.5, 0), _sample("p2", "No.", 0.25, 0)]),
+        ("sft-data", "sft", [{"id": "p1", "prompt": [{"role": "user", "content": "q"}], "chosen_source": "repair:lowercase+title",
+                              "original": original, "completion": [{"role": "assistant", "content": repaired}]},
+                             {"id": "p2", "prompt": [{"role": "user", "content": "q"}], "chosen_source": "sample",
+                              "completion": [{"role": "assistant", "content": GOOD["p2"]}]}]),
+    ):
+        with run.stage(stage, config={}) as context:
+            write_jsonl(context.dir / f"{name}.jsonl", rows)
+            context.add_output(name, context.dir / f"{name}.jsonl")
+    cfg = load_config("tiny", overrides=["pairs.k=0", "pairs.pairs_per_prompt=1", "sample.scorer.pass_threshold=1.0",
+                                         "pairs.sources={original: 1.0, policy: 1.0}"])
+    pairs_stage(run, cfg, policy="no-such-model")  # would fail if it tried to load a model
+    pairs = {p.id.rsplit("-", 1)[0]: p for p in read_records(run.output_of("pairs", "pairs"), "pairs")}
+    assert pairs["p1"].negative_source in ("original", "policy") and pairs["p1"].rejected[0].content == original
+    assert pairs["p1"].chosen[0].content == repaired and pairs["p1"].chosen_source == "repair:lowercase+title"
+    assert pairs["p2"].negative_source == "policy" and pairs["p2"].rejected[0].content == "No."
+    manifest = read_manifest(run.stage_dir("pairs"))
+    assert "policy_samples" not in manifest.outputs and manifest.metrics["eval"]["pairs"] == 0

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from selftune.cli import app
 from selftune.pipeline import STAGES, plan
 from selftune.runs import read_manifest
-from selftune.sft import prepare_checkpoints
+from selftune.training import prepare_checkpoints
 
 runner = CliRunner()
 

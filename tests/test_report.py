@@ -89,7 +89,7 @@ def test_a_metric_no_model_has_is_left_out_of_the_table():
     from selftune.report import summary_table
 
     header, _ = summary_table(RESULTS)
-    assert "judge win rate" not in header and "prompt strict" in header
+    assert "judge win rate" not in header and "IFEval-style prompt strict" in header
     judged = {**RESULTS, "models": {**RESULTS["models"], "dpo": {**RESULTS["models"]["dpo"], "judge_win_rate": 0.62}}}
     header, rows = summary_table(judged)
     column = header.index("judge win rate")

@@ -6,7 +6,9 @@ from transformers import TrainerCallback
 
 from selftune.config import load_config
 from selftune.runs import Run, read_manifest
-from selftune.sft import NonFiniteLossError, TooManyDroppedError, sft_stage
+from selftune.errors import TooManyDroppedError
+from selftune.sft import sft_stage
+from selftune.training import NonFiniteLossError
 
 ANSWERS = ["all lowercase words here", "* one\n* two", "<<Title>>\nShort text.", "Sure thing. Done.",
            "SECTION 1\nA\nSECTION 2\nB", "yes, this is fine", "no commas at all", "The end. That is all."]
@@ -127,3 +129,38 @@ def test_merge_logits_match_base_plus_adapter(tmp_path, tiny_model_dir):
         base = load_model(str(tiny_model_dir), dtype="float32")(**ids).logits
     assert torch.allclose(stacked, merged, atol=1e-4)
     assert not torch.allclose(base, merged, atol=1e-4)  # the adapter really changed something
+
+
+def test_response_loss_with_the_head_on_answers_only_equals_the_models_own_loss(tmp_path, tiny_model_dir):
+    """The SFT trainer runs the LM head only from the first answer position; its loss and every
+    LoRA gradient must equal those of the model's own loss over the full logits."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import DataCollatorForSeq2Seq, TrainingArguments
+
+    from selftune.masking import tokenize_example
+    from selftune.models import load_model, load_tokenizer
+    from selftune.training import make_sft_trainer_class
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    tokenizer.padding_side = "right"
+    rows = [tokenize_example(tokenizer, {"prompt": [{"role": "user", "content": "Q" * (k + 1) + " tell me"}],
+                                         "completion": [{"role": "assistant", "content": ANSWERS[k]}]}) for k in range(4)]
+    batch = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)(rows)
+    model = get_peft_model(load_model(str(tiny_model_dir), dtype="float32"),
+                           LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False))
+    trainer = make_sft_trainer_class()(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True,
+                                                                          report_to="none"))
+    items = (batch["labels"] != -100).sum()
+    ours = trainer.compute_loss(model, dict(batch), num_items_in_batch=items)
+    ours.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    reference = model(**batch, num_items_in_batch=items).loss
+    reference.backward()
+    assert torch.allclose(ours, reference, atol=1e-5)
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert torch.allclose(grads[name], param.grad, atol=1e-6, rtol=1e-4), name
+    # The saving is real: the head saw fewer positions than the batch is wide.
+    first_answer = min(r["labels"].index(next(x for x in r["labels"] if x != -100)) for r in rows)
+    assert first_answer > 5

@@ -1,0 +1,170 @@
+"""What the SFT and DPO trainers share: arguments, adapter shape, the guarded Trainer, checkpoints.
+
+Both stages train a LoRA adapter with transformers' Trainer on rows already tokenized and masked
+by selftune. This module holds the parts that must behave the same in both: how a config section
+becomes `TrainingArguments` and a `LoraConfig`, the Trainer that stops at the first non-finite
+loss, which checkpoints a rerun may resume from, and where TensorBoard logs go.
+
+Usage:
+    from selftune.training import lora_config, make_trainer_class, prepare_checkpoints, training_arguments
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from selftune.errors import SelftuneError
+
+logger = logging.getLogger("selftune.training")
+
+
+class NonFiniteLossError(SelftuneError):
+    """Training produced a NaN or inf loss."""
+
+
+def use_bf16(setting, device: str) -> bool:
+    from selftune.models import cpu_bf16_speedup
+
+    if setting != "auto":
+        return bool(setting)
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return cpu_bf16_speedup() >= 1.5
+
+
+def lora_config(cfg):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
+                      task_type="CAUSAL_LM")
+
+
+def training_arguments(train_cfg, out_dir: Path, *, has_eval: bool, device: str, **extra):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"),
+        per_device_train_batch_size=train_cfg.per_device_batch_size,
+        per_device_eval_batch_size=train_cfg.per_device_batch_size,
+        gradient_accumulation_steps=train_cfg.gradient_accumulation,
+        learning_rate=train_cfg.learning_rate,
+        lr_scheduler_type=train_cfg.scheduler,
+        warmup_steps=train_cfg.warmup_ratio,  # a float below 1 is a share of all steps
+        num_train_epochs=train_cfg.epochs,
+        logging_steps=train_cfg.logging_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=train_cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=train_cfg.save_steps,
+        save_total_limit=2,
+        bf16=use_bf16(train_cfg.bf16, device),
+        activation_checkpointing=train_cfg.gradient_checkpointing,
+        train_sampling_strategy="group_by_length",
+        # TensorBoard is attached by `tracker_callbacks` so its logs land in the stage's logs/.
+        report_to=[r for r in train_cfg.report_to if r != "tensorboard"] or "none",
+        seed=train_cfg.seed,
+        data_seed=train_cfg.seed,
+        use_cpu=not device.startswith("cuda"),
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        **extra,
+    )
+
+
+def tracker_callbacks(train_cfg, out_dir: Path) -> list:
+    if "tensorboard" not in train_cfg.report_to:
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "logs")))]
+
+
+def make_trainer_class():
+    from transformers import Trainer
+
+    class GuardedTrainer(Trainer):
+        """Trainer that stops at the first non-finite loss (before any later checkpoint)."""
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if not torch.isfinite(loss).all():
+                raise NonFiniteLossError(
+                    f"loss became {loss.item()} at step {self.state.global_step + 1}; training stopped. "
+                    f"The last good checkpoint stays in {self.args.output_dir}; lower the learning rate "
+                    "or check the data, then rerun to resume from it."
+                )
+            return loss
+
+    return GuardedTrainer
+
+
+def make_sft_trainer_class():
+    import torch.nn.functional as F
+
+    from selftune.logprobs import accepts_logits_to_keep
+    from selftune.masking import IGNORE_INDEX
+
+    class ResponseTrainer(make_trainer_class()):
+        """The causal-LM loss on response tokens, with the LM head run only from the first position
+        that predicts a response token (`logits_to_keep`). The head is a fifth of a small model's
+        FLOPs and the prompt a third to a half of an SFT example; the loss is the same sum over
+        response tokens divided by the same token count as the model's own loss, so only the
+        wasted work goes. Evaluation keeps the model's own loss."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs or not accepts_logits_to_keep(model):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs["labels"]  # (B, T), right-padded, response tokens labelled
+            width = labels.shape[1]
+            answered = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero()
+            start = int(answered[0]) if len(answered) else width - 2
+            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                           logits_to_keep=width - start).logits[:, :-1]  # (B, width-1-start, V): predict start+1..
+            targets = labels[:, start + 1:]
+            total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                    ignore_index=IGNORE_INDEX, reduction="sum")
+            count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
+            return total / count
+
+    return ResponseTrainer
+
+
+def prepare_checkpoints(out_dir: Path, fingerprint: str, *, stage: str) -> bool:
+    """Keep checkpoints only if they were written under the same config and inputs (`fingerprint`);
+    True when training will resume from one (and the log says from which)."""
+    checkpoints = out_dir / "checkpoints"
+    stamp = checkpoints / "selftune-fingerprint"
+    if checkpoints.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
+        shutil.rmtree(checkpoints)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
+    found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    # The Trainer writes trainer_state.json last; a process killed while saving leaves a folder
+    # without a readable one, and resuming from it would fail. Such a folder is dropped.
+    for folder in list(found):
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            logger.warning("%s: dropping incomplete checkpoint %s (interrupted while saving)", stage, folder.name)
+            shutil.rmtree(folder)
+            found.remove(folder)
+    if found:
+        logger.info("%s: resuming from %s (step %s)", stage, found[-1], found[-1].name.split("-")[-1])
+    return bool(found)
+
+
+def log_history(trainer) -> list[dict]:
+    return [{k: v for k, v in entry.items()} for entry in trainer.state.log_history]
+
+
+def as_dataset(rows: list[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_list(rows)
