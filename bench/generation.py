@@ -12,7 +12,7 @@ that pass every check, passing answers per minute, the yield (prompts with a pas
 the ratios against the HF backend.
 
     python bench/generation.py [--model builtin:smollm2-135m-instruct] [--prompts 32]
-        [--max-new-tokens 96] [--batch-size 64] [--workload demo] [--skip-backends] [--skip-workload]
+        [--max-new-tokens 96] [--batch-size 64] [--workload demo] [--workload-prompts N] [--skip-backends] [--skip-workload]
 """
 
 from __future__ import annotations
@@ -108,16 +108,18 @@ def part_workload(args, model, tokenizer) -> None:
     cfg = load_config(args.workload)
     records = [r for r in build_prompts(cfg.prompts.n_train, 1, cfg.prompts.max_constraints, cfg.prompts.seed,
                                         cfg.prompts.type_weights) if r.split == "train"]
+    records = records[: args.workload_prompts or None]
     prompts = [[m.model_dump() for m in r.messages] for r in records]
     params = SamplingParams(n=cfg.sample.k, temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
                             max_new_tokens=cfg.generation.max_new_tokens, seed=cfg.sample.seed)
     scorer = ConstraintScorer(quality_checks=cfg.sample.scorer.quality_checks)
     print(f"\n== the {args.workload} preset's sampling workload: {len(records)} prompts x {params.n} answers, "
-          f"{params.max_new_tokens} tokens at most ==")
+          f"{params.max_new_tokens} tokens at most, batch {cfg.generation.batch_size} ==")
     print(f"{'backend':<34}{'seconds':>9}{'tokens':>8}{'passing':>9}{'per min':>9}{'yield':>8}{'vs hf':>8}")
-    runs = [("hf", HFGenerator(model, tokenizer, batch_size=args.batch_size), None),
-            ("continuous", ContinuousGenerator(model, tokenizer, batch_size=args.batch_size), None),
-            ("continuous + early rejection", ContinuousGenerator(model, tokenizer, batch_size=args.batch_size),
+    batch = cfg.generation.batch_size  # the preset's own batch: the workload as the stage runs it
+    runs = [("hf", HFGenerator(model, tokenizer, batch_size=batch), None),
+            ("continuous", ContinuousGenerator(model, tokenizer, batch_size=batch), None),
+            ("continuous + early rejection", ContinuousGenerator(model, tokenizer, batch_size=batch),
              early_rejection(records, cfg.sample.full_samples))]
     base_rate = None
     for name, generator, stop_when in runs:
@@ -138,6 +140,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workload", default="demo", help="Preset whose sampling stage is measured in part 2.")
+    parser.add_argument("--workload-prompts", type=int, default=0,
+                        help="Use only the first N train prompts of the workload (0 = all; the HF row is the slow one).")
     parser.add_argument("--skip-backends", action="store_true")
     parser.add_argument("--skip-workload", action="store_true")
     args = parser.parse_args()
