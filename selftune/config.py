@@ -89,6 +89,8 @@ class SampleConfig(Section):
     seed: int = Field(0, description="Sampling seed; each answer's own seed is derived from it.")
     early_rejection: bool = Field(True, description="Stop an answer once its prefix fails a constraint it can no longer pass (constraints scorer).")
     full_samples: int = Field(1, ge=0, description="Answers per prompt never stopped early: repairs (sft_data.repair) need whole answers.")
+    retry_rounds: int = Field(0, ge=0, description="Difficulty-aware sampling: extra rounds in which only prompts without a passing answer yet are sampled again.")
+    retry_k: int = Field(2, ge=1, description="Answers per still-unsolved prompt in each retry round.")
     scorer: ScorerConfig = Field(default_factory=ScorerConfig, description="Scorer of sampled answers.")
 
 

@@ -363,12 +363,17 @@ def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, g
                     raise NoPairsError(f"pairs: no training pair from {len(subset)} train prompts ({counts}); "
                                        "the SFT model and the SFT data gave no passing answer to build on")
                 if not pairs:  # DPO then trains without held-out reward statistics, and says so
-                    logger.warning("pairs: no held-out pair from %d eval prompts: the SFT model passed none of them",
-                                   len(subset))
+                    if cfg.pairs.k == 0:
+                        logger.info("pairs: no held-out pairs: they need the SFT model's answers to eval prompts "
+                                    "(pairs.k > 0)")
+                    else:
+                        logger.warning("pairs: no held-out pair from %d eval prompts: the SFT model passed none of them",
+                                       len(subset))
                     continue
                 name = "pairs" if split == "train" else "eval_pairs"
                 write_jsonl(stage.dir / f"{name}.jsonl", pairs)
                 stage.add_output(name, stage.dir / f"{name}.jsonl")
-        passed = sum(s.score >= threshold for s in policy_samples)
-        stage.metrics["policy_sample_pass_rate"] = float(f"{passed / max(1, len(policy_samples)):.4f}")
+        if policy_samples:  # none when pairs.k is 0
+            passed = sum(s.score >= threshold for s in policy_samples)
+            stage.metrics["policy_sample_pass_rate"] = float(f"{passed / len(policy_samples):.4f}")
     return stage.dir / "pairs.jsonl"

@@ -16,6 +16,7 @@ Usage:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -95,6 +96,37 @@ def score_samples(prompts: list[PromptRecord], answers, scorer: Scorer, model_na
     return rows
 
 
+def retry_unsolved(gen: Generator, scorer: Scorer, prompts: list[PromptRecord], rows: list[SampleRecord], cfg,
+                   model_name: str, metrics: dict, progress: ProgressCallback | None = None) -> list[SampleRecord]:
+    """Difficulty-aware sampling: in each of `sample.retry_rounds` rounds, only the prompts with no
+    passing answer yet get `sample.retry_k` more answers (new seeds, sample indices after the ones
+    already drawn), so the budget goes where data is missing rather than to prompts already solved.
+    Early rejection applies to every retry answer: a repair can already use the first whole one."""
+    threshold = cfg.sample.scorer.pass_threshold
+    solved = {r.prompt_id for r in rows if r.score >= threshold}
+    next_index = cfg.sample.k
+    added: list[SampleRecord] = []
+    per_round = []
+    for extra in range(1, cfg.sample.retry_rounds + 1):
+        todo = [p for p in prompts if p.id not in solved]
+        if not todo:
+            break
+        params = SamplingParams(n=cfg.sample.retry_k, temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
+                                max_new_tokens=cfg.generation.max_new_tokens, seed=cfg.sample.seed + 7919 * extra)
+        stop_when = early_rejection(todo, 0) if cfg.sample.early_rejection and cfg.sample.scorer.kind == "constraints" else None
+        answers = gen.generate([[m.model_dump() for m in p.messages] for p in todo], params, progress=progress,
+                               stop_when=stop_when)
+        answers = [[dataclasses.replace(c, sample_index=next_index + c.sample_index) for c in row] for row in answers]
+        new = score_samples(todo, answers, scorer, model_name)
+        newly = {r.prompt_id for r in new if r.score >= threshold}
+        per_round.append({"prompts": len(todo), "newly_solved": len(newly)})
+        solved |= newly
+        added += new
+        next_index += cfg.sample.retry_k
+    metrics["retry_rounds"] = per_round
+    return added
+
+
 def yield_stats(prompts: list[PromptRecord], rows: list[SampleRecord], threshold: float = 1.0) -> dict:
     """Pass rate per constraint type, prompt-level pass rate, yield and best-score distribution."""
     by_type: dict[str, list[bool]] = defaultdict(list)
@@ -168,9 +200,11 @@ def sample_stage(
             started = time.perf_counter()
             answers = gen.generate([[m.model_dump() for m in p.messages] for p in prompts], params, progress=progress,
                                    stop_when=stop_when)
-            stage.metrics["generation_seconds"] = round(time.perf_counter() - started, 1)
             with make_scorer(cfg, gen) as scorer:
                 rows = score_samples(prompts, answers, scorer, policy)
+                if cfg.sample.retry_rounds:
+                    rows += retry_unsolved(gen, scorer, prompts, rows, cfg, policy, stage.metrics, progress)
+            stage.metrics["generation_seconds"] = round(time.perf_counter() - started, 1)
         out = stage.dir / "samples.jsonl"
         write_jsonl(out, rows)
         stage.add_output("samples", out)

@@ -286,3 +286,47 @@ def test_tie_break_and_dedupe():
     assert longest[0].completion[0].content == "a longer one"
     kept, stats = select_examples([prompt, twin], samples, dedupe=False)
     assert len(kept) == 2 and stats["duplicates_dropped"] == 0
+
+
+def test_retry_rounds_sample_again_only_the_prompts_without_a_passing_answer(tmp_path):
+    from selftune.generation import Completion
+    from selftune.repair import repair_answer
+
+    cfg = load_config("tiny", overrides=["sample.k=2", "sample.retry_rounds=2", "sample.retry_k=3",
+                                         "sample.early_rejection=false"])
+    run = Run(tmp_path / "run")
+    prompts_stage(run, cfg)
+    records = {r.messages[0].content: r for r in read_records(run.output_of("prompts", "prompts"), "prompts")}
+    base = "The sea is wide and calm today. Boats drift slowly home. Everyone waits on the shore."
+
+    class Stubborn:
+        """Fails everything in the first pass; in each retry, passes the even-numbered prompts it is given."""
+        name = "stubborn"
+        calls: list = []
+
+        def generate(self, prompts, params, progress=None, stop_when=None):
+            self.calls.append(([m[0]["content"] for m in prompts], params))
+            first = len(self.calls) == 1
+            out = []
+            for i, messages in enumerate(prompts):
+                fixed = None if first or i % 2 else repair_answer(records[messages[0]["content"]], base)
+                text = fixed.text if fixed else ""
+                out.append([Completion(i, s, text, "stop", 5, 3, params.seed * 100 + s) for s in range(params.n)])
+            return out
+
+    gen = Stubborn()
+    sample_stage(run, cfg, generator=gen)
+    rows = read_records(run.output_of("sample", "samples"), "samples")
+    passed = lambda rs: {r.prompt_id for r in rs if r.score >= 1.0}  # noqa: E731
+    first, second, third = gen.calls
+    assert len(first[0]) == cfg.prompts.n_train and first[1].n == 2
+    ids = {r.messages[0].content: r.id for r in records.values()}
+    # Round 2 asks only what round 1 left unsolved (all), round 3 only what round 2 left unsolved.
+    assert len(second[0]) == cfg.prompts.n_train and second[1].n == 3
+    solved_in_second = passed(r for r in rows if 2 <= r.sample_index < 5)
+    assert solved_in_second and {ids[t] for t in third[0]} == {ids[t] for t in second[0]} - solved_in_second
+    assert {r.sample_index for r in rows} == set(range(8))  # 2 + 3 + 3, numbered after each other
+    assert len({(r.prompt_id, r.seed) for r in rows}) == len(rows)  # every retry answer has its own seed
+    retries = run.manifest("sample").metrics["retry_rounds"]
+    assert [r["prompts"] for r in retries] == [len(second[0]), len(third[0])]
+    assert retries[0]["newly_solved"] == len(solved_in_second)
