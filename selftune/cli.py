@@ -35,8 +35,9 @@ app.add_typer(prompts_app, name="prompts")
 inspect_app = typer.Typer(help="Look inside data and models.", no_args_is_help=True, rich_markup_mode="markdown")
 app.add_typer(inspect_app, name="inspect")
 
-console = Console()
-err_console = Console(stderr=True)
+# No emoji codes: data such as the negative source "corrupt:repeat:" would print as an emoji.
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 
 class GenerationProgress:
@@ -85,9 +86,9 @@ def generate(
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest answer in tokens."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Sequences per forward pass (HF backend)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Sequences per forward pass (slots of the continuous engine)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed; each answer's seed derives from it."),
-    backend: str = typer.Option("auto", "--backend", help="auto, hf or vllm."),
+    backend: str = typer.Option("auto", "--backend", help="auto (vllm where it is installed and usable, else continuous), continuous, hf or vllm."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
     show: bool = typer.Option(False, "--show", help="Also print the answers."),
 ):
@@ -95,6 +96,12 @@ def generate(
 
     Output rows: `id`, `sample_index`, `response`, `model`, `finish_reason` (stop or length),
     `prompt_tokens`, `completion_tokens`, `seed`. This interface is stable for other tools.
+
+    Reproducibility: with the continuous and hf backends each answer is sampled from its own seed
+    (from --seed, the prompt text and the sample index), so the same inputs give the same answers
+    on the same machine whatever the batch size or the other prompts; the two backends agree.
+    vLLM seeds per request but its batching can change low-order bits, so its answers may differ
+    between batch sizes.
     """
     from selftune.generation import SamplingParams, open_generator
     from selftune.records import read_records
@@ -592,6 +599,10 @@ def run_command(
             for name, answer in example["answers"].items():
                 console.print(f"[bold]{escape(name)}:[/bold] {escape(answer)}", soft_wrap=True)
         print_results_table(results, "summary (eval split; deltas against base)")
+        from selftune.diagnosis import data_mix
+
+        for line in data_mix(run, cfg.rounds):
+            console.print(escape(line), soft_wrap=True)
         console.print(f"report: {steps[-1].output}", soft_wrap=True)
 
 

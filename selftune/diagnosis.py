@@ -66,3 +66,26 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _mix(counts: dict) -> str:
+    return ", ".join(f"{name} {count}" for name, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def data_mix(run, rounds: int = 1) -> list[str]:
+    """One line per round: where the SFT examples and the pairs' chosen and negative answers came
+    from, as the sft-data and pairs manifests counted them (printed with the run's summary)."""
+    lines = []
+    for round_number in range(1, rounds + 1):
+        parts = []
+        sft = run.manifest("sft-data", round_number)
+        if sft and "examples" in sft.metrics:
+            parts.append(f"SFT {sft.metrics['examples']} examples ({_mix(sft.metrics.get('by_source', {}))})")
+        pairs = run.manifest("pairs", round_number)
+        if pairs and "train" in pairs.metrics:
+            train = pairs.metrics["train"]
+            parts.append(f"pairs {train['pairs']} (chosen: {_mix(train.get('by_chosen_source', {}))}; "
+                         f"negatives: {_mix(train.get('by_source', {}))})")
+        if parts:
+            lines.append(f"round {round_number} data: " + "; ".join(parts))
+    return lines

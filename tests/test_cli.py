@@ -70,6 +70,9 @@ def test_validate_and_config_show(tmp_path):
     assert result.exit_code == 0 and "1 valid sft records" in result.output
     result = runner.invoke(app, ["config", "show", "--preset", "recipe-32b"])
     assert result.exit_code == 0 and "beta: 0.1" in result.output and "learning_rate: 5.0e-06" in result.output
+    # Keys such as the negative source `corrupt:repeat` print as written, never as an emoji.
+    result = runner.invoke(app, ["config", "show", "--preset", "demo"])
+    assert result.exit_code == 0 and "corrupt:repeat: 0.05" in result.output
 
 
 def test_main_prints_errors_for_people(tmp_path, capsys, monkeypatch):

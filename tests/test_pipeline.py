@@ -52,6 +52,7 @@ def test_run_end_to_end_then_reuse_then_rerun_only_what_beta_affects(tmp_path, t
         assert manifest is not None and manifest.status == "complete", stage
     assert (run_dir / "report" / "report.html").is_file() and "report.html" in first
     assert "prompt strict" in first  # the summary table is printed at the end
+    assert "round 1 data: SFT" in first and "negatives:" in first  # with where the data came from
 
     second = _run(run_dir, tiny_model_dir)
     assert _ran(second) == []
