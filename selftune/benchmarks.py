@@ -135,14 +135,27 @@ def _read_hub(name: str) -> list[tuple[str, Any]]:
 
 
 def _registry(name: str) -> dict:
+    """The reference checkers of `name`; MissingExtraError when they (or what they import) are not
+    installed. `evaluate` calls this before any model loads, so a missing extra costs no generation."""
+    hint = "IFEval/IFBench scoring needs their reference checkers: pip install 'selftune[benchmarks]'"
     if importlib.util.find_spec("if_verifiable") is None:
-        raise MissingExtraError("IFEval/IFBench scoring needs their reference checkers: pip install 'selftune[benchmarks]'")
-    with _no_downloads():
-        if name == "ifeval":
-            from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
-        else:
-            from if_verifiable.ifbench.instructions_registry import INSTRUCTION_DICT
+        raise MissingExtraError(hint)
+    try:
+        import langdetect  # noqa: F401  (the checkers' language rules; imported here to fail early)
+
+        with _no_downloads():
+            if name == "ifeval":
+                from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+            else:
+                from if_verifiable.ifbench.instructions_registry import INSTRUCTION_DICT
+    except ImportError as exc:
+        raise MissingExtraError(f"{hint} (missing: {exc.name or exc})") from None
     return INSTRUCTION_DICT
+
+
+def require_checkers(name: str) -> None:
+    """Fail now, with the install command, if `name`'s reference checkers cannot be imported."""
+    _registry(name)
 
 
 @contextlib.contextmanager
@@ -167,10 +180,10 @@ def _missing_resource(exc: LookupError) -> str:
 
 def score_benchmark(name: str, prompts: list[BenchmarkPrompt], answers: list[str]) -> dict:
     """IFEval-defined metrics of `answers` (one per prompt, in order) with the reference checkers."""
+    registry = _registry(name)
     import langdetect
     from if_verifiable.common import evaluate_instructions
 
-    registry = _registry(name)
     langdetect.DetectorFactory.seed = 0  # the reference's language checks are random otherwise
     unavailable: dict[str, str] = {}
     unknown: set[str] = set()

@@ -240,11 +240,12 @@ def evaluate_one(name: str, spec: str, prompts: list[PromptRecord], pairs: list[
 
 def load_benchmarks(cfg) -> list[tuple[str, list]]:
     """The configured benchmarks' prompts (`evaluate.benchmarks`), read and checked before any model loads."""
-    from selftune.benchmarks import load_benchmark, parse_benchmark
+    from selftune.benchmarks import load_benchmark, parse_benchmark, require_checkers
 
     out = []
     for item in cfg.evaluate.benchmarks:
         name, path = parse_benchmark(item)
+        require_checkers(name)
         out.append((name, load_benchmark(name, path, cfg.evaluate.benchmark_limit)))
     return out
 

@@ -100,3 +100,20 @@ def test_benchmark_runs_inside_the_one_at_a_time_evaluation(tiny_model_dir, smol
         bench = results["models"][name]["benchmarks"]["ifeval"]
         assert bench["prompts"] == 4 and bench["max_new_tokens"] == 6 and 0 <= bench["prompt_loose"] <= 1
     assert "vs_base" in results["models"]["other"]["benchmarks"]["ifeval"]
+
+
+def test_missing_checker_dependencies_fail_before_any_model_loads(tiny_model_dir, fixture_file, monkeypatch):
+    import sys
+
+    import selftune.models as models
+    from selftune import evaluate
+    from selftune.config import load_config
+    from selftune.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "langdetect", None)  # installed without the checkers' own dependencies
+    loaded = []
+    monkeypatch.setattr(models, "load_model", lambda spec, **kw: loaded.append(spec))
+    cfg = load_config("tiny", overrides=[f"evaluate.benchmarks=['ifeval={fixture_file}']"])
+    with pytest.raises(MissingExtraError, match=r"selftune\[benchmarks\].*langdetect"):
+        evaluate.evaluate_models([("base", str(tiny_model_dir))], [], [], cfg)
+    assert loaded == []
