@@ -370,10 +370,13 @@ def inspect_types(
 ):
     """Per constraint type: base sample pass rate, SFT examples and pairs carrying it, and every
     evaluated model's held-out pass rate, as a markdown table (the diagnosis of docs/gain.md)."""
+    from selftune.config import load_config
     from selftune.diagnosis import markdown, type_table
     from selftune.runs import Run
 
-    console.print(markdown(*type_table(Run(run_dir), round_number)), markup=False, highlight=False, soft_wrap=True)
+    run = Run(run_dir)
+    last = load_config(files=[run.root / "config.yaml"]).rounds  # evaluate runs once, in the last round
+    console.print(markdown(*type_table(run, round_number, eval_round=last)), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command(epilog="Example: `selftune pairs --run runs/demo`")

@@ -23,8 +23,9 @@ def _types_by_prompt(run) -> dict[str, list[str]]:
     return {p.id: [c.type for c in p.constraints] for p in prompts}
 
 
-def type_table(run, round_number: int = 1) -> tuple[list[str], list[list[str]]]:
-    """(header, rows): one row per constraint type, then a row of totals."""
+def type_table(run, round_number: int = 1, eval_round: int = 1) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): one row per constraint type. Samples, SFT data and pairs are counted in
+    `round_number`; eval pass rates come from `eval_round` (the run's last: evaluate runs once)."""
     types = _types_by_prompt(run)
     sample = run.manifest("sample", round_number)
     sample_rates = sample.metrics.get("pass_rate_by_type", {}) if sample else {}
@@ -41,9 +42,8 @@ def type_table(run, round_number: int = 1) -> tuple[list[str], list[list[str]]]:
             for kind in types.get(prompt_id, []):
                 pairs[kind][pair.negative_source] += 1
     evaluated: dict[str, dict] = {}
-    last = max((r for r in range(1, 100) if run.manifest("evaluate", r)), default=None)
-    if last is not None:
-        results = json.loads(run.output_of("evaluate", "results", round_number=last).read_text())
+    if run.manifest("evaluate", eval_round):
+        results = json.loads(run.output_of("evaluate", "results", round_number=eval_round).read_text())
         for name in results.get("order", results["models"]):
             evaluated[name] = results["models"][name]["instruction_following"]["by_type"]
     header = ["type", "base samples pass", "SFT examples (sampled + repaired)", "pairs (original / policy / other)"]

@@ -285,8 +285,8 @@ def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, g
     prompts_path = run.output_of("prompts", "prompts", round_number=1)
     sft_path = run.output_of("sft-data", "sft", round_number=round_number)
     base_path = run.output_of("sample", "samples", round_number=1)
-    if cfg.pairs.k:
-        policy = policy or str(run.output_of("sft", "merged", round_number=round_number))
+    # The SFT model answers only when pairs.k > 0; with k = 0 no model is read (policy None).
+    policy = (policy or str(run.output_of("sft", "merged", round_number=round_number))) if cfg.pairs.k else None
     all_prompts = read_records(prompts_path, "prompts")
     # Held-out pairs come from the first `pairs.eval_prompts` eval prompts: sampling them all costs
     # as much as the train prompts, for a diagnostic (held-out reward accuracy) that needs far fewer.
@@ -295,12 +295,12 @@ def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, g
     sft_records = read_records(sft_path, "sft")
     base_samples = read_records(base_path, "samples")
     inputs = {"prompts": prompts_path, "sft": sft_path, "base_samples": base_path}
-    if cfg.pairs.k and Path(policy).is_dir():
+    if policy and Path(policy).is_dir():
         inputs["policy"] = Path(policy)
     params = SamplingParams(n=max(1, cfg.pairs.k), temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
                             max_new_tokens=cfg.generation.max_new_tokens, seed=cfg.pairs.seed + 1)
     threshold = cfg.sample.scorer.pass_threshold
-    stage_config = {"pairs": cfg.pairs.model_dump(), "sample": cfg.sample.model_dump(), "policy": policy if cfg.pairs.k else None,
+    stage_config = {"pairs": cfg.pairs.model_dump(), "sample": cfg.sample.model_dump(), "policy": policy,
                     "backend": cfg.generation.backend,
                     "max_new_tokens": cfg.generation.max_new_tokens, "dtype": cfg.model.dtype}
     if run.up_to_date("pairs", config=stage_config, inputs=inputs, round_number=round_number):

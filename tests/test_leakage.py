@@ -46,12 +46,16 @@ def builtin_texts() -> list[str]:
     return texts
 
 
+def file_sentences(path: str | Path) -> set[str]:
+    """Digests of the sentences of every prompt in a benchmark JSONL file."""
+    return {digest(s) for line in Path(path).read_text().splitlines() if line.strip()
+            for s in sentences(json.loads(line)["prompt"])}
+
+
 def benchmark_sentences() -> set[str]:
     known = {line.strip() for line in FINGERPRINTS.read_text().splitlines() if line.strip() and not line.startswith("#")}
     for path in filter(None, os.environ.get("SELFTUNE_BENCHMARK_FILES", "").split(os.pathsep)):
-        for line in Path(path).read_text().splitlines():
-            if line.strip():
-                known |= {digest(s) for s in sentences(json.loads(line)["prompt"])}
+        known |= file_sentences(path)
     return known
 
 
@@ -90,11 +94,7 @@ def test_fingerprint_file_is_current():
 
 
 def write_fingerprints(paths: list[str]) -> int:
-    known = set()
-    for path in paths:
-        for line in Path(path).read_text().splitlines():
-            if line.strip():
-                known |= {digest(s) for s in sentences(json.loads(line)["prompt"])}
+    known = set().union(*(file_sentences(path) for path in paths))
     FINGERPRINTS.parent.mkdir(exist_ok=True)
     FINGERPRINTS.write_text(
         "# sha256 (first 16 hex digits) of each normalized sentence of 4+ words of IFEval's input_data.jsonl\n"

@@ -53,6 +53,11 @@ def test_run_end_to_end_then_reuse_then_rerun_only_what_beta_affects(tmp_path, t
     assert (run_dir / "report" / "report.html").is_file() and "report.html" in first
     assert "prompt strict" in first  # the summary table is printed at the end
     assert "round 1 data: SFT" in first and "negatives:" in first  # with where the data came from
+    types = CliRunner().invoke(app, ["inspect", "types", str(run_dir)])
+    assert types.exit_code == 0, types.output
+    header = types.output.splitlines()[0]
+    assert "SFT examples (sampled + repaired)" in header and "eval base" in header and "eval dpo" in header
+    assert len(types.output.splitlines()) > 2  # a row per constraint type of the run's prompts
 
     second = _run(run_dir, tiny_model_dir)
     assert _ran(second) == []
