@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from selftune.errors import RecordError
+from selftune.errors import ConfigError, RecordError
 from selftune.generation import Generator, ProgressCallback, SamplingParams, open_generator
 from selftune.records import PromptRecord, SampleRecord, read_records
 from selftune.runs import write_jsonl
@@ -35,6 +35,9 @@ def make_scorer(cfg, generator: Generator | None):
         return contextlib.nullcontext(ConstraintScorer(quality_checks=scorer_cfg.quality_checks))
     if scorer_cfg.kind == "judge":
         if scorer_cfg.judge_model is None:
+            if generator is None:
+                raise ConfigError("sample.scorer.kind=judge with no sample.scorer.judge_model judges with the policy "
+                                  "model, and this step has none loaded; set sample.scorer.judge_model")
             return contextlib.nullcontext(JudgeScorer(generator, samples=scorer_cfg.judge_samples,
                                                       pass_threshold=scorer_cfg.pass_threshold))
         return _judge_from(scorer_cfg, cfg)

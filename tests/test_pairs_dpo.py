@@ -438,3 +438,66 @@ def test_pairs_without_sampling_the_sft_model_use_base_failures_and_sft_repairs(
     assert pairs["p2"].negative_source == "policy" and pairs["p2"].rejected[0].content == "No."
     manifest = read_manifest(run.stage_dir("pairs"))
     assert "policy_samples" not in manifest.outputs and manifest.metrics["eval"]["pairs"] == 0
+
+
+def _prepared_pairs_run(tmp_path):
+    """A run whose prompts, sample and sft-data stages are written by hand (no model)."""
+    from selftune.runs import write_jsonl
+
+    run = Run(tmp_path / "run")
+    prompts = [p.model_copy(update={"split": "train"}) for p in PROMPTS]
+    for stage, name, rows in (
+        ("prompts", "prompts", prompts),
+        ("sample", "samples", [_sample("p1", "The Sea Is Loud.", 0.2, 0), _sample("p2", "No.", 0.25, 0)]),
+        ("sft-data", "sft", [{"id": pid, "prompt": [{"role": "user", "content": "q"}], "chosen_source": "sample",
+                              "completion": [{"role": "assistant", "content": GOOD[pid]}]} for pid in ("p1", "p2")]),
+    ):
+        with run.stage(stage, config={}) as context:
+            write_jsonl(context.dir / f"{name}.jsonl", rows)
+            context.add_output(name, context.dir / f"{name}.jsonl")
+    return run
+
+
+def test_pairs_with_a_self_judging_scorer_judge_with_the_policy(tmp_path):
+    """Bug: with sample.scorer.kind=judge and no judge_model, pairs built its pairs with a judge that
+    had no generator and died on `None.generate`; the policy (the SFT model) must judge."""
+    from selftune.generation import Completion
+    from selftune.negatives import pairs_stage
+
+    run = _prepared_pairs_run(tmp_path)
+    cfg = load_config("tiny", overrides=["pairs.k=1", "pairs.pairs_per_prompt=1", "sample.scorer.kind=judge",
+                                         "pairs.sources={policy: 1.0, corrupt:truncate: 1.0}", "pairs.eval_prompts=0"])
+
+    class Policy:
+        """Answers badly; as a judge, rates the known good answers 9/10 and anything else 2/10."""
+
+        calls = []
+
+        def generate(self, prompts, params, progress=None, stop_when=None):
+            self.calls.append(prompts)
+
+            def text(messages):
+                content = messages[-1]["content"]
+                if "Rate how well" not in content:
+                    return "Bad."
+                return "Score: 9/10" if any(good in content for good in GOOD.values()) else "Score: 2/10"
+
+            return [[Completion(i, s, text(p), "stop", 5, 3, s) for s in range(params.n)] for i, p in enumerate(prompts)]
+
+    policy = Policy()
+    pairs_stage(run, cfg, policy="sft-model", generator=policy)
+    pairs = read_records(run.output_of("pairs", "pairs"), "pairs")
+    assert {p.id.rsplit("-", 1)[0] for p in pairs} == {"p1", "p2"}
+    assert all(p.chosen[0].content == GOOD[p.id.rsplit("-", 1)[0]] for p in pairs)
+    judged = [prompts for prompts in policy.calls if "Rate how well" in prompts[0][-1]["content"]]
+    assert judged, "the policy was never asked to judge"
+
+
+def test_a_self_judging_scorer_without_a_model_is_a_named_error():
+    from selftune.errors import ConfigError
+    from selftune.sample import make_scorer
+
+    cfg = load_config("tiny", overrides=["sample.scorer.kind=judge"])
+    with pytest.raises(ConfigError, match="judge_model"):
+        with make_scorer(cfg, None):
+            pass
