@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from selftune.errors import ConfigError
 
@@ -73,13 +73,27 @@ class PromptsConfig(Section):
         return check_type_weights(weights)
 
 
+DEFAULT_PASS_THRESHOLD = {"constraints": 1.0, "judge": 0.7, "reward-model": 0.5}
+
+
 class ScorerConfig(Section):
     kind: Literal["constraints", "judge", "reward-model"] = Field("constraints", description="How answers are scored.")
     judge_model: str | None = Field(None, description="Judge model spec; None = the policy judges itself.")
     judge_samples: int = Field(3, ge=1, description="Judge samples averaged per answer.")
     reward_model: str | None = Field(None, description="Sequence-classification reward model spec.")
-    pass_threshold: float = Field(1.0, ge=0, le=1, description="Score at or above which an answer passes.")
+    pass_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="Score at or above which an answer passes; default by kind: constraints 1.0 (every check "
+                    "passes), judge 0.7 (7/10), reward-model 0.5 (its score is a sigmoid).",
+    )
     quality_checks: bool = Field(True, description="Constraints scorer also checks the answer is complete and not looping.")
+
+    @model_validator(mode="after")
+    def _threshold_by_kind(self) -> "ScorerConfig":
+        if self.pass_threshold is None:
+            # Written into the config (and so its hash), so a changed kind re-decides it only when unset.
+            object.__setattr__(self, "pass_threshold", DEFAULT_PASS_THRESHOLD[self.kind])
+        return self
 
 
 class SampleConfig(Section):

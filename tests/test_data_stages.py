@@ -179,6 +179,30 @@ def test_reward_model_scorer_with_a_tiny_model(tiny_model_dir):
     assert results[0].score != results[1].score
 
 
+def test_the_configured_reward_model_scorer_can_pass_an_answer(tmp_path, tiny_model_dir):
+    """Bug: pass_threshold defaulted to 1.0 for every scorer, and a reward model's score is a
+    sigmoid, so it never passed an answer. Each scorer now has its own default threshold."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from selftune.sample import make_scorer
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    with torch.no_grad():
+        model.score.weight.zero_()  # a neutral reward model: logit 0, score sigmoid(0) = 0.5 for every answer
+    model.save_pretrained(tmp_path / "rm")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "rm")
+    defaults = {kind: load_config("demo", overrides=[f"sample.scorer.kind={kind}"]).sample.scorer.pass_threshold
+                for kind in ("constraints", "judge", "reward-model")}
+    assert defaults == {"constraints": 1.0, "judge": 0.7, "reward-model": 0.5}
+    cfg = load_config("demo", overrides=["sample.scorer.kind=reward-model", f"sample.scorer.reward_model={tmp_path / 'rm'}"])
+    with make_scorer(cfg, None) as scorer:
+        results = scorer.score(_prompt([]), ["short", "The sea is calm today."])
+    assert [r.score for r in results] == [0.5, 0.5] and all(r.passed for r in results)
+    explicit = load_config("demo", overrides=["sample.scorer.kind=reward-model", "sample.scorer.pass_threshold=0.9"])
+    assert explicit.sample.scorer.pass_threshold == 0.9
+
+
 # ---- sample and sft-data stages -----------------------------------------------------------
 
 
