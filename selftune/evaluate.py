@@ -250,11 +250,27 @@ def load_benchmarks(cfg) -> list[tuple[str, list]]:
     return out
 
 
+def round_references(names: list[str]) -> dict[str, str]:
+    """Each model's pair-metric reference: its own round's SFT model (`dpo-r2` -> `sft-r2`), since
+    each round's DPO trained against that round's merged SFT model; models of no round (`base`)
+    are measured against the first SFT model."""
+    sft = [name for name in names if name.split("-")[0] == "sft"]
+    references = {}
+    for name in names:
+        kind, _, suffix = name.partition("-")
+        own = f"sft-{suffix}" if suffix else "sft"
+        if own in names:
+            references[name] = own
+        elif sft:
+            references[name] = sft[0]
+    return references
+
+
 def evaluate_models(models: list[tuple[str, str]], prompts: list[PromptRecord], pairs: list[PairRecord], cfg,
-                    *, reference: str | None = "sft", baseline: str = "base", on_model=None) -> dict:
-    """Evaluate `models` [(name, spec)] in order, one at a time; pair margins against `reference`;
-    prompt-level strict accuracy (built-in eval and each benchmark) compared with `baseline`, with
-    its noise (`vs_base`)."""
+                    *, reference: str | dict[str, str] | None = "sft", baseline: str = "base", on_model=None) -> dict:
+    """Evaluate `models` [(name, spec)] in order, one at a time; pair margins against `reference`
+    (one model's name for all, or each model's own: {name: reference name}); prompt-level strict
+    accuracy (built-in eval and each benchmark) compared with `baseline`, with its noise (`vs_base`)."""
     benchmarks = load_benchmarks(cfg)
     results: dict = {"models": {}, "order": [name for name, _ in models]}
     answers: list[dict] = []
@@ -266,11 +282,14 @@ def evaluate_models(models: list[tuple[str, str]], prompts: list[PromptRecord], 
         answers += per_prompt
         if on_model:
             on_model(name, outcome["metrics"])
-    if pairs:
-        if reference in log_probs:
-            for name in results["models"]:
-                results["models"][name]["pairs"] = pair_metrics(log_probs[name], log_probs[reference], pairs, cfg.dpo.beta)
-            results["reference"] = reference
+    references = reference if isinstance(reference, dict) else {name: reference for name, _ in models}
+    references = {name: ref for name, ref in references.items() if ref in log_probs and name in log_probs}
+    if pairs and references:
+        for name, ref in references.items():
+            results["models"][name]["pairs"] = pair_metrics(log_probs[name], log_probs[ref], pairs, cfg.dpo.beta)
+        results["references"] = references
+        if len(set(references.values())) == 1:
+            results["reference"] = next(iter(references.values()))
     if cfg.evaluate.judge and baseline in results["models"]:
         results["judge"] = judge_models(answers, prompts, baseline, cfg)
         for name, outcome in results["judge"]["vs_" + baseline].items():
@@ -390,8 +409,8 @@ def evaluate_stage(run, cfg, *, round_number: int = 1, models: list[tuple[str, s
     if run.up_to_date("evaluate", config=stage_config, inputs=inputs, round_number=round_number):
         return run.output_of("evaluate", "results", round_number=round_number)
     with run.stage("evaluate", config=stage_config, inputs=inputs, round_number=round_number) as stage:
-        sft_name = next((name for name, _ in wanted if name.startswith("sft")), None)
-        results = evaluate_models(wanted, prompts, pairs, cfg, reference=sft_name, on_model=on_model)
+        references = round_references([name for name, _ in wanted])
+        results = evaluate_models(wanted, prompts, pairs, cfg, reference=references, on_model=on_model)
         stage.add_output("results", write_results(stage.dir, results))
         stage.add_output("answers", stage.dir / "answers.jsonl")
         stage.metrics["prompt_strict"] = {n: m["instruction_following"]["prompt_strict"] for n, m in results["models"].items()}

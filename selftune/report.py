@@ -259,7 +259,11 @@ def write_report(out: Path, *, title: str, results: dict, answers: list[dict], p
           "Prompt and instruction columns without a benchmark name use selftune's IFEval-style checkers on the "
           "run's held-out prompts; IFEVAL and IFBENCH columns use those benchmarks' own prompts and reference "
           "checkers.", ""]
-    md += [f"Pair metrics use the {results.get('reference', 'SFT')} model as the reference.", ""]
+    if "reference" in results or "references" not in results:
+        md += [f"Pair metrics use the {results.get('reference', 'SFT')} model as the reference.", ""]
+    else:
+        md += ["Pair metrics use each model's own round's SFT model as the reference ("
+               + ", ".join(f"{name}: {ref}" for name, ref in results["references"].items()) + ").", ""]
     noise_header, noise_rows = noise_table(results)
     if noise_rows:
         md += ["## Is the gain more than noise?", "", markdown_table(noise_header, noise_rows), "",

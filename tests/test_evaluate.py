@@ -202,3 +202,24 @@ def test_judge_runs_after_the_models_with_a_tiny_judge(tiny_model_dir):
     assert outcome["comparisons"] == 2 * len(PROMPTS) and 0 <= outcome["win_rate"] <= 1
     assert results["models"]["sft"]["judge_win_rate"] == outcome["win_rate"]
     assert "judge_win_rate" not in results["models"]["base"]
+
+
+def test_each_rounds_dpo_model_is_measured_against_its_own_rounds_sft_model(tmp_path, tiny_model_dir, second_model):
+    """Bug: pair metrics used round 1's SFT model as the reference for every model, though round
+    r's DPO model trained against round r's SFT model. Here round 2's DPO model equals round 2's
+    SFT model, so against its own reference its margins are exactly zero."""
+    from selftune.evaluate import evaluate_stage
+    from selftune.runs import Run, write_jsonl
+
+    run = Run(tmp_path / "run")
+    for stage, name, rows, round_number in (("prompts", "prompts", PROMPTS, 1), ("pairs", "eval_pairs", _pairs(), 2)):
+        with run.stage(stage, config={}, round_number=round_number) as context:
+            write_jsonl(context.dir / f"{name}.jsonl", rows)
+            context.add_output(name, context.dir / f"{name}.jsonl")
+    cfg = load_config("tiny", overrides=["evaluate.models=[sft, dpo]", "rounds=2"])
+    models = [("sft-r1", str(tiny_model_dir)), ("dpo-r1", str(tiny_model_dir)),
+              ("sft-r2", str(second_model)), ("dpo-r2", str(second_model))]
+    results = json.loads(evaluate_stage(run, cfg, round_number=2, models=models).read_text())
+    for name in ("dpo-r1", "dpo-r2"):
+        assert results["models"][name]["pairs"]["reward_margin"]["all"] == 0.0, name
+    assert results["references"] == {"sft-r1": "sft-r1", "dpo-r1": "sft-r1", "sft-r2": "sft-r2", "dpo-r2": "sft-r2"}
