@@ -91,6 +91,7 @@ def generate(
     backend: str = typer.Option("auto", "--backend", help="auto (vllm where it is installed and usable, else continuous), continuous, hf or vllm."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
     show: bool = typer.Option(False, "--show", help="Also print the answers."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the checkpoint; off unless you trust it."),
 ):
     """Answer every prompt of a JSONL file with a model.
 
@@ -112,7 +113,8 @@ def generate(
         n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
     )
     inputs = [row.prompt if row.prompt is not None else [m.model_dump() for m in row.messages] for row in rows]
-    with open_generator(model, backend=backend, batch_size=batch_size, dtype=dtype) as generator:
+    with open_generator(model, backend=backend, batch_size=batch_size, dtype=dtype,
+                        trust_remote_code=trust_remote_code) as generator:
         with GenerationProgress(len(inputs)) as progress:
             answers = generator.generate(inputs, params, progress=progress)
     records = [
@@ -326,11 +328,12 @@ def merge(
     base: str = typer.Option(..., "--base", help="Base model spec the adapter was trained on."),
     adapter: Path = typer.Option(..., "--adapter", help="LoRA adapter directory."),
     out: Path = typer.Option(..., "--out", help="Where to write the merged model (safetensors)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the checkpoint; off unless you trust it."),
 ):
     """Merge a LoRA adapter into its base; checks merged logits against base + adapter first."""
     from selftune.merge import merge_adapter
 
-    result = merge_adapter(base, adapter, out)
+    result = merge_adapter(base, adapter, out, trust_remote_code=trust_remote_code)
     console.print(f"merged into {result.path} (max logit difference {result.max_logit_diff:.2e})", soft_wrap=True)
 
 
@@ -341,6 +344,7 @@ def inspect_masks(
     n: int = typer.Option(3, "-n", help="Examples to show."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate like training would."),
     separator: str = typer.Option("\nResponse:", "--separator", help="Response separator for raw-text models."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the checkpoint; off unless you trust it."),
 ):
     """Show examples token by token with the trained tokens highlighted (green) and masked ones dim."""
     from rich.text import Text
@@ -349,7 +353,7 @@ def inspect_masks(
     from selftune.models import load_tokenizer
     from selftune.records import read_records
 
-    tokenizer = load_tokenizer(model)
+    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     for record in read_records(data, "sft")[:n]:
         example = {"prompt": [m.model_dump() for m in record.prompt], "completion": [m.model_dump() for m in record.completion]}
         row = tokenize_example(tokenizer, example, max_length=max_length,

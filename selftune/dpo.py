@@ -250,7 +250,7 @@ def dpo_stage(run, cfg, *, round_number: int = 1, pairs_path: Path | None = None
     with run.stage("dpo", config=stage_config, inputs=inputs, round_number=round_number) as stage:
         out = stage.dir
         device = default_device()
-        tokenizer = load_tokenizer(sft_model)
+        tokenizer = load_tokenizer(sft_model, trust_remote_code=cfg.model.trust_remote_code)
         separator = None if getattr(tokenizer, "chat_template", None) else cfg.sft.response_separator
         rows, dropped = tokenize_pairs(tokenizer, pairs, max_length=cfg.dpo.max_length, response_separator=separator,
                                        max_drop_share=cfg.sft.max_drop_share, source=str(pairs_path))
@@ -260,7 +260,7 @@ def dpo_stage(run, cfg, *, round_number: int = 1, pairs_path: Path | None = None
             row["pair_index"] = index
         resuming = prepare_checkpoints(out, stage.fingerprint, stage="dpo")
         model = load_model(sft_model, dtype="float32" if not cfg.model.load_in_4bit else "bfloat16", device=device,
-                           load_in_4bit=cfg.model.load_in_4bit)
+                           load_in_4bit=cfg.model.load_in_4bit, trust_remote_code=cfg.model.trust_remote_code)
         if cfg.model.load_in_4bit:
             from peft import prepare_model_for_kbit_training
 
@@ -326,7 +326,7 @@ def dpo_stage(run, cfg, *, round_number: int = 1, pairs_path: Path | None = None
         )
         del trainer, generator
         unload(model)
-        merged = merge_adapter(sft_model, adapter_dir, out / "merged")
+        merged = merge_adapter(sft_model, adapter_dir, out / "merged", trust_remote_code=cfg.model.trust_remote_code)
         stage.add_output("merged", merged.path)
         stage.metrics["merge_max_logit_diff"] = merged.max_logit_diff
     return merged.path

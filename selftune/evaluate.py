@@ -205,8 +205,8 @@ def evaluate_one(name: str, spec: str, prompts: list[PromptRecord], pairs: list[
     report = None
     log_probs: list = []
     if len(generated) < len(sets) or pairs or cfg.evaluate.lm_eval_tasks:
-        tokenizer = load_tokenizer(spec)
-        model = load_model(spec, dtype=cfg.model.dtype)
+        tokenizer = load_tokenizer(spec, trust_remote_code=cfg.model.trust_remote_code)
+        model = load_model(spec, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
         alive = weakref.ref(model)
         for label, messages, tokens in sets:
             if label not in generated:
@@ -361,7 +361,7 @@ def judge_models(answers: list[dict], prompts: list[PromptRecord], baseline: str
     requests = [message_text(p.messages) for p in prompts]
     outcome: dict = {"judge": spec, f"vs_{baseline}": {}}
     with open_generator(spec, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size,
-                        dtype=cfg.model.dtype) as judge:
+                        dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code) as judge:
         for name, texts in by_model.items():
             if name != baseline:
                 outcome[f"vs_{baseline}"][name] = judge_win_rate(

@@ -49,7 +49,7 @@ def merge_adapter(base: str, adapter_dir: Path, out: Path, *, trust_remote_code:
     if (Path(adapter_dir) / "tokenizer_config.json").exists():
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+        tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir), trust_remote_code=trust_remote_code)
     else:
         tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:

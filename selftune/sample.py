@@ -46,7 +46,8 @@ def make_scorer(cfg, generator: Generator | None):
 
 @contextlib.contextmanager
 def _judge_from(scorer_cfg, cfg):
-    with open_generator(scorer_cfg.judge_model, backend=cfg.generation.backend, dtype=cfg.model.dtype) as judge:
+    with open_generator(scorer_cfg.judge_model, backend=cfg.generation.backend, dtype=cfg.model.dtype,
+                        trust_remote_code=cfg.model.trust_remote_code) as judge:
         yield JudgeScorer(judge, samples=scorer_cfg.judge_samples, pass_threshold=scorer_cfg.pass_threshold)
 
 
@@ -58,9 +59,11 @@ def _reward_model_from(scorer_cfg, cfg):
 
     if not scorer_cfg.reward_model:
         raise ValueError("scorer kind reward-model needs sample.scorer.reward_model")
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(scorer_cfg.reward_model), use_safetensors=True)
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(scorer_cfg.reward_model), use_safetensors=True,
+                                                               trust_remote_code=cfg.model.trust_remote_code)
     try:
-        yield RewardModelScorer(model.eval(), load_tokenizer(scorer_cfg.reward_model), pass_threshold=scorer_cfg.pass_threshold)
+        tokenizer = load_tokenizer(scorer_cfg.reward_model, trust_remote_code=cfg.model.trust_remote_code)
+        yield RewardModelScorer(model.eval(), tokenizer, pass_threshold=scorer_cfg.pass_threshold)
     finally:
         unload(model)
 

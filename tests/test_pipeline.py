@@ -135,3 +135,23 @@ def test_a_checkpoint_cut_off_while_saving_is_dropped(tmp_path):
     # Another fingerprint (other config or inputs): no checkpoint survives.
     assert prepare_checkpoints(tmp_path, "def", stage="sft") is False
     assert not (checkpoints / "checkpoint-1").exists()
+
+
+def test_trust_remote_code_reaches_every_model_and_tokenizer_load(tmp_path, tiny_model_dir, monkeypatch):
+    """Bug: model.trust_remote_code reached the sample and SFT stages only; pairs, dpo (and its
+    merge) and evaluate loaded their models without it. Every load in a run must carry it."""
+    import transformers
+
+    calls = []
+    for cls in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        original = cls.from_pretrained.__func__
+
+        def spy(klass, *args, _original=original, _name=cls.__name__, **kwargs):
+            calls.append((_name, str(args[0]) if args else "", kwargs.get("trust_remote_code")))
+            return _original(klass, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    _run(tmp_path / "run", tiny_model_dir, "--set", "model.trust_remote_code=true", "--set", "pairs.k=1")
+    assert len(calls) >= 8
+    untrusted = [call for call in calls if call[2] is not True]
+    assert not untrusted, untrusted
