@@ -41,7 +41,7 @@ from pydantic import BaseModel, Field
 from selftune.errors import LineageError, RunLockedError
 
 MANIFEST = "manifest.json"
-_TRACKED_PACKAGES = ("selftune", "torch", "transformers", "peft", "trl", "accelerate", "datasets")
+_TRACKED_PACKAGES = ("selftune", "torch", "transformers", "peft", "accelerate", "datasets")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,19 +49,46 @@ _TRACKED_PACKAGES = ("selftune", "torch", "transformers", "peft", "trl", "accele
 # ---------------------------------------------------------------------------------------------
 
 
+# Digests already computed in this process, keyed by what identifies the bytes they cover (see
+# `_signature`): an all-skip rerun of a 32B run would otherwise read every checkpoint several
+# times (each stage's reuse check, each `output_of`), minutes of disk reads.
+_DIGESTS: dict[tuple, str] = {}
+_RACY_NS = 2_000_000_000
+
+
+def _signature(path: Path, files: list[Path]) -> tuple:
+    """(path, and per file: relative name, size, mtime_ns, ctime_ns, inode); any write changes it,
+    an atomic replace changes the inode, so a cached digest is used only for unchanged files."""
+    entries = []
+    for file in files:
+        stat = file.stat()
+        name = "" if file == path else str(file.relative_to(path))
+        entries.append((name, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino))
+    return str(path), tuple(entries)
+
+
 def sha256_path(path: Path) -> str:
-    """sha256 of a file, or of a directory's relative file names and contents (sorted)."""
-    path = Path(path)
+    """sha256 of a file, or of a directory's relative file names and contents (sorted); computed
+    once per process for unchanged files."""
+    path = Path(path).resolve()
     if not path.exists():
         raise FileNotFoundError(path)
-    digest = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    key = _signature(path, files)
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    digest = hashlib.sha256()
     for file in files:
         if path.is_dir():
             digest.update(str(file.relative_to(path)).encode() + b"\x00")
         with open(file, "rb") as handle:
             while chunk := handle.read(1 << 22):
                 digest.update(chunk)
+    # A file modified within the clock's granularity of this moment could change again with the
+    # same size and times (a "racy" entry); such digests are not kept.
+    settled = time.time_ns() - _RACY_NS
+    if all(entry[2] < settled for entry in key[1]):
+        _DIGESTS[key] = digest.hexdigest()
     return digest.hexdigest()
 
 

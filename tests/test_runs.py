@@ -140,3 +140,55 @@ def test_output_of_names_missing_output(tmp_path):
     with pytest.raises(LineageError, match="recorded no output 'pairs'"):
         run.output_of("sample", "pairs")
     assert run.output_of("sample", "samples") == run.stage_dir("sample") / "samples.jsonl"
+
+
+def _settle(folder, seconds_ago=60):
+    """Date every file back, as for a checkpoint written earlier (fresh files are never cached)."""
+    import os
+    import time
+
+    for file in folder.rglob("*"):
+        os.utime(file, ns=(time.time_ns() - seconds_ago * 10**9,) * 2)
+
+
+def test_an_all_skip_rerun_reads_each_model_file_once(tmp_path, monkeypatch):
+    """Bug: `output_of` and the reuse check each hashed a model folder in full, so an all-skip rerun
+    read a 32B checkpoint several times. Within one process an unchanged file is read once; a
+    changed size, mtime, ctime or inode makes it read again."""
+    import builtins
+    import os
+    from collections import Counter
+
+    import selftune.runs as runs
+
+    run = Run(tmp_path / "run", reuse=True)
+    with run.stage("sft", config={}) as stage:
+        merged = stage.dir / "merged"
+        merged.mkdir()
+        for name in ("model.safetensors", "config.json"):
+            (merged / name).write_text(name * 100)
+        stage.add_output("merged", merged)
+    _settle(merged)
+    with run.stage("dpo", config={}, inputs={"sft": merged}) as stage:
+        (stage.dir / "out.txt").write_text("x")
+        stage.add_output("out", stage.dir / "out.txt")
+    _settle(run.stage_dir("dpo"))
+    reads = []
+    real_open = builtins.open
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        if "b" in mode and "r" in mode:
+            reads.append(os.path.basename(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "open", counting_open, raising=False)
+    for _ in range(3):  # three reruns in one process: reuse checks and lineage lookups
+        path = run.output_of("sft", "merged")
+        assert run.up_to_date("dpo", config={}, inputs={"sft": path})
+    assert reads and all(count == 1 for count in Counter(reads).values()), Counter(reads)
+
+    (merged / "config.json").write_text("changed!" * 10)  # a changed file is read again
+    _settle(merged, seconds_ago=30)
+    reads.clear()
+    assert not run.up_to_date("dpo", config={}, inputs={"sft": merged})
+    assert "config.json" in reads
