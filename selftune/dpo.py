@@ -314,6 +314,7 @@ def dpo_stage(run, cfg, *, round_number: int = 1, pairs_path: Path | None = None
         model.save_pretrained(adapter_dir, safe_serialization=True)
         tokenizer.save_pretrained(adapter_dir)
         (out / "log_history.json").write_text(json.dumps(log_history(trainer), indent=1))
+        stage.add_output("log_history", out / "log_history.json")
         tokens = sum(len(r["chosen_input_ids"]) + len(r["rejected_input_ids"]) for r in rows) * cfg.dpo.epochs
         stage.add_output("adapter", adapter_dir)
         stage.metrics.update(

@@ -75,21 +75,32 @@ def instruction_following(prompts: list[PromptRecord], answers: list[str]) -> tu
 
 
 @torch.no_grad()
-def pair_log_probs(model, tokenizer, pairs: list[PairRecord], batch_size: int = 8) -> list[tuple[float, float, int]]:
-    """(chosen log-prob, rejected log-prob, chosen response tokens) per pair, exact masking."""
+def pair_log_probs(model, tokenizer, pairs: list[PairRecord], *, max_length: int, response_separator: str | None,
+                   batch_size: int = 8) -> list[tuple[float, float, int] | None]:
+    """(chosen log-prob, rejected log-prob, chosen response tokens) per pair, masked and truncated
+    exactly as DPO trained on them (`dpo.max_length`, `sft.response_separator`); None for a pair
+    that cannot be masked (its response truncated away)."""
     from selftune.logprobs import PairCollator, sequence_logps, tokenize_pair
+    from selftune.masking import MaskingError
 
-    separator = None if getattr(tokenizer, "chat_template", None) else "\nResponse:"
-    rows = [tokenize_pair(tokenizer, p, max_length=4096, response_separator=separator) for p in pairs]
+    separator = None if getattr(tokenizer, "chat_template", None) else response_separator
+    rows: list[dict | None] = []
+    for pair in pairs:
+        try:
+            rows.append(tokenize_pair(tokenizer, pair, max_length=max_length, response_separator=separator))
+        except MaskingError:
+            rows.append(None)
     collator = PairCollator(tokenizer.pad_token_id)
     device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        batch = collator(chunk)
+    kept = [k for k, row in enumerate(rows) if row is not None]
+    out: list[tuple[float, float, int] | None] = [None] * len(rows)
+    for start in range(0, len(kept), batch_size):
+        chunk = kept[start : start + batch_size]
+        batch = collator([rows[k] for k in chunk])
         logps, counts = sequence_logps(model, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")))
         half = len(chunk)
-        out += [(logps[k].item(), logps[half + k].item(), int(counts[k])) for k in range(half)]
+        for j, k in enumerate(chunk):
+            out[k] = (logps[j].item(), logps[half + j].item(), int(counts[j]))
     return out
 
 
@@ -121,7 +132,12 @@ def pair_metrics(own: list[tuple[float, float, int]], reference: list[tuple[floa
                  pairs: list[PairRecord], beta: float) -> dict:
     """Implicit reward accuracy and margin against a reference, overall and per negative source."""
     by_source: dict[str, list[float]] = defaultdict(list)
-    for (pc, pr, _), (rc, rr, _), pair in zip(own, reference, pairs):
+    # A pair either model could not mask is left out of both.
+    scored = [(a, b, pair) for a, b, pair in zip(own, reference, pairs) if a is not None and b is not None]
+    if not scored:
+        return {"pairs": 0}
+    own = [a for a, _, _ in scored]
+    for (pc, pr, _), (rc, rr, _), pair in scored:
         margin = beta * ((pc - rc) - (pr - rr))
         by_source["all"].append(margin)
         by_source[pair.negative_source].append(margin)
@@ -132,6 +148,7 @@ def pair_metrics(own: list[tuple[float, float, int]], reference: list[tuple[floa
         "logp_chosen": round(sum(c for c, _, _ in own) / len(own), 3),
         "logp_rejected": round(sum(r for _, r, _ in own) / len(own), 3),
         "chosen_perplexity": round(math.exp(-sum(c for c, _, _ in own) / max(1, total_tokens)), 3),
+        "pairs": len(scored),
     }
 
 
@@ -213,7 +230,8 @@ def evaluate_one(name: str, spec: str, prompts: list[PromptRecord], pairs: list[
                 generated[label] = _generate_answers(model, tokenizer, messages, tokens, cfg)
                 if caches[label] is not None:
                     write_json(caches[label], {"spec": spec, "answers": generated[label]})
-        log_probs = pair_log_probs(model, tokenizer, pairs) if pairs else []
+        log_probs = pair_log_probs(model, tokenizer, pairs, max_length=cfg.dpo.max_length,
+                                   response_separator=cfg.sft.response_separator) if pairs else []
         if cfg.evaluate.lm_eval_tasks:
             metrics["lm_eval"] = _lm_eval(model, tokenizer, cfg.evaluate.lm_eval_tasks)
         report = unload(model)

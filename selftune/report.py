@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -208,14 +209,18 @@ def plot_lengths(answers: list[dict], path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def lineage_rows(run) -> list[list[str]]:
-    rows = []
-    for stage_dir in sorted(run.root.glob("round-*/*")):
-        from selftune.runs import read_manifest
+def lineage_rows(run, rounds: int) -> list[list[str]]:
+    """One row per stage of the run's plan (the stages `selftune run` takes for `rounds`), from
+    their manifests; folders that are not stages of the plan are not read."""
+    from selftune.pipeline import plan
 
-        manifest = read_manifest(stage_dir)
+    rows = []
+    for step, _ in plan(rounds):
+        if step.stage == "report":
+            continue
+        manifest = run.manifest(step.stage, step.round)
         if manifest is None:
-            rows.append([stage_dir.parent.name, stage_dir.name, "incomplete", "", "", ""])
+            rows.append([f"round-{step.round}", step.stage, "not run", "", "", ""])
             continue
         m = manifest.metrics
         facts = []
@@ -316,25 +321,47 @@ def evaluation_of(run, round_number: int) -> tuple[dict, list[dict], dict[str, s
 
 
 def report_stage(run, cfg, *, round_number: int = 1) -> Path:
+    """Write the report into the report stage's folder; `RUN/report` links to it, so the report's
+    path stays `RUN/report/report.html` whichever round it reports."""
     results_path = run.output_of("evaluate", "results", round_number=round_number)
     answers_path = run.output_of("evaluate", "answers", round_number=round_number)
-    results, answers, prompts = evaluation_of(run, round_number)
-    history = {}
+    inputs = {"results": results_path, "answers": answers_path}
+    histories = {}  # training curves, found through the training stages' manifests
     for r in range(1, round_number + 1):
         for stage in ("sft", "dpo"):
-            path = run.stage_dir(stage, r) / "log_history.json"
-            if path.is_file():
-                history[stage if r == 1 else f"{stage}-r{r}"] = json.loads(path.read_text())
-    inputs = {"results": results_path, "answers": answers_path}
+            path = run.optional_output(stage, "log_history", round_number=r)
+            if path is not None:
+                histories[stage if r == 1 else f"{stage}-r{r}"] = path
+                inputs[f"log_history_{stage}_r{r}"] = path
     if run.up_to_date("report", config={"round": round_number}, inputs=inputs, round_number=round_number):
-        return run.output_of("report", "html", round_number=round_number)
+        _link_report(run, run.output_of("report", "html", round_number=round_number).parent)
+        return run.root / "report" / "report.html"
+    results, answers, prompts = evaluation_of(run, round_number)
+    history = {name: json.loads(path.read_text()) for name, path in histories.items()}
     with run.stage("report", config={"round": round_number}, inputs=inputs, round_number=round_number) as stage:
-        out = run.root / "report"
-        files = write_report(out, title=f"selftune report: {run.root.name}", results=results, answers=answers,
-                             prompts=prompts, history_by_stage=history, lineage=lineage_rows(run))
+        files = write_report(stage.dir, title=f"selftune report: {run.root.name}", results=results, answers=answers,
+                             prompts=prompts, history_by_stage=history, lineage=lineage_rows(run, round_number))
         stage.add_output("html", files["html"])
         stage.add_output("md", files["md"])
-    return files["html"]
+    _link_report(run, stage.dir)
+    return run.root / "report" / "report.html"
+
+
+def _link_report(run, stage_dir: Path) -> None:
+    """Point `RUN/report` at the report stage's folder (replaced atomically; a folder left there by
+    an older version is moved aside, not deleted)."""
+    import os
+
+    link = run.root / "report"
+    target = os.path.relpath(stage_dir, run.root)
+    if link.is_symlink() and os.readlink(link) == target:
+        return
+    if link.exists() and not link.is_symlink():
+        link.rename(run.root / f"report.old-{int(time.time())}")
+    scratch = run.root / f".report.link-{os.getpid()}"
+    scratch.unlink(missing_ok=True)
+    scratch.symlink_to(target, target_is_directory=True)
+    os.replace(scratch, link)
 
 
 def run_results(run) -> tuple[dict, int]:

@@ -139,6 +139,7 @@ def sft_stage(run, cfg, *, round_number: int = 1, data_path: Path | None = None,
         train_tokens = sum(len(r["input_ids"]) for r in train_rows) * cfg.sft.epochs
         trained_tokens = sum(sum(1 for label in r["labels"] if label != -100) for r in train_rows)
         (out / "log_history.json").write_text(json.dumps(log_history(trainer), indent=1))
+        stage.add_output("log_history", out / "log_history.json")
         stage.add_output("adapter", adapter_dir)
         stage.metrics.update(
             examples=len(records), train_examples=len(train_rows), validation_examples=len(eval_rows),

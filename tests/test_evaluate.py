@@ -223,3 +223,31 @@ def test_each_rounds_dpo_model_is_measured_against_its_own_rounds_sft_model(tmp_
     for name in ("dpo-r1", "dpo-r2"):
         assert results["models"][name]["pairs"]["reward_margin"]["all"] == 0.0, name
     assert results["references"] == {"sft-r1": "sft-r1", "dpo-r1": "sft-r1", "sft-r2": "sft-r2", "dpo-r2": "sft-r2"}
+
+
+def test_pair_metrics_truncate_and_mask_as_dpo_trained(tiny_model_dir):
+    """Bug: evaluate scored pairs at a hard-coded max_length 4096 (and separator), not the
+    dpo.max_length the DPO model trained with. A long chosen answer must be scored truncated to it,
+    and a pair whose response is truncated away is left out instead of failing the evaluation."""
+    import torch
+
+    from selftune.logprobs import PairCollator, sequence_logps, tokenize_pair
+    from selftune.models import load_model, load_tokenizer
+
+    long_answer = " ".join(["the waves roll in slowly under a grey sky"] * 12)
+    pairs = [PairRecord(id="long", prompt=[{"role": "user", "content": "q"}],
+                        chosen=[{"role": "assistant", "content": long_answer}],
+                        rejected=[{"role": "assistant", "content": "no"}], negative_source="policy"),
+             PairRecord(id="cut", prompt=[{"role": "user", "content": "q " * 80}],
+                        chosen=[{"role": "assistant", "content": "yes"}],
+                        rejected=[{"role": "assistant", "content": "no"}], negative_source="policy")]
+    cfg = load_config("tiny", overrides=["dpo.max_length=64"])
+    results = evaluate_models([("sft", str(tiny_model_dir))], PROMPTS, pairs, cfg)
+    metrics = results["models"]["sft"]["pairs"]
+    tokenizer, model = load_tokenizer(str(tiny_model_dir)), load_model(str(tiny_model_dir), dtype="float32")
+    row = tokenize_pair(tokenizer, pairs[0], max_length=64, response_separator=None)
+    batch = PairCollator(tokenizer.pad_token_id)([row])
+    with torch.no_grad():
+        logps, counts = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    assert metrics["logp_chosen"] == pytest.approx(round(logps[0].item(), 3), abs=2e-3)
+    assert metrics["pairs"] == 1  # the pair whose answer was cut away is left out

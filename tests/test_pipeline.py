@@ -51,6 +51,11 @@ def test_run_end_to_end_then_reuse_then_rerun_only_what_beta_affects(tmp_path, t
         manifest = read_manifest(run_dir / "round-1" / stage)
         assert manifest is not None and manifest.status == "complete", stage
     assert (run_dir / "report" / "report.html").is_file() and "report.html" in first
+    # The report lives in its stage folder (RUN/report links there) and reads the training curves
+    # through the sft and dpo manifests.
+    report_manifest = read_manifest(run_dir / "round-1" / "report")
+    assert report_manifest.outputs["html"].path == "round-1/report/report.html"
+    assert {"log_history_sft_r1", "log_history_dpo_r1"} <= set(report_manifest.inputs)
     assert "prompt strict" in first  # the summary table is printed at the end
     assert "round 1 data: SFT" in first and "negatives:" in first  # with where the data came from
     types = CliRunner().invoke(app, ["inspect", "types", str(run_dir)])
