@@ -35,5 +35,9 @@ class RunLockedError(SelftuneError):
     """Another process holds the run directory's lock."""
 
 
+class StageRecordError(SelftuneError):
+    """A stage built a record that its own schema rejects (a bug, named instead of a traceback)."""
+
+
 class LineageError(SelftuneError):
     """A stage's upstream input is missing, incomplete or changed since it was recorded."""

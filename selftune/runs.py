@@ -36,9 +36,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from selftune.errors import LineageError, RunLockedError
+from selftune.errors import LineageError, RunLockedError, StageRecordError
 
 MANIFEST = "manifest.json"
 _TRACKED_PACKAGES = ("selftune", "torch", "transformers", "peft", "accelerate", "datasets")
@@ -392,6 +392,12 @@ class Run:
         status, error = "complete", None
         try:
             yield context
+        except ValidationError as exc:  # a record the stage built that its own schema rejects
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or exc.title}: {e['msg']}" for e in exc.errors()[:3])
+            status, error = "failed", f"{exc.title}: {problems}"
+            raise StageRecordError(f"stage round-{round_number}/{name} built a {exc.title} record that its own schema "
+                                   f"rejects ({problems}); this is a selftune bug: please report it with "
+                                   f"{context.dir / MANIFEST}") from exc
         except BaseException as exc:  # KeyboardInterrupt too: the manifest says why it stopped
             status, error = "failed", f"{type(exc).__name__}: {exc}"
             raise

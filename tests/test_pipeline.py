@@ -160,3 +160,17 @@ def test_trust_remote_code_reaches_every_model_and_tokenizer_load(tmp_path, tiny
     assert len(calls) >= 8
     untrusted = [call for call in calls if call[2] is not True]
     assert not untrusted, untrusted
+
+
+@pytest.mark.slow
+def test_the_tiny_preset_on_the_embedded_model_runs_end_to_end(tmp_path, builtin_home, monkeypatch):
+    """What a new user tries first: `selftune run --preset tiny` on the embedded model. It died in
+    pairs with a pydantic traceback when an empty answer passed its checks."""
+    monkeypatch.setenv("SELFTUNE_HOME", str(builtin_home))
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["run", "--preset", "tiny", "--run-dir", str(run_dir),
+                                 "--set", "model.spec=builtin:smollm2-135m-instruct"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    pairs = [json.loads(line) for line in (run_dir / "round-1" / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and all(p["chosen"][0]["content"].strip() for p in pairs)
+    assert read_manifest(run_dir / "round-1" / "report").status == "complete"

@@ -192,3 +192,19 @@ def test_an_all_skip_rerun_reads_each_model_file_once(tmp_path, monkeypatch):
     reads.clear()
     assert not run.up_to_date("dpo", config={}, inputs={"sft": merged})
     assert "config.json" in reads
+
+
+def test_a_record_a_stage_builds_against_its_own_schema_is_a_named_error(tmp_path):
+    """Bug: an empty answer reached `pairs`, which built a PairRecord its schema rejects, and the
+    user saw a pydantic traceback. Any such record now fails its stage with a named error."""
+    from selftune.errors import SelftuneError, StageRecordError
+    from selftune.records import PairRecord
+
+    run = Run(tmp_path / "run")
+    with pytest.raises(StageRecordError, match=r"round-1/pairs built a PairRecord record .*chosen\.0\.content") as caught:
+        with run.stage("pairs", config={}):
+            PairRecord(id="p", prompt=[{"role": "user", "content": "q"}], chosen=[{"role": "assistant", "content": " "}],
+                       rejected=[{"role": "assistant", "content": "no"}], negative_source="policy")
+    assert isinstance(caught.value, SelftuneError)
+    manifest = run.manifest("pairs")
+    assert manifest.status == "failed" and "chosen.0.content" in manifest.error
