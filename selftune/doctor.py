@@ -20,6 +20,7 @@ OPTIONAL_EXTRAS = {
     "bitsandbytes": "gpu",
     "deepspeed": "gpu",
     "lm_eval": "eval",
+    "trl": "bench",
 }
 
 
@@ -51,7 +52,7 @@ def collect() -> list[tuple[str, str]]:
                 f"(bf16 {fp32 / bf16:.1f}x fp32: auto dtype = {'bf16' if fp32 / bf16 >= 1.5 else 'fp32'})",
             )
         )
-    for module in ("transformers", "peft", "trl", "accelerate", "datasets"):
+    for module in ("transformers", "peft", "accelerate", "datasets"):
         rows.append((module, _version(module) or "MISSING"))
     for module, extra in OPTIONAL_EXTRAS.items():
         found = _version(module)

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from selftune.logprobs import PairCollator, prompt_sharing_holds, sequence_logps, tokenize_pairs
 from selftune.records import read_records
+from selftune.runs import StageSpec
 
 logger = logging.getLogger("selftune.dpo")
 
@@ -223,6 +224,17 @@ def mean_answer_length(generator, prompts, max_new_tokens: int) -> float:
     return sum(a[0].completion_tokens for a in answers) / max(1, len(answers))
 
 
+DPO_STAGE = StageSpec(
+    "dpo", output="merged",
+    # DPO masks and truncates pairs with the SFT stage's separator and drop limit; the answer-length
+    # drift check samples with the generation settings.
+    reads=("dpo", "model.dtype", "model.load_in_4bit", "sft.response_separator", "sft.max_drop_share",
+           "generation.backend", "generation.max_new_tokens"),
+    # A load permission, and a batch size that greedy answers do not depend on.
+    unhashed=("model.trust_remote_code", "generation.batch_size"),
+)
+
+
 def dpo_stage(run, cfg, *, round_number: int = 1, pairs_path: Path | None = None, eval_pairs_path: Path | None = None,
               sft_model: str | None = None, progress=None) -> Path:
     """Train the DPO adapter on the merged SFT model and merge it; returns the merged DPO model dir."""
@@ -235,6 +247,7 @@ def dpo_stage(run, cfg, *, round_number: int = 1, pairs_path: Path | None = None
     from selftune.training import (as_dataset, log_history, lora_config, prepare_checkpoints, tracker_callbacks,
                                    training_arguments)
 
+    cfg = DPO_STAGE.view(cfg)
     pairs_path = Path(pairs_path) if pairs_path else run.output_of("pairs", "pairs", round_number=round_number)
     if eval_pairs_path is None:
         eval_pairs_path = run.optional_output("pairs", "eval_pairs", round_number=round_number)
@@ -244,10 +257,10 @@ def dpo_stage(run, cfg, *, round_number: int = 1, pairs_path: Path | None = None
     inputs = {"pairs": pairs_path, "sft_model": Path(sft_model)}
     if eval_pairs_path:
         inputs["eval_pairs"] = Path(eval_pairs_path)
-    stage_config = {"dpo": cfg.dpo.model_dump(), "dtype": cfg.model.dtype, "load_in_4bit": cfg.model.load_in_4bit}
-    if run.up_to_date("dpo", config=stage_config, inputs=inputs, round_number=round_number):
-        return run.output_of("dpo", "merged", round_number=round_number)
-    with run.stage("dpo", config=stage_config, inputs=inputs, round_number=round_number) as stage:
+    start = run.begin(DPO_STAGE, cfg, inputs=inputs, round_number=round_number)
+    if start.reused:
+        return start.reused
+    with start as stage:
         out = stage.dir
         device = default_device()
         tokenizer = load_tokenizer(sft_model, trust_remote_code=cfg.model.trust_remote_code)

@@ -37,6 +37,7 @@ import torch
 from selftune.constraints import check, check_loose
 from selftune.errors import MissingExtraError, SelftuneError
 from selftune.records import PairRecord, PromptRecord
+from selftune.runs import StageSpec
 from selftune.scoring import repetition_rate
 
 
@@ -402,10 +403,19 @@ def run_models(run, round_number: int) -> list[tuple[str, str]]:
     return models
 
 
+EVALUATE_STAGE = StageSpec(
+    "evaluate", output="results",
+    # Pair rewards use DPO's beta and are masked and truncated as DPO trained (max_length, separator).
+    reads=("evaluate", "dpo.beta", "dpo.max_length", "sft.response_separator", "model.dtype", "generation.backend"),
+    unhashed=("generation.batch_size", "model.trust_remote_code"),  # greedy answers do not depend on batching
+)
+
+
 def evaluate_stage(run, cfg, *, round_number: int = 1, models: list[tuple[str, str]] | None = None, on_model=None) -> Path:
     """Evaluate the run's models on its eval prompts and held-out pairs; writes eval/results.json."""
     from selftune.records import read_records
 
+    cfg = EVALUATE_STAGE.view(cfg)
     prompts_path = run.output_of("prompts", "prompts", round_number=1)
     prompts = eval_prompts(prompts_path)
     pairs_path = run.optional_output("pairs", "eval_pairs", round_number=round_number)
@@ -422,11 +432,10 @@ def evaluate_stage(run, cfg, *, round_number: int = 1, models: list[tuple[str, s
     for name, spec in wanted:
         if Path(spec).is_dir():
             inputs[f"model_{name}"] = Path(spec)
-    stage_config = {"evaluate": cfg.evaluate.model_dump(), "beta": cfg.dpo.beta, "models": wanted,
-                    "dtype": cfg.model.dtype, "backend": cfg.generation.backend}
-    if run.up_to_date("evaluate", config=stage_config, inputs=inputs, round_number=round_number):
-        return run.output_of("evaluate", "results", round_number=round_number)
-    with run.stage("evaluate", config=stage_config, inputs=inputs, round_number=round_number) as stage:
+    start = run.begin(EVALUATE_STAGE, cfg, inputs=inputs, round_number=round_number, facts={"models": wanted})
+    if start.reused:
+        return start.reused
+    with start as stage:
         references = round_references([name for name, _ in wanted])
         results = evaluate_models(wanted, prompts, pairs, cfg, reference=references, on_model=on_model)
         stage.add_output("results", write_results(stage.dir, results))

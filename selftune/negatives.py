@@ -40,6 +40,7 @@ from typing import Callable
 from selftune.constraints import check
 from selftune.errors import SelftuneError
 from selftune.records import PairRecord, PromptRecord, SampleRecord
+from selftune.runs import StageSpec
 from selftune.scoring import Scorer
 
 logger = logging.getLogger("selftune.pairs")
@@ -273,6 +274,14 @@ def group_samples(samples: list[SampleRecord], threshold: float) -> tuple[dict, 
     return best, failed
 
 
+PAIRS_STAGE = StageSpec(
+    "pairs", output="pairs",
+    # The sample section holds the scorer, its threshold and the sampling settings pairs reuse.
+    reads=("pairs", "sample", "model.dtype", "generation.backend", "generation.max_new_tokens"),
+    unhashed=("generation.batch_size", "model.trust_remote_code"),  # per-answer seeds; a load permission
+)
+
+
 def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, generator=None, progress=None) -> Path:
     """Sample the SFT model on train and eval prompts, then write train and held-out pairs."""
     import contextlib
@@ -282,6 +291,7 @@ def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, g
     from selftune.runs import write_jsonl
     from selftune.sample import make_scorer, score_samples
 
+    cfg = PAIRS_STAGE.view(cfg)
     prompts_path = run.output_of("prompts", "prompts", round_number=1)
     sft_path = run.output_of("sft-data", "sft", round_number=round_number)
     base_path = run.output_of("sample", "samples", round_number=1)
@@ -303,13 +313,10 @@ def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, g
     params = SamplingParams(n=max(1, cfg.pairs.k), temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
                             max_new_tokens=cfg.generation.max_new_tokens, seed=cfg.pairs.seed + 1)
     threshold = cfg.sample.scorer.pass_threshold
-    stage_config = {"pairs": cfg.pairs.model_dump(), "sample": cfg.sample.model_dump(), "policy": policy,
-                    "backend": cfg.generation.backend,
-                    "max_new_tokens": cfg.generation.max_new_tokens, "dtype": cfg.model.dtype}
-    if run.up_to_date("pairs", config=stage_config, inputs=inputs, round_number=round_number):
-        return run.output_of("pairs", "pairs", round_number=round_number)
-    with run.stage("pairs", config=stage_config, inputs=inputs, round_number=round_number) as stage, \
-            contextlib.ExitStack() as models:
+    start = run.begin(PAIRS_STAGE, cfg, inputs=inputs, round_number=round_number, facts={"policy": policy})
+    if start.reused:
+        return start.reused
+    with start as stage, contextlib.ExitStack() as models:
         gen = None
         if needs_policy:
             gen = generator or models.enter_context(open_generator(

@@ -26,6 +26,7 @@ from pathlib import Path
 from selftune.constraints import CONSTRAINTS, compatible, describe
 from selftune.errors import RecordError
 from selftune.records import PromptRecord, read_records
+from selftune.runs import StageSpec
 
 FORMS = {
     "train": [
@@ -192,16 +193,21 @@ def _looks_like_prompt_records(path: Path) -> bool:
     return True
 
 
+PROMPTS_STAGE = StageSpec("prompts", output="prompts", reads=("prompts",))
+
+
 def prompts_stage(run, cfg, *, source: Path | None = None) -> Path:
     """Stage `prompts`: write the run's prompt set (built-in, or imported from `source` /
     `cfg.prompts.source`) to round-1/prompts/prompts.jsonl."""
     from selftune.runs import write_jsonl
 
+    cfg = PROMPTS_STAGE.view(cfg)
     source = Path(source) if source else (None if cfg.prompts.source == "builtin" else Path(cfg.prompts.source))
     inputs = {"source": source} if source else {}
-    if run.up_to_date("prompts", config=cfg.prompts, inputs=inputs):
-        return run.output_of("prompts", "prompts")
-    with run.stage("prompts", config=cfg.prompts, inputs=inputs) as stage:
+    start = run.begin(PROMPTS_STAGE, cfg, inputs=inputs)
+    if start.reused:
+        return start.reused
+    with start as stage:
         if source:
             records = import_prompts(source)
         else:

@@ -20,6 +20,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from selftune.runs import StageSpec
+
 # (key in results, column title, higher is better)
 COLUMNS = [
     ("prompt_strict", "IFEval-style prompt strict", True),
@@ -320,6 +322,9 @@ def evaluation_of(run, round_number: int) -> tuple[dict, list[dict], dict[str, s
     return results, answers, prompts
 
 
+REPORT_STAGE = StageSpec("report", output="html", reads=())  # everything it shows comes from its inputs
+
+
 def report_stage(run, cfg, *, round_number: int = 1) -> Path:
     """Write the report into the report stage's folder; `RUN/report` links to it, so the report's
     path stays `RUN/report/report.html` whichever round it reports."""
@@ -333,12 +338,13 @@ def report_stage(run, cfg, *, round_number: int = 1) -> Path:
             if path is not None:
                 histories[stage if r == 1 else f"{stage}-r{r}"] = path
                 inputs[f"log_history_{stage}_r{r}"] = path
-    if run.up_to_date("report", config={"round": round_number}, inputs=inputs, round_number=round_number):
-        _link_report(run, run.output_of("report", "html", round_number=round_number).parent)
+    start = run.begin(REPORT_STAGE, cfg, inputs=inputs, round_number=round_number)
+    if start.reused:
+        _link_report(run, start.reused.parent)
         return run.root / "report" / "report.html"
     results, answers, prompts = evaluation_of(run, round_number)
     history = {name: json.loads(path.read_text()) for name, path in histories.items()}
-    with run.stage("report", config={"round": round_number}, inputs=inputs, round_number=round_number) as stage:
+    with start as stage:
         files = write_report(stage.dir, title=f"selftune report: {run.root.name}", results=results, answers=answers,
                              prompts=prompts, history_by_stage=history, lineage=lineage_rows(run, round_number))
         stage.add_output("html", files["html"])

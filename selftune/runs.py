@@ -11,15 +11,25 @@ A stage finds its inputs through the upstream stage's manifest (`Run.output_of`)
 looking for the newest file. Outputs go to a temporary name and are renamed when complete, and the
 manifest is written after them, so a crash leaves no stage that looks complete.
 
+A stage declares the config fields it reads (`StageSpec`); it reads the config only through the
+spec's view, which refuses any other field, and its config hash covers exactly those fields, so
+a field that decides a stage's outputs cannot go unhashed. `Run.begin` is the one preamble.
+
 Usage:
-    run = Run("runs/demo")
-    with run.lock():
+    SAMPLE = StageSpec("sample", output="samples", reads=("sample", "model.dtype"))
+
+    def sample_stage(run, cfg):
+        cfg = SAMPLE.view(cfg)
         prompts = run.output_of("prompts", "prompts")          # path recorded upstream, verified
-        with run.stage("sample", config=cfg.sample, inputs={"prompts": prompts}) as stage:
+        start = run.begin(SAMPLE, cfg, inputs={"prompts": prompts})
+        if start.reused:                                       # complete, same config and inputs
+            return start.reused
+        with start as stage:
             with atomic_write(stage.dir / "samples.jsonl") as handle:
                 ...
             stage.add_output("samples", stage.dir / "samples.jsonl")
             stage.metrics["pass_rate"] = 0.61
+        return stage.dir / "samples.jsonl"
 """
 
 from __future__ import annotations
@@ -34,11 +44,11 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from selftune.errors import LineageError, RunLockedError, StageRecordError
+from selftune.errors import LineageError, RunLockedError, SelftuneError, StageRecordError
 
 MANIFEST = "manifest.json"
 _TRACKED_PACKAGES = ("selftune", "torch", "transformers", "peft", "accelerate", "datasets")
@@ -315,6 +325,23 @@ class Run:
         self.on_event(StageEvent(stage, round_number, "skip" if state.valid else "run", state.reason))
         return state.valid
 
+    def begin(self, spec: StageSpec, cfg, *, inputs: dict[str, Path], round_number: int = 1,
+              facts: dict[str, Any] | None = None) -> StageStart:
+        """The one stage preamble: hash what `spec` declares (and `facts`), check reuse, and hand
+        back either the recorded output or the context that runs the stage:
+
+            start = run.begin(SPEC, cfg, inputs=inputs, round_number=r, facts={"policy": policy})
+            if start.reused:
+                return start.reused
+            with start as stage:
+                ...
+        """
+        config = spec.config(cfg, facts)
+        reused = None
+        if self.up_to_date(spec.name, config=config, inputs=inputs, round_number=round_number):
+            reused = self.output_of(spec.name, spec.output_name(cfg), round_number=round_number)
+        return StageStart(self, spec, config, {k: Path(v) for k, v in inputs.items()}, round_number, reused)
+
     def stage_dir(self, stage: str, round_number: int = 1) -> Path:
         return self.root / f"round-{round_number}" / stage
 
@@ -418,6 +445,104 @@ class Run:
                 error=error,
             )
             write_json(context.dir / MANIFEST, manifest.model_dump(mode="json"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage declarations: what a stage reads, so its reuse check cannot miss a field
+# ---------------------------------------------------------------------------------------------
+
+
+class UndeclaredConfigRead(SelftuneError):
+    """A stage read a config field its `StageSpec` does not declare (a selftune bug)."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage's declaration: its name, its main output, and every config field it reads.
+
+    `reads` are dotted config paths that decide the stage's outputs; they, and nothing else of
+    the config, make its config hash. `unhashed` are fields it reads that cannot change its
+    outputs (batch sizes, trust flags); each says why where it is declared. The stage reads the
+    config only through `view(cfg)`, which refuses any other field, so a field that decides the
+    outputs cannot be read without being hashed.
+    """
+
+    name: str
+    output: str | Callable[[Any], str]
+    reads: tuple[str, ...]
+    unhashed: tuple[str, ...] = ()
+
+    def view(self, cfg) -> "ConfigView":
+        return cfg if isinstance(cfg, ConfigView) else ConfigView(cfg, self, "")
+
+    def config(self, cfg, facts: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What the config hash covers: each declared read's value, plus `facts` the stage
+        decided from its arguments (the policy model it samples, the models it evaluates)."""
+        real = cfg._target if isinstance(cfg, ConfigView) else cfg
+        values = {path: _dumped(_lookup(real, path)) for path in self.reads}
+        return {**values, **{f"fact:{k}": _dumped(v) for k, v in (facts or {}).items()}}
+
+    def output_name(self, cfg) -> str:
+        return self.output(cfg) if callable(self.output) else self.output
+
+
+class ConfigView:
+    """Read-only view of a config that allows only the paths its stage declares."""
+
+    __slots__ = ("_target", "_spec", "_prefix")
+
+    def __init__(self, target, spec: StageSpec, prefix: str):
+        object.__setattr__(self, "_target", target)
+        object.__setattr__(self, "_spec", spec)
+        object.__setattr__(self, "_prefix", prefix)
+
+    def __getattr__(self, name: str):
+        path = self._prefix + name
+        declared = self._spec.reads + self._spec.unhashed
+        if any(path == d or path.startswith(d + ".") for d in declared):
+            return getattr(self._target, name)
+        if any(d.startswith(path + ".") for d in declared):
+            return ConfigView(getattr(self._target, name), self._spec, path + ".")
+        raise UndeclaredConfigRead(f"stage {self._spec.name} read config field {path}, which its StageSpec does "
+                                   "not declare: add it to reads (it decides the outputs) or unhashed")
+
+    def __setattr__(self, name, value):
+        raise AttributeError("a stage's config view is read-only")
+
+
+def _lookup(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _dumped(value):
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_dumped(v) for v in value]
+    return value
+
+
+class StageStart:
+    """`Run.begin`'s answer: `reused` (the recorded main output) when the stage is up to date,
+    else a context manager that runs it (`Run.stage`)."""
+
+    def __init__(self, run: "Run", spec: StageSpec, config: dict, inputs: dict[str, Path], round_number: int,
+                 reused: Path | None):
+        self.run, self.spec, self.config, self.inputs, self.round_number = run, spec, config, inputs, round_number
+        self.reused = reused
+        self._context = None
+
+    def __enter__(self) -> "StageContext":
+        self._context = self.run.stage(self.spec.name, config=self.config, inputs=self.inputs,
+                                       round_number=self.round_number)
+        return self._context.__enter__()
+
+    def __exit__(self, *exc):
+        return self._context.__exit__(*exc)
 
 
 def round_seconds(seconds: float) -> float:

@@ -24,7 +24,7 @@ from pathlib import Path
 from selftune.errors import ConfigError, RecordError
 from selftune.generation import Generator, ProgressCallback, SamplingParams, open_generator
 from selftune.records import PromptRecord, SampleRecord, read_records
-from selftune.runs import write_jsonl
+from selftune.runs import StageSpec, write_jsonl
 from selftune.scoring import ConstraintScorer, JudgeScorer, RewardModelScorer, Scorer
 
 
@@ -163,6 +163,15 @@ def yield_stats(prompts: list[PromptRecord], rows: list[SampleRecord], threshold
     }
 
 
+SAMPLE_STAGE = StageSpec(
+    "sample", output="samples",
+    reads=("sample", "model.spec", "model.dtype", "generation.backend", "generation.max_new_tokens"),
+    # Each answer is sampled from its own seed, whatever the batch or the number of devices; the
+    # trust flag only allows loading the model's code.
+    unhashed=("generation.batch_size", "generation.tensor_parallel_size", "model.trust_remote_code"),
+)
+
+
 def sample_stage(
     run,
     cfg,
@@ -172,13 +181,13 @@ def sample_stage(
     policy: str | None = None,
     generator: Generator | None = None,
     progress: ProgressCallback | None = None,
-    split: str = "train",
 ) -> Path:
-    """Write `samples.jsonl` for one round; returns its path."""
+    """Write `samples.jsonl` (answers to the train prompts) for one round; returns its path."""
+    cfg = SAMPLE_STAGE.view(cfg)
     prompts_path = Path(prompts_path) if prompts_path else run.output_of("prompts", "prompts", round_number=1)
-    prompts = [r for r in read_records(prompts_path, "prompts") if r.split == split]
+    prompts = [r for r in read_records(prompts_path, "prompts") if r.split == "train"]
     if not prompts:
-        raise RecordError([f"{prompts_path}: no prompts with split {split!r}"])
+        raise RecordError([f"{prompts_path}: no prompts with split 'train'"])
     if cfg.sample.scorer.kind == "constraints":
         missing = [f"{prompts_path}: prompt {p.id}: constraints: empty (the constraints scorer needs at least one)" for p in prompts if not p.constraints]
         if missing:
@@ -187,14 +196,12 @@ def sample_stage(
     inputs = {"prompts": prompts_path}
     if Path(policy).is_dir():
         inputs["policy"] = Path(policy)
-    stage_config = {"sample": cfg.sample.model_dump(), "policy": policy, "dtype": cfg.model.dtype,
-                    "backend": cfg.generation.backend,
-                    "max_new_tokens": cfg.generation.max_new_tokens, "split": split}
     params = SamplingParams(n=cfg.sample.k, temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
                             max_new_tokens=cfg.generation.max_new_tokens, seed=cfg.sample.seed)
-    if run.up_to_date("sample", config=stage_config, inputs=inputs, round_number=round_number):
-        return run.output_of("sample", "samples", round_number=round_number)
-    with run.stage("sample", config=stage_config, inputs=inputs, round_number=round_number) as stage:
+    start = run.begin(SAMPLE_STAGE, cfg, inputs=inputs, round_number=round_number, facts={"policy": policy})
+    if start.reused:
+        return start.reused
+    with start as stage:
         opened = contextlib.nullcontext(generator) if generator else open_generator(
             policy, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size,
             dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,

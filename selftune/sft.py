@@ -37,6 +37,7 @@ import yaml
 from selftune.errors import TooManyDroppedError
 from selftune.masking import MaskingError, tokenize_example
 from selftune.records import read_records
+from selftune.runs import StageSpec
 from selftune.training import (as_dataset, log_history, lora_config, make_sft_trainer_class, prepare_checkpoints,
                                tracker_callbacks, training_arguments)
 
@@ -77,6 +78,13 @@ def split_validation(rows: list, share: float, seed: int) -> tuple[list, list]:
     return [r for k, r in enumerate(rows) if k not in held], [r for k, r in enumerate(rows) if k in held]
 
 
+SFT_STAGE = StageSpec(
+    "sft", output=lambda cfg: "merged" if cfg.sft.merge else "adapter",
+    reads=("sft", "model.spec", "model.dtype", "model.load_in_4bit"),
+    unhashed=("model.trust_remote_code",),  # allows loading the model's code; cannot change what it computes
+)
+
+
 def sft_stage(run, cfg, *, round_number: int = 1, data_path: Path | None = None, base: str | None = None,
               progress=None) -> Path:
     """Train the SFT adapter (and merge it); returns the merged model dir, or the adapter dir."""
@@ -86,17 +94,17 @@ def sft_stage(run, cfg, *, round_number: int = 1, data_path: Path | None = None,
     from selftune.merge import merge_adapter
     from selftune.models import default_device, load_model, load_tokenizer, unload
 
+    cfg = SFT_STAGE.view(cfg)
     data_path = Path(data_path) if data_path else run.output_of("sft-data", "sft", round_number=round_number)
     base = base or cfg.model.spec
     records = read_records(data_path, "sft")  # validate before loading anything
     inputs = {"sft": data_path}
     if Path(base).is_dir():
         inputs["base"] = Path(base)
-    stage_config = {"sft": cfg.sft.model_dump(), "base": base, "dtype": cfg.model.dtype,
-                    "load_in_4bit": cfg.model.load_in_4bit}
-    if run.up_to_date("sft", config=stage_config, inputs=inputs, round_number=round_number):
-        return run.output_of("sft", "merged" if cfg.sft.merge else "adapter", round_number=round_number)
-    with run.stage("sft", config=stage_config, inputs=inputs, round_number=round_number) as stage:
+    start = run.begin(SFT_STAGE, cfg, inputs=inputs, round_number=round_number, facts={"base": base})
+    if start.reused:
+        return start.reused
+    with start as stage:
         out = stage.dir
         device = default_device()
         tokenizer = load_tokenizer(base, trust_remote_code=cfg.model.trust_remote_code)

@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from selftune.records import PromptRecord, SampleRecord, SFTRecord, read_records
-from selftune.runs import write_jsonl
+from selftune.runs import StageSpec, write_jsonl
 
 
 def repair_candidates(samples: list[SampleRecord]) -> list[SampleRecord]:
@@ -90,20 +90,24 @@ def select_examples(prompts: list[PromptRecord], samples: list[SampleRecord], *,
     return examples, stats
 
 
+# The pass threshold and the scorer kind decide which samples count as passing (a changed
+# threshold used to leave stale SFT data "up to date").
+SFT_DATA_STAGE = StageSpec("sft-data", output="sft",
+                           reads=("sft_data", "sample.scorer.pass_threshold", "sample.scorer.kind"))
+
+
 def sft_data_stage(run, cfg, *, round_number: int = 1, samples_path: Path | None = None,
                    prompts_path: Path | None = None) -> Path:
+    cfg = SFT_DATA_STAGE.view(cfg)
     samples_path = Path(samples_path) if samples_path else run.output_of("sample", "samples", round_number=round_number)
     prompts_path = Path(prompts_path) if prompts_path else run.output_of("prompts", "prompts", round_number=1)
     samples = read_records(samples_path, "samples")  # validate both inputs before writing anything
     prompts = [p for p in read_records(prompts_path, "prompts") if p.split == "train"]
     inputs = {"samples": samples_path, "prompts": prompts_path}
-    # The pass threshold and the scorer decide which samples count as passing: they are part of the
-    # stage's config (a changed threshold used to leave stale SFT data "up to date").
-    stage_config = {"sft_data": cfg.sft_data.model_dump(), "pass_threshold": cfg.sample.scorer.pass_threshold,
-                    "scorer": cfg.sample.scorer.kind}
-    if run.up_to_date("sft-data", config=stage_config, inputs=inputs, round_number=round_number):
-        return run.output_of("sft-data", "sft", round_number=round_number)
-    with run.stage("sft-data", config=stage_config, inputs=inputs, round_number=round_number) as stage:
+    start = run.begin(SFT_DATA_STAGE, cfg, inputs=inputs, round_number=round_number)
+    if start.reused:
+        return start.reused
+    with start as stage:
         examples, stats = select_examples(prompts, samples, tie_break=cfg.sft_data.tie_break,
                                           dedupe=cfg.sft_data.dedupe, threshold=cfg.sample.scorer.pass_threshold,
                                           repair=cfg.sft_data.repair and cfg.sample.scorer.kind == "constraints")

@@ -208,3 +208,40 @@ def test_a_record_a_stage_builds_against_its_own_schema_is_a_named_error(tmp_pat
     assert isinstance(caught.value, SelftuneError)
     manifest = run.manifest("pairs")
     assert manifest.status == "failed" and "chosen.0.content" in manifest.error
+
+
+def test_a_stage_reads_only_what_it_declares_and_its_hash_covers_every_declared_read():
+    from selftune.config import load_config
+    from selftune.runs import StageSpec, UndeclaredConfigRead
+
+    spec = StageSpec("sft-data", output="sft", reads=("sft_data", "sample.scorer.pass_threshold"),
+                     unhashed=("generation.batch_size",))
+    cfg = load_config("tiny")
+    view = spec.view(cfg)
+    assert view.sample.scorer.pass_threshold == 0.5 and view.sft_data.dedupe == cfg.sft_data.dedupe
+    assert view.generation.batch_size == cfg.generation.batch_size
+    with pytest.raises(UndeclaredConfigRead, match="sample.scorer.kind"):
+        view.sample.scorer.kind
+    with pytest.raises(UndeclaredConfigRead, match="dpo"):
+        view.dpo
+    changed = load_config("tiny", overrides=["sample.scorer.pass_threshold=0.9"])
+    assert spec.config(changed) != spec.config(cfg)
+    assert spec.config(load_config("tiny", overrides=["generation.batch_size=3"])) == spec.config(cfg)
+
+
+def test_every_stage_declares_paths_that_exist():
+    from selftune import dpo, evaluate, negatives, prompts, report, sample, sft, sft_data
+    from selftune.config import load_config
+    from selftune.pipeline import STAGES
+    from selftune.runs import StageSpec
+
+    specs = [value for module in (dpo, evaluate, negatives, prompts, report, sample, sft, sft_data)
+             for value in vars(module).values() if isinstance(value, StageSpec)]
+    assert sorted(spec.name for spec in specs) == sorted(STAGES)
+    cfg = load_config("demo")
+    for spec in specs:
+        spec.config(cfg)  # every declared read resolves
+        for path in spec.unhashed:
+            obj = cfg
+            for part in path.split("."):
+                obj = getattr(obj, part)
