@@ -393,7 +393,7 @@ def pairs(
     set_: list[str] = SetOption,
 ):
     """Build preference pairs: chosen = passing answers; rejected = policy/base failures and named corruptions."""
-    from selftune.negatives import pairs_stage
+    from selftune.pairs import pairs_stage
 
     run, cfg = open_run(run_dir, preset, config, set_)
     with run.lock():

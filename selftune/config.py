@@ -33,14 +33,14 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ModelConfig(Section):
+class ModelSection(Section):
     spec: str = Field("builtin:smollm2-135m-instruct", description="Base model: builtin:NAME, a .gguf file, a checkpoint dir or a hub id.")
     dtype: Dtype = Field("auto", description="Weights dtype; auto = bf16 where the hardware runs it fast, else fp32.")
     load_in_4bit: bool = Field(False, description="Load the base in 4-bit NF4 (QLoRA; CUDA + bitsandbytes only).")
     trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint; off unless you trust it.")
 
 
-class GenerationConfig(Section):
+class GenerationSection(Section):
     backend: Literal["auto", "hf", "continuous", "vllm"] = Field(
         "auto", description="auto = vLLM when installed with a GPU, else the continuous-batching engine (hf where it cannot serve the model).")
     batch_size: int = Field(64, ge=1, description="Sequences in flight (prompts x samples) per forward pass.")
@@ -48,7 +48,7 @@ class GenerationConfig(Section):
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine.")
 
 
-class PromptsConfig(Section):
+class PromptsSection(Section):
     source: str = Field("builtin", description="'builtin' (tasks x verifiable constraints) or a JSONL / datasets-readable file.")
     n_train: int = Field(300, ge=1, description="Train prompts to build from the builtin set.")
     n_eval: int = Field(200, ge=1, description="Held-out eval prompts (tasks, topics, constraint values and wordings unseen in train).")
@@ -76,7 +76,7 @@ class PromptsConfig(Section):
 DEFAULT_PASS_THRESHOLD = {"constraints": 1.0, "judge": 0.7, "reward-model": 0.5}
 
 
-class ScorerConfig(Section):
+class ScorerSection(Section):
     kind: Literal["constraints", "judge", "reward-model"] = Field("constraints", description="How answers are scored.")
     judge_model: str | None = Field(None, description="Judge model spec; None = the policy judges itself.")
     judge_samples: int = Field(3, ge=1, description="Judge samples averaged per answer.")
@@ -89,14 +89,14 @@ class ScorerConfig(Section):
     quality_checks: bool = Field(True, description="Constraints scorer also checks the answer is complete and not looping.")
 
     @model_validator(mode="after")
-    def _threshold_by_kind(self) -> "ScorerConfig":
+    def _threshold_by_kind(self) -> "ScorerSection":
         if self.pass_threshold is None:
             # Written into the config (and so its hash), so a changed kind re-decides it only when unset.
             object.__setattr__(self, "pass_threshold", DEFAULT_PASS_THRESHOLD[self.kind])
         return self
 
 
-class SampleConfig(Section):
+class SampleSection(Section):
     k: int = Field(8, ge=1, description="Answers sampled per train prompt.")
     temperature: float = Field(0.8, gt=0, description="Sampling temperature (> 0: rejection sampling needs variety).")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
@@ -105,23 +105,23 @@ class SampleConfig(Section):
     full_samples: int = Field(1, ge=0, description="Answers per prompt never stopped early: repairs (sft_data.repair) need whole answers.")
     retry_rounds: int = Field(0, ge=0, description="Difficulty-aware sampling: extra rounds in which only prompts without a passing answer yet are sampled again.")
     retry_k: int = Field(2, ge=1, description="Answers per still-unsolved prompt in each retry round.")
-    scorer: ScorerConfig = Field(default_factory=ScorerConfig, description="Scorer of sampled answers.")
+    scorer: ScorerSection = Field(default_factory=ScorerSection, description="Scorer of sampled answers.")
 
 
-class SFTDataConfig(Section):
+class SFTDataSection(Section):
     tie_break: Literal["shortest", "longest", "first"] = Field("shortest", description="Which of several best passing answers to keep.")
     dedupe: bool = Field(True, description="Drop examples whose prompt and answer repeat an earlier one.")
     repair: bool = Field(True, description="A prompt with no passing answer gets a repaired one (selftune.repair), tagged chosen_source repair:<checks>.")
 
 
-class LoraConfig(Section):
+class LoraSection(Section):
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
     target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Modules to adapt; all-linear = every linear layer but the head.")
 
 
-class TrainConfig(Section):
+class TrainSection(Section):
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
     epochs: float = Field(2.0, gt=0, description="Passes over the training data.")
     per_device_batch_size: int = Field(8, ge=1, description="Examples per device per micro-batch.")
@@ -138,15 +138,15 @@ class TrainConfig(Section):
     seed: int = Field(0, description="Training seed.")
 
 
-class SFTConfig(TrainConfig):
-    lora: LoraConfig = Field(default_factory=LoraConfig, description="Adapter shape.")
+class SFTSection(TrainSection):
+    lora: LoraSection = Field(default_factory=LoraSection, description="Adapter shape.")
     validation_share: float = Field(0.1, ge=0, lt=1, description="Share of SFT examples held out for validation loss.")
     max_drop_share: float = Field(0.05, ge=0, le=1, description="Fail when more than this share of rows cannot be masked.")
     response_separator: str = Field("\nResponse:", description="Separator for raw-text models with no chat template.")
     merge: bool = Field(True, description="Merge the adapter into the base after training (DPO needs it).")
 
 
-class PairsConfig(Section):
+class PairsSection(Section):
     k: int = Field(4, ge=0, description="Answers sampled per prompt from the SFT model for chosen/policy negatives (0 = none: pairs from the base samples and the SFT data's repairs).")
     sources: dict[str, float] = Field(
         default_factory=lambda: {
@@ -175,7 +175,7 @@ class PairsConfig(Section):
     seed: int = Field(0, description="Seed of source choice and corruptions.")
 
 
-class DPOConfig(TrainConfig):
+class DPOSection(TrainSection):
     learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate.")
     epochs: float = Field(1.0, gt=0, description="Passes over the pairs.")
     beta: float = Field(0.1, gt=0, description="DPO temperature: strength of the pull towards the reference.")
@@ -189,10 +189,10 @@ class DPOConfig(TrainConfig):
     # No dropout by default: the implicit reward compares the policy's log-probs with the reference's,
     # which are computed without dropout, so dropout in the policy pass only adds noise to every
     # margin (TRL's DPOTrainer disables dropout for the same reason). It also saved ~20% of a step.
-    lora: LoraConfig = Field(default_factory=lambda: LoraConfig(dropout=0.0), description="Shape of the fresh DPO adapter (dropout 0: see above).")
+    lora: LoraSection = Field(default_factory=lambda: LoraSection(dropout=0.0), description="Shape of the fresh DPO adapter (dropout 0: see above).")
 
 
-class EvaluateConfig(Section):
+class EvaluateSection(Section):
     models: list[str] = Field(default_factory=lambda: ["base", "sft", "dpo"], description="Models evaluated, one at a time.")
     max_new_tokens: int = Field(256, ge=1, description="Longest eval answer.")
     judge: bool = Field(False, description="Also compute a judge win-rate against the base (positions swapped).")
@@ -215,17 +215,25 @@ class EvaluateConfig(Section):
 
 class PipelineConfig(Section):
     name: str = Field("demo", description="Run name: the folder under runs/.")
-    seed: int = Field(0, description="Global seed.")
     rounds: int = Field(1, ge=1, description="Self-training rounds; round r+1 starts from round r's DPO model.")
-    model: ModelConfig = Field(default_factory=ModelConfig, description="Base model.")
-    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Generation backend.")
-    prompts: PromptsConfig = Field(default_factory=PromptsConfig, description="Prompt set.")
-    sample: SampleConfig = Field(default_factory=SampleConfig, description="Stage sample.")
-    sft_data: SFTDataConfig = Field(default_factory=SFTDataConfig, description="Stage sft-data.")
-    sft: SFTConfig = Field(default_factory=SFTConfig, description="Stage sft.")
-    pairs: PairsConfig = Field(default_factory=PairsConfig, description="Stage pairs.")
-    dpo: DPOConfig = Field(default_factory=DPOConfig, description="Stage dpo.")
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Stage evaluate.")
+    model: ModelSection = Field(default_factory=ModelSection, description="Base model.")
+    generation: GenerationSection = Field(default_factory=GenerationSection, description="Generation backend.")
+    prompts: PromptsSection = Field(default_factory=PromptsSection, description="Prompt set.")
+    sample: SampleSection = Field(default_factory=SampleSection, description="Stage sample.")
+    sft_data: SFTDataSection = Field(default_factory=SFTDataSection, description="Stage sft-data.")
+    sft: SFTSection = Field(default_factory=SFTSection, description="Stage sft.")
+    pairs: PairsSection = Field(default_factory=PairsSection, description="Stage pairs.")
+    dpo: DPOSection = Field(default_factory=DPOSection, description="Stage dpo.")
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection, description="Stage evaluate.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_unused_seed(cls, data):
+        # A top-level `seed` was accepted and never used (each stage has its own seed); config.yaml
+        # files of earlier runs still carry it, so it is dropped rather than refused.
+        if isinstance(data, dict) and "seed" in data:
+            data = {k: v for k, v in data.items() if k != "seed"}
+        return data
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,8 +29,9 @@ import torch
 from selftune.errors import MissingExtraError
 from selftune.models import end_of_turn_ids
 
-Message = dict
-Prompt = Union[str, list[Message]]
+# Raw text, or a chat as role/content dicts (`selftune.records.Message.model_dump()`), which is what
+# chat templates take.
+Prompt = Union[str, list[dict[str, str]]]
 # stop: the model closed its turn; length: the token cap; rejected: early rejection stopped an
 # answer whose prefix already failed a check that cannot recover (`Completion.rejected_by` names it).
 FinishReason = Literal["stop", "length", "rejected"]

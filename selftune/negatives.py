@@ -1,4 +1,4 @@
-"""Stage `pairs`: preference pairs with diverse negatives, each tagged with its source.
+"""Preference pairs with diverse negatives, each tagged with its source (used by `selftune.pairs`).
 
 Chosen: the best passing answer of the SFT model's own samples for the prompt, else the SFT
 data's answer. Rejected, mixed by `pairs.sources` weights among the sources a prompt has:
@@ -22,32 +22,21 @@ dropped and counted. Held-out pairs for evaluation are built the same way from t
 (sources: policy and corruptions; the base model is not sampled on eval prompts).
 
 Usage:
-    selftune pairs --run runs/demo
     from selftune.negatives import build_pairs, CORRUPTIONS
 """
 
 from __future__ import annotations
 
 import difflib
-import logging
 import random
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from selftune.constraints import check
-from selftune.errors import SelftuneError
 from selftune.records import PairRecord, PromptRecord, SampleRecord
-from selftune.runs import StageSpec
 from selftune.scoring import Scorer
-
-logger = logging.getLogger("selftune.pairs")
-
-
-class NoPairsError(SelftuneError):
-    """No training pair could be built: nothing passing to use as the chosen side."""
 
 Corruption = Callable[[str, PromptRecord, random.Random, dict], "str | None"]
 
@@ -128,7 +117,7 @@ def similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
 
 
-def _messages(prompt: PromptRecord) -> list[dict]:
+def prompt_messages(prompt: PromptRecord) -> list[dict]:
     return [m.model_dump() for m in prompt.messages]
 
 
@@ -247,7 +236,7 @@ def build_pairs(
                 continue
             pairs.append(
                 PairRecord(
-                    id=f"{prompt.id}-{made}", prompt=_messages(prompt),
+                    id=f"{prompt.id}-{made}", prompt=prompt_messages(prompt),
                     chosen=[{"role": "assistant", "content": good}],
                     rejected=[{"role": "assistant", "content": bad}],
                     negative_source=source, chosen_source=good_source, chosen_score=good_score, rejected_score=bad_score,
@@ -258,136 +247,3 @@ def build_pairs(
             made += 1
     return pairs, {"pairs": len(pairs), "by_source": dict(sorted(counts.items())),
                    "by_chosen_source": dict(sorted(chosen_counts.items())), "dropped": dict(sorted(dropped.items()))}
-
-
-def group_samples(samples: list[SampleRecord], threshold: float) -> tuple[dict, dict]:
-    """(best passing sample per prompt, failed samples per prompt)."""
-    best: dict[str, SampleRecord] = {}
-    failed: dict[str, list[SampleRecord]] = defaultdict(list)
-    for sample in samples:
-        if sample.score >= threshold:
-            current = best.get(sample.prompt_id)
-            if current is None or (sample.score, -len(sample.completion)) > (current.score, -len(current.completion)):
-                best[sample.prompt_id] = sample
-        else:
-            failed[sample.prompt_id].append(sample)
-    return best, failed
-
-
-PAIRS_STAGE = StageSpec(
-    "pairs", output="pairs",
-    # The sample section holds the scorer, its threshold and the sampling settings pairs reuse.
-    reads=("pairs", "sample", "model.dtype", "generation.backend", "generation.max_new_tokens"),
-    unhashed=("generation.batch_size", "model.trust_remote_code"),  # per-answer seeds; a load permission
-)
-
-
-def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, generator=None, progress=None) -> Path:
-    """Sample the SFT model on train and eval prompts, then write train and held-out pairs."""
-    import contextlib
-
-    from selftune.generation import SamplingParams, open_generator
-    from selftune.records import read_records
-    from selftune.runs import write_jsonl
-    from selftune.sample import make_scorer, score_samples
-
-    cfg = PAIRS_STAGE.view(cfg)
-    prompts_path = run.output_of("prompts", "prompts", round_number=1)
-    sft_path = run.output_of("sft-data", "sft", round_number=round_number)
-    base_path = run.output_of("sample", "samples", round_number=1)
-    # The SFT model answers when pairs.k > 0, and judges when the scorer is a judge with no model of
-    # its own; otherwise no model is read (policy None).
-    self_judging = cfg.sample.scorer.kind == "judge" and cfg.sample.scorer.judge_model is None
-    needs_policy = bool(cfg.pairs.k) or self_judging
-    policy = (policy or str(run.output_of("sft", "merged", round_number=round_number))) if needs_policy else None
-    all_prompts = read_records(prompts_path, "prompts")
-    # Held-out pairs come from the first `pairs.eval_prompts` eval prompts: sampling them all costs
-    # as much as the train prompts, for a diagnostic (held-out reward accuracy) that needs far fewer.
-    prompts = [p for p in all_prompts if p.split == "train"] + \
-        [p for p in all_prompts if p.split == "eval"][: cfg.pairs.eval_prompts if cfg.pairs.k else 0]
-    sft_records = read_records(sft_path, "sft")
-    base_samples = read_records(base_path, "samples")
-    inputs = {"prompts": prompts_path, "sft": sft_path, "base_samples": base_path}
-    if policy and Path(policy).is_dir():
-        inputs["policy"] = Path(policy)
-    params = SamplingParams(n=max(1, cfg.pairs.k), temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
-                            max_new_tokens=cfg.generation.max_new_tokens, seed=cfg.pairs.seed + 1)
-    threshold = cfg.sample.scorer.pass_threshold
-    start = run.begin(PAIRS_STAGE, cfg, inputs=inputs, round_number=round_number, facts={"policy": policy})
-    if start.reused:
-        return start.reused
-    with start as stage, contextlib.ExitStack() as models:
-        gen = None
-        if needs_policy:
-            gen = generator or models.enter_context(open_generator(
-                policy, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size, dtype=cfg.model.dtype,
-                trust_remote_code=cfg.model.trust_remote_code))
-        # One scorer for the whole stage: a self-judging scorer judges with the SFT model.
-        scorer = models.enter_context(make_scorer(cfg, gen))
-        policy_samples: list[SampleRecord] = []
-        if cfg.pairs.k:  # on-policy: the SFT model answers every train prompt (and some eval prompts)
-            answers = gen.generate([_messages(p) for p in prompts], params, progress=progress)
-            policy_samples = score_samples(prompts, answers, scorer, policy)
-            write_jsonl(stage.dir / "policy_samples.jsonl", policy_samples)
-            stage.add_output("policy_samples", stage.dir / "policy_samples.jsonl")
-        best, policy_failed = group_samples(policy_samples, threshold)
-        _, base_failed = group_samples(base_samples, threshold)
-        if not cfg.pairs.k:  # off-policy: the base samples' failures serve as the policy's
-            policy_failed, base_failed = base_failed, {}
-        use_contrasts = cfg.pairs.sources.get("original", 0) > 0 and cfg.sample.scorer.kind == "constraints"
-        for split in ("train", "eval"):
-            subset = [p for p in prompts if p.split == split]
-            # The SFT model's best passing sample, else (train) the SFT data's answer.
-            chosen = {pid: Chosen(s.completion, "policy") for pid, s in best.items()}
-            contrasts: dict[str, list[Contrast]] = {}
-            if split == "train":
-                for record in sft_records:
-                    source = getattr(record, "chosen_source", "sample")
-                    chosen.setdefault(record.id, Chosen(record.completion[0].content,
-                                                        source if source.startswith("repair:") else "sft-data"))
-            if use_contrasts:
-                for prompt in subset:
-                    contrasts[prompt.id] = contrasts_for(prompt, policy_failed.get(prompt.id, []),
-                                                         cfg.pairs.pairs_per_prompt, cfg.pairs.seed)
-                by_id = {p.id: p for p in subset}
-                for record in sft_records:  # the SFT data's own repairs, over the base answers they mend
-                    original = getattr(record, "original", None)
-                    if original and record.id in by_id and not any(c.original == original for c in contrasts[record.id]):
-                        [score] = scorer.score(by_id[record.id], [original])
-                        contrasts[record.id].append(Contrast(record.completion[0].content, record.chosen_source,
-                                                             original, score.score))
-            weights = dict(cfg.pairs.sources)
-            if split == "eval":
-                weights.pop("base", None)
-            pairs, counts = build_pairs(
-                subset, chosen=chosen, policy_failures=policy_failed, base_failures=base_failed,
-                scorer=scorer, weights=weights, pairs_per_prompt=cfg.pairs.pairs_per_prompt,
-                max_similarity=cfg.pairs.max_similarity, seed=cfg.pairs.seed, contrasts=contrasts,
-            )
-            if split == "train" and cfg.pairs.max_pairs and len(pairs) > cfg.pairs.max_pairs:
-                keep = sorted(random.Random(cfg.pairs.seed).sample(range(len(pairs)), cfg.pairs.max_pairs))
-                pairs = [pairs[k] for k in keep]
-                counts = {**counts, "pairs": len(pairs), "by_source": dict(Counter(p.negative_source for p in pairs)),
-                          "by_chosen_source": dict(Counter(p.chosen_source.split(":")[0] for p in pairs)),
-                          "before_max_pairs": counts["pairs"]}
-            stage.metrics[split] = counts
-            if not pairs and split == "train":
-                raise NoPairsError(f"pairs: no training pair from {len(subset)} train prompts ({counts}); "
-                                   "the SFT model and the SFT data gave no passing answer to build on")
-            if not pairs:  # DPO then trains without held-out reward statistics, and says so
-                if not subset:
-                    logger.info("pairs: no held-out pairs: pairs.eval_prompts is 0")
-                elif cfg.pairs.k == 0:
-                    logger.info("pairs: no held-out pairs: they need the SFT model's answers to eval prompts "
-                                "(pairs.k > 0)")
-                else:
-                    logger.warning("pairs: no held-out pair from %d eval prompts: the SFT model passed none of them",
-                                   len(subset))
-                continue
-            name = "pairs" if split == "train" else "eval_pairs"
-            write_jsonl(stage.dir / f"{name}.jsonl", pairs)
-            stage.add_output(name, stage.dir / f"{name}.jsonl")
-        if policy_samples:  # none when pairs.k is 0
-            passed = sum(s.score >= threshold for s in policy_samples)
-            stage.metrics["policy_sample_pass_rate"] = float(f"{passed / len(policy_samples):.4f}")
-    return stage.dir / "pairs.jsonl"

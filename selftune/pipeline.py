@@ -36,11 +36,11 @@ STAGES = ["prompts", *ROUND_STAGES, "evaluate", "report"]
 @dataclass(frozen=True)
 class Step:
     stage: str
-    round: int
+    round_number: int
 
     @property
     def label(self) -> str:
-        return f"round-{self.round}/{self.stage}"
+        return f"round-{self.round_number}/{self.stage}"
 
 
 def plan(rounds: int, *, from_stage: str | None = None, until_stage: str | None = None) -> list[tuple[Step, bool]]:
@@ -66,9 +66,9 @@ def _policy(run: Run, cfg, round_number: int) -> str:
 
 def run_step(run: Run, cfg, step: Step, *, progress_factory: Callable | None = None) -> Path:
     """Run (or reuse) one stage; returns its main output."""
-    from selftune import dpo, evaluate, negatives, prompts, report, sample, sft, sft_data
+    from selftune import dpo, evaluate, pairs, prompts, report, sample, sft, sft_data
 
-    r = step.round
+    r = step.round_number
     if step.stage == "prompts":
         return prompts.prompts_stage(run, cfg)
     if step.stage == "sample":
@@ -80,7 +80,7 @@ def run_step(run: Run, cfg, step: Step, *, progress_factory: Callable | None = N
         return sft.sft_stage(run, cfg, round_number=r, base=_policy(run, cfg, r))
     if step.stage == "pairs":
         with _progress(progress_factory, f"round {r}: sampling the SFT model") as progress:
-            return negatives.pairs_stage(run, cfg, round_number=r, progress=progress)
+            return pairs.pairs_stage(run, cfg, round_number=r, progress=progress)
     if step.stage == "dpo":
         return dpo.dpo_stage(run, cfg, round_number=r)
     if step.stage == "evaluate":
@@ -118,7 +118,7 @@ def run_pipeline(run_dir: Path | str, cfg, *, from_stage: str | None = None, unt
 
     def decided(event: StageEvent) -> None:
         decisions.append(event)
-        label = Step(event.stage, event.round).label
+        label = Step(event.stage, event.round_number).label
         on_event(f"{label}: up to date, skipped" if event.action == "skip" else f"{label}: runs ({event.reason})")
 
     run = Run(run_dir, reuse=True, on_event=decided)

@@ -1,6 +1,6 @@
 """Record schemas (prompts, samples, SFT examples, preference pairs) and JSONL validation.
 
-Formats follow DESIGN.md and stay readable by TRL (conversational prompt/completion and
+Formats are described in docs/data.md and stay readable by TRL (conversational prompt/completion and
 prompt/chosen/rejected), LLaMA-Factory and Axolotl. Fields beyond the schema are kept.
 
 Every stage validates its input first. A bad file fails whole, before anything is written, with

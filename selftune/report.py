@@ -220,9 +220,9 @@ def lineage_rows(run, rounds: int) -> list[list[str]]:
     for step, _ in plan(rounds):
         if step.stage == "report":
             continue
-        manifest = run.manifest(step.stage, step.round)
+        manifest = run.manifest(step.stage, step.round_number)
         if manifest is None:
-            rows.append([f"round-{step.round}", step.stage, "not run", "", "", ""])
+            rows.append([f"round-{step.round_number}", step.stage, "not run", "", "", ""])
             continue
         m = manifest.metrics
         facts = []
@@ -232,7 +232,7 @@ def lineage_rows(run, rounds: int) -> list[list[str]]:
                 facts.append(f"{key}={m[key]:.4g}" if isinstance(m[key], float) else f"{key}={m[key]}")
         if isinstance(m.get("train"), dict):
             facts.append(f"pairs by source={m['train'].get('by_source')}")
-        rows.append([f"round-{manifest.round}", manifest.stage, manifest.status, manifest.config_hash,
+        rows.append([f"round-{manifest.round_number}", manifest.stage, manifest.status, manifest.config_hash,
                      f"{manifest.seconds:.0f}s", ", ".join(facts)])
     return rows
 

@@ -46,7 +46,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from selftune.errors import LineageError, RunLockedError, SelftuneError, StageRecordError
 
@@ -172,8 +172,10 @@ class FileRef(BaseModel):
 
 
 class Manifest(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
     stage: str
-    round: int
+    round_number: int = Field(alias="round")  # "round" in manifest.json
     status: Literal["complete", "failed"]
     config_hash: str
     inputs: dict[str, FileRef] = Field(default_factory=dict)
@@ -214,7 +216,7 @@ class StageEvent:
     """What `Run.up_to_date` decided for one stage: `skip` (up to date) or `run`, and why."""
 
     stage: str
-    round: int
+    round_number: int
     action: Literal["skip", "run"]
     reason: str
 
@@ -432,7 +434,7 @@ class Run:
             finished = time.time()
             manifest = Manifest(
                 stage=name,
-                round=round_number,
+                round_number=round_number,
                 status=status,  # type: ignore[arg-type]
                 config_hash=context.config_hash,
                 inputs=input_refs,
@@ -444,7 +446,7 @@ class Run:
                 metrics=context.metrics,
                 error=error,
             )
-            write_json(context.dir / MANIFEST, manifest.model_dump(mode="json"))
+            write_json(context.dir / MANIFEST, manifest.model_dump(mode="json", by_alias=True))
 
 
 # ---------------------------------------------------------------------------------------------

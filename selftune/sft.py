@@ -50,10 +50,8 @@ def tokenize_dataset(tokenizer, records, *, max_length: int, response_separator:
     """Masked rows and counts of dropped rows by reason; fails past `max_drop_share`."""
     rows, dropped = [], {}
     for record in records:
-        example = {"prompt": record.prompt, "completion": record.completion}
-        if isinstance(example["prompt"], list):
-            example = {"prompt": [m.model_dump() for m in record.prompt],
-                       "completion": [m.model_dump() for m in record.completion]}
+        example = {"prompt": [m.model_dump() for m in record.prompt],
+                   "completion": [m.model_dump() for m in record.completion]}
         try:
             rows.append(tokenize_example(tokenizer, example, max_length=max_length, response_separator=response_separator))
         except MaskingError as exc:

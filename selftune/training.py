@@ -2,7 +2,7 @@
 
 Both stages train a LoRA adapter with transformers' Trainer on rows already tokenized and masked
 by selftune. This module holds the parts that must behave the same in both: how a config section
-becomes `TrainingArguments` and a `LoraConfig`, the Trainer that stops at the first non-finite
+becomes `TrainingArguments` and a peft `LoraConfig`, the Trainer that stops at the first non-finite
 loss, which checkpoints a rerun may resume from, and where TensorBoard logs go.
 
 Usage:

@@ -66,3 +66,12 @@ def test_every_field_has_a_default_and_a_description():
         for name, field in section.model_fields.items():
             assert field.description, f"{section.__name__}.{name} has no description"
             assert not field.is_required(), f"{section.__name__}.{name} has no default"
+
+
+def test_an_earlier_runs_config_with_the_unused_top_level_seed_still_loads(tmp_path):
+    from selftune.config import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text("seed: 3\nrounds: 2\n")
+    cfg = load_config(files=[path])
+    assert cfg.rounds == 2 and "seed" not in cfg.model_dump()

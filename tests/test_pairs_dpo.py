@@ -135,7 +135,7 @@ def _upstream_run(tmp_path, sft_ids):
 
 
 def test_pairs_stage_without_held_out_pairs_warns_and_without_train_pairs_fails(tmp_path, caplog):
-    from selftune.negatives import NoPairsError, pairs_stage
+    from selftune.pairs import NoPairsError, pairs_stage
     from tests.conftest import MockGenerator
 
     cfg = load_config("tiny", overrides=["sample.scorer.pass_threshold=1.0"])
@@ -411,7 +411,7 @@ def test_collator_carries_pair_index_only_when_every_row_has_one():
 
 def test_pairs_without_sampling_the_sft_model_use_base_failures_and_sft_repairs(tmp_path):
     """pairs.k=0: no model is loaded; the SFT data's repairs pair over the base answers they mend."""
-    from selftune.negatives import pairs_stage
+    from selftune.pairs import pairs_stage
     from selftune.runs import write_jsonl
 
     run = Run(tmp_path / "run")
@@ -462,7 +462,7 @@ def test_pairs_with_a_self_judging_scorer_judge_with_the_policy(tmp_path):
     """Bug: with sample.scorer.kind=judge and no judge_model, pairs built its pairs with a judge that
     had no generator and died on `None.generate`; the policy (the SFT model) must judge."""
     from selftune.generation import Completion
-    from selftune.negatives import pairs_stage
+    from selftune.pairs import pairs_stage
 
     run = _prepared_pairs_run(tmp_path)
     cfg = load_config("tiny", overrides=["pairs.k=1", "pairs.pairs_per_prompt=1", "sample.scorer.kind=judge",

@@ -230,12 +230,12 @@ def test_a_stage_reads_only_what_it_declares_and_its_hash_covers_every_declared_
 
 
 def test_every_stage_declares_paths_that_exist():
-    from selftune import dpo, evaluate, negatives, prompts, report, sample, sft, sft_data
+    from selftune import dpo, evaluate, pairs, prompts, report, sample, sft, sft_data
     from selftune.config import load_config
     from selftune.pipeline import STAGES
     from selftune.runs import StageSpec
 
-    specs = [value for module in (dpo, evaluate, negatives, prompts, report, sample, sft, sft_data)
+    specs = [value for module in (dpo, evaluate, pairs, prompts, report, sample, sft, sft_data)
              for value in vars(module).values() if isinstance(value, StageSpec)]
     assert sorted(spec.name for spec in specs) == sorted(STAGES)
     cfg = load_config("demo")
