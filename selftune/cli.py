@@ -202,20 +202,18 @@ SetOption = typer.Option([], "--set", help="key.path=value overrides, applied la
 def open_run(run_dir: Path, preset: Optional[str], files: list[Path], sets: list[str]):
     """The run and its config: the run's saved config.yaml unless options are given, in which
     case they are resolved and saved as the run's config."""
-    from selftune.config import dump_config, load_config
-    from selftune.runs import Run, atomic_write
+    from selftune.config import load_config
+    from selftune.runs import Run
 
     run = Run(run_dir)
     saved = run.root / "config.yaml"
     if saved.is_file() and not (preset or files or sets):
-        return run, load_config(files=[saved])
+        return run, run.saved_config()
     if saved.is_file() and not preset:
         cfg = load_config(files=[saved, *files], overrides=sets)
     else:
         cfg = load_config(preset, files, sets)
-    run.root.mkdir(parents=True, exist_ok=True)
-    with atomic_write(saved) as handle:
-        handle.write(dump_config(cfg))
+    run.save_config(cfg)
     return run, cfg
 
 
@@ -374,12 +372,11 @@ def inspect_types(
 ):
     """Per constraint type: base sample pass rate, SFT examples and pairs carrying it, and every
     evaluated model's held-out pass rate, as a markdown table (the diagnosis of docs/gain.md)."""
-    from selftune.config import load_config
     from selftune.diagnosis import markdown, type_table
     from selftune.runs import Run
 
     run = Run(run_dir)
-    last = load_config(files=[run.root / "config.yaml"]).rounds  # evaluate runs once, in the last round
+    last = run.saved_config().rounds  # evaluate runs once, in the last round
     console.print(markdown(*type_table(run, round_number, eval_round=last)), markup=False, highlight=False, soft_wrap=True)
 
 
@@ -489,7 +486,7 @@ def evaluate(
     if run_dir is None and not model:
         raise typer.BadParameter("give a run directory, or --model NAME=SPEC with --prompts")
     run = Run(run_dir) if run_dir else None
-    cfg = load_config(files=[run.root / "config.yaml"]) if run else load_config()
+    cfg = run.saved_config() if run else load_config()
     if models:
         cfg.evaluate.models = [name.strip() for name in models.split(",") if name.strip()]
     if judge or judge_model:
@@ -541,12 +538,11 @@ def report(
     round_number: Optional[int] = typer.Option(None, "--round", help="Round whose evaluation is reported; default: the run's last."),
 ):
     """Write report.md and a self-contained report.html (table, plots, answers side by side, lineage)."""
-    from selftune.config import load_config
     from selftune.report import report_stage
     from selftune.runs import Run
 
     run = Run(run_dir)
-    cfg = load_config(files=[run.root / "config.yaml"])
+    cfg = run.saved_config()
     round_number = round_number or cfg.rounds
     with run.lock():
         html_path = report_stage(run, cfg, round_number=round_number)
@@ -614,14 +610,12 @@ def run_command(
 
 
 def main() -> None:
-    import logging
-
     from rich.logging import RichHandler
 
+    from selftune.pipeline import configure_logging
+
     # Stage modules log what people should see (a resumed checkpoint, a drift warning) under "selftune".
-    handler = RichHandler(console=err_console, show_time=False, show_path=False)
-    logging.getLogger("selftune").addHandler(handler)
-    logging.getLogger("selftune").setLevel(logging.INFO)
+    configure_logging(RichHandler(console=err_console, show_time=False, show_path=False))
     try:
         app()
     except SelftuneError as exc:

@@ -388,12 +388,9 @@ def judge_models(answers: list[dict], prompts: list[PromptRecord], baseline: str
     return outcome
 
 
-def run_models(run, round_number: int) -> list[tuple[str, str]]:
-    """base, then each round's SFT and DPO merged models, as recorded in the run's manifests."""
-    from selftune.config import load_config
-
-    cfg = load_config(files=[run.root / "config.yaml"])
-    models = [("base", cfg.model.spec)]
+def run_models(run, base: str, round_number: int) -> list[tuple[str, str]]:
+    """`base`, then each round's SFT and DPO merged models, as recorded in the run's manifests."""
+    models = [("base", base)]
     for r in range(1, round_number + 1):
         suffix = "" if round_number == 1 else f"-r{r}"
         if run.manifest("sft", r) and "merged" in run.manifest("sft", r).outputs:
@@ -406,7 +403,8 @@ def run_models(run, round_number: int) -> list[tuple[str, str]]:
 EVALUATE_STAGE = StageSpec(
     "evaluate", output="results",
     # Pair rewards use DPO's beta and are masked and truncated as DPO trained (max_length, separator).
-    reads=("evaluate", "dpo.beta", "dpo.max_length", "sft.response_separator", "model.dtype", "generation.backend"),
+    reads=("evaluate", "dpo.beta", "dpo.max_length", "sft.response_separator", "model.spec", "model.dtype",
+           "generation.backend"),
     unhashed=("generation.batch_size", "model.trust_remote_code"),  # greedy answers do not depend on batching
 )
 
@@ -420,7 +418,7 @@ def evaluate_stage(run, cfg, *, round_number: int = 1, models: list[tuple[str, s
     prompts = eval_prompts(prompts_path)
     pairs_path = run.optional_output("pairs", "eval_pairs", round_number=round_number)
     pairs = read_records(pairs_path, "pairs") if pairs_path else []
-    models = models or run_models(run, round_number)
+    models = models or run_models(run, cfg.model.spec, round_number)
     wanted = [m for m in models if m[0].split("-")[0] in cfg.evaluate.models]
     inputs = {"prompts": prompts_path, **({"eval_pairs": pairs_path} if pairs_path else {})}
     from selftune.benchmarks import parse_benchmark

@@ -16,11 +16,14 @@ DPO model; the `base` negatives of every round are round 1's failed base samples
 Usage:
     selftune run --preset demo
     selftune run --preset tiny --run-dir runs/t --set dpo.beta=0.2      # reruns dpo, evaluate, report
-    from selftune.pipeline import run_pipeline
+
+    import selftune                                                      # the same from Python
+    selftune.run_pipeline("runs/t", selftune.load_config("tiny", overrides=["dpo.beta=0.2"]))
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +93,20 @@ def run_step(run: Run, cfg, step: Step, *, progress_factory: Callable | None = N
     raise ConfigError(f"unknown stage {step.stage!r}")
 
 
+def configure_logging(handler: logging.Handler | None = None) -> None:
+    """Show selftune's messages (a stage skipped or run and why, a resumed checkpoint, a drift
+    warning) at INFO: through `handler` when given (the CLI's rich handler), else through a plain
+    stream handler unless the application has configured logging itself."""
+    logger = logging.getLogger("selftune")
+    if handler is not None:
+        logger.handlers = [handler]
+    elif logger.handlers or logging.getLogger().handlers:
+        return
+    else:
+        logger.addHandler(logging.StreamHandler())
+    logger.setLevel(logging.INFO)
+
+
 def _progress(factory, label: str):
     import contextlib
 
@@ -105,13 +122,21 @@ class StepResult:
     output: Path
 
 
-def run_pipeline(run_dir: Path | str, cfg, *, from_stage: str | None = None, until_stage: str | None = None,
-                 on_event: Callable[[str], None] = print, progress_factory: Callable | None = None) -> list[StepResult]:
-    """Run the loop for `cfg` in `run_dir` (its config.yaml must already hold `cfg`).
+def run_pipeline(run_dir: Path | str, cfg=None, *, from_stage: str | None = None, until_stage: str | None = None,
+                 on_event: Callable[[str], None] | None = None, progress_factory: Callable | None = None) -> list[StepResult]:
+    """Run the loop for `cfg` in `run_dir`, exactly as `selftune run` does (from a notebook too).
 
-    `on_event` hears, before each stage, whether it is skipped or why it runs, and after a run
-    how long it took.
+    `cfg`: a `PipelineConfig` (`selftune.load_config(...)`), saved as the run's config.yaml; None
+    continues the run with its saved config. `on_event` hears, before each stage, whether it is
+    skipped or why it runs, and after a run how long it took (default: the "selftune" logger,
+    which `configure_logging` prints unless logging is already configured).
     """
+    configure_logging()
+    if on_event is None:
+        on_event = logging.getLogger("selftune.run").info
+    run = Run(run_dir)
+    if cfg is None:
+        cfg = run.saved_config()
     if not cfg.sft.merge:
         raise ConfigError("sft.merge: false leaves DPO no merged SFT model to start from; set sft.merge: true")
     decisions: list[StageEvent] = []
@@ -124,6 +149,7 @@ def run_pipeline(run_dir: Path | str, cfg, *, from_stage: str | None = None, unt
     run = Run(run_dir, reuse=True, on_event=decided)
     results = []
     with run.lock():
+        run.save_config(cfg)  # later stages and commands read it (rounds, base model)
         for step, forced in plan(cfg.rounds, from_stage=from_stage, until_stage=until_stage):
             decisions.clear()
             run.reuse = not forced

@@ -372,9 +372,8 @@ def _link_report(run, stage_dir: Path) -> None:
 
 def run_results(run) -> tuple[dict, int]:
     """The evaluation results of a run's last round (as its config.yaml sets), through its lineage."""
-    from selftune.config import load_config
 
-    rounds = load_config(files=[run.root / "config.yaml"]).rounds
+    rounds = run.saved_config().rounds
     return json.loads(run.output_of("evaluate", "results", round_number=rounds).read_text()), rounds
 
 

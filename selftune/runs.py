@@ -327,6 +327,24 @@ class Run:
         self.on_event(StageEvent(stage, round_number, "skip" if state.valid else "run", state.reason))
         return state.valid
 
+    def save_config(self, cfg) -> Path:
+        """Write the run's resolved config (`config.yaml`), which later stages and commands read
+        (the rounds to evaluate, the base model)."""
+        from selftune.config import dump_config
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.root / "config.yaml") as handle:
+            handle.write(dump_config(cfg))
+        return self.root / "config.yaml"
+
+    def saved_config(self):
+        """The config this run was last started with."""
+        from selftune.config import load_config
+
+        if not (self.root / "config.yaml").is_file():
+            raise LineageError(f"{self.root} has no config.yaml: start it with `selftune run` or run_pipeline(run_dir, cfg)")
+        return load_config(files=[self.root / "config.yaml"])
+
     def begin(self, spec: StageSpec, cfg, *, inputs: dict[str, Path], round_number: int = 1,
               facts: dict[str, Any] | None = None) -> StageStart:
         """The one stage preamble: hash what `spec` declares (and `facts`), check reuse, and hand

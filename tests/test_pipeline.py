@@ -156,7 +156,14 @@ def test_trust_remote_code_reaches_every_model_and_tokenizer_load(tmp_path, tiny
             return _original(klass, *args, **kwargs)
 
         monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
-    _run(tmp_path / "run", tiny_model_dir, "--set", "model.trust_remote_code=true", "--set", "pairs.k=1")
+    # Through the Python API, as from a notebook: no CLI, no config.yaml beforehand.
+    import selftune
+
+    cfg = selftune.load_config("tiny", overrides=[f"model.spec={tiny_model_dir}", "model.trust_remote_code=true",
+                                                  "pairs.k=1"])
+    steps = selftune.run_pipeline(tmp_path / "run", cfg, on_event=lambda line: None)
+    assert [step.action for step in steps] == ["ran"] * len(STAGES)
+    assert selftune.Run(tmp_path / "run").saved_config() == cfg  # the run wrote its config.yaml
     assert len(calls) >= 8
     untrusted = [call for call in calls if call[2] is not True]
     assert not untrusted, untrusted
