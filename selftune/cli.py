@@ -77,6 +77,49 @@ class GenerationProgress:
         return self.tokens / max(time.perf_counter() - self.started, 1e-9)
 
 
+# Options shared by several commands, each defined once.
+PresetOption = typer.Option(None, "--preset", help="Preset name: tiny, demo, recipe-32b.")
+ConfigOption = typer.Option([], "--config", help="YAML override files, applied in order.")
+SetOption = typer.Option([], "--set", help="key.path=value overrides, applied last.")
+TrustRemoteCodeOption = typer.Option(False, "--trust-remote-code",
+                                     help="Allow model code from the checkpoint; off unless you trust it.")
+
+
+def stage_command(*, rounds: bool = True):
+    """A stage command's shared options, defined here once: --run, --round (when `rounds`),
+    --preset, --config and --set. The decorated function takes `(run, cfg, **its own options)`
+    (and `round_number`) and runs under the run's lock."""
+    import functools
+    import inspect
+
+    def decorate(func):
+        kind = inspect.Parameter.KEYWORD_ONLY
+        own = [p.replace(kind=kind) for p in inspect.signature(func, eval_str=True).parameters.values()
+               if p.name not in ("run", "cfg", "round_number")]
+        shared = [inspect.Parameter("run_dir", kind, annotation=Path,
+                                    default=typer.Option(..., "--run", help="Run directory (e.g. runs/demo)."))]
+        tail = [inspect.Parameter("preset", kind, annotation=Optional[str], default=PresetOption),
+                inspect.Parameter("config", kind, annotation=list[Path], default=ConfigOption),
+                inspect.Parameter("set_", kind, annotation=list[str], default=SetOption)]
+        if rounds:
+            tail.insert(0, inspect.Parameter("round_number", kind, annotation=int,
+                                             default=typer.Option(1, "--round", help="Round number.")))
+
+        @functools.wraps(func)
+        def command(*, run_dir: Path, preset=None, config=(), set_=(), **options):
+            run, cfg = open_run(run_dir, preset, list(config), list(set_))
+            with run.lock():
+                return func(run, cfg, **options)
+
+        parameters = [*shared, *own, *tail]
+        command.__signature__ = inspect.Signature(parameters)
+        command.__annotations__ = {p.name: p.annotation for p in parameters}
+        del command.__wrapped__  # typer reads __signature__, not the wrapped function's
+        return command
+
+    return decorate
+
+
 @app.command(epilog="Example: `selftune generate --model builtin:smollm2-135m-instruct --prompts examples/prompts.jsonl --out answers.jsonl -n 2 --temperature 0.8`")
 def generate(
     model: str = typer.Option(..., "--model", help="Model spec: builtin:NAME, a .gguf file, a checkpoint dir or a hub id."),
@@ -91,7 +134,7 @@ def generate(
     backend: str = typer.Option("auto", "--backend", help="auto (vllm where it is installed and usable, else continuous), continuous, hf or vllm."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
     show: bool = typer.Option(False, "--show", help="Also print the answers."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the checkpoint; off unless you trust it."),
+    trust_remote_code: bool = TrustRemoteCodeOption,
 ):
     """Answer every prompt of a JSONL file with a model.
 
@@ -193,10 +236,6 @@ def doctor():
     console.print(table)
 
 
-RunOption = typer.Option(..., "--run", help="Run directory (e.g. runs/demo).")
-PresetOption = typer.Option(None, "--preset", help="Preset name: tiny, demo, recipe-32b.")
-ConfigOption = typer.Option([], "--config", help="YAML override files, applied in order.")
-SetOption = typer.Option([], "--set", help="key.path=value overrides, applied last.")
 
 
 def open_run(run_dir: Path, preset: Optional[str], files: list[Path], sets: list[str]):
@@ -218,45 +257,36 @@ def open_run(run_dir: Path, preset: Optional[str], files: list[Path], sets: list
 
 
 @prompts_app.command("build", epilog="Example: `selftune prompts build --run runs/demo --preset demo`")
+@stage_command(rounds=False)
 def prompts_build(
-    run_dir: Path = RunOption,
+    run, cfg,
     source: Optional[Path] = typer.Option(None, "--source", help="Import prompts from this file instead of the built-in set."),
-    preset: Optional[str] = PresetOption,
-    config: list[Path] = ConfigOption,
-    set_: list[str] = SetOption,
 ):
     """Write the run's prompts: the built-in tasks x constraints set (train + held-out eval), or imported ones."""
     from selftune.prompts import prompts_stage
 
-    run, cfg = open_run(run_dir, preset, config, set_)
-    with run.lock():
-        out = prompts_stage(run, cfg, source=source)
+    out = prompts_stage(run, cfg, source=source)
     metrics = run.manifest("prompts").metrics
     console.print(f"wrote {metrics['train']} train and {metrics['eval']} eval prompts to {out}", soft_wrap=True)
 
 
 @app.command(epilog="Example: `selftune sample --run runs/demo`")
+@stage_command()
 def sample(
-    run_dir: Path = RunOption,
+    run, cfg, round_number: int,
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file; default: the run's prompts stage output."),
     model: Optional[str] = typer.Option(None, "--model", help="Policy spec; default: the config's model."),
-    round_number: int = typer.Option(1, "--round", help="Round number."),
-    preset: Optional[str] = PresetOption,
-    config: list[Path] = ConfigOption,
-    set_: list[str] = SetOption,
 ):
     """The policy writes K answers per train prompt; each is scored. Prints the yield per constraint type."""
     from selftune.sample import sample_stage
 
-    run, cfg = open_run(run_dir, preset, config, set_)
-    with run.lock():
-        prompt_count = None
-        if prompts is None:
-            from selftune.records import read_records
+    prompt_count = None
+    if prompts is None:
+        from selftune.records import read_records
 
-            prompt_count = sum(r.split == "train" for r in read_records(run.output_of("prompts", "prompts"), "prompts"))
-        with GenerationProgress(prompt_count or 0, "sampling") as progress:
-            out = sample_stage(run, cfg, round_number=round_number, prompts_path=prompts, policy=model, progress=progress)
+        prompt_count = sum(r.split == "train" for r in read_records(run.output_of("prompts", "prompts"), "prompts"))
+    with GenerationProgress(prompt_count or 0, "sampling") as progress:
+        out = sample_stage(run, cfg, round_number=round_number, prompts_path=prompts, policy=model, progress=progress)
     print_yield(run.manifest("sample", round_number).metrics)
     console.print(f"samples: {out}", soft_wrap=True)
 
@@ -274,21 +304,16 @@ def print_yield(metrics: dict) -> None:
 
 
 @app.command("sft-data", epilog="Example: `selftune sft-data --run runs/demo`")
+@stage_command()
 def sft_data(
-    run_dir: Path = RunOption,
+    run, cfg, round_number: int,
     samples: Optional[Path] = typer.Option(None, "--samples", help="Samples file; default: the run's sample stage output."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file; default: the run's prompts stage output."),
-    round_number: int = typer.Option(1, "--round", help="Round number."),
-    preset: Optional[str] = PresetOption,
-    config: list[Path] = ConfigOption,
-    set_: list[str] = SetOption,
 ):
     """Keep the best passing sample per prompt as an SFT example (TRL prompt/completion format)."""
     from selftune.sft_data import sft_data_stage
 
-    run, cfg = open_run(run_dir, preset, config, set_)
-    with run.lock():
-        out = sft_data_stage(run, cfg, round_number=round_number, samples_path=samples, prompts_path=prompts)
+    out = sft_data_stage(run, cfg, round_number=round_number, samples_path=samples, prompts_path=prompts)
     m = run.manifest("sft-data", round_number).metrics
     console.print(
         f"{m['examples']} SFT examples from {m['prompts']} prompts (yield {m['yield']:.1%}; "
@@ -298,21 +323,16 @@ def sft_data(
 
 
 @app.command(epilog="Example: `selftune sft --run runs/demo`")
+@stage_command()
 def sft(
-    run_dir: Path = RunOption,
+    run, cfg, round_number: int,
     data: Optional[Path] = typer.Option(None, "--data", help="SFT JSONL; default: the run's sft-data output."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model spec; default: the config's model."),
-    round_number: int = typer.Option(1, "--round", help="Round number."),
-    preset: Optional[str] = PresetOption,
-    config: list[Path] = ConfigOption,
-    set_: list[str] = SetOption,
 ):
     """LoRA SFT with response-only loss; resumes from its last checkpoint; merges the adapter when configured."""
     from selftune.sft import sft_stage
 
-    run, cfg = open_run(run_dir, preset, config, set_)
-    with run.lock():
-        out = sft_stage(run, cfg, round_number=round_number, data_path=data, base=base)
+    out = sft_stage(run, cfg, round_number=round_number, data_path=data, base=base)
     m = run.manifest("sft", round_number).metrics
     console.print(
         f"SFT: {m['steps']} steps, {m['train_examples']} examples ({m['dropped']} dropped), "
@@ -326,7 +346,7 @@ def merge(
     base: str = typer.Option(..., "--base", help="Base model spec the adapter was trained on."),
     adapter: Path = typer.Option(..., "--adapter", help="LoRA adapter directory."),
     out: Path = typer.Option(..., "--out", help="Where to write the merged model (safetensors)."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the checkpoint; off unless you trust it."),
+    trust_remote_code: bool = TrustRemoteCodeOption,
 ):
     """Merge a LoRA adapter into its base; checks merged logits against base + adapter first."""
     from selftune.merge import merge_adapter
@@ -342,7 +362,7 @@ def inspect_masks(
     n: int = typer.Option(3, "-n", help="Examples to show."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate like training would."),
     separator: str = typer.Option("\nResponse:", "--separator", help="Response separator for raw-text models."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the checkpoint; off unless you trust it."),
+    trust_remote_code: bool = TrustRemoteCodeOption,
 ):
     """Show examples token by token with the trained tokens highlighted (green) and masked ones dim."""
     from rich.text import Text
@@ -381,21 +401,16 @@ def inspect_types(
 
 
 @app.command(epilog="Example: `selftune pairs --run runs/demo`")
+@stage_command()
 def pairs(
-    run_dir: Path = RunOption,
+    run, cfg, round_number: int,
     model: Optional[str] = typer.Option(None, "--model", help="SFT model spec; default: the run's merged SFT model."),
-    round_number: int = typer.Option(1, "--round", help="Round number."),
-    preset: Optional[str] = PresetOption,
-    config: list[Path] = ConfigOption,
-    set_: list[str] = SetOption,
 ):
     """Build preference pairs: chosen = passing answers; rejected = policy/base failures and named corruptions."""
     from selftune.pairs import pairs_stage
 
-    run, cfg = open_run(run_dir, preset, config, set_)
-    with run.lock():
-        with GenerationProgress(0, "sampling SFT model") as progress:
-            out = pairs_stage(run, cfg, round_number=round_number, policy=model, progress=progress)
+    with GenerationProgress(0, "sampling SFT model") as progress:
+        out = pairs_stage(run, cfg, round_number=round_number, policy=model, progress=progress)
     m = run.manifest("pairs", round_number).metrics
     table = Table("split", "pairs", "by negative source", "dropped")
     for split in ("train", "eval"):
@@ -405,19 +420,12 @@ def pairs(
 
 
 @app.command(epilog="Example: `selftune dpo --run runs/demo --set dpo.beta=0.2`")
-def dpo(
-    run_dir: Path = RunOption,
-    round_number: int = typer.Option(1, "--round", help="Round number."),
-    preset: Optional[str] = PresetOption,
-    config: list[Path] = ConfigOption,
-    set_: list[str] = SetOption,
-):
+@stage_command()
+def dpo(run, cfg, round_number: int):
     """DPO: merge the SFT adapter, train a fresh LoRA against the merged SFT model as reference, merge it."""
     from selftune.dpo import dpo_stage
 
-    run, cfg = open_run(run_dir, preset, config, set_)
-    with run.lock():
-        out = dpo_stage(run, cfg, round_number=round_number)
+    out = dpo_stage(run, cfg, round_number=round_number)
     m = run.manifest("dpo", round_number).metrics
     before, after = m["eval_before"], m["eval_after"]
     if after:
