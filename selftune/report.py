@@ -14,7 +14,6 @@ Usage:
 from __future__ import annotations
 
 import base64
-import html
 import json
 import time
 from collections import defaultdict
@@ -89,10 +88,14 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _template(name: str, *, autoescape: bool):
+    """A report template from selftune/templates (HTML escaped; markdown left as written)."""
+    import jinja2
+
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("selftune", "templates"), autoescape=autoescape,
+                                     keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
+                                     undefined=jinja2.StrictUndefined)
+    return environment.get_template(name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,54 +262,29 @@ def write_report(out: Path, *, title: str, results: dict, answers: list[dict], p
                                                                                  benchmark=bench)
     images = {k: v for k, v in images.items() if v is not None}
     header, rows = summary_table(results)
-    examples = side_by_side(answers, prompts)
-    lineage_header = ["round", "stage", "status", "config hash", "time", "facts"]
-
-    md = [f"# {title}", "", "## Models (eval split; deltas against base)", "", markdown_table(header, rows), "",
-          "Prompt and instruction columns without a benchmark name use selftune's IFEval-style checkers on the "
-          "run's held-out prompts; IFEVAL and IFBENCH columns use those benchmarks' own prompts and reference "
-          "checkers.", ""]
-    if "reference" in results or "references" not in results:
-        md += [f"Pair metrics use the {results.get('reference', 'SFT')} model as the reference.", ""]
-    else:
-        md += ["Pair metrics use each model's own round's SFT model as the reference ("
-               + ", ".join(f"{name}: {ref}" for name, ref in results["references"].items()) + ").", ""]
     noise_header, noise_rows = noise_table(results)
-    if noise_rows:
-        md += ["## Is the gain more than noise?", "", markdown_table(noise_header, noise_rows), "",
-               "Paired over the same eval prompts: the interval resamples prompts; McNemar's exact test "
-               "uses the prompts where the two models disagree.", ""]
-    for caption, path in images.items():
-        md += [f"## {caption.capitalize()}", "", f"![{caption}](plots/{path.name})", ""]
-    md += ["## Answers side by side", ""]
-    for example in examples:
-        md += [f"### {example['prompt_id']}", "", f"> {example['prompt']}", ""]
-        for model, answer in example["answers"].items():
-            md += [f"**{model}**", "", "```", answer, "```", ""]
-    md += ["## Lineage", "", markdown_table(lineage_header, lineage), ""]
-    (out / "report.md").write_text("\n".join(md))
-
-    def embedded(path: Path) -> str:
-        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-
-    parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Models (eval split; deltas against base)</h2>",
-             _html_table(header, rows)]
-    if noise_rows:
-        parts += ["<h2>Is the gain more than noise?</h2>", _html_table(noise_header, noise_rows)]
-    for caption, path in images.items():
-        parts.append(f"<h2>{html.escape(caption.capitalize())}</h2><img alt='{html.escape(caption)}' src='{embedded(path)}'>")
-    parts.append("<h2>Answers side by side</h2>")
-    for example in examples:
-        cells = "".join(f"<td><b>{html.escape(m)}</b><pre>{html.escape(a)}</pre></td>" for m, a in example["answers"].items())
-        parts.append(f"<h3>{html.escape(example['prompt_id'])}</h3><blockquote>{html.escape(example['prompt'])}</blockquote>"
-                     f"<table class='side'><tr>{cells}</tr></table>")
-    parts += ["<h2>Lineage</h2>", _html_table(lineage_header, lineage)]
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}"
-             "pre{white-space:pre-wrap;max-width:380px}img{max-width:100%}")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
-    (out / "report.html").write_text(page)
+    if "reference" in results or "references" not in results:
+        reference_note = f"Pair metrics use the {results.get('reference', 'SFT')} model as the reference."
+    else:
+        reference_note = ("Pair metrics use each model's own round's SFT model as the reference ("
+                          + ", ".join(f"{name}: {ref}" for name, ref in results["references"].items()) + ").")
+    context = {
+        "title": title,
+        "models": {"header": header, "rows": rows},
+        "noise": {"header": noise_header, "rows": noise_rows},
+        "checker_note": "Prompt and instruction columns without a benchmark name use selftune's IFEval-style checkers "
+                        "on the run's held-out prompts; IFEVAL and IFBENCH columns use those benchmarks' own prompts "
+                        "and reference checkers.",
+        "reference_note": reference_note,
+        "noise_note": "Paired over the same eval prompts: the interval resamples prompts; McNemar's exact test uses "
+                      "the prompts where the two models disagree.",
+        "images": [{"caption": caption, "file": path.name, "base64": base64.b64encode(path.read_bytes()).decode()}
+                   for caption, path in images.items()],
+        "examples": side_by_side(answers, prompts),
+        "lineage": {"header": ["round", "stage", "status", "config hash", "time", "facts"], "rows": lineage},
+    }
+    (out / "report.md").write_text(_template("report.md.j2", autoescape=False).render(context, md_table=markdown_table))
+    (out / "report.html").write_text(_template("report.html.j2", autoescape=True).render(context))
     return {"md": out / "report.md", "html": out / "report.html", **{k: v for k, v in images.items()}}
 
 

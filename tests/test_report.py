@@ -53,7 +53,8 @@ def test_report_files_hold_the_table_and_every_referenced_image_exists(report):
     for reference in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (out / reference).is_file() and (out / reference).stat().st_size > 1000
     page = files["html"].read_text()
-    assert page.count("<img") == 4 and "src='data:image/png;base64," in page and "<table>" in page
+    assert page.count("<img") == 4 and len(re.findall(r"src=[\"']data:image/png;base64,", page)) == 4
+    assert "<table>" in page
     assert "answer 0 from dpo" in page and "steps=2" in page
 
 
@@ -94,3 +95,15 @@ def test_a_metric_no_model_has_is_left_out_of_the_table():
     header, rows = summary_table(judged)
     column = header.index("judge win rate")
     assert [row[column] for row in rows] == ["-", "-", "0.620"]
+
+
+def test_the_html_report_escapes_what_models_wrote_and_the_markdown_keeps_it(tmp_path):
+    answers = [{"prompt_id": "eval-0", "model": m, "answer": "<script>alert(1)</script> & <b>bold</b>"}
+               for m in ("base", "dpo")]
+    files = write_report(tmp_path, title="a <run>", results=RESULTS, answers=answers, prompts={"eval-0": "say <hi>"},
+                         history_by_stage={}, lineage=[])
+    page = files["html"].read_text()
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;" in page
+    assert "<title>a &lt;run&gt;</title>" in page and "say &lt;hi&gt;" in page
+    md = files["md"].read_text()
+    assert "<script>alert(1)</script> & <b>bold</b>" in md and md.startswith("# a <run>")
