@@ -52,6 +52,7 @@ from selftune.generation import (
     render_prompt,
     row_seed,
 )
+from selftune.errors import ConfigError
 from selftune.models import end_of_turn_ids
 
 logger = logging.getLogger("selftune.engine")
@@ -189,8 +190,8 @@ class ContinuousGenerator:
         capacity = max(len(e) for e in encoded) + params.max_new_tokens + 1  # +1: a scratch position for pads
         window = getattr(self.model.config, "sliding_window", None)
         if window and capacity > window:  # the engine's mask is full causal attention
-            raise ValueError(f"sequences of up to {capacity} tokens exceed this model's sliding window ({window}); "
-                             "use generation.backend: hf")
+            raise ConfigError(f"sequences of up to {capacity} tokens exceed this model's sliding window ({window}); "
+                              "use generation.backend: hf")
         cache = _SlotCache(self.model.config.num_hidden_layers, slots, capacity)
         results: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
         remaining = [params.n] * len(prompts)

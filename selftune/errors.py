@@ -35,6 +35,10 @@ class RunLockedError(SelftuneError):
     """Another process holds the run directory's lock."""
 
 
+class NoTrainingDataError(SelftuneError):
+    """A stage has nothing to train on (no passing sample, no pair)."""
+
+
 class StageRecordError(SelftuneError):
     """A stage built a record that its own schema rejects (a bug, named instead of a traceback)."""
 

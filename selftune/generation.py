@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Literal, Protocol, Sequence, Union
 
 import torch
 
-from selftune.errors import MissingExtraError
+from selftune.errors import ConfigError, MissingExtraError
 from selftune.models import end_of_turn_ids
 
 # Raw text, or a chat as role/content dicts (`selftune.records.Message.model_dump()`), which is what
@@ -385,8 +385,11 @@ def open_generator(
     from selftune.models import load_model, load_tokenizer, resolve_model_path, unload
 
     check_backend(backend)
-    if backend == "auto":
-        backend = "vllm" if vllm_available() else "continuous"
+    if backend == "auto" and vllm_available():
+        backend = "vllm"
+    # Otherwise 'auto' stays 'auto' for make_generator: the continuous engine when its self-check
+    # passes on this model, else the HF backend (it used to become 'continuous' here, which made a
+    # model the engine cannot serve, such as Gemma2, an error instead of a fallback).
     tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
     if backend == "vllm":
         generator = VLLMGenerator(
@@ -412,7 +415,7 @@ BACKENDS = ("auto", "hf", "continuous", "vllm")
 
 def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
-        raise ValueError(f"generation backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        raise ConfigError(f"generation backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     return backend
 
 
@@ -436,6 +439,7 @@ def make_generator(model, tokenizer, *, backend: str = "auto", batch_size: int =
     if reason is None:
         return engine
     if backend == "continuous":
-        raise ValueError(f"the continuous engine cannot serve this model: {reason}; use generation.backend: hf")
+        raise ConfigError(f"the continuous engine cannot serve this model: {reason}; use generation.backend: hf "
+                          "or auto")
     logging.getLogger("selftune.generation").warning("continuous engine off for this model (%s); using the HF backend", reason)
     return HFGenerator(model, tokenizer, batch_size=batch_size)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from selftune.errors import MissingExtraError, ModelSpecError
+from selftune.errors import ConfigError, MissingExtraError, ModelSpecError
 
 BUILTIN_PREFIX = "builtin:"
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
@@ -200,7 +200,7 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
                 dtype
             ]
         except KeyError:
-            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
+            raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     # On CPUs without native bf16 units bf16 is emulated and slower than fp32: measure.
@@ -289,7 +289,7 @@ def load_model(
     kwargs: dict = dict(dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
     if load_in_4bit:
         if not device.startswith("cuda"):
-            raise ValueError("4-bit loading needs a CUDA GPU (bitsandbytes); set load_in_4bit: false")
+            raise ConfigError("4-bit loading needs a CUDA GPU (bitsandbytes); set model.load_in_4bit: false")
         if importlib.util.find_spec("bitsandbytes") is None:
             raise MissingExtraError("4-bit loading needs bitsandbytes: pip install 'selftune[gpu]'")
         from transformers import BitsAndBytesConfig

@@ -14,7 +14,7 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from selftune.errors import SelftuneError
+from selftune.errors import NoTrainingDataError
 from selftune.negatives import Chosen, Contrast, build_pairs, contrasts_for, prompt_messages
 from selftune.records import SampleRecord
 from selftune.runs import StageSpec
@@ -22,7 +22,7 @@ from selftune.runs import StageSpec
 logger = logging.getLogger("selftune.pairs")
 
 
-class NoPairsError(SelftuneError):
+class NoPairsError(NoTrainingDataError):
     """No training pair could be built: nothing passing to use as the chosen side."""
 
 

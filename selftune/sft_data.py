@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from selftune.errors import NoTrainingDataError
 from selftune.records import PromptRecord, SampleRecord, SFTRecord, read_records
 from selftune.runs import StageSpec, write_jsonl
 
@@ -112,7 +113,9 @@ def sft_data_stage(run, cfg, *, round_number: int = 1, samples_path: Path | None
                                           dedupe=cfg.sft_data.dedupe, threshold=cfg.sample.scorer.pass_threshold,
                                           repair=cfg.sft_data.repair and cfg.sample.scorer.kind == "constraints")
         if not examples:
-            raise ValueError(f"no prompt in {samples_path} has a passing sample: nothing to train on")
+            raise NoTrainingDataError(f"no prompt in {samples_path} has a passing sample: nothing to train on; "
+                                      "sample more answers (sample.k, sample.retry_rounds) or lower "
+                                      "sample.scorer.pass_threshold")
         out = stage.dir / "sft.jsonl"
         write_jsonl(out, examples)
         stage.add_output("sft", out)

@@ -36,26 +36,33 @@ def smollm_tokenizer_dir(tmp_path_factory) -> Path:
     return out
 
 
-def build_tiny_model(out: Path, tokenizer_dir: Path, *, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    """A random Llama-style checkpoint with the SmolLM2 vocabulary, saved as safetensors."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+TINY_ARCHITECTURES = ("llama", "qwen2", "mistral", "gemma2", "phi3")
+
+
+def build_tiny_model(out: Path, tokenizer_dir: Path, *, hidden: int = 64, layers: int = 2, seed: int = 0,
+                     arch: str = "llama") -> Path:
+    """A random checkpoint of architecture `arch` with the SmolLM2 vocabulary, saved as safetensors."""
+    import transformers
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    common = dict(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
+    extra = {
+        "llama": {},
+        "qwen2": {},
+        "mistral": {"sliding_window": None},
+        # Gemma2 alternates sliding-window and global layers and soft-caps its logits.
+        "gemma2": {"head_dim": hidden // 4, "sliding_window": 16, "query_pre_attn_scalar": hidden // 4},
+        "phi3": {},  # fused qkv_proj and gate_up_proj
+    }[arch]
+    names = {"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral", "gemma2": "Gemma2", "phi3": "Phi3"}[arch]
+    config = getattr(transformers, f"{names}Config")(**common, **extra)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = getattr(transformers, f"{names}ForCausalLM")(config)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out

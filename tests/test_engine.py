@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from selftune.constraints import check
+from selftune.errors import ConfigError
 from selftune.engine import ENGINE_TOLERANCE, ContinuousGenerator, engine_supports
 from selftune.generation import HFGenerator, SamplingParams, encode_prompt, make_generator
 from selftune.models import load_model, load_tokenizer
@@ -140,7 +141,7 @@ def test_auto_backend_falls_back_to_hf_when_the_check_fails(tiny, monkeypatch, c
     with caplog.at_level(logging.WARNING, logger="selftune.generation"):
         assert isinstance(make_generator(model, tokenizer, backend="auto"), HFGenerator)
     assert "continuous engine off" in caplog.text
-    with pytest.raises(ValueError, match="cannot serve"):
+    with pytest.raises(ConfigError, match="cannot serve"):
         make_generator(model, tokenizer, backend="continuous")
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ConfigError, match="backend must be one of"):
         make_generator(model, tokenizer, backend="bogus")
