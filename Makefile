@@ -34,7 +34,10 @@ install-dev: $(VENV)/.installed-dev
 demo: $(VENV)/.installed
 	$(VENV)/bin/selftune run --preset demo
 
+# Lint first (ruff: rules and formatting in pyproject.toml), then the tests.
 test: $(VENV)/.installed-dev
+	$(PY) -m ruff check selftune tests bench
+	$(PY) -m ruff format --check selftune tests bench
 	$(PY) -m pytest -q
 
 test-slow: $(VENV)/.installed-dev

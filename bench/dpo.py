@@ -80,12 +80,18 @@ def run_ours(model_spec, pairs, eval_rows, work: Path, *, preset: str | None, ep
     from selftune.logprobs import prompt_sharing_holds
     from selftune.training import as_dataset, training_arguments
 
-    overrides = ["dpo.report_to=[]", "dpo.save_steps=100000", "dpo.per_device_batch_size=8", "dpo.gradient_accumulation=1"]
+    overrides = [
+        "dpo.report_to=[]",
+        "dpo.save_steps=100000",
+        "dpo.per_device_batch_size=8",
+        "dpo.gradient_accumulation=1",
+    ]
     cfg = load_config(preset, overrides=overrides + ([f"dpo.epochs={epochs}"] if epochs else []))
     epochs = cfg.dpo.epochs
     tokenizer = bench_tokenizer(model_spec)
-    rows, _ = tokenize_pairs(tokenizer, pairs, max_length=cfg.dpo.max_length, response_separator=None,
-                             max_drop_share=1.0, source="bench")
+    rows, _ = tokenize_pairs(
+        tokenizer, pairs, max_length=cfg.dpo.max_length, response_separator=None, max_drop_share=1.0, source="bench"
+    )
     args = training_arguments(cfg.dpo, work / "ours", has_eval=False, device="cpu")
     model = load_model(model_spec, dtype="float32")
     set_seed(0)
@@ -95,17 +101,31 @@ def run_ours(model_spec, pairs, eval_rows, work: Path, *, preset: str | None, ep
     start = time.perf_counter()
     share = cfg.dpo.share_prompts and prompt_sharing_holds(model, rows, collator)  # as the stage decides
     reference_logps(model, rows, collator, 16, args.bf16, share_prompts=share)  # part of our epoch's cost
-    trainer = make_dpo_trainer_class()(model=model, args=args, train_dataset=as_dataset(rows), data_collator=collator,
-                                       processing_class=tokenizer, beta=cfg.dpo.beta, loss_type=cfg.dpo.loss_type,
-                                       rpo_alpha=cfg.dpo.rpo_alpha, displacement_warn=cfg.dpo.displacement_warn_nats,
-                                       share_prompts=share)
+    trainer = make_dpo_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=as_dataset(rows),
+        data_collator=collator,
+        processing_class=tokenizer,
+        beta=cfg.dpo.beta,
+        loss_type=cfg.dpo.loss_type,
+        rpo_alpha=cfg.dpo.rpo_alpha,
+        displacement_warn=cfg.dpo.displacement_warn_nats,
+        share_prompts=share,
+    )
     trainer.train()
     seconds = (time.perf_counter() - start) / epochs
     peak = peak_memory_bytes("cpu")
     accuracy, margin = held_out(model, tokenizer, eval_rows, cfg.dpo.beta)
-    return {"seconds": seconds, "peak_gib": peak / 2**30, "accuracy": accuracy, "margin": margin, "bf16": args.bf16,
-            "settings": f"epochs={epochs:g} lr={args.learning_rate:g} beta={cfg.dpo.beta} bf16={args.bf16} "
-                        f"lora_dropout={cfg.dpo.lora.dropout} precompute_ref=True share_prompts={share}"}
+    return {
+        "seconds": seconds,
+        "peak_gib": peak / 2**30,
+        "accuracy": accuracy,
+        "margin": margin,
+        "bf16": args.bf16,
+        "settings": f"epochs={epochs:g} lr={args.learning_rate:g} beta={cfg.dpo.beta} bf16={args.bf16} "
+        f"lora_dropout={cfg.dpo.lora.dropout} precompute_ref=True share_prompts={share}",
+    }
 
 
 def run_trl(model_spec, pairs, eval_rows, work: Path, *, epochs: float | None, bf16: bool | None, max_steps: int):
@@ -117,8 +137,16 @@ def run_trl(model_spec, pairs, eval_rows, work: Path, *, epochs: float | None, b
     from transformers import set_seed
     from trl import DPOConfig, DPOTrainer
 
-    data = Dataset.from_list([{"prompt": [m.model_dump() for m in p.prompt], "chosen": [m.model_dump() for m in p.chosen],
-                               "rejected": [m.model_dump() for m in p.rejected]} for p in pairs])
+    data = Dataset.from_list(
+        [
+            {
+                "prompt": [m.model_dump() for m in p.prompt],
+                "chosen": [m.model_dump() for m in p.chosen],
+                "rejected": [m.model_dump() for m in p.rejected],
+            }
+            for p in pairs
+        ]
+    )
     # TRL defaults except what the comparison fixes: output dir, CPU, no trackers/saves.
     fixed = dict(output_dir=str(work / "trl"), use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True)
     if bf16 is not None:
@@ -132,8 +160,13 @@ def run_trl(model_spec, pairs, eval_rows, work: Path, *, epochs: float | None, b
     set_seed(0)
     reset_peak_memory("cpu")
     start = time.perf_counter()
-    trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                         peft_config=lora_config(load_config("demo").dpo.lora))
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=lora_config(load_config("demo").dpo.lora),
+    )
     trainer.train()
     seconds = time.perf_counter() - start
     peak = peak_memory_bytes("cpu")
@@ -141,11 +174,18 @@ def run_trl(model_spec, pairs, eval_rows, work: Path, *, epochs: float | None, b
     extrapolated = 0 < max_steps < steps_per_epoch * epochs
     seconds *= steps_per_epoch / max_steps if extrapolated else 1 / epochs
     accuracy, margin = held_out(trainer.model, bench_tokenizer(model_spec), eval_rows, args.beta)
-    return {"seconds": seconds, "peak_gib": peak / 2**30, "accuracy": accuracy, "margin": margin,
-            "settings": f"epochs={epochs:g} lr={args.learning_rate:g} beta={args.beta} bf16={args.bf16} disable_dropout={args.disable_dropout} "
-                        f"grad_ckpt={args.gradient_checkpointing} precompute_ref={args.precompute_ref_log_probs}"
-                        + (f" (extrapolated from {max_steps} of {steps_per_epoch} steps; held-out after those)"
-                           if extrapolated else "")}
+    return {
+        "seconds": seconds,
+        "peak_gib": peak / 2**30,
+        "accuracy": accuracy,
+        "margin": margin,
+        "settings": f"epochs={epochs:g} lr={args.learning_rate:g} beta={args.beta} "
+        "bf16={args.bf16} disable_dropout={args.disable_dropout} "
+        f"grad_ckpt={args.gradient_checkpointing} precompute_ref={args.precompute_ref_log_probs}"
+        + (
+            f" (extrapolated from {max_steps} of {steps_per_epoch} steps; held-out after those)" if extrapolated else ""
+        ),
+    }
 
 
 def main() -> None:
@@ -154,50 +194,74 @@ def main() -> None:
     parser.add_argument("--pairs", required=True, type=Path)
     parser.add_argument("--eval-pairs", required=True, type=Path)
     parser.add_argument("--limit", type=int, default=0, help="Use only this many training pairs (0 = all).")
-    parser.add_argument("--ours", action="append", default=None,
-                        help="Our DPO settings per row: 'defaults' or a preset name (repeatable; default: defaults).")
+    parser.add_argument(
+        "--ours",
+        action="append",
+        default=None,
+        help="Our DPO settings per row: 'defaults' or a preset name (repeatable; default: defaults).",
+    )
     parser.add_argument("--epochs", type=float, default=None, help="Epochs for our rows (default: each config's own).")
     parser.add_argument("--trl-epochs", type=float, default=None, help="Epochs for the TRL rows (default: TRL's, 3).")
-    parser.add_argument("--shipped-steps", type=int, default=1,
-                        help="Steps timed for the TRL-as-shipped row (0 skips it, -1 runs every epoch).")
+    parser.add_argument(
+        "--shipped-steps",
+        type=int,
+        default=1,
+        help="Steps timed for the TRL-as-shipped row (0 skips it, -1 runs every epoch).",
+    )
     args = parser.parse_args()
 
     pairs = read_records(args.pairs, "pairs")
     if args.limit:
         pairs = pairs[: args.limit]
-    eval_rows, _ = tokenize_pairs(bench_tokenizer(args.model), read_records(args.eval_pairs, "pairs"), max_length=1024,
-                                  response_separator=None, max_drop_share=1.0, source=str(args.eval_pairs))
+    eval_rows, _ = tokenize_pairs(
+        bench_tokenizer(args.model),
+        read_records(args.eval_pairs, "pairs"),
+        max_length=1024,
+        response_separator=None,
+        max_drop_share=1.0,
+        source=str(args.eval_pairs),
+    )
     print(f"{len(pairs)} training pairs, {len(eval_rows)} held-out pairs, threads {torch.get_num_threads()}")
     header = f"{'trainer':<30}{'s/epoch':>9}{'peak GiB':>10}{'held-out acc':>14}{'margin':>9}  settings"
 
     def show(name, r):  # each row as soon as it is measured: the TRL-as-shipped row can take long
-        print(f"{name:<30}{r['seconds']:>9.1f}{r['peak_gib']:>10.2f}{r['accuracy']:>14.3f}{r['margin']:>9.3f}  {r['settings']}",
-              flush=True)
+        print(
+            f"{name:<30}{r['seconds']:>9.1f}{r['peak_gib']:>10.2f}{r['accuracy']:>14.3f}{r['margin']:>9.3f}"
+            f"  {r['settings']}",
+            flush=True,
+        )
 
     ours, theirs = {}, {}
     common = (args.model, pairs, eval_rows)
     with tempfile.TemporaryDirectory() as tmp:
         for config in args.ours or ["defaults"]:
             name = f"selftune dpo {config}"
-            ours[name] = in_fresh_process(run_ours, *common, Path(tmp), preset=None if config == "defaults" else config,
-                                          epochs=args.epochs)
+            ours[name] = in_fresh_process(
+                run_ours, *common, Path(tmp), preset=None if config == "defaults" else config, epochs=args.epochs
+            )
             show(name, ours[name])
         bf16 = next(iter(ours.values()))["bf16"]
-        theirs["TRL defaults, our dtype"] = in_fresh_process(run_trl, *common, Path(tmp), epochs=args.trl_epochs, bf16=bf16,
-                                                             max_steps=0)
+        theirs["TRL defaults, our dtype"] = in_fresh_process(
+            run_trl, *common, Path(tmp), epochs=args.trl_epochs, bf16=bf16, max_steps=0
+        )
         show("TRL defaults, our dtype", theirs["TRL defaults, our dtype"])
         if args.shipped_steps:
-            theirs["TRL defaults as shipped"] = in_fresh_process(run_trl, *common, Path(tmp), epochs=args.trl_epochs,
-                                                                 bf16=None, max_steps=max(args.shipped_steps, 0))
+            theirs["TRL defaults as shipped"] = in_fresh_process(
+                run_trl, *common, Path(tmp), epochs=args.trl_epochs, bf16=None, max_steps=max(args.shipped_steps, 0)
+            )
             show("TRL defaults as shipped", theirs["TRL defaults as shipped"])
     print(header)
     for name, r in {**ours, **theirs}.items():
         show(name, r)
     for name, r in ours.items():
         for other, t in theirs.items():
-            print(f"{name} vs {other}: time {r['seconds'] / t['seconds']:.2f}x, peak memory {r['peak_gib'] / t['peak_gib']:.2f}x, "
-                  f"held-out reward accuracy {r['accuracy']:.3f} vs {t['accuracy']:.3f} "
-                  f"({round(r['accuracy'] * len(eval_rows))} vs {round(t['accuracy'] * len(eval_rows))} of {len(eval_rows)} pairs)")
+            print(
+                f"{name} vs {other}: time {r['seconds'] / t['seconds']:.2f}x, peak memory "
+                f"{r['peak_gib'] / t['peak_gib']:.2f}x, "
+                f"held-out reward accuracy {r['accuracy']:.3f} vs {t['accuracy']:.3f} "
+                f"({round(r['accuracy'] * len(eval_rows))} vs "
+                f"{round(t['accuracy'] * len(eval_rows))} of {len(eval_rows)} pairs)"
+            )
 
 
 if __name__ == "__main__":

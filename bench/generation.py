@@ -12,7 +12,8 @@ that pass every check, passing answers per minute, the yield (prompts with a pas
 the ratios against the HF backend.
 
     python bench/generation.py [--model builtin:smollm2-135m-instruct] [--prompts 32]
-        [--max-new-tokens 96] [--batch-size 64] [--workload demo] [--workload-prompts N] [--skip-backends] [--skip-workload]
+        [--max-new-tokens 96] [--batch-size 64] [--workload demo] [--workload-prompts N]
+        [--skip-backends] [--skip-workload]
 """
 
 from __future__ import annotations
@@ -50,18 +51,28 @@ def ctranslate2_run(model_path: str, tokenizer, prompts, params: SamplingParams,
     if not (out / "model.bin").exists():
         TransformersConverter(model_path).convert(str(out), force=True)
     converted = time.perf_counter() - start
-    generator = ctranslate2.Generator(str(out), device="cpu", compute_type="float32", intra_threads=torch.get_num_threads())
+    generator = ctranslate2.Generator(
+        str(out), device="cpu", compute_type="float32", intra_threads=torch.get_num_threads()
+    )
     tokens = [tokenizer.convert_ids_to_tokens(encode_prompt(tokenizer, p)) for p in prompts]
     ends = [tokenizer.convert_ids_to_tokens(i) for i in end_of_turn_ids(tokenizer)]
     start = time.perf_counter()
     ctranslate2.set_random_seed(params.seed)
     results = generator.generate_batch(
-        [t for t in tokens for _ in range(params.n)], max_length=params.max_new_tokens, max_batch_size=batch_size,
-        include_prompt_in_result=False, end_token=ends, sampling_topk=1 if params.greedy else 0,
-        sampling_topp=params.top_p, sampling_temperature=max(params.temperature, 1e-6))
+        [t for t in tokens for _ in range(params.n)],
+        max_length=params.max_new_tokens,
+        max_batch_size=batch_size,
+        include_prompt_in_result=False,
+        end_token=ends,
+        sampling_topk=1 if params.greedy else 0,
+        sampling_topp=params.top_p,
+        sampling_temperature=max(params.temperature, 1e-6),
+    )
     seconds = time.perf_counter() - start
     texts = [tokenizer.decode(r.sequences_ids[0], skip_special_tokens=True) for r in results]
-    generated = sum(len(r.sequences_ids[0]) + (1 if len(r.sequences_ids[0]) < params.max_new_tokens else 0) for r in results)
+    generated = sum(
+        len(r.sequences_ids[0]) + (1 if len(r.sequences_ids[0]) < params.max_new_tokens else 0) for r in results
+    )
     return texts, generated, seconds, converted
 
 
@@ -69,16 +80,20 @@ def part_backends(args, model, tokenizer) -> None:
     prompts = [[m.model_dump() for m in r.messages] for r in build_prompts(args.prompts, 0, seed=0)]
     greedy = SamplingParams(max_new_tokens=args.max_new_tokens)
     sampled = SamplingParams(n=4, temperature=0.8, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=0)
-    print(f"\n== backends: {len(prompts)} prompts, {args.max_new_tokens} new tokens at most, batch {args.batch_size} ==")
+    print(
+        f"\n== backends: {len(prompts)} prompts, {args.max_new_tokens} new tokens at most, batch {args.batch_size} =="
+    )
     print(f"{'backend':<22}{'mode':<10}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}{'vs hf':>8}{'= hf greedy':>13}")
     reference_rate, reference_texts = {}, None
-    backends = [("hf", HFGenerator(model, tokenizer, batch_size=args.batch_size)),
-                ("continuous", ContinuousGenerator(model, tokenizer, batch_size=args.batch_size))]
+    backends = [
+        ("hf", HFGenerator(model, tokenizer, batch_size=args.batch_size)),
+        ("continuous", ContinuousGenerator(model, tokenizer, batch_size=args.batch_size)),
+    ]
     backends[0][1].generate(prompts[:2], SamplingParams(max_new_tokens=4))  # warm-up
     rows = []
     for name, generator in backends:
         for mode, params in (("greedy", greedy), ("sample n4", sampled)):
-            result, seconds = timed(lambda: generator.generate(prompts, params))
+            result, seconds = timed(lambda generator=generator, params=params: generator.generate(prompts, params))
             tokens = sum(c.completion_tokens for r in result for c in r)
             texts = [r[0].text for r in result]
             if name == "hf":
@@ -90,8 +105,9 @@ def part_backends(args, model, tokenizer) -> None:
     if importlib.util.find_spec("ctranslate2") is not None:
         with tempfile.TemporaryDirectory() as workdir:
             for mode, params in (("greedy", greedy), ("sample n4", sampled)):
-                texts, tokens, seconds, converted = ctranslate2_run(resolve_model_path(args.model), tokenizer, prompts,
-                                                                    params, args.batch_size, Path(workdir))
+                texts, tokens, seconds, converted = ctranslate2_run(
+                    resolve_model_path(args.model), tokenizer, prompts, params, args.batch_size, Path(workdir)
+                )
                 same = sum(a == b for a, b in zip(texts, reference_texts)) if mode == "greedy" else None
                 rows.append(("ctranslate2 fp32", mode, tokens, seconds, same))
                 if converted > 0.5:
@@ -101,30 +117,55 @@ def part_backends(args, model, tokenizer) -> None:
     for name, mode, tokens, seconds, same in rows:
         rate = tokens / seconds
         agree = f"{same}/{len(prompts)}" if same is not None else "-"
-        print(f"{name:<22}{mode:<10}{tokens:>8}{seconds:>9.1f}{rate:>10.1f}{rate / reference_rate[mode]:>7.2f}x{agree:>13}")
+        print(
+            f"{name:<22}{mode:<10}{tokens:>8}{seconds:>9.1f}{rate:>10.1f}"
+            f"{rate / reference_rate[mode]:>7.2f}x{agree:>13}"
+        )
 
 
 def part_workload(args, model, tokenizer) -> None:
     cfg = load_config(args.workload)
-    records = [r for r in build_prompts(cfg.prompts.n_train, 1, cfg.prompts.max_constraints, cfg.prompts.seed,
-                                        cfg.prompts.type_weights) if r.split == "train"]
+    records = [
+        r
+        for r in build_prompts(
+            cfg.prompts.n_train, 1, cfg.prompts.max_constraints, cfg.prompts.seed, cfg.prompts.type_weights
+        )
+        if r.split == "train"
+    ]
     records = records[: args.workload_prompts or None]
     prompts = [[m.model_dump() for m in r.messages] for r in records]
-    params = SamplingParams(n=cfg.sample.k, temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
-                            max_new_tokens=cfg.generation.max_new_tokens, seed=cfg.sample.seed)
+    params = SamplingParams(
+        n=cfg.sample.k,
+        temperature=cfg.sample.temperature,
+        top_p=cfg.sample.top_p,
+        max_new_tokens=cfg.generation.max_new_tokens,
+        seed=cfg.sample.seed,
+    )
     scorer = ConstraintScorer(quality_checks=cfg.sample.scorer.quality_checks)
-    print(f"\n== the {args.workload} preset's sampling workload: {len(records)} prompts x {params.n} answers, "
-          f"{params.max_new_tokens} tokens at most, batch {cfg.generation.batch_size} ==")
+    print(
+        f"\n== the {args.workload} preset's sampling workload: {len(records)} prompts x {params.n} answers, "
+        f"{params.max_new_tokens} tokens at most, batch {cfg.generation.batch_size} =="
+    )
     print(f"{'backend':<34}{'seconds':>9}{'tokens':>8}{'passing':>9}{'per min':>9}{'yield':>8}{'vs hf':>8}")
     batch = cfg.generation.batch_size  # the preset's own batch: the workload as the stage runs it
-    runs = [("hf", HFGenerator(model, tokenizer, batch_size=batch), None),
-            ("continuous", ContinuousGenerator(model, tokenizer, batch_size=batch), None),
-            ("continuous + early rejection", ContinuousGenerator(model, tokenizer, batch_size=batch),
-             early_rejection(records, cfg.sample.full_samples))]
+    runs = [
+        ("hf", HFGenerator(model, tokenizer, batch_size=batch), None),
+        ("continuous", ContinuousGenerator(model, tokenizer, batch_size=batch), None),
+        (
+            "continuous + early rejection",
+            ContinuousGenerator(model, tokenizer, batch_size=batch),
+            early_rejection(records, cfg.sample.full_samples),
+        ),
+    ]
     base_rate = None
     for name, generator, stop_when in runs:
-        result, seconds = timed(lambda: generator.generate(prompts, params, stop_when=stop_when))
-        passing = [[s.passed for s in scorer.score(record, [c.text for c in answers])] for record, answers in zip(records, result)]
+        result, seconds = timed(
+            lambda generator=generator, stop_when=stop_when: generator.generate(prompts, params, stop_when=stop_when)
+        )
+        passing = [
+            [s.passed for s in scorer.score(record, [c.text for c in answers])]
+            for record, answers in zip(records, result)
+        ]
         count = sum(sum(p) for p in passing)
         rate = count / seconds * 60
         base_rate = base_rate or rate
@@ -140,8 +181,12 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workload", default="demo", help="Preset whose sampling stage is measured in part 2.")
-    parser.add_argument("--workload-prompts", type=int, default=0,
-                        help="Use only the first N train prompts of the workload (0 = all; the HF row is the slow one).")
+    parser.add_argument(
+        "--workload-prompts",
+        type=int,
+        default=0,
+        help="Use only the first N train prompts of the workload (0 = all; the HF row is the slow one).",
+    )
     parser.add_argument("--skip-backends", action="store_true")
     parser.add_argument("--skip-workload", action="store_true")
     args = parser.parse_args()

@@ -66,13 +66,23 @@ def run_ours(model_spec, records, eval_rows, work: Path, *, full_logits: bool = 
     from selftune.training import make_sft_trainer_class, make_trainer_class, training_arguments
 
     # Effective batch 8 (TRL's default per-device batch, no accumulation), whatever the demo preset uses.
-    cfg = load_config("demo", overrides=[f"model.spec={model_spec}", "sft.epochs=1", "sft.report_to=[]",
-                                         "sft.per_device_batch_size=8", "sft.gradient_accumulation=1",
-                                         "sft.save_steps=100000", "sft.validation_share=0"])
+    cfg = load_config(
+        "demo",
+        overrides=[
+            f"model.spec={model_spec}",
+            "sft.epochs=1",
+            "sft.report_to=[]",
+            "sft.per_device_batch_size=8",
+            "sft.gradient_accumulation=1",
+            "sft.save_steps=100000",
+            "sft.validation_share=0",
+        ],
+    )
     tokenizer = load_tokenizer(model_spec)
     tokenizer.padding_side = "right"
-    rows, _ = tokenize_dataset(tokenizer, records, max_length=cfg.sft.max_length, response_separator=None,
-                               max_drop_share=1.0, source="bench")
+    rows, _ = tokenize_dataset(
+        tokenizer, records, max_length=cfg.sft.max_length, response_separator=None, max_drop_share=1.0, source="bench"
+    )
     from datasets import Dataset
 
     model = load_model(model_spec, dtype="float32")
@@ -80,18 +90,28 @@ def run_ours(model_spec, records, eval_rows, work: Path, *, full_logits: bool = 
     model = get_peft_model(model, lora_config(cfg.sft.lora))
     args = training_arguments(cfg.sft, work / "ours", has_eval=False, device="cpu")
     trainer_class = make_trainer_class() if full_logits else make_sft_trainer_class()
-    trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                   data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-                                   processing_class=tokenizer)
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        processing_class=tokenizer,
+    )
     reset_peak_memory("cpu")
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
     peak = peak_memory_bytes("cpu")
     tokens = sum(len(r["input_ids"]) for r in rows)
-    return {"seconds": seconds, "tokens_per_second": tokens / seconds, "peak_gib": peak / 2**30,
-            "held_out_loss": held_out_loss(model, eval_rows), "bf16": args.bf16, "lr": args.learning_rate,
-            "parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)}
+    return {
+        "seconds": seconds,
+        "tokens_per_second": tokens / seconds,
+        "peak_gib": peak / 2**30,
+        "held_out_loss": held_out_loss(model, eval_rows),
+        "bf16": args.bf16,
+        "lr": args.learning_rate,
+        "parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n),
+    }
 
 
 def run_trl(model_spec, records, eval_rows, work: Path, tokens: int):
@@ -101,22 +121,39 @@ def run_trl(model_spec, records, eval_rows, work: Path, tokens: int):
 
     tokenizer = load_tokenizer(model_spec)
     model = load_model(model_spec, dtype="float32")
-    data = Dataset.from_list([{"prompt": [m.model_dump() for m in r.prompt],
-                               "completion": [m.model_dump() for m in r.completion]} for r in records])
+    data = Dataset.from_list(
+        [
+            {"prompt": [m.model_dump() for m in r.prompt], "completion": [m.model_dump() for m in r.completion]}
+            for r in records
+        ]
+    )
     lora = load_config("demo").sft.lora
     # TRL defaults except what the comparison fixes: output dir, one epoch, CPU, no trackers.
-    args = SFTConfig(output_dir=str(work / "trl"), num_train_epochs=1, use_cpu=True, report_to="none",
-                     save_strategy="no", disable_tqdm=True)
+    args = SFTConfig(
+        output_dir=str(work / "trl"),
+        num_train_epochs=1,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     set_seed(0)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                         peft_config=lora_config(lora))
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=lora_config(lora)
+    )
     reset_peak_memory("cpu")
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
     peak = peak_memory_bytes("cpu")
-    return {"seconds": seconds, "tokens_per_second": tokens / seconds, "peak_gib": peak / 2**30,
-            "held_out_loss": held_out_loss(trainer.model, eval_rows), "bf16": args.bf16, "lr": args.learning_rate}
+    return {
+        "seconds": seconds,
+        "tokens_per_second": tokens / seconds,
+        "peak_gib": peak / 2**30,
+        "held_out_loss": held_out_loss(trainer.model, eval_rows),
+        "bf16": args.bf16,
+        "lr": args.learning_rate,
+    }
 
 
 def main() -> None:
@@ -132,17 +169,30 @@ def main() -> None:
     if args.limit:
         train = train[: args.limit]
     tokenizer = load_tokenizer(args.model)
-    eval_rows = [tokenize_example(tokenizer, {"prompt": [m.model_dump() for m in r.prompt],
-                                              "completion": [m.model_dump() for m in r.completion]}) for r in held]
-    train_tokens = sum(len(tokenize_example(tokenizer, {"prompt": [m.model_dump() for m in r.prompt],
-                                                        "completion": [m.model_dump() for m in r.completion]})["input_ids"])
-                       for r in train)
+    eval_rows = [
+        tokenize_example(
+            tokenizer,
+            {"prompt": [m.model_dump() for m in r.prompt], "completion": [m.model_dump() for m in r.completion]},
+        )
+        for r in held
+    ]
+    train_tokens = sum(
+        len(
+            tokenize_example(
+                tokenizer,
+                {"prompt": [m.model_dump() for m in r.prompt], "completion": [m.model_dump() for m in r.completion]},
+            )["input_ids"]
+        )
+        for r in train
+    )
     base_model = load_model(args.model, dtype="float32")
     base_loss = held_out_loss(base_model, eval_rows)
     del base_model
     gc.collect()
-    print(f"data {args.data}: {len(train)} train examples ({train_tokens} tokens), {len(held)} held out; "
-          f"threads {torch.get_num_threads()}; base held-out loss {base_loss:.4f}")
+    print(
+        f"data {args.data}: {len(train)} train examples ({train_tokens} tokens), {len(held)} held out; "
+        f"threads {torch.get_num_threads()}; base held-out loss {base_loss:.4f}"
+    )
     peak_gflops = matmul_peak_gflops()
     print(f"measured fp32 matmul peak: {peak_gflops:.1f} GFLOP/s")
     rows = []
@@ -150,7 +200,9 @@ def main() -> None:
         ours = run_ours(args.model, train, eval_rows, Path(tmp) / "a")
         rows.append(("selftune sft", ours))
         gc.collect()
-        rows.append(("selftune sft, full logits", run_ours(args.model, train, eval_rows, Path(tmp) / "b", full_logits=True)))
+        rows.append(
+            ("selftune sft, full logits", run_ours(args.model, train, eval_rows, Path(tmp) / "b", full_logits=True))
+        )
         gc.collect()
         if not args.skip_trl:
             rows.append(("TRL SFTTrainer default", run_trl(args.model, train, eval_rows, Path(tmp), train_tokens)))
@@ -158,12 +210,16 @@ def main() -> None:
     print(f"{'trainer':<28}{'seconds':>9}{'tokens/s':>10}{'of peak':>9}{'peak GiB':>10}{'held-out loss':>15}  settings")
     for name, r in rows:
         share = r["tokens_per_second"] * flop_per_token / 1e9 / peak_gflops
-        print(f"{name:<28}{r['seconds']:>9.1f}{r['tokens_per_second']:>10.1f}{share:>8.0%}{r['peak_gib']:>10.2f}"
-              f"{r['held_out_loss']:>15.4f}  bf16={r['bf16']} lr={r['lr']:g}")
+        print(
+            f"{name:<28}{r['seconds']:>9.1f}{r['tokens_per_second']:>10.1f}{share:>8.0%}{r['peak_gib']:>10.2f}"
+            f"{r['held_out_loss']:>15.4f}  bf16={r['bf16']} lr={r['lr']:g}"
+        )
     for name, r in rows[1:]:
-        print(f"selftune sft vs {name}: tokens/s {ours['tokens_per_second'] / r['tokens_per_second']:.2f}x, "
-              f"peak memory {ours['peak_gib'] / r['peak_gib']:.2f}x, held-out loss {ours['held_out_loss']:.4f} vs "
-              f"{r['held_out_loss']:.4f} (base {base_loss:.4f})")
+        print(
+            f"selftune sft vs {name}: tokens/s {ours['tokens_per_second'] / r['tokens_per_second']:.2f}x, "
+            f"peak memory {ours['peak_gib'] / r['peak_gib']:.2f}x, held-out loss {ours['held_out_loss']:.4f} vs "
+            f"{r['held_out_loss']:.4f} (base {base_loss:.4f})"
+        )
 
 
 if __name__ == "__main__":

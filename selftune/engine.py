@@ -36,15 +36,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
+from selftune.errors import ConfigError
 from selftune.generation import (
     Completion,
-    Prompt,
     ProgressCallback,
+    Prompt,
     SamplingParams,
     StopWhen,
     draw_tokens,
@@ -52,7 +53,6 @@ from selftune.generation import (
     render_prompt,
     row_seed,
 )
-from selftune.errors import ConfigError
 from selftune.models import end_of_turn_ids
 
 logger = logging.getLogger("selftune.engine")
@@ -163,8 +163,9 @@ class ContinuousGenerator:
 
     name = "continuous"
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 64, stop_ids: list[int] | None = None,
-                 admit_share: float = 0.25):
+    def __init__(
+        self, model, tokenizer, *, batch_size: int = 64, stop_ids: list[int] | None = None, admit_share: float = 0.25
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.slots = max(1, batch_size)
@@ -177,8 +178,13 @@ class ContinuousGenerator:
 
     # ---------------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams, progress: ProgressCallback | None = None,
-                 stop_when: StopWhen | None = None) -> list[list[Completion]]:
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        params: SamplingParams,
+        progress: ProgressCallback | None = None,
+        stop_when: StopWhen | None = None,
+    ) -> list[list[Completion]]:
         if not prompts:
             return []
         slots = max(self.slots, params.n)  # a prompt's n samples are admitted together
@@ -190,8 +196,10 @@ class ContinuousGenerator:
         capacity = max(len(e) for e in encoded) + params.max_new_tokens + 1  # +1: a scratch position for pads
         window = getattr(self.model.config, "sliding_window", None)
         if window and capacity > window:  # the engine's mask is full causal attention
-            raise ConfigError(f"sequences of up to {capacity} tokens exceed this model's sliding window ({window}); "
-                              "use generation.backend: hf")
+            raise ConfigError(
+                f"sequences of up to {capacity} tokens exceed this model's sliding window ({window}); "
+                "use generation.backend: hf"
+            )
         cache = _SlotCache(self.model.config.num_hidden_layers, slots, capacity)
         results: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
         remaining = [params.n] * len(prompts)
@@ -200,9 +208,14 @@ class ContinuousGenerator:
         if prefix:
             ids = torch.tensor([encoded[0][:prefix]], device=device)
             cache.plan(0, torch.arange(prefix, device=device)[None], prefix)
-            self.model(input_ids=ids, position_ids=torch.arange(prefix, device=device)[None], cache=cache,
-                       attention_mask=self._causal_mask(torch.tensor([prefix]), prefix, 0, prefix, device),
-                       use_cache=True, logits_to_keep=1)
+            self.model(
+                input_ids=ids,
+                position_ids=torch.arange(prefix, device=device)[None],
+                cache=cache,
+                attention_mask=self._causal_mask(torch.tensor([prefix]), prefix, 0, prefix, device),
+                use_cache=True,
+                logits_to_keep=1,
+            )
             cache.broadcast_prefix(prefix)
             counters["prefill_tokens"] += prefix
 
@@ -218,10 +231,15 @@ class ContinuousGenerator:
             stop = reason == "stop"
             kept = tokens[:-1] if stop else tokens
             results[row.prompt_index][row.sample_index] = Completion(
-                prompt_index=row.prompt_index, sample_index=row.sample_index,
-                text=self.tokenizer.decode(kept, skip_special_tokens=True), finish_reason=reason,
-                prompt_tokens=len(encoded[row.prompt_index]), completion_tokens=len(tokens), seed=row.seed,
-                rejected_by=rejected_by)
+                prompt_index=row.prompt_index,
+                sample_index=row.sample_index,
+                text=self.tokenizer.decode(kept, skip_special_tokens=True),
+                finish_reason=reason,
+                prompt_tokens=len(encoded[row.prompt_index]),
+                completion_tokens=len(tokens),
+                seed=row.seed,
+                rejected_by=rejected_by,
+            )
             remaining[row.prompt_index] -= 1
             if remaining[row.prompt_index] == 0:
                 finished_prompts += 1
@@ -243,9 +261,17 @@ class ContinuousGenerator:
                 lengths = torch.tensor([row.length for row in live], device=device)
                 width = int(lengths.max()) + 1
                 cache.plan(0, lengths[:, None], width)
-                keep = (torch.arange(width, device=device)[None] <= lengths[:, None])[:, None, None, :]  # (rows, 1, 1, width)
-                logits = self.model(input_ids=last_token[:, None], position_ids=lengths[:, None], cache=cache,
-                                    attention_mask=keep, use_cache=True, logits_to_keep=1).logits[:, -1]
+                keep = (torch.arange(width, device=device)[None] <= lengths[:, None])[
+                    :, None, None, :
+                ]  # (rows, 1, 1, width)
+                logits = self.model(
+                    input_ids=last_token[:, None],
+                    position_ids=lengths[:, None],
+                    cache=cache,
+                    attention_mask=keep,
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).logits[:, -1]
                 for row in live:
                     row.length += 1
                 tokens = draw_tokens(logits, [row.generator for row in live], params)
@@ -294,30 +320,50 @@ class ContinuousGenerator:
         visible = (key < prefix) | ((key >= prefix) & (key <= position[:, :, None]))
         return visible[:, None]
 
-    def _prefill(self, admitted: list[int], encoded, prefix: int, first_slot: int, cache: _SlotCache, device) -> torch.Tensor:
+    def _prefill(
+        self, admitted: list[int], encoded, prefix: int, first_slot: int, cache: _SlotCache, device
+    ) -> torch.Tensor:
         """One forward over `admitted` prompts (less the shared prefix), left-padded, into slots
         first_slot..; returns each prompt's logits for its first answer token (prompts, vocab)."""
         lengths = torch.tensor([len(encoded[i]) for i in admitted])
         q = int(lengths.max()) - prefix
         ids = torch.full((len(admitted), q), self.pad_id, dtype=torch.long)
-        positions = torch.full((len(admitted), q), cache.capacity - 1, dtype=torch.long)  # pads write to a scratch position
+        positions = torch.full(
+            (len(admitted), q), cache.capacity - 1, dtype=torch.long
+        )  # pads write to a scratch position
         for j, i in enumerate(admitted):
             own = encoded[i][prefix:]
-            ids[j, q - len(own):] = torch.tensor(own)
-            positions[j, q - len(own):] = torch.arange(prefix, prefix + len(own))
+            ids[j, q - len(own) :] = torch.tensor(own)
+            positions[j, q - len(own) :] = torch.arange(prefix, prefix + len(own))
         width = int(lengths.max())
         cache.plan(first_slot, positions.to(device), width)
-        return self.model(input_ids=ids.to(device), position_ids=positions.to(device), cache=cache,
-                          attention_mask=self._causal_mask(lengths, q, prefix, width, device), use_cache=True,
-                          logits_to_keep=1).logits[:, -1]
+        return self.model(
+            input_ids=ids.to(device),
+            position_ids=positions.to(device),
+            cache=cache,
+            attention_mask=self._causal_mask(lengths, q, prefix, width, device),
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1]
 
-    def _admit(self, admitted: list[int], encoded, texts, params: SamplingParams, prefix: int, first_slot: int,
-               cache: _SlotCache, device) -> tuple[list[_Row], torch.Tensor]:
+    def _admit(
+        self,
+        admitted: list[int],
+        encoded,
+        texts,
+        params: SamplingParams,
+        prefix: int,
+        first_slot: int,
+        cache: _SlotCache,
+        device,
+    ) -> tuple[list[_Row], torch.Tensor]:
         """Prefill `admitted` prompts, copy each into its n sample slots, draw every row's first token.
 
         Prompt j sits in slot first_slot + j; its other samples take the slots after all the prompts."""
         logits = self._prefill(admitted, encoded, prefix, first_slot, cache, device)
-        order = [(j, 0) for j in range(len(admitted))] + [(j, s) for j in range(len(admitted)) for s in range(1, params.n)]
+        order = [(j, 0) for j in range(len(admitted))] + [
+            (j, s) for j in range(len(admitted)) for s in range(1, params.n)
+        ]
         sources = [first_slot + j for j, s in order if s > 0]
         targets = list(range(first_slot + len(admitted), first_slot + len(order)))
         cache.copy_slots(sources, targets, max(len(encoded[i]) for i in admitted))
@@ -363,9 +409,13 @@ class ContinuousGenerator:
         cache = _SlotCache(self.model.config.num_hidden_layers, len(encoded), max(map(len, encoded)) + 3)
         if prefix:
             cache.plan(0, torch.arange(prefix, device=device)[None], prefix)
-            self.model(input_ids=torch.tensor([encoded[0][:prefix]], device=device),
-                       position_ids=torch.arange(prefix, device=device)[None], cache=cache, use_cache=True,
-                       attention_mask=self._causal_mask(torch.tensor([prefix]), prefix, 0, prefix, device))
+            self.model(
+                input_ids=torch.tensor([encoded[0][:prefix]], device=device),
+                position_ids=torch.arange(prefix, device=device)[None],
+                cache=cache,
+                use_cache=True,
+                attention_mask=self._causal_mask(torch.tensor([prefix]), prefix, 0, prefix, device),
+            )
             cache.broadcast_prefix(prefix)
         first = self._prefill(list(range(len(encoded))), encoded, prefix, 0, cache, device).float()
         nxt = first.argmax(-1)
@@ -373,13 +423,25 @@ class ContinuousGenerator:
         width = int(lengths.max()) + 1
         cache.plan(0, lengths[:, None], width)
         keep = (torch.arange(width, device=device)[None] <= lengths[:, None])[:, None, None, :]
-        second = self.model(input_ids=nxt[:, None], position_ids=lengths[:, None], cache=cache, attention_mask=keep,
-                            use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        second = (
+            self.model(
+                input_ids=nxt[:, None],
+                position_ids=lengths[:, None],
+                cache=cache,
+                attention_mask=keep,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            .logits[:, -1]
+            .float()
+        )
         gap = 0.0
         for j, ids in enumerate(encoded):
             plain = self.model(input_ids=torch.tensor([ids + [int(nxt[j])]], device=device)).logits[0, -2:].float()
             scale = plain.abs().max().clamp(min=1.0)
-            gap = max(gap, float((plain[0] - first[j]).abs().max() / scale), float((plain[1] - second[j]).abs().max() / scale))
+            gap = max(
+                gap, float((plain[0] - first[j]).abs().max() / scale), float((plain[1] - second[j]).abs().max() / scale)
+            )
         return gap
 
 

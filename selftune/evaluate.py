@@ -41,7 +41,6 @@ from selftune.runs import StageSpec
 from selftune.scoring import repetition_rate
 
 
-
 class ModelLeakError(SelftuneError):
     """A model object survived its turn in the one-at-a-time loop."""
 
@@ -60,24 +59,32 @@ def instruction_following(prompts: list[PromptRecord], answers: list[str]) -> tu
         instructions += len(strict)
         strict_total += sum(strict)
         loose_total += sum(loose)
-        for c, s, l in zip(prompt.constraints, strict, loose):
-            by_type[c.type].append((s, l))
+        for constraint, passed_strict, passed_loose in zip(prompt.constraints, strict, loose):
+            by_type[constraint.type].append((passed_strict, passed_loose))
         details.append({"prompt_id": prompt.id, "strict": strict, "loose": loose})
     n = max(1, len(prompts))
     metrics = {
-        "prompt_strict": round(prompt_strict / n, 4), "prompt_loose": round(prompt_loose / n, 4),
+        "prompt_strict": round(prompt_strict / n, 4),
+        "prompt_loose": round(prompt_loose / n, 4),
         "instruction_strict": round(strict_total / max(1, instructions), 4),
         "instruction_loose": round(loose_total / max(1, instructions), 4),
-        "by_type": {t: {"n": len(v), "strict": round(sum(s for s, _ in v) / len(v), 4),
-                        "loose": round(sum(l for _, l in v) / len(v), 4)} for t, v in sorted(by_type.items())},
+        "by_type": {
+            t: {
+                "n": len(v),
+                "strict": round(sum(s for s, _ in v) / len(v), 4),
+                "loose": round(sum(loose for _, loose in v) / len(v), 4),
+            }
+            for t, v in sorted(by_type.items())
+        },
         "prompts": len(prompts),
     }
     return metrics, details
 
 
 @torch.no_grad()
-def pair_log_probs(model, tokenizer, pairs: list[PairRecord], *, max_length: int, response_separator: str | None,
-                   batch_size: int = 8) -> list[tuple[float, float, int] | None]:
+def pair_log_probs(
+    model, tokenizer, pairs: list[PairRecord], *, max_length: int, response_separator: str | None, batch_size: int = 8
+) -> list[tuple[float, float, int] | None]:
     """(chosen log-prob, rejected log-prob, chosen response tokens) per pair, masked and truncated
     exactly as DPO trained on them (`dpo.max_length`, `sft.response_separator`); None for a pair
     that cannot be masked (its response truncated away)."""
@@ -120,17 +127,20 @@ def paired_comparison(ours: list[bool], theirs: list[bool], *, draws: int = 2000
     boots = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(draws))
     wins, losses = diffs.count(1), diffs.count(-1)
     disagreements = wins + losses
-    tail = sum(math.comb(disagreements, k) for k in range(min(wins, losses) + 1)) / 2 ** disagreements
+    tail = sum(math.comb(disagreements, k) for k in range(min(wins, losses) + 1)) / 2**disagreements
     return {
         "delta": round(sum(diffs) / n, 4),
         "ci95": [round(boots[int(0.025 * draws)], 4), round(boots[int(0.975 * draws) - 1], 4)],
-        "wins": wins, "losses": losses, "prompts": n,
+        "wins": wins,
+        "losses": losses,
+        "prompts": n,
         "p_value": round(min(1.0, 2 * tail), 4) if disagreements else 1.0,
     }
 
 
-def pair_metrics(own: list[tuple[float, float, int]], reference: list[tuple[float, float, int]],
-                 pairs: list[PairRecord], beta: float) -> dict:
+def pair_metrics(
+    own: list[tuple[float, float, int]], reference: list[tuple[float, float, int]], pairs: list[PairRecord], beta: float
+) -> dict:
     """Implicit reward accuracy and margin against a reference, overall and per negative source."""
     by_source: dict[str, list[float]] = defaultdict(list)
     # A pair either model could not mask is left out of both.
@@ -173,11 +183,17 @@ def answers_cache_path(spec: str, messages: list[list[dict]], max_new_tokens: in
     from selftune.models import resolve_model_path, selftune_home
     from selftune.runs import sha256_path
 
-    key = json.dumps({
-        "model": sha256_path(Path(resolve_model_path(spec))), "prompts": messages,
-        "max_new_tokens": max_new_tokens, "dtype": cfg.model.dtype, "backend": cfg.generation.backend,
-        "engine": 1,  # bump when generation changes in a way that changes greedy answers
-    }, sort_keys=True)
+    key = json.dumps(
+        {
+            "model": sha256_path(Path(resolve_model_path(spec))),
+            "prompts": messages,
+            "max_new_tokens": max_new_tokens,
+            "dtype": cfg.model.dtype,
+            "backend": cfg.generation.backend,
+            "engine": 1,  # bump when generation changes in a way that changes greedy answers
+        },
+        sort_keys=True,
+    )
     return selftune_home() / "cache" / "answers" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
 
@@ -186,20 +202,30 @@ def _generate_answers(model, tokenizer, messages: list[list[dict]], max_new_toke
 
     generator = make_generator(model, tokenizer, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size)
     answers = generator.generate(messages, SamplingParams(max_new_tokens=max_new_tokens))
-    return [{"text": a[0].text, "completion_tokens": a[0].completion_tokens, "finish_reason": a[0].finish_reason}
-            for a in answers]
+    return [
+        {"text": a[0].text, "completion_tokens": a[0].completion_tokens, "finish_reason": a[0].finish_reason}
+        for a in answers
+    ]
 
 
 def answer_stats(answers: list[dict]) -> dict:
     texts = [a["text"] for a in answers]
     n = max(1, len(answers))
-    return {"mean_length_tokens": round(sum(a["completion_tokens"] for a in answers) / n, 1),
-            "truncated_share": round(sum(a["finish_reason"] == "length" for a in answers) / n, 4),
-            "repetition_rate": round(sum(repetition_rate(t) for t in texts) / max(1, len(texts)), 4)}
+    return {
+        "mean_length_tokens": round(sum(a["completion_tokens"] for a in answers) / n, 1),
+        "truncated_share": round(sum(a["finish_reason"] == "length" for a in answers) / n, 4),
+        "repetition_rate": round(sum(repetition_rate(t) for t in texts) / max(1, len(texts)), 4),
+    }
 
 
-def evaluate_one(name: str, spec: str, prompts: list[PromptRecord], pairs: list[PairRecord], cfg,
-                 benchmarks: list[tuple[str, list]] = ()) -> tuple[dict, list]:
+def evaluate_one(
+    name: str,
+    spec: str,
+    prompts: list[PromptRecord],
+    pairs: list[PairRecord],
+    cfg,
+    benchmarks: list[tuple[str, list]] = (),
+) -> tuple[dict, list]:
     """Load one model, measure everything, unload it; returns (metrics, per-prompt answers).
 
     With `evaluate.cache_answers`, greedy answers already generated for this model, prompt set and
@@ -212,13 +238,24 @@ def evaluate_one(name: str, spec: str, prompts: list[PromptRecord], pairs: list[
     from selftune.runs import write_json
 
     started = time.perf_counter()
-    sets = [("eval", [[m.model_dump() for m in p.messages] for p in prompts], cfg.evaluate.max_new_tokens)] if prompts else []
-    sets += [(bench, [p.messages() for p in bench_prompts], cfg.evaluate.benchmark_max_new_tokens)
-             for bench, bench_prompts in benchmarks]
-    caches = {label: answers_cache_path(spec, messages, tokens, cfg) if cfg.evaluate.cache_answers else None
-              for label, messages, tokens in sets}
-    generated: dict[str, list[dict]] = {label: json.loads(path.read_text())["answers"]
-                                        for label, path in caches.items() if path is not None and path.is_file()}
+    sets = (
+        [("eval", [[m.model_dump() for m in p.messages] for p in prompts], cfg.evaluate.max_new_tokens)]
+        if prompts
+        else []
+    )
+    sets += [
+        (bench, [p.messages() for p in bench_prompts], cfg.evaluate.benchmark_max_new_tokens)
+        for bench, bench_prompts in benchmarks
+    ]
+    caches = {
+        label: answers_cache_path(spec, messages, tokens, cfg) if cfg.evaluate.cache_answers else None
+        for label, messages, tokens in sets
+    }
+    generated: dict[str, list[dict]] = {
+        label: json.loads(path.read_text())["answers"]
+        for label, path in caches.items()
+        if path is not None and path.is_file()
+    }
     metrics: dict = {"spec": spec, "answers_from_cache": bool(sets) and all(label in generated for label, _, _ in sets)}
     report = None
     log_probs: list = []
@@ -231,8 +268,13 @@ def evaluate_one(name: str, spec: str, prompts: list[PromptRecord], pairs: list[
                 generated[label] = _generate_answers(model, tokenizer, messages, tokens, cfg)
                 if caches[label] is not None:
                     write_json(caches[label], {"spec": spec, "answers": generated[label]})
-        log_probs = pair_log_probs(model, tokenizer, pairs, max_length=cfg.dpo.max_length,
-                                   response_separator=cfg.sft.response_separator) if pairs else []
+        log_probs = (
+            pair_log_probs(
+                model, tokenizer, pairs, max_length=cfg.dpo.max_length, response_separator=cfg.sft.response_separator
+            )
+            if pairs
+            else []
+        )
         if cfg.evaluate.lm_eval_tasks:
             metrics["lm_eval"] = _lm_eval(model, tokenizer, cfg.evaluate.lm_eval_tasks)
         report = unload(model)
@@ -248,12 +290,18 @@ def evaluate_one(name: str, spec: str, prompts: list[PromptRecord], pairs: list[
         details = []
     for bench, bench_prompts in benchmarks:
         scores = score_benchmark(bench, bench_prompts, [a["text"] for a in generated[bench]])
-        metrics.setdefault("benchmarks", {})[bench] = {**scores, **answer_stats(generated[bench]),
-                                                       "max_new_tokens": cfg.evaluate.benchmark_max_new_tokens}
-    metrics.update(peak_memory_gib=round(report.peak_gib, 3) if report else None,
-                   seconds=round(time.perf_counter() - started, 1))
-    per_prompt = [{"prompt_id": p.id, "model": name, "answer": t, **{k: v for k, v in d.items() if k != "prompt_id"}}
-                  for p, t, d in zip(prompts, texts, details)]
+        metrics.setdefault("benchmarks", {})[bench] = {
+            **scores,
+            **answer_stats(generated[bench]),
+            "max_new_tokens": cfg.evaluate.benchmark_max_new_tokens,
+        }
+    metrics.update(
+        peak_memory_gib=round(report.peak_gib, 3) if report else None, seconds=round(time.perf_counter() - started, 1)
+    )
+    per_prompt = [
+        {"prompt_id": p.id, "model": name, "answer": t, **{k: v for k, v in d.items() if k != "prompt_id"}}
+        for p, t, d in zip(prompts, texts, details)
+    ]
     return {"metrics": metrics, "log_probs": log_probs}, per_prompt
 
 
@@ -285,8 +333,16 @@ def round_references(names: list[str]) -> dict[str, str]:
     return references
 
 
-def evaluate_models(models: list[tuple[str, str]], prompts: list[PromptRecord], pairs: list[PairRecord], cfg,
-                    *, reference: str | dict[str, str] | None = "sft", baseline: str = "base", on_model=None) -> dict:
+def evaluate_models(
+    models: list[tuple[str, str]],
+    prompts: list[PromptRecord],
+    pairs: list[PairRecord],
+    cfg,
+    *,
+    reference: str | dict[str, str] | None = "sft",
+    baseline: str = "base",
+    on_model=None,
+) -> dict:
     """Evaluate `models` [(name, spec)] in order, one at a time; pair margins against `reference`
     (one model's name for all, or each model's own: {name: reference name}); prompt-level strict
     accuracy (built-in eval and each benchmark) compared with `baseline`, with its noise (`vs_base`)."""
@@ -327,7 +383,8 @@ def evaluate_models(models: list[tuple[str, str]], prompts: list[PromptRecord], 
                 if name != baseline and set(theirs) == set(ours):
                     keys = sorted(ours)
                     metrics["benchmarks"][bench]["vs_" + baseline] = paired_comparison(
-                        [theirs[k] for k in keys], [ours[k] for k in keys])
+                        [theirs[k] for k in keys], [ours[k] for k in keys]
+                    )
     results["answers"] = answers
     return results
 
@@ -379,12 +436,18 @@ def judge_models(answers: list[dict], prompts: list[PromptRecord], baseline: str
         by_model[row["model"]][row["prompt_id"]] = row["answer"]
     requests = [message_text(p.messages) for p in prompts]
     outcome: dict = {"judge": spec, f"vs_{baseline}": {}}
-    with open_generator(spec, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size,
-                        dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code) as judge:
+    with open_generator(
+        spec,
+        backend=cfg.generation.backend,
+        batch_size=cfg.generation.batch_size,
+        dtype=cfg.model.dtype,
+        trust_remote_code=cfg.model.trust_remote_code,
+    ) as judge:
         for name, texts in by_model.items():
             if name != baseline:
                 outcome[f"vs_{baseline}"][name] = judge_win_rate(
-                    judge, requests, [texts[p.id] for p in prompts], [by_model[baseline][p.id] for p in prompts])
+                    judge, requests, [texts[p.id] for p in prompts], [by_model[baseline][p.id] for p in prompts]
+                )
     return outcome
 
 
@@ -401,15 +464,25 @@ def run_models(run, base: str, round_number: int) -> list[tuple[str, str]]:
 
 
 EVALUATE_STAGE = StageSpec(
-    "evaluate", output="results",
+    "evaluate",
+    output="results",
     # Pair rewards use DPO's beta and are masked and truncated as DPO trained (max_length, separator).
-    reads=("evaluate", "dpo.beta", "dpo.max_length", "sft.response_separator", "model.spec", "model.dtype",
-           "generation.backend"),
+    reads=(
+        "evaluate",
+        "dpo.beta",
+        "dpo.max_length",
+        "sft.response_separator",
+        "model.spec",
+        "model.dtype",
+        "generation.backend",
+    ),
     unhashed=("generation.batch_size", "model.trust_remote_code"),  # greedy answers do not depend on batching
 )
 
 
-def evaluate_stage(run, cfg, *, round_number: int = 1, models: list[tuple[str, str]] | None = None, on_model=None) -> Path:
+def evaluate_stage(
+    run, cfg, *, round_number: int = 1, models: list[tuple[str, str]] | None = None, on_model=None
+) -> Path:
     """Evaluate the run's models on its eval prompts and held-out pairs; writes eval/results.json."""
     from selftune.records import read_records
 
@@ -438,6 +511,8 @@ def evaluate_stage(run, cfg, *, round_number: int = 1, models: list[tuple[str, s
         results = evaluate_models(wanted, prompts, pairs, cfg, reference=references, on_model=on_model)
         stage.add_output("results", write_results(stage.dir, results))
         stage.add_output("answers", stage.dir / "answers.jsonl")
-        stage.metrics["prompt_strict"] = {n: m["instruction_following"]["prompt_strict"] for n, m in results["models"].items()}
+        stage.metrics["prompt_strict"] = {
+            n: m["instruction_following"]["prompt_strict"] for n, m in results["models"].items()
+        }
         stage.metrics["peak_memory_gib"] = {n: m["peak_memory_gib"] for n, m in results["models"].items()}
     return stage.dir / "results.json"

@@ -21,8 +21,9 @@ import gc
 import hashlib
 import importlib.util
 import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Protocol, Sequence, Union
+from typing import Literal, Protocol
 
 import torch
 
@@ -31,7 +32,7 @@ from selftune.models import end_of_turn_ids
 
 # Raw text, or a chat as role/content dicts (`selftune.records.Message.model_dump()`), which is what
 # chat templates take.
-Prompt = Union[str, list[dict[str, str]]]
+Prompt = str | list[dict[str, str]]
 # stop: the model closed its turn; length: the token cap; rejected: early rejection stopped an
 # answer whose prefix already failed a check that cannot recover (`Completion.rejected_by` names it).
 FinishReason = Literal["stop", "length", "rejected"]
@@ -103,9 +104,7 @@ def render_prompt(tokenizer, prompt: Prompt) -> str:
     if isinstance(prompt, str):
         return prompt
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            "this tokenizer has no chat template: pass raw-text prompts (strings) instead of messages"
-        )
+        raise ValueError("this tokenizer has no chat template: pass raw-text prompts (strings) instead of messages")
     return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
 
 
@@ -141,7 +140,9 @@ def _nucleus_floor(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return floors
 
 
-def draw_tokens(logits: torch.Tensor, generators: Sequence[torch.Generator | None], params: SamplingParams) -> torch.Tensor:
+def draw_tokens(
+    logits: torch.Tensor, generators: Sequence[torch.Generator | None], params: SamplingParams
+) -> torch.Tensor:
     """Next token per row (rows,): argmax when greedy; otherwise inverse-CDF sampling from the
     temperature-scaled, top-p-truncated distribution with one uniform number from each row's own
     generator, so a row's draw never depends on its batch neighbours.
@@ -262,10 +263,16 @@ class HFGenerator:
     def _finish(self, tokens, prompt_index, sample_index, prompt_tokens, seed, rejected=None) -> Completion:
         if rejected is not None:  # (answer length when rejected, failed check)
             length, check = rejected
-            return Completion(prompt_index=prompt_index, sample_index=sample_index,
-                              text=self.tokenizer.decode(tokens[:length], skip_special_tokens=True),
-                              finish_reason="rejected", prompt_tokens=prompt_tokens, completion_tokens=length,
-                              seed=seed, rejected_by=check)
+            return Completion(
+                prompt_index=prompt_index,
+                sample_index=sample_index,
+                text=self.tokenizer.decode(tokens[:length], skip_special_tokens=True),
+                finish_reason="rejected",
+                prompt_tokens=prompt_tokens,
+                completion_tokens=length,
+                seed=seed,
+                rejected_by=check,
+            )
         stop = next((k for k, t in enumerate(tokens) if t in self.stop_ids), None)
         kept = tokens if stop is None else tokens[:stop]
         return Completion(
@@ -290,7 +297,7 @@ class _EarlyStop:
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for row, ids in enumerate(input_ids[:, self.width:].tolist()):
+        for row, ids in enumerate(input_ids[:, self.width :].tolist()):
             if row in self.stopped:
                 done[row] = True
                 continue
@@ -420,8 +427,10 @@ def check_backend(backend: str) -> str:
 
 
 # Prompts the continuous engine's logits are checked on before it serves a model.
-_CHECK_PROMPTS = [[{"role": "user", "content": "Name three colors."}],
-                  [{"role": "user", "content": "Write one sentence about the sea, all in lowercase."}]]
+_CHECK_PROMPTS = [
+    [{"role": "user", "content": "Name three colors."}],
+    [{"role": "user", "content": "Write one sentence about the sea, all in lowercase."}],
+]
 
 
 def make_generator(model, tokenizer, *, backend: str = "auto", batch_size: int = 32) -> Generator:
@@ -434,12 +443,16 @@ def make_generator(model, tokenizer, *, backend: str = "auto", batch_size: int =
     from selftune.engine import ContinuousGenerator, engine_supports
 
     engine = ContinuousGenerator(model, tokenizer, batch_size=batch_size)
-    reason = engine_supports(engine, _CHECK_PROMPTS if getattr(tokenizer, "chat_template", None) else
-                             ["Name three colors:", "The sea is"])
+    reason = engine_supports(
+        engine, _CHECK_PROMPTS if getattr(tokenizer, "chat_template", None) else ["Name three colors:", "The sea is"]
+    )
     if reason is None:
         return engine
     if backend == "continuous":
-        raise ConfigError(f"the continuous engine cannot serve this model: {reason}; use generation.backend: hf "
-                          "or auto")
-    logging.getLogger("selftune.generation").warning("continuous engine off for this model (%s); using the HF backend", reason)
+        raise ConfigError(
+            f"the continuous engine cannot serve this model: {reason}; use generation.backend: hf or auto"
+        )
+    logging.getLogger("selftune.generation").warning(
+        "continuous engine off for this model (%s); using the HF backend", reason
+    )
     return HFGenerator(model, tokenizer, batch_size=batch_size)

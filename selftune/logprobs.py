@@ -30,19 +30,31 @@ logger = logging.getLogger("selftune.dpo")
 
 def tokenize_pair(tokenizer, pair, *, max_length: int, response_separator: str | None) -> dict:
     prompt = [m.model_dump() for m in pair.prompt]
-    chosen = tokenize_example(tokenizer, {"prompt": prompt, "completion": [m.model_dump() for m in pair.chosen]},
-                              max_length=max_length, response_separator=response_separator)
-    rejected = tokenize_example(tokenizer, {"prompt": prompt, "completion": [m.model_dump() for m in pair.rejected]},
-                                max_length=max_length, response_separator=response_separator)
+    chosen = tokenize_example(
+        tokenizer,
+        {"prompt": prompt, "completion": [m.model_dump() for m in pair.chosen]},
+        max_length=max_length,
+        response_separator=response_separator,
+    )
+    rejected = tokenize_example(
+        tokenizer,
+        {"prompt": prompt, "completion": [m.model_dump() for m in pair.rejected]},
+        max_length=max_length,
+        response_separator=response_separator,
+    )
     return {
-        "chosen_input_ids": chosen["input_ids"], "chosen_labels": chosen["labels"],
-        "rejected_input_ids": rejected["input_ids"], "rejected_labels": rejected["labels"],
+        "chosen_input_ids": chosen["input_ids"],
+        "chosen_labels": chosen["labels"],
+        "rejected_input_ids": rejected["input_ids"],
+        "rejected_labels": rejected["labels"],
         "length": max(len(chosen["input_ids"]), len(rejected["input_ids"])),
         "negative_source": pair.negative_source,
     }
 
 
-def tokenize_pairs(tokenizer, pairs, *, max_length, response_separator, max_drop_share, source) -> tuple[list[dict], int]:
+def tokenize_pairs(
+    tokenizer, pairs, *, max_length, response_separator, max_drop_share, source
+) -> tuple[list[dict], int]:
     """Masked rows of `pairs`; each row's `prompt_group` numbers its prompt (pairs of one prompt
     share it), which `PromptGroupedSampler` batches together."""
     rows, dropped = [], 0
@@ -73,17 +85,20 @@ class PairCollator:
         batch = {
             "input_ids": torch.tensor([s + [self.pad_id] * (width - len(s)) for s in sequences]),
             "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences]),
-            "labels": torch.tensor([l + [IGNORE_INDEX] * (width - len(l)) for l in labels]),
+            "labels": torch.tensor([row + [IGNORE_INDEX] * (width - len(row)) for row in labels]),
         }
         if "ref_chosen_logps" in rows[0]:
-            batch["ref_logps"] = torch.tensor([r["ref_chosen_logps"] for r in rows] + [r["ref_rejected_logps"] for r in rows])
+            batch["ref_logps"] = torch.tensor(
+                [r["ref_chosen_logps"] for r in rows] + [r["ref_rejected_logps"] for r in rows]
+            )
         if all("pair_index" in r for r in rows):  # held-out rows: an eval pass attributes margins to sources
             batch["pair_index"] = torch.tensor([r["pair_index"] for r in rows])
         return batch
 
 
-def sequence_logps(model, input_ids, attention_mask, labels, *, max_padding: float = 0.15,
-                   share_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(
+    model, input_ids, attention_mask, labels, *, max_padding: float = 0.15, share_prompts: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of response-token log-probs per sequence (2B,), and response-token counts (2B,).
 
     Savings, all exact (right padding and causal attention: a real token never sees a pad):
@@ -101,8 +116,10 @@ def sequence_logps(model, input_ids, attention_mask, labels, *, max_padding: flo
     lengths = attention_mask.sum(-1).tolist()
     counts = (labels[:, 1:] != IGNORE_INDEX).sum(-1)
     representative: dict[tuple, int] = {}
-    inverse = [representative.setdefault((tuple(input_ids[k, :n].tolist()), tuple(labels[k, :n].tolist())), k)
-               for k, n in enumerate(lengths)]
+    inverse = [
+        representative.setdefault((tuple(input_ids[k, :n].tolist()), tuple(labels[k, :n].tolist())), k)
+        for k, n in enumerate(lengths)
+    ]
     rows = sorted(representative.values())
     out = torch.zeros(len(lengths), dtype=torch.float32, device=input_ids.device)
     trim_head = accepts_logits_to_keep(model)
@@ -115,8 +132,9 @@ def sequence_logps(model, input_ids, attention_mask, labels, *, max_padding: flo
         prefix_len = {k: (has_label[k].index(True) if True in has_label[k] else lengths[k]) - 1 for k in rows}
         share_prompts = min(prefix_len.values()) >= 1  # every row has a prompt token to share
     if share_prompts:
-        out = _shared_prompt_logps(model, input_ids, attention_mask, labels, rows, lengths, prefix_len, max_padding,
-                                   trim_head, out)
+        out = _shared_prompt_logps(
+            model, input_ids, attention_mask, labels, rows, lengths, prefix_len, max_padding, trim_head, out
+        )
     else:
         for chunk in _length_chunks([lengths[k] for k in rows], max_padding):
             index = torch.tensor([rows[i] for i in chunk], device=input_ids.device)
@@ -141,7 +159,9 @@ def _answer_logps(model, targets: torch.Tensor, trim_head: bool, **inputs) -> to
     return (token_logps * (targets != IGNORE_INDEX)).sum(-1)
 
 
-def _shared_prompt_logps(model, input_ids, attention_mask, labels, rows, lengths, prefix_len, max_padding, trim_head, out):
+def _shared_prompt_logps(
+    model, input_ids, attention_mask, labels, rows, lengths, prefix_len, max_padding, trim_head, out
+):
     """`sequence_logps` of `rows`, each distinct prompt run once.
 
     A row's prefix (`prefix_len`) is its prompt less the last token, whose logits predict the first
@@ -164,8 +184,13 @@ def _shared_prompt_logps(model, input_ids, attention_mask, labels, rows, lengths
         ends = torch.tensor([prefix_len[g[0]] for g in members], device=device)
         prefix_mask = (torch.arange(width, device=device)[None] < ends[:, None]).long()  # (groups, width)
         cache = DynamicCache()
-        model(input_ids=input_ids[index, :width] * prefix_mask, attention_mask=prefix_mask, cache=cache, use_cache=True,
-              **({"logits_to_keep": 1} if trim_head else {}))
+        model(
+            input_ids=input_ids[index, :width] * prefix_mask,
+            attention_mask=prefix_mask,
+            cache=cache,
+            use_cache=True,
+            **({"logits_to_keep": 1} if trim_head else {}),
+        )
         slot = {k: i for i, g in enumerate(members) for k in g}  # row -> its prefix's place in the cache
         chunk_rows = [k for g in members for k in g]
         tails = [lengths[k] - prefix_len[k] for k in chunk_rows]
@@ -185,8 +210,18 @@ def _shared_prompt_logps(model, input_ids, attention_mask, labels, rows, lengths
             for layer_index, layer in enumerate(cache.layers):
                 rows_cache.update(layer.keys[select], layer.values[select], layer_index)
             mask = torch.cat([prefix_mask[select], valid.long()], 1)
-            out = out.index_put((rows_index,), _answer_logps(model, targets, trim_head, input_ids=ids, attention_mask=mask,
-                                                             position_ids=positions, cache=rows_cache))
+            out = out.index_put(
+                (rows_index,),
+                _answer_logps(
+                    model,
+                    targets,
+                    trim_head,
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    cache=rows_cache,
+                ),
+            )
     return out
 
 
@@ -215,8 +250,12 @@ def prompt_sharing_holds(model, rows: list[dict], collator: PairCollator) -> boo
     `SHARING_TOLERANCE`; warns when it does not."""
     gap = prompt_sharing_mismatch(model, rows[:4], collator)
     if gap > SHARING_TOLERANCE:
-        logger.warning("dpo: prompt sharing changes this model's log-probs by up to %.3g nats per answer "
-                       "token on 4 pairs (tolerance %g); every sequence runs whole instead", gap, SHARING_TOLERANCE)
+        logger.warning(
+            "dpo: prompt sharing changes this model's log-probs by up to %.3g nats per answer "
+            "token on 4 pairs (tolerance %g); every sequence runs whole instead",
+            gap,
+            SHARING_TOLERANCE,
+        )
     return gap <= SHARING_TOLERANCE
 
 
@@ -244,5 +283,3 @@ def accepts_logits_to_keep(model) -> bool:
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(inner.forward).parameters
-
-

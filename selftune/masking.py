@@ -56,7 +56,9 @@ def render_example(tokenizer, example: dict, response_separator: str | None = No
         head = prompt + response_separator
         return head + completion + tokenizer.eos_token, len(head), len(head) + len(completion), True
     if not getattr(tokenizer, "chat_template", None):
-        raise MaskingError("conversational example but the tokenizer has no chat template; use raw text and a separator")
+        raise MaskingError(
+            "conversational example but the tokenizer has no chat template; use raw text and a separator"
+        )
     prompt_messages, completion_messages = _message_list(prompt), _message_list(completion)
     full = tokenizer.apply_chat_template(prompt_messages + completion_messages, tokenize=False)
     head = tokenizer.apply_chat_template(prompt_messages, add_generation_prompt=True, tokenize=False)
@@ -84,7 +86,7 @@ def _token_spans(tokenizer, text: str, add_special_tokens: bool) -> tuple[list[i
     ids = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
     special = set(tokenizer.all_special_ids) - set(end_of_turn_ids(tokenizer))
     decoded = tokenizer.decode([i for i in ids if i not in special])
-    if decoded != text[len(text) - len(decoded):]:
+    if decoded != text[len(text) - len(decoded) :]:
         raise MaskingError("this tokenizer has no offsets and does not decode back to its text")
     shift = len(text) - len(decoded)
     spans, previous = [], shift
@@ -98,8 +100,9 @@ def _token_spans(tokenizer, text: str, add_special_tokens: bool) -> tuple[list[i
     return ids, spans
 
 
-def tokenize_example(tokenizer, example: dict, *, max_length: int | None = None,
-                     response_separator: str | None = None) -> dict[str, list[int]]:
+def tokenize_example(
+    tokenizer, example: dict, *, max_length: int | None = None, response_separator: str | None = None
+) -> dict[str, list[int]]:
     """Token ids and labels for one example; labels are -100 except the response and its closing token.
 
     Raises MaskingError when the response cannot be located, and ResponseTruncatedError when
@@ -118,7 +121,7 @@ def tokenize_example(tokenizer, example: dict, *, max_length: int | None = None,
     after = trained[-1] + 1
     if after >= len(ids) or ids[after] not in closing_ids:
         raise MaskingError(
-            f"the response is not followed by an end-of-turn or EOS token (found {ids[after:after + 1]}); "
+            f"the response is not followed by an end-of-turn or EOS token (found {ids[after : after + 1]}); "
             "the model would not learn to stop"
         )
     trained.append(after)

@@ -36,8 +36,9 @@ class MergeResult:
     max_logit_diff: float
 
 
-def merge_adapter(base: str, adapter_dir: Path, out: Path, *, trust_remote_code: bool = False,
-                  dtype: str | None = None) -> MergeResult:
+def merge_adapter(
+    base: str, adapter_dir: Path, out: Path, *, trust_remote_code: bool = False, dtype: str | None = None
+) -> MergeResult:
     from peft import PeftModel
 
     from selftune.models import default_device, load_model, load_tokenizer, unload

@@ -74,9 +74,7 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
 def builtin_gguf_path(name: str) -> Path:
     """Path of a builtin GGUF file inside its installed wheel (the package is not imported)."""
     if name not in BUILTINS:
-        raise ModelSpecError(
-            f"unknown builtin model {name!r}; available: {', '.join(sorted(BUILTINS))}"
-        )
+        raise ModelSpecError(f"unknown builtin model {name!r}; available: {', '.join(sorted(BUILTINS))}")
     package, filename, hint = BUILTINS[name]
     # find_spec locates the package without running its __init__ (which imports its own deps).
     spec = importlib.util.find_spec(package)
@@ -172,7 +170,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def matmul_seconds(dtype_name: str, size: int = 512, repeats: int = 8) -> float:
     """Best-of-`repeats` seconds for one (size x size) @ (size x size) matmul on the CPU."""
     dtype = getattr(torch, dtype_name)
@@ -196,11 +194,9 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     """'auto' means bf16 where the hardware runs it fast, fp32 otherwise."""
     if dtype != "auto":
         try:
-            return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-                dtype
-            ]
+            return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         except KeyError:
-            raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
+            raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}") from None
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     # On CPUs without native bf16 units bf16 is emulated and slower than fp32: measure.
@@ -259,9 +255,7 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False):
     """The tokenizer of a model spec, with a pad token set (the end-of-sequence token if none)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        resolve_model_path(spec), trust_remote_code=trust_remote_code
-    )
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(spec), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -301,6 +295,14 @@ def load_model(
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         kwargs["device_map"] = {"": torch.cuda.current_device()}
+    folder = Path(path)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")):
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        raise ModelSpecError(
+            f"{folder} holds no safetensors weights"
+            + (f" (only pickle files: {', '.join(pickled)}, which selftune never loads)" if pickled else "")
+            + "; save the model with save_pretrained(..., safe_serialization=True)"
+        )
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if not load_in_4bit:
         model.to(device)

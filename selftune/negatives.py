@@ -16,10 +16,11 @@ data's answer. Rejected, mixed by `pairs.sources` weights among the sources a pr
                                the repaired answer (`chosen_source: repair:<checks>`)
 
 Every pair records `negative_source`, `chosen_source` (policy: the SFT model's passing sample;
-sft-data: the SFT data's sampled answer; repair:<checks>: a repaired answer) and both scores; the chosen must score higher than the
-rejected; pairs whose sides are near-identical (difflib ratio >= `pairs.max_similarity`) are
-dropped and counted. Held-out pairs for evaluation are built the same way from the eval prompts
-(sources: policy and corruptions; the base model is not sampled on eval prompts).
+sft-data: the SFT data's sampled answer; repair:<checks>: a repaired answer) and both scores; the
+chosen must score higher than the rejected; pairs whose sides are near-identical (difflib ratio >=
+`pairs.max_similarity`) are dropped and counted. Held-out pairs for evaluation are built the same
+way from the eval prompts (sources: policy and corruptions; the base model is not sampled on eval
+prompts).
 
 Usage:
     from selftune.negatives import build_pairs, CORRUPTIONS
@@ -31,8 +32,8 @@ import difflib
 import random
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from selftune.constraints import check
 from selftune.records import PairRecord, PromptRecord, SampleRecord
@@ -149,7 +150,9 @@ def contrasts_for(prompt: PromptRecord, failures: list[SampleRecord], limit: int
     for sample in repair_candidates(failures):
         if len(out) >= limit:
             break
-        fixed = repair_answer(prompt, sample.completion, siblings=[t for t in texts if t != sample.completion], seed=seed)
+        fixed = repair_answer(
+            prompt, sample.completion, siblings=[t for t in texts if t != sample.completion], seed=seed
+        )
         if fixed is not None:
             out.append(Contrast(fixed.text, fixed.source, sample.completion, sample.score))
     return out
@@ -162,8 +165,10 @@ def check_sources(weights: dict[str, float]) -> dict[str, float]:
     """`weights` unchanged, or ValueError naming unknown negative sources (also the config's check)."""
     unknown = [s for s in weights if s not in NEGATIVE_SOURCES and s.removeprefix("corrupt:") not in CORRUPTIONS]
     if unknown:
-        raise ValueError(f"unknown negative sources {unknown}; known: {', '.join(NEGATIVE_SOURCES)}, "
-                         + ", ".join(f"corrupt:{name}" for name in CORRUPTIONS))
+        raise ValueError(
+            f"unknown negative sources {unknown}; known: {', '.join(NEGATIVE_SOURCES)}, "
+            + ", ".join(f"corrupt:{name}" for name in CORRUPTIONS)
+        )
     return weights
 
 
@@ -203,8 +208,11 @@ def build_pairs(
             continue
         main = chosen[prompt.id]
         [main_score] = scorer.score(prompt, [main.text])
-        pools = {"policy": list(policy_failures.get(prompt.id, [])), "base": list(base_failures.get(prompt.id, [])),
-                 "original": list(contrasts.get(prompt.id, []))}
+        pools = {
+            "policy": list(policy_failures.get(prompt.id, [])),
+            "base": list(base_failures.get(prompt.id, [])),
+            "original": list(contrasts.get(prompt.id, [])),
+        }
         available = dict(weights)
         made = 0
         while made < pairs_per_prompt and available:
@@ -236,14 +244,22 @@ def build_pairs(
                 continue
             pairs.append(
                 PairRecord(
-                    id=f"{prompt.id}-{made}", prompt=prompt_messages(prompt),
+                    id=f"{prompt.id}-{made}",
+                    prompt=prompt_messages(prompt),
                     chosen=[{"role": "assistant", "content": good}],
                     rejected=[{"role": "assistant", "content": bad}],
-                    negative_source=source, chosen_source=good_source, chosen_score=good_score, rejected_score=bad_score,
+                    negative_source=source,
+                    chosen_source=good_source,
+                    chosen_score=good_score,
+                    rejected_score=bad_score,
                 )
             )
             counts[source] += 1
             chosen_counts[good_source.split(":")[0]] += 1
             made += 1
-    return pairs, {"pairs": len(pairs), "by_source": dict(sorted(counts.items())),
-                   "by_chosen_source": dict(sorted(chosen_counts.items())), "dropped": dict(sorted(dropped.items()))}
+    return pairs, {
+        "pairs": len(pairs),
+        "by_source": dict(sorted(counts.items())),
+        "by_chosen_source": dict(sorted(chosen_counts.items())),
+        "dropped": dict(sorted(dropped.items())),
+    }

@@ -41,7 +41,8 @@ def group_samples(samples: list[SampleRecord], threshold: float) -> tuple[dict, 
 
 
 PAIRS_STAGE = StageSpec(
-    "pairs", output="pairs",
+    "pairs",
+    output="pairs",
     # The sample section holds the scorer, its threshold and the sampling settings pairs reuse.
     reads=("pairs", "sample", "model.dtype", "generation.backend", "generation.max_new_tokens"),
     unhashed=("generation.batch_size", "model.trust_remote_code"),  # per-answer seeds; a load permission
@@ -69,15 +70,21 @@ def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, g
     all_prompts = read_records(prompts_path, "prompts")
     # Held-out pairs come from the first `pairs.eval_prompts` eval prompts: sampling them all costs
     # as much as the train prompts, for a diagnostic (held-out reward accuracy) that needs far fewer.
-    prompts = [p for p in all_prompts if p.split == "train"] + \
-        [p for p in all_prompts if p.split == "eval"][: cfg.pairs.eval_prompts if cfg.pairs.k else 0]
+    prompts = [p for p in all_prompts if p.split == "train"] + [p for p in all_prompts if p.split == "eval"][
+        : cfg.pairs.eval_prompts if cfg.pairs.k else 0
+    ]
     sft_records = read_records(sft_path, "sft")
     base_samples = read_records(base_path, "samples")
     inputs = {"prompts": prompts_path, "sft": sft_path, "base_samples": base_path}
     if policy and Path(policy).is_dir():
         inputs["policy"] = Path(policy)
-    params = SamplingParams(n=max(1, cfg.pairs.k), temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
-                            max_new_tokens=cfg.generation.max_new_tokens, seed=cfg.pairs.seed + 1)
+    params = SamplingParams(
+        n=max(1, cfg.pairs.k),
+        temperature=cfg.sample.temperature,
+        top_p=cfg.sample.top_p,
+        max_new_tokens=cfg.generation.max_new_tokens,
+        seed=cfg.pairs.seed + 1,
+    )
     threshold = cfg.sample.scorer.pass_threshold
     start = run.begin(PAIRS_STAGE, cfg, inputs=inputs, round_number=round_number, facts={"policy": policy})
     if start.reused:
@@ -85,9 +92,15 @@ def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, g
     with start as stage, contextlib.ExitStack() as models:
         gen = None
         if needs_policy:
-            gen = generator or models.enter_context(open_generator(
-                policy, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size, dtype=cfg.model.dtype,
-                trust_remote_code=cfg.model.trust_remote_code))
+            gen = generator or models.enter_context(
+                open_generator(
+                    policy,
+                    backend=cfg.generation.backend,
+                    batch_size=cfg.generation.batch_size,
+                    dtype=cfg.model.dtype,
+                    trust_remote_code=cfg.model.trust_remote_code,
+                )
+            )
         # One scorer for the whole stage: a self-judging scorer judges with the SFT model.
         scorer = models.enter_context(make_scorer(cfg, gen))
         policy_samples: list[SampleRecord] = []
@@ -109,46 +122,69 @@ def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, g
             if split == "train":
                 for record in sft_records:
                     source = getattr(record, "chosen_source", "sample")
-                    chosen.setdefault(record.id, Chosen(record.completion[0].content,
-                                                        source if source.startswith("repair:") else "sft-data"))
+                    chosen.setdefault(
+                        record.id,
+                        Chosen(record.completion[0].content, source if source.startswith("repair:") else "sft-data"),
+                    )
             if use_contrasts:
                 for prompt in subset:
-                    contrasts[prompt.id] = contrasts_for(prompt, policy_failed.get(prompt.id, []),
-                                                         cfg.pairs.pairs_per_prompt, cfg.pairs.seed)
+                    contrasts[prompt.id] = contrasts_for(
+                        prompt, policy_failed.get(prompt.id, []), cfg.pairs.pairs_per_prompt, cfg.pairs.seed
+                    )
                 by_id = {p.id: p for p in subset}
                 for record in sft_records:  # the SFT data's own repairs, over the base answers they mend
                     original = getattr(record, "original", None)
-                    if original and record.id in by_id and not any(c.original == original for c in contrasts[record.id]):
+                    if (
+                        original
+                        and record.id in by_id
+                        and not any(c.original == original for c in contrasts[record.id])
+                    ):
                         [score] = scorer.score(by_id[record.id], [original])
-                        contrasts[record.id].append(Contrast(record.completion[0].content, record.chosen_source,
-                                                             original, score.score))
+                        contrasts[record.id].append(
+                            Contrast(record.completion[0].content, record.chosen_source, original, score.score)
+                        )
             weights = dict(cfg.pairs.sources)
             if split == "eval":
                 weights.pop("base", None)
             pairs, counts = build_pairs(
-                subset, chosen=chosen, policy_failures=policy_failed, base_failures=base_failed,
-                scorer=scorer, weights=weights, pairs_per_prompt=cfg.pairs.pairs_per_prompt,
-                max_similarity=cfg.pairs.max_similarity, seed=cfg.pairs.seed, contrasts=contrasts,
+                subset,
+                chosen=chosen,
+                policy_failures=policy_failed,
+                base_failures=base_failed,
+                scorer=scorer,
+                weights=weights,
+                pairs_per_prompt=cfg.pairs.pairs_per_prompt,
+                max_similarity=cfg.pairs.max_similarity,
+                seed=cfg.pairs.seed,
+                contrasts=contrasts,
             )
             if split == "train" and cfg.pairs.max_pairs and len(pairs) > cfg.pairs.max_pairs:
                 keep = sorted(random.Random(cfg.pairs.seed).sample(range(len(pairs)), cfg.pairs.max_pairs))
                 pairs = [pairs[k] for k in keep]
-                counts = {**counts, "pairs": len(pairs), "by_source": dict(Counter(p.negative_source for p in pairs)),
-                          "by_chosen_source": dict(Counter(p.chosen_source.split(":")[0] for p in pairs)),
-                          "before_max_pairs": counts["pairs"]}
+                counts = {
+                    **counts,
+                    "pairs": len(pairs),
+                    "by_source": dict(Counter(p.negative_source for p in pairs)),
+                    "by_chosen_source": dict(Counter(p.chosen_source.split(":")[0] for p in pairs)),
+                    "before_max_pairs": counts["pairs"],
+                }
             stage.metrics[split] = counts
             if not pairs and split == "train":
-                raise NoPairsError(f"pairs: no training pair from {len(subset)} train prompts ({counts}); "
-                                   "the SFT model and the SFT data gave no passing answer to build on")
+                raise NoPairsError(
+                    f"pairs: no training pair from {len(subset)} train prompts ({counts}); "
+                    "the SFT model and the SFT data gave no passing answer to build on"
+                )
             if not pairs:  # DPO then trains without held-out reward statistics, and says so
                 if not subset:
                     logger.info("pairs: no held-out pairs: pairs.eval_prompts is 0")
                 elif cfg.pairs.k == 0:
-                    logger.info("pairs: no held-out pairs: they need the SFT model's answers to eval prompts "
-                                "(pairs.k > 0)")
+                    logger.info(
+                        "pairs: no held-out pairs: they need the SFT model's answers to eval prompts (pairs.k > 0)"
+                    )
                 else:
-                    logger.warning("pairs: no held-out pair from %d eval prompts: the SFT model passed none of them",
-                                   len(subset))
+                    logger.warning(
+                        "pairs: no held-out pair from %d eval prompts: the SFT model passed none of them", len(subset)
+                    )
                 continue
             name = "pairs" if split == "train" else "eval_pairs"
             write_jsonl(stage.dir / f"{name}.jsonl", pairs)

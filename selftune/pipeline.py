@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from selftune.errors import ConfigError
 from selftune.runs import Run, StageEvent
@@ -122,8 +122,15 @@ class StepResult:
     output: Path
 
 
-def run_pipeline(run_dir: Path | str, cfg=None, *, from_stage: str | None = None, until_stage: str | None = None,
-                 on_event: Callable[[str], None] | None = None, progress_factory: Callable | None = None) -> list[StepResult]:
+def run_pipeline(
+    run_dir: Path | str,
+    cfg=None,
+    *,
+    from_stage: str | None = None,
+    until_stage: str | None = None,
+    on_event: Callable[[str], None] | None = None,
+    progress_factory: Callable | None = None,
+) -> list[StepResult]:
     """Run the loop for `cfg` in `run_dir`, exactly as `selftune run` does (from a notebook too).
 
     `cfg`: a `PipelineConfig` (`selftune.load_config(...)`), saved as the run's config.yaml; None

@@ -60,29 +60,137 @@ FORMS = {
 }
 TOPICS = {
     "train": [
-        "the ocean", "coffee", "mountains", "city parks", "trains", "rainy days", "gardening",
-        "the moon", "bicycles", "libraries", "chess", "bread baking", "owls", "volcanoes",
-        "music lessons", "recycling", "deserts", "honey bees", "old maps", "camping",
-        "winter mornings", "street food", "lighthouses", "paper airplanes", "museums",
-        "rivers", "board games", "clocks", "forests", "birthdays", "the internet", "snow",
-        "kites", "farmers markets", "penguins", "space travel", "friendship", "tea",
-        "photography", "sunflowers", "elephants", "bakeries", "sailing", "mushrooms", "islands",
-        "trees in autumn", "the post office", "swimming", "pizza", "hiking boots", "fossils",
-        "umbrellas", "the circus", "pencils", "rainforests", "bees and flowers", "lanterns",
-        "astronauts", "picnics", "saving money", "learning a language", "dinosaurs", "bridges of wood",
-        "a village fair", "foxes", "knitting", "the first day of school", "carnivals", "wind",
-        "night trains", "ice cream", "frogs", "castles", "yoga", "soup", "football", "maps of stars",
-        "spiders", "theatre",
+        "the ocean",
+        "coffee",
+        "mountains",
+        "city parks",
+        "trains",
+        "rainy days",
+        "gardening",
+        "the moon",
+        "bicycles",
+        "libraries",
+        "chess",
+        "bread baking",
+        "owls",
+        "volcanoes",
+        "music lessons",
+        "recycling",
+        "deserts",
+        "honey bees",
+        "old maps",
+        "camping",
+        "winter mornings",
+        "street food",
+        "lighthouses",
+        "paper airplanes",
+        "museums",
+        "rivers",
+        "board games",
+        "clocks",
+        "forests",
+        "birthdays",
+        "the internet",
+        "snow",
+        "kites",
+        "farmers markets",
+        "penguins",
+        "space travel",
+        "friendship",
+        "tea",
+        "photography",
+        "sunflowers",
+        "elephants",
+        "bakeries",
+        "sailing",
+        "mushrooms",
+        "islands",
+        "trees in autumn",
+        "the post office",
+        "swimming",
+        "pizza",
+        "hiking boots",
+        "fossils",
+        "umbrellas",
+        "the circus",
+        "pencils",
+        "rainforests",
+        "bees and flowers",
+        "lanterns",
+        "astronauts",
+        "picnics",
+        "saving money",
+        "learning a language",
+        "dinosaurs",
+        "bridges of wood",
+        "a village fair",
+        "foxes",
+        "knitting",
+        "the first day of school",
+        "carnivals",
+        "wind",
+        "night trains",
+        "ice cream",
+        "frogs",
+        "castles",
+        "yoga",
+        "soup",
+        "football",
+        "maps of stars",
+        "spiders",
+        "theatre",
     ],
     "eval": [
-        "bridges", "thunderstorms", "dolphins", "public transport", "origami", "glaciers",
-        "marathons", "typewriters", "coral reefs", "autumn leaves", "robots", "violins",
-        "hot air balloons", "caves", "postcards", "windmills", "jellyfish", "sandcastles",
-        "fireflies", "submarines", "vineyards", "puzzles", "comets", "harbors", "kayaking",
-        "waterfalls", "tigers", "soap bubbles", "telescopes", "pottery", "the arctic", "canals",
-        "skyscrapers", "pinecones", "rainbows", "lemons", "mailboxes", "parrots", "skateboards",
-        "rock climbing", "volunteering", "the desert at night", "quilts", "chocolate", "bus stops",
-        "wolves", "snorkeling", "chess clocks", "mountain huts", "candles",
+        "bridges",
+        "thunderstorms",
+        "dolphins",
+        "public transport",
+        "origami",
+        "glaciers",
+        "marathons",
+        "typewriters",
+        "coral reefs",
+        "autumn leaves",
+        "robots",
+        "violins",
+        "hot air balloons",
+        "caves",
+        "postcards",
+        "windmills",
+        "jellyfish",
+        "sandcastles",
+        "fireflies",
+        "submarines",
+        "vineyards",
+        "puzzles",
+        "comets",
+        "harbors",
+        "kayaking",
+        "waterfalls",
+        "tigers",
+        "soap bubbles",
+        "telescopes",
+        "pottery",
+        "the arctic",
+        "canals",
+        "skyscrapers",
+        "pinecones",
+        "rainbows",
+        "lemons",
+        "mailboxes",
+        "parrots",
+        "skateboards",
+        "rock climbing",
+        "volunteering",
+        "the desert at night",
+        "quilts",
+        "chocolate",
+        "bus stops",
+        "wolves",
+        "snorkeling",
+        "chess clocks",
+        "mountain huts",
+        "candles",
     ],
 }
 # How many constraints a prompt gets: mostly one, so a small model still passes often enough for
@@ -98,8 +206,14 @@ def _draw_constraints(rng: random.Random, split: str, count: int, type_weights: 
         if not options:
             break
         names.append(rng.choices(options, [type_weights.get(n, 1.0) for n in options])[0])
-    return [{"type": n, "kwargs": CONSTRAINTS[n].sample_kwargs(rng, split),
-             "wording": rng.choice(CONSTRAINTS[n].wording_ids(split))} for n in names]
+    return [
+        {
+            "type": n,
+            "kwargs": CONSTRAINTS[n].sample_kwargs(rng, split),
+            "wording": rng.choice(CONSTRAINTS[n].wording_ids(split)),
+        }
+        for n in names
+    ]
 
 
 def check_type_weights(weights: dict[str, float]) -> dict[str, float]:
@@ -114,8 +228,13 @@ def check_type_weights(weights: dict[str, float]) -> dict[str, float]:
     return weights
 
 
-def build_prompts(n_train: int = 300, n_eval: int = 200, max_constraints: int = 3, seed: int = 0,
-                  type_weights: dict[str, float] | None = None) -> list[PromptRecord]:
+def build_prompts(
+    n_train: int = 300,
+    n_eval: int = 200,
+    max_constraints: int = 3,
+    seed: int = 0,
+    type_weights: dict[str, float] | None = None,
+) -> list[PromptRecord]:
     """Deterministic train and eval prompts (see the module docstring for how eval is held out).
 
     `type_weights` (constraint type -> relative weight, 1 when absent, 0 = never) shapes the
@@ -135,8 +254,9 @@ def build_prompts(n_train: int = 300, n_eval: int = 200, max_constraints: int = 
         rng.shuffle(tasks)
         for i in range(total):
             task = tasks[i % len(tasks)]
-            constraints = _draw_constraints(rng, split, rng.choices(counts, weights)[0],
-                                            (type_weights or {}) if split == "train" else {})
+            constraints = _draw_constraints(
+                rng, split, rng.choices(counts, weights)[0], (type_weights or {}) if split == "train" else {}
+            )
             text = " ".join([task] + [describe(c["type"], c["kwargs"], c["wording"]) for c in constraints])
             records.append(
                 PromptRecord(
@@ -158,7 +278,11 @@ def import_prompts(path: Path | str, split: str = "train") -> list[PromptRecord]
     import datasets
 
     builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix)
-    dataset = datasets.load_dataset(builder, data_files=str(path), split="train") if builder else datasets.load_from_disk(str(path))
+    dataset = (
+        datasets.load_dataset(builder, data_files=str(path), split="train")
+        if builder
+        else datasets.load_from_disk(str(path))
+    )
     records, problems = [], []
     for number, row in enumerate(dataset, start=1):
         where = f"{path}:{number}"

@@ -44,7 +44,6 @@ class Message(Record):
         return value
 
 
-
 def message_text(messages: list[Message] | list[dict]) -> str:
     """The text of a message list (contents joined by newlines)."""
     return "\n".join(m["content"] if isinstance(m, dict) else m.content for m in messages)

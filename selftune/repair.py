@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from selftune.constraints import CONSTRAINTS, bullet_lines, check, paragraphs, sentences, words
 from selftune.records import PromptRecord
@@ -228,8 +229,17 @@ def _fixed_options(text: str, p, context) -> str | None:
 
 
 # A common-word synonym that keeps the sentence readable, where one exists; otherwise the word goes.
-_SYNONYMS = {"the": "this", "is": "seems", "and": "plus", "very": "really", "good": "fine", "great": "fine",
-             "you": "one", "this": "it", "that": "it"}
+_SYNONYMS = {
+    "the": "this",
+    "is": "seems",
+    "and": "plus",
+    "very": "really",
+    "good": "fine",
+    "great": "fine",
+    "you": "one",
+    "this": "it",
+    "that": "it",
+}
 
 
 def _forbidden_words(text: str, p, context) -> str | None:
@@ -308,8 +318,15 @@ def _failing(prompt: PromptRecord, text: str) -> set[str]:
     return failing
 
 
-def repair_answer(prompt: PromptRecord, text: str, *, siblings: list[str] = (), seed: int = 0,
-                  scorer: ConstraintScorer | None = None, passes: int = 3) -> Repaired | None:
+def repair_answer(
+    prompt: PromptRecord,
+    text: str,
+    *,
+    siblings: list[str] = (),
+    seed: int = 0,
+    scorer: ConstraintScorer | None = None,
+    passes: int = 3,
+) -> Repaired | None:
     """The answer with every failing check repaired, or None when some failing check has no repair
     or the text still fails after `passes` rounds of repairs (a repair can break a check that
     passed before, e.g. a title pushing an answer over its word limit; the next round mends it).

@@ -37,14 +37,20 @@ COLUMNS = [
 ]
 
 
-_BENCHMARK_COLUMNS = [("prompt_strict", "prompt strict"), ("prompt_loose", "prompt loose"),
-                      ("instruction_strict", "instr. strict"), ("instruction_loose", "instr. loose")]
+_BENCHMARK_COLUMNS = [
+    ("prompt_strict", "prompt strict"),
+    ("prompt_loose", "prompt loose"),
+    ("instruction_strict", "instr. strict"),
+    ("instruction_loose", "instr. loose"),
+]
 
 
 def columns(results: dict) -> list[tuple[str, str, bool | None]]:
     """COLUMNS, then four per benchmark any model ran (`ifeval:prompt_strict`, ...)."""
     benchmarks = sorted({b for m in results["models"].values() for b in m.get("benchmarks", {})})
-    return COLUMNS + [(f"{b}:{key}", f"{b.upper()} {title}", True) for b in benchmarks for key, title in _BENCHMARK_COLUMNS]
+    return COLUMNS + [
+        (f"{b}:{key}", f"{b.upper()} {title}", True) for b in benchmarks for key, title in _BENCHMARK_COLUMNS
+    ]
 
 
 def _value(metrics: dict, key: str):
@@ -92,9 +98,14 @@ def _template(name: str, *, autoescape: bool):
     """A report template from selftune/templates (HTML escaped; markdown left as written)."""
     import jinja2
 
-    environment = jinja2.Environment(loader=jinja2.PackageLoader("selftune", "templates"), autoescape=autoescape,
-                                     keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
-                                     undefined=jinja2.StrictUndefined)
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("selftune", "templates"),
+        autoescape=autoescape,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
     return environment.get_template(name)
 
 
@@ -121,6 +132,7 @@ def _save(plt, fig, path: Path) -> Path:
 
 def plot_pass_rates(results: dict, path: Path, benchmark: str | None = None) -> Path | None:
     """Strict pass rate per constraint type (eval prompts) or per instruction (a benchmark)."""
+
     def by_type(metrics: dict) -> dict:
         if benchmark:
             return metrics.get("benchmarks", {}).get(benchmark, {}).get("by_instruction", {})
@@ -135,13 +147,25 @@ def plot_pass_rates(results: dict, path: Path, benchmark: str | None = None) -> 
     width = 0.8 / max(1, len(models))
     for k, name in enumerate(models):
         values = by_type(results["models"][name])
-        ax.bar([i + k * width for i in range(len(types))], [values.get(t, {}).get("strict", 0) for t in types],
-               width, label=name)
-    ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(types))], types, rotation=70, ha="right",
-                  fontsize=7 if benchmark else None)
+        ax.bar(
+            [i + k * width for i in range(len(types))],
+            [values.get(t, {}).get("strict", 0) for t in types],
+            width,
+            label=name,
+        )
+    ax.set_xticks(
+        [i + width * (len(models) - 1) / 2 for i in range(len(types))],
+        types,
+        rotation=70,
+        ha="right",
+        fontsize=7 if benchmark else None,
+    )
     ax.set_ylabel("strict pass rate")
-    ax.set_title(f"Pass rate per instruction ({benchmark.upper()})" if benchmark else
-                 "Pass rate per constraint type (eval prompts, IFEval-style checkers)")
+    ax.set_title(
+        f"Pass rate per instruction ({benchmark.upper()})"
+        if benchmark
+        else "Pass rate per constraint type (eval prompts, IFEval-style checkers)"
+    )
     ax.legend()
     return _save(plt, fig, path)
 
@@ -149,8 +173,12 @@ def plot_pass_rates(results: dict, path: Path, benchmark: str | None = None) -> 
 # Curves drawn per training stage: (key in the Trainer's log history, label).
 _CURVES = {
     "sft": [("loss", "loss"), ("eval_loss", "held-out loss")],
-    "dpo": [("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin"),
-            ("eval_rewards/accuracies", "held-out accuracy")],
+    "dpo": [
+        ("loss", "loss"),
+        ("rewards/accuracies", "reward accuracy"),
+        ("rewards/margins", "reward margin"),
+        ("eval_rewards/accuracies", "held-out accuracy"),
+    ],
 }
 
 
@@ -229,14 +257,32 @@ def lineage_rows(run, rounds: int) -> list[list[str]]:
             continue
         m = manifest.metrics
         facts = []
-        for key in ("train", "eval", "samples", "yield", "examples", "no_passing", "steps", "eval_loss_before",
-                    "eval_loss_after", "tokens_per_second"):
+        for key in (
+            "train",
+            "eval",
+            "samples",
+            "yield",
+            "examples",
+            "no_passing",
+            "steps",
+            "eval_loss_before",
+            "eval_loss_after",
+            "tokens_per_second",
+        ):
             if key in m and not isinstance(m[key], dict):
                 facts.append(f"{key}={m[key]:.4g}" if isinstance(m[key], float) else f"{key}={m[key]}")
         if isinstance(m.get("train"), dict):
             facts.append(f"pairs by source={m['train'].get('by_source')}")
-        rows.append([f"round-{manifest.round_number}", manifest.stage, manifest.status, manifest.config_hash,
-                     f"{manifest.seconds:.0f}s", ", ".join(facts)])
+        rows.append(
+            [
+                f"round-{manifest.round_number}",
+                manifest.stage,
+                manifest.status,
+                manifest.config_hash,
+                f"{manifest.seconds:.0f}s",
+                ", ".join(facts),
+            ]
+        )
     return rows
 
 
@@ -248,38 +294,54 @@ def side_by_side(answers: list[dict], prompts: dict[str, str], count: int = 3) -
     return [{"prompt_id": pid, "prompt": prompts.get(pid, ""), "answers": by_prompt[pid]} for pid in chosen]
 
 
-def write_report(out: Path, *, title: str, results: dict, answers: list[dict], prompts: dict[str, str],
-                 history_by_stage: dict, lineage: list[list[str]]) -> dict[str, Path]:
+def write_report(
+    out: Path,
+    *,
+    title: str,
+    results: dict,
+    answers: list[dict],
+    prompts: dict[str, str],
+    history_by_stage: dict,
+    lineage: list[list[str]],
+) -> dict[str, Path]:
     """Write report.md, report.html and plots/*.png into `out`."""
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    images = {"accuracy by model": plot_trend(results, plots / "trend.png"),
-              "pass rate per constraint type": plot_pass_rates(results, plots / "pass_rate_by_type.png"),
-              "training curves": plot_training(history_by_stage, plots / "training.png"),
-              "answer lengths": plot_lengths(answers, plots / "lengths.png")}
+    images = {
+        "accuracy by model": plot_trend(results, plots / "trend.png"),
+        "pass rate per constraint type": plot_pass_rates(results, plots / "pass_rate_by_type.png"),
+        "training curves": plot_training(history_by_stage, plots / "training.png"),
+        "answer lengths": plot_lengths(answers, plots / "lengths.png"),
+    }
     for bench in sorted({b for m in results["models"].values() for b in m.get("benchmarks", {})}):
-        images[f"{bench.upper()} pass rate per instruction"] = plot_pass_rates(results, plots / f"{bench}_by_instruction.png",
-                                                                                 benchmark=bench)
+        images[f"{bench.upper()} pass rate per instruction"] = plot_pass_rates(
+            results, plots / f"{bench}_by_instruction.png", benchmark=bench
+        )
     images = {k: v for k, v in images.items() if v is not None}
     header, rows = summary_table(results)
     noise_header, noise_rows = noise_table(results)
     if "reference" in results or "references" not in results:
         reference_note = f"Pair metrics use the {results.get('reference', 'SFT')} model as the reference."
     else:
-        reference_note = ("Pair metrics use each model's own round's SFT model as the reference ("
-                          + ", ".join(f"{name}: {ref}" for name, ref in results["references"].items()) + ").")
+        reference_note = (
+            "Pair metrics use each model's own round's SFT model as the reference ("
+            + ", ".join(f"{name}: {ref}" for name, ref in results["references"].items())
+            + ")."
+        )
     context = {
         "title": title,
         "models": {"header": header, "rows": rows},
         "noise": {"header": noise_header, "rows": noise_rows},
         "checker_note": "Prompt and instruction columns without a benchmark name use selftune's IFEval-style checkers "
-                        "on the run's held-out prompts; IFEVAL and IFBENCH columns use those benchmarks' own prompts "
-                        "and reference checkers.",
+        "on the run's held-out prompts; IFEVAL and IFBENCH columns use those benchmarks' own prompts "
+        "and reference checkers.",
         "reference_note": reference_note,
         "noise_note": "Paired over the same eval prompts: the interval resamples prompts; McNemar's exact test uses "
-                      "the prompts where the two models disagree.",
-        "images": [{"caption": caption, "file": path.name, "base64": base64.b64encode(path.read_bytes()).decode()}
-                   for caption, path in images.items()],
+        "the prompts where the two models disagree.",
+        "images": [
+            {"caption": caption, "file": path.name, "base64": base64.b64encode(path.read_bytes()).decode()}
+            for caption, path in images.items()
+        ],
         "examples": side_by_side(answers, prompts),
         "lineage": {"header": ["round", "stage", "status", "config hash", "time", "facts"], "rows": lineage},
     }
@@ -323,8 +385,15 @@ def report_stage(run, cfg, *, round_number: int = 1) -> Path:
     results, answers, prompts = evaluation_of(run, round_number)
     history = {name: json.loads(path.read_text()) for name, path in histories.items()}
     with start as stage:
-        files = write_report(stage.dir, title=f"selftune report: {run.root.name}", results=results, answers=answers,
-                             prompts=prompts, history_by_stage=history, lineage=lineage_rows(run, round_number))
+        files = write_report(
+            stage.dir,
+            title=f"selftune report: {run.root.name}",
+            results=results,
+            answers=answers,
+            prompts=prompts,
+            history_by_stage=history,
+            lineage=lineage_rows(run, round_number),
+        )
         stage.add_output("html", files["html"])
         stage.add_output("md", files["md"])
     _link_report(run, stage.dir)
@@ -366,17 +435,32 @@ def summary_table(results: dict, baseline: str = "base") -> tuple[list[str], lis
 def noise_table(results: dict, baseline: str = "base") -> tuple[list[str], list[list[str]]]:
     """Each model's prompt-level strict gain over `baseline` with its paired 95% interval and
     McNemar's p (see `selftune.evaluate.paired_comparison`)."""
-    header = ["model", f"prompt strict gain vs {baseline}", "95% CI (paired bootstrap)", "prompts won / lost", "McNemar p"]
+    header = [
+        "model",
+        f"prompt strict gain vs {baseline}",
+        "95% CI (paired bootstrap)",
+        "prompts won / lost",
+        "McNemar p",
+    ]
     rows = []
     for name, metrics in results["models"].items():
         found = [(name, metrics.get("vs_" + baseline))]
-        found += [(f"{name} ({bench.upper()})", values.get("vs_" + baseline))
-                  for bench, values in sorted(metrics.get("benchmarks", {}).items())]
+        found += [
+            (f"{name} ({bench.upper()})", values.get("vs_" + baseline))
+            for bench, values in sorted(metrics.get("benchmarks", {}).items())
+        ]
         for label, versus in found:
             if versus:
                 low, high = versus["ci95"]
-                rows.append([label, f"{versus['delta']:+.3f}", f"[{low:+.3f}, {high:+.3f}]",
-                             f"{versus['wins']} / {versus['losses']}", f"{versus['p_value']:.4f}"])
+                rows.append(
+                    [
+                        label,
+                        f"{versus['delta']:+.3f}",
+                        f"[{low:+.3f}, {high:+.3f}]",
+                        f"{versus['wins']} / {versus['losses']}",
+                        f"{versus['p_value']:.4f}",
+                    ]
+                )
     return header, rows
 
 

@@ -41,10 +41,11 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -275,8 +276,9 @@ def _resolve(root: Path, recorded: str) -> Path:
 class StageContext:
     """Handed to a stage's body: where to write, and what to record in the manifest."""
 
-    def __init__(self, run: "Run", name: str, round_number: int, config_hash: str, inputs: dict[str, Path],
-                 fingerprint: str):
+    def __init__(
+        self, run: Run, name: str, round_number: int, config_hash: str, inputs: dict[str, Path], fingerprint: str
+    ):
         self.run = run
         self.name = name
         self.round = round_number
@@ -310,8 +312,9 @@ class Run:
         # `stage()` call that follows, so a rerun hashes a large input (a 32B checkpoint) once.
         self._input_hashes: dict[tuple[str, int], dict[str, tuple[Path, str]]] = {}
 
-    def up_to_date(self, stage: str, *, config: BaseModel | dict | None, inputs: dict[str, Path],
-                   round_number: int = 1) -> bool:
+    def up_to_date(
+        self, stage: str, *, config: BaseModel | dict | None, inputs: dict[str, Path], round_number: int = 1
+    ) -> bool:
         """With `reuse` on: is `stage` complete and valid for this config and these inputs?
 
         The decision goes to `on_event` either way, so a caller can say what it skipped and why
@@ -322,7 +325,9 @@ class Run:
             return False
         inputs = {k: Path(v) for k, v in inputs.items()}
         hashed: dict[str, str] = {}
-        state = self.state(stage, config_hash=config_hash(config), inputs=inputs, round_number=round_number, hashed=hashed)
+        state = self.state(
+            stage, config_hash=config_hash(config), inputs=inputs, round_number=round_number, hashed=hashed
+        )
         self._input_hashes[(stage, round_number)] = {k: (inputs[k], digest) for k, digest in hashed.items()}
         self.on_event(StageEvent(stage, round_number, "skip" if state.valid else "run", state.reason))
         return state.valid
@@ -342,11 +347,20 @@ class Run:
         from selftune.config import load_config
 
         if not (self.root / "config.yaml").is_file():
-            raise LineageError(f"{self.root} has no config.yaml: start it with `selftune run` or run_pipeline(run_dir, cfg)")
+            raise LineageError(
+                f"{self.root} has no config.yaml: start it with `selftune run` or run_pipeline(run_dir, cfg)"
+            )
         return load_config(files=[self.root / "config.yaml"])
 
-    def begin(self, spec: StageSpec, cfg, *, inputs: dict[str, Path], round_number: int = 1,
-              facts: dict[str, Any] | None = None) -> StageStart:
+    def begin(
+        self,
+        spec: StageSpec,
+        cfg,
+        *,
+        inputs: dict[str, Path],
+        round_number: int = 1,
+        facts: dict[str, Any] | None = None,
+    ) -> StageStart:
         """The one stage preamble: hash what `spec` declares (and `facts`), check reuse, and hand
         back either the recorded output or the context that runs the stage:
 
@@ -371,8 +385,15 @@ class Run:
     def manifest(self, stage: str, round_number: int = 1) -> Manifest | None:
         return read_manifest(self.stage_dir(stage, round_number))
 
-    def state(self, stage: str, *, config_hash: str, inputs: dict[str, Path], round_number: int = 1,
-              hashed: dict[str, str] | None = None) -> StageState:
+    def state(
+        self,
+        stage: str,
+        *,
+        config_hash: str,
+        inputs: dict[str, Path],
+        round_number: int = 1,
+        hashed: dict[str, str] | None = None,
+    ) -> StageState:
         return stage_state(
             self.stage_dir(stage, round_number), config_hash=config_hash, inputs=inputs, root=self.root, hashed=hashed
         )
@@ -384,9 +405,7 @@ class Run:
         if manifest is None or manifest.status != "complete":
             raise LineageError(f"stage {where} has not completed: run it first")
         if output not in manifest.outputs:
-            raise LineageError(
-                f"stage {where} recorded no output {output!r} (it has: {', '.join(manifest.outputs)})"
-            )
+            raise LineageError(f"stage {where} recorded no output {output!r} (it has: {', '.join(manifest.outputs)})")
         path = _resolve(self.root, manifest.outputs[output].path)
         if not path.exists():
             raise LineageError(f"output {output!r} of {where} is missing: {path}")
@@ -426,8 +445,9 @@ class Run:
         """
         inputs = {k: Path(v) for k, v in (inputs or {}).items()}
         known = self._input_hashes.pop((name, round_number), {})
-        input_refs = {k: self._record(v, known[k][1] if k in known and known[k][0] == v else None)
-                      for k, v in inputs.items()}
+        input_refs = {
+            k: self._record(v, known[k][1] if k in known and known[k][0] == v else None) for k, v in inputs.items()
+        }
         stage_hash = config_hash(config)
         digest = hashlib.sha256(stage_hash.encode())
         for key in sorted(input_refs):
@@ -442,9 +462,11 @@ class Run:
         except ValidationError as exc:  # a record the stage built that its own schema rejects
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or exc.title}: {e['msg']}" for e in exc.errors()[:3])
             status, error = "failed", f"{exc.title}: {problems}"
-            raise StageRecordError(f"stage round-{round_number}/{name} built a {exc.title} record that its own schema "
-                                   f"rejects ({problems}); this is a selftune bug: please report it with "
-                                   f"{context.dir / MANIFEST}") from exc
+            raise StageRecordError(
+                f"stage round-{round_number}/{name} built a {exc.title} record that its own schema "
+                f"rejects ({problems}); this is a selftune bug: please report it with "
+                f"{context.dir / MANIFEST}"
+            ) from exc
         except BaseException as exc:  # KeyboardInterrupt too: the manifest says why it stopped
             status, error = "failed", f"{type(exc).__name__}: {exc}"
             raise
@@ -492,7 +514,7 @@ class StageSpec:
     reads: tuple[str, ...]
     unhashed: tuple[str, ...] = ()
 
-    def view(self, cfg) -> "ConfigView":
+    def view(self, cfg) -> ConfigView:
         return cfg if isinstance(cfg, ConfigView) else ConfigView(cfg, self, "")
 
     def config(self, cfg, facts: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -523,8 +545,10 @@ class ConfigView:
             return getattr(self._target, name)
         if any(d.startswith(path + ".") for d in declared):
             return ConfigView(getattr(self._target, name), self._spec, path + ".")
-        raise UndeclaredConfigRead(f"stage {self._spec.name} read config field {path}, which its StageSpec does "
-                                   "not declare: add it to reads (it decides the outputs) or unhashed")
+        raise UndeclaredConfigRead(
+            f"stage {self._spec.name} read config field {path}, which its StageSpec does "
+            "not declare: add it to reads (it decides the outputs) or unhashed"
+        )
 
     def __setattr__(self, name, value):
         raise AttributeError("a stage's config view is read-only")
@@ -550,15 +574,17 @@ class StageStart:
     """`Run.begin`'s answer: `reused` (the recorded main output) when the stage is up to date,
     else a context manager that runs it (`Run.stage`)."""
 
-    def __init__(self, run: "Run", spec: StageSpec, config: dict, inputs: dict[str, Path], round_number: int,
-                 reused: Path | None):
+    def __init__(
+        self, run: Run, spec: StageSpec, config: dict, inputs: dict[str, Path], round_number: int, reused: Path | None
+    ):
         self.run, self.spec, self.config, self.inputs, self.round_number = run, spec, config, inputs, round_number
         self.reused = reused
         self._context = None
 
-    def __enter__(self) -> "StageContext":
-        self._context = self.run.stage(self.spec.name, config=self.config, inputs=self.inputs,
-                                       round_number=self.round_number)
+    def __enter__(self) -> StageContext:
+        self._context = self.run.stage(
+            self.spec.name, config=self.config, inputs=self.inputs, round_number=self.round_number
+        )
         return self._context.__enter__()
 
     def __exit__(self, *exc):
@@ -583,7 +609,7 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(str(self.path), timeout=0)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         from filelock import Timeout
 
         try:

@@ -36,18 +36,25 @@ def make_scorer(cfg, generator: Generator | None):
     if scorer_cfg.kind == "judge":
         if scorer_cfg.judge_model is None:
             if generator is None:
-                raise ConfigError("sample.scorer.kind=judge with no sample.scorer.judge_model judges with the policy "
-                                  "model, and this step has none loaded; set sample.scorer.judge_model")
-            return contextlib.nullcontext(JudgeScorer(generator, samples=scorer_cfg.judge_samples,
-                                                      pass_threshold=scorer_cfg.pass_threshold))
+                raise ConfigError(
+                    "sample.scorer.kind=judge with no sample.scorer.judge_model judges with the policy "
+                    "model, and this step has none loaded; set sample.scorer.judge_model"
+                )
+            return contextlib.nullcontext(
+                JudgeScorer(generator, samples=scorer_cfg.judge_samples, pass_threshold=scorer_cfg.pass_threshold)
+            )
         return _judge_from(scorer_cfg, cfg)
     return _reward_model_from(scorer_cfg, cfg)
 
 
 @contextlib.contextmanager
 def _judge_from(scorer_cfg, cfg):
-    with open_generator(scorer_cfg.judge_model, backend=cfg.generation.backend, dtype=cfg.model.dtype,
-                        trust_remote_code=cfg.model.trust_remote_code) as judge:
+    with open_generator(
+        scorer_cfg.judge_model,
+        backend=cfg.generation.backend,
+        dtype=cfg.model.dtype,
+        trust_remote_code=cfg.model.trust_remote_code,
+    ) as judge:
         yield JudgeScorer(judge, samples=scorer_cfg.judge_samples, pass_threshold=scorer_cfg.pass_threshold)
 
 
@@ -59,8 +66,9 @@ def _reward_model_from(scorer_cfg, cfg):
 
     if not scorer_cfg.reward_model:
         raise ValueError("scorer kind reward-model needs sample.scorer.reward_model")
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(scorer_cfg.reward_model), use_safetensors=True,
-                                                               trust_remote_code=cfg.model.trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model_path(scorer_cfg.reward_model), use_safetensors=True, trust_remote_code=cfg.model.trust_remote_code
+    )
     try:
         tokenizer = load_tokenizer(scorer_cfg.reward_model, trust_remote_code=cfg.model.trust_remote_code)
         yield RewardModelScorer(model.eval(), tokenizer, pass_threshold=scorer_cfg.pass_threshold)
@@ -74,8 +82,10 @@ def early_rejection(prompts: list[PromptRecord], full_samples: int = 0):
     `full_samples` answers of each prompt always run to their end: a repair needs a whole answer."""
     from selftune.constraints import EARLY_FAIL, fails_early
 
-    rules = [[(f"{c.type}#{k}", c.type, c.kwargs) for k, c in enumerate(p.constraints) if c.type in EARLY_FAIL]
-             for p in prompts]
+    rules = [
+        [(f"{c.type}#{k}", c.type, c.kwargs) for k, c in enumerate(p.constraints) if c.type in EARLY_FAIL]
+        for p in prompts
+    ]
 
     def stop_when(prompt_index: int, sample_index: int, text: str) -> str | None:
         if sample_index < full_samples:
@@ -92,9 +102,14 @@ def score_samples(prompts: list[PromptRecord], answers, scorer: Scorer, model_na
         for completion, result in zip(completions, results):
             rows.append(
                 SampleRecord(
-                    prompt_id=prompt.id, model=model_name, completion=completion.text,
-                    score=result.score, checks=result.checks, sample_index=completion.sample_index,
-                    seed=completion.seed, finish_reason=completion.finish_reason,
+                    prompt_id=prompt.id,
+                    model=model_name,
+                    completion=completion.text,
+                    score=result.score,
+                    checks=result.checks,
+                    sample_index=completion.sample_index,
+                    seed=completion.seed,
+                    finish_reason=completion.finish_reason,
                     completion_tokens=completion.completion_tokens,
                     **({"rejected_by": completion.rejected_by} if completion.rejected_by else {}),
                 )
@@ -102,8 +117,16 @@ def score_samples(prompts: list[PromptRecord], answers, scorer: Scorer, model_na
     return rows
 
 
-def retry_unsolved(gen: Generator, scorer: Scorer, prompts: list[PromptRecord], rows: list[SampleRecord], cfg,
-                   model_name: str, metrics: dict, progress: ProgressCallback | None = None) -> list[SampleRecord]:
+def retry_unsolved(
+    gen: Generator,
+    scorer: Scorer,
+    prompts: list[PromptRecord],
+    rows: list[SampleRecord],
+    cfg,
+    model_name: str,
+    metrics: dict,
+    progress: ProgressCallback | None = None,
+) -> list[SampleRecord]:
     """Difficulty-aware sampling: in each of `sample.retry_rounds` rounds, only the prompts with no
     passing answer yet get `sample.retry_k` more answers (new seeds, sample indices after the ones
     already drawn), so the budget goes where data is missing rather than to prompts already solved.
@@ -117,11 +140,19 @@ def retry_unsolved(gen: Generator, scorer: Scorer, prompts: list[PromptRecord], 
         todo = [p for p in prompts if p.id not in solved]
         if not todo:
             break
-        params = SamplingParams(n=cfg.sample.retry_k, temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
-                                max_new_tokens=cfg.generation.max_new_tokens, seed=cfg.sample.seed + 7919 * extra)
-        stop_when = early_rejection(todo, 0) if cfg.sample.early_rejection and cfg.sample.scorer.kind == "constraints" else None
-        answers = gen.generate([[m.model_dump() for m in p.messages] for p in todo], params, progress=progress,
-                               stop_when=stop_when)
+        params = SamplingParams(
+            n=cfg.sample.retry_k,
+            temperature=cfg.sample.temperature,
+            top_p=cfg.sample.top_p,
+            max_new_tokens=cfg.generation.max_new_tokens,
+            seed=cfg.sample.seed + 7919 * extra,
+        )
+        stop_when = (
+            early_rejection(todo, 0) if cfg.sample.early_rejection and cfg.sample.scorer.kind == "constraints" else None
+        )
+        answers = gen.generate(
+            [[m.model_dump() for m in p.messages] for p in todo], params, progress=progress, stop_when=stop_when
+        )
         answers = [[dataclasses.replace(c, sample_index=next_index + c.sample_index) for c in row] for row in answers]
         new = score_samples(todo, answers, scorer, model_name)
         newly = {r.prompt_id for r in new if r.score >= threshold}
@@ -164,7 +195,8 @@ def yield_stats(prompts: list[PromptRecord], rows: list[SampleRecord], threshold
 
 
 SAMPLE_STAGE = StageSpec(
-    "sample", output="samples",
+    "sample",
+    output="samples",
     reads=("sample", "model.spec", "model.dtype", "generation.backend", "generation.max_new_tokens"),
     # Each answer is sampled from its own seed, whatever the batch or the number of devices; the
     # trust flag only allows loading the model's code.
@@ -189,30 +221,48 @@ def sample_stage(
     if not prompts:
         raise RecordError([f"{prompts_path}: no prompts with split 'train'"])
     if cfg.sample.scorer.kind == "constraints":
-        missing = [f"{prompts_path}: prompt {p.id}: constraints: empty (the constraints scorer needs at least one)" for p in prompts if not p.constraints]
+        missing = [
+            f"{prompts_path}: prompt {p.id}: constraints: empty (the constraints scorer needs at least one)"
+            for p in prompts
+            if not p.constraints
+        ]
         if missing:
             raise RecordError(missing)
     policy = policy or cfg.model.spec
     inputs = {"prompts": prompts_path}
     if Path(policy).is_dir():
         inputs["policy"] = Path(policy)
-    params = SamplingParams(n=cfg.sample.k, temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
-                            max_new_tokens=cfg.generation.max_new_tokens, seed=cfg.sample.seed)
+    params = SamplingParams(
+        n=cfg.sample.k,
+        temperature=cfg.sample.temperature,
+        top_p=cfg.sample.top_p,
+        max_new_tokens=cfg.generation.max_new_tokens,
+        seed=cfg.sample.seed,
+    )
     start = run.begin(SAMPLE_STAGE, cfg, inputs=inputs, round_number=round_number, facts={"policy": policy})
     if start.reused:
         return start.reused
     with start as stage:
-        opened = contextlib.nullcontext(generator) if generator else open_generator(
-            policy, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size,
-            dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
-            tensor_parallel_size=cfg.generation.tensor_parallel_size)
+        opened = (
+            contextlib.nullcontext(generator)
+            if generator
+            else open_generator(
+                policy,
+                backend=cfg.generation.backend,
+                batch_size=cfg.generation.batch_size,
+                dtype=cfg.model.dtype,
+                trust_remote_code=cfg.model.trust_remote_code,
+                tensor_parallel_size=cfg.generation.tensor_parallel_size,
+            )
+        )
         stop_when = None
         if cfg.sample.early_rejection and cfg.sample.scorer.kind == "constraints":
             stop_when = early_rejection(prompts, cfg.sample.full_samples)
         with opened as gen:
             started = time.perf_counter()
-            answers = gen.generate([[m.model_dump() for m in p.messages] for p in prompts], params, progress=progress,
-                                   stop_when=stop_when)
+            answers = gen.generate(
+                [[m.model_dump() for m in p.messages] for p in prompts], params, progress=progress, stop_when=stop_when
+            )
             with make_scorer(cfg, gen) as scorer:
                 rows = score_samples(prompts, answers, scorer, policy)
                 if cfg.sample.retry_rounds:

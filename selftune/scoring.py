@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 
@@ -36,8 +37,7 @@ class ScoreResult:
 class Scorer(Protocol):
     name: str
 
-    def score(self, prompt: PromptRecord, completions: Sequence[str]) -> list[ScoreResult]:
-        ...
+    def score(self, prompt: PromptRecord, completions: Sequence[str]) -> list[ScoreResult]: ...
 
 
 _TERMINAL = tuple(".!?\"')]}*>`:;")
@@ -126,8 +126,16 @@ class JudgeScorer:
 
     name = "judge"
 
-    def __init__(self, generator: Generator, *, samples: int = 3, pass_threshold: float = 0.7,
-                 rubric: str = JUDGE_RUBRIC, temperature: float = 0.7, seed: int = 0):
+    def __init__(
+        self,
+        generator: Generator,
+        *,
+        samples: int = 3,
+        pass_threshold: float = 0.7,
+        rubric: str = JUDGE_RUBRIC,
+        temperature: float = 0.7,
+        seed: int = 0,
+    ):
         self.generator = generator
         self.samples = samples
         self.pass_threshold = pass_threshold
@@ -142,8 +150,13 @@ class JudgeScorer:
         for answers in verdicts:
             values = [v for v in (parse_judge_score(a.text) for a in answers) if v is not None]
             mean = sum(values) / len(values) if values else 0.0
-            results.append(ScoreResult(mean, bool(values) and mean >= self.pass_threshold,
-                                       {"judge_scores": values, "unreadable": len(answers) - len(values)}))
+            results.append(
+                ScoreResult(
+                    mean,
+                    bool(values) and mean >= self.pass_threshold,
+                    {"judge_scores": values, "unreadable": len(answers) - len(values)},
+                )
+            )
         return results
 
 
@@ -171,8 +184,9 @@ class RewardModelScorer:
         results = []
         device = next(self.model.parameters()).device
         for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True,
-                                   add_special_tokens=False).to(device)
+            batch = self.tokenizer(
+                texts[start : start + self.batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(device)
             logits = self.model(**batch).logits[:, 0].float()  # (batch,)
             for logit in logits.tolist():
                 value = 1 / (1 + math.exp(-logit))
@@ -206,8 +220,15 @@ def parse_pairwise_verdict(text: str) -> str | None:
     return bare.group(1) if bare else None
 
 
-def judge_win_rate(generator: Generator, requests: Sequence[str], ours: Sequence[str], theirs: Sequence[str],
-                   *, rubric: str = PAIRWISE_RUBRIC, max_new_tokens: int = 16) -> dict:
+def judge_win_rate(
+    generator: Generator,
+    requests: Sequence[str],
+    ours: Sequence[str],
+    theirs: Sequence[str],
+    *,
+    rubric: str = PAIRWISE_RUBRIC,
+    max_new_tokens: int = 16,
+) -> dict:
     """How often a judge prefers `ours` to `theirs`, each pair asked twice with the positions swapped.
 
     A win counts 1, a tie or an unreadable verdict 0.5, a loss 0; the rate is the mean over both

@@ -38,22 +38,33 @@ from selftune.errors import TooManyDroppedError
 from selftune.masking import MaskingError, tokenize_example
 from selftune.records import read_records
 from selftune.runs import StageSpec
-from selftune.training import (as_dataset, log_history, lora_config, make_sft_trainer_class, prepare_checkpoints,
-                               tracker_callbacks, training_arguments)
-
+from selftune.training import (
+    as_dataset,
+    log_history,
+    lora_config,
+    make_sft_trainer_class,
+    prepare_checkpoints,
+    tracker_callbacks,
+    training_arguments,
+)
 
 logger = logging.getLogger("selftune.sft")
 
 
-def tokenize_dataset(tokenizer, records, *, max_length: int, response_separator: str | None,
-                     max_drop_share: float, source: str) -> tuple[list[dict], dict]:
+def tokenize_dataset(
+    tokenizer, records, *, max_length: int, response_separator: str | None, max_drop_share: float, source: str
+) -> tuple[list[dict], dict]:
     """Masked rows and counts of dropped rows by reason; fails past `max_drop_share`."""
     rows, dropped = [], {}
     for record in records:
-        example = {"prompt": [m.model_dump() for m in record.prompt],
-                   "completion": [m.model_dump() for m in record.completion]}
+        example = {
+            "prompt": [m.model_dump() for m in record.prompt],
+            "completion": [m.model_dump() for m in record.completion],
+        }
         try:
-            rows.append(tokenize_example(tokenizer, example, max_length=max_length, response_separator=response_separator))
+            rows.append(
+                tokenize_example(tokenizer, example, max_length=max_length, response_separator=response_separator)
+            )
         except MaskingError as exc:
             reason = type(exc).__name__
             dropped[reason] = dropped.get(reason, 0) + 1
@@ -77,14 +88,16 @@ def split_validation(rows: list, share: float, seed: int) -> tuple[list, list]:
 
 
 SFT_STAGE = StageSpec(
-    "sft", output=lambda cfg: "merged" if cfg.sft.merge else "adapter",
+    "sft",
+    output=lambda cfg: "merged" if cfg.sft.merge else "adapter",
     reads=("sft", "model.spec", "model.dtype", "model.load_in_4bit"),
     unhashed=("model.trust_remote_code",),  # allows loading the model's code; cannot change what it computes
 )
 
 
-def sft_stage(run, cfg, *, round_number: int = 1, data_path: Path | None = None, base: str | None = None,
-              progress=None) -> Path:
+def sft_stage(
+    run, cfg, *, round_number: int = 1, data_path: Path | None = None, base: str | None = None, progress=None
+) -> Path:
     """Train the SFT adapter (and merge it); returns the merged model dir, or the adapter dir."""
     from peft import get_peft_model
     from transformers import DataCollatorForSeq2Seq
@@ -108,13 +121,24 @@ def sft_stage(run, cfg, *, round_number: int = 1, data_path: Path | None = None,
         tokenizer = load_tokenizer(base, trust_remote_code=cfg.model.trust_remote_code)
         tokenizer.padding_side = "right"
         separator = None if getattr(tokenizer, "chat_template", None) else cfg.sft.response_separator
-        rows, dropped = tokenize_dataset(tokenizer, records, max_length=cfg.sft.max_length, response_separator=separator,
-                                         max_drop_share=cfg.sft.max_drop_share, source=str(data_path))
+        rows, dropped = tokenize_dataset(
+            tokenizer,
+            records,
+            max_length=cfg.sft.max_length,
+            response_separator=separator,
+            max_drop_share=cfg.sft.max_drop_share,
+            source=str(data_path),
+        )
         train_rows, eval_rows = split_validation(rows, cfg.sft.validation_share, cfg.sft.seed)
         resuming = prepare_checkpoints(out, stage.fingerprint, stage="sft")
         # Weights stay fp32 for training unless 4-bit; bf16 enters through autocast.
-        model = load_model(base, dtype="float32" if not cfg.model.load_in_4bit else "bfloat16", device=device,
-                           load_in_4bit=cfg.model.load_in_4bit, trust_remote_code=cfg.model.trust_remote_code)
+        model = load_model(
+            base,
+            dtype="float32" if not cfg.model.load_in_4bit else "bfloat16",
+            device=device,
+            load_in_4bit=cfg.model.load_in_4bit,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
         if cfg.model.load_in_4bit:
             from peft import prepare_model_for_kbit_training
 
@@ -127,10 +151,15 @@ def sft_stage(run, cfg, *, round_number: int = 1, data_path: Path | None = None,
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         args = training_arguments(cfg.sft, out, has_eval=bool(eval_rows), device=device)
         trainer = make_sft_trainer_class()(
-            model=model, args=args, train_dataset=as_dataset(train_rows),
+            model=model,
+            args=args,
+            train_dataset=as_dataset(train_rows),
             eval_dataset=as_dataset(eval_rows) if eval_rows else None,
-            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=None),
-            processing_class=tokenizer, callbacks=tracker_callbacks(cfg.sft, out) + ([progress] if progress else []),
+            data_collator=DataCollatorForSeq2Seq(
+                tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=None
+            ),
+            processing_class=tokenizer,
+            callbacks=tracker_callbacks(cfg.sft, out) + ([progress] if progress else []),
         )
         initial_eval = trainer.evaluate()["eval_loss"] if eval_rows else None
         started = time.perf_counter()
@@ -141,19 +170,27 @@ def sft_stage(run, cfg, *, round_number: int = 1, data_path: Path | None = None,
         shutil.rmtree(adapter_dir, ignore_errors=True)
         model.save_pretrained(adapter_dir, safe_serialization=True)
         tokenizer.save_pretrained(adapter_dir)
-        (adapter_dir / "sft_config.yaml").write_text(yaml.safe_dump({"base": base, "sft": cfg.sft.model_dump(mode="json")}))
+        (adapter_dir / "sft_config.yaml").write_text(
+            yaml.safe_dump({"base": base, "sft": cfg.sft.model_dump(mode="json")})
+        )
         train_tokens = sum(len(r["input_ids"]) for r in train_rows) * cfg.sft.epochs
         trained_tokens = sum(sum(1 for label in r["labels"] if label != -100) for r in train_rows)
         (out / "log_history.json").write_text(json.dumps(log_history(trainer), indent=1))
         stage.add_output("log_history", out / "log_history.json")
         stage.add_output("adapter", adapter_dir)
         stage.metrics.update(
-            examples=len(records), train_examples=len(train_rows), validation_examples=len(eval_rows),
-            dropped=dropped, trainable_parameters=trainable, steps=result.global_step,
-            resumed=resuming, train_seconds=round(seconds, 1),
+            examples=len(records),
+            train_examples=len(train_rows),
+            validation_examples=len(eval_rows),
+            dropped=dropped,
+            trainable_parameters=trainable,
+            steps=result.global_step,
+            resumed=resuming,
+            train_seconds=round(seconds, 1),
             tokens_per_second=round(train_tokens / seconds, 1) if not resuming else None,
             response_token_share=round(trained_tokens / max(1, sum(len(r["input_ids"]) for r in train_rows)), 4),
-            eval_loss_before=initial_eval, eval_loss_after=final_eval,
+            eval_loss_before=initial_eval,
+            eval_loss_after=final_eval,
             train_loss=result.training_loss if math.isfinite(result.training_loss) else None,
             bf16=args.bf16,
         )
@@ -165,5 +202,3 @@ def sft_stage(run, cfg, *, round_number: int = 1, data_path: Path | None = None,
             stage.metrics["merge_max_logit_diff"] = merged.max_logit_diff
             return merged.path
     return adapter_dir
-
-

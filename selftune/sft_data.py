@@ -23,8 +23,10 @@ from selftune.runs import StageSpec, write_jsonl
 def repair_candidates(samples: list[SampleRecord]) -> list[SampleRecord]:
     """A prompt's failing samples in the order repairs are tried: best score first, whole answers
     before cut ones, then shortest."""
-    return sorted(samples, key=lambda s: (-s.score, getattr(s, "finish_reason", "stop") != "stop", len(s.completion),
-                                          s.sample_index))
+    return sorted(
+        samples,
+        key=lambda s: (-s.score, getattr(s, "finish_reason", "stop") != "stop", len(s.completion), s.sample_index),
+    )
 
 
 def repaired_example(prompt: PromptRecord, samples: list[SampleRecord], seed: int = 0):
@@ -33,14 +35,23 @@ def repaired_example(prompt: PromptRecord, samples: list[SampleRecord], seed: in
 
     texts = [s.completion for s in samples]
     for sample in repair_candidates(samples):
-        fixed = repair_answer(prompt, sample.completion, siblings=[t for t in texts if t != sample.completion], seed=seed)
+        fixed = repair_answer(
+            prompt, sample.completion, siblings=[t for t in texts if t != sample.completion], seed=seed
+        )
         if fixed is not None:
             return fixed, sample
     return None
 
 
-def select_examples(prompts: list[PromptRecord], samples: list[SampleRecord], *, tie_break: str = "shortest",
-                    dedupe: bool = True, threshold: float = 1.0, repair: bool = False) -> tuple[list[SFTRecord], dict]:
+def select_examples(
+    prompts: list[PromptRecord],
+    samples: list[SampleRecord],
+    *,
+    tie_break: str = "shortest",
+    dedupe: bool = True,
+    threshold: float = 1.0,
+    repair: bool = False,
+) -> tuple[list[SFTRecord], dict]:
     """Per prompt, the best passing sample (`chosen_source: sample`); with `repair`, a prompt with
     none gets its best repairable failing sample repaired (`chosen_source: repair:<checks>`)."""
     by_prompt: dict[str, list[SampleRecord]] = defaultdict(list)
@@ -80,25 +91,34 @@ def select_examples(prompts: list[PromptRecord], samples: list[SampleRecord], *,
                 id=prompt.id,
                 prompt=[m.model_dump() for m in prompt.messages],
                 completion=[{"role": "assistant", "content": text}],
-                chosen_source=source, sample_index=origin.sample_index, source_model=origin.model,
+                chosen_source=source,
+                sample_index=origin.sample_index,
+                source_model=origin.model,
                 **({"score": origin.score} if source == "sample" else {"original": origin.completion}),
             )
         )
     sampled = sum(1 for p in prompts if by_prompt.get(p.id))
-    stats = {"prompts": sampled, "examples": len(examples), "no_passing": no_passing,
-             "duplicates_dropped": duplicates, "yield": round(len(examples) / max(sampled, 1), 4),
-             "by_source": dict(sources)}
+    stats = {
+        "prompts": sampled,
+        "examples": len(examples),
+        "no_passing": no_passing,
+        "duplicates_dropped": duplicates,
+        "yield": round(len(examples) / max(sampled, 1), 4),
+        "by_source": dict(sources),
+    }
     return examples, stats
 
 
 # The pass threshold and the scorer kind decide which samples count as passing (a changed
 # threshold used to leave stale SFT data "up to date").
-SFT_DATA_STAGE = StageSpec("sft-data", output="sft",
-                           reads=("sft_data", "sample.scorer.pass_threshold", "sample.scorer.kind"))
+SFT_DATA_STAGE = StageSpec(
+    "sft-data", output="sft", reads=("sft_data", "sample.scorer.pass_threshold", "sample.scorer.kind")
+)
 
 
-def sft_data_stage(run, cfg, *, round_number: int = 1, samples_path: Path | None = None,
-                   prompts_path: Path | None = None) -> Path:
+def sft_data_stage(
+    run, cfg, *, round_number: int = 1, samples_path: Path | None = None, prompts_path: Path | None = None
+) -> Path:
     cfg = SFT_DATA_STAGE.view(cfg)
     samples_path = Path(samples_path) if samples_path else run.output_of("sample", "samples", round_number=round_number)
     prompts_path = Path(prompts_path) if prompts_path else run.output_of("prompts", "prompts", round_number=1)
@@ -109,13 +129,20 @@ def sft_data_stage(run, cfg, *, round_number: int = 1, samples_path: Path | None
     if start.reused:
         return start.reused
     with start as stage:
-        examples, stats = select_examples(prompts, samples, tie_break=cfg.sft_data.tie_break,
-                                          dedupe=cfg.sft_data.dedupe, threshold=cfg.sample.scorer.pass_threshold,
-                                          repair=cfg.sft_data.repair and cfg.sample.scorer.kind == "constraints")
+        examples, stats = select_examples(
+            prompts,
+            samples,
+            tie_break=cfg.sft_data.tie_break,
+            dedupe=cfg.sft_data.dedupe,
+            threshold=cfg.sample.scorer.pass_threshold,
+            repair=cfg.sft_data.repair and cfg.sample.scorer.kind == "constraints",
+        )
         if not examples:
-            raise NoTrainingDataError(f"no prompt in {samples_path} has a passing sample: nothing to train on; "
-                                      "sample more answers (sample.k, sample.retry_rounds) or lower "
-                                      "sample.scorer.pass_threshold")
+            raise NoTrainingDataError(
+                f"no prompt in {samples_path} has a passing sample: nothing to train on; "
+                "sample more answers (sample.k, sample.retry_rounds) or lower "
+                "sample.scorer.pass_threshold"
+            )
         out = stage.dir / "sft.jsonl"
         write_jsonl(out, examples)
         stage.add_output("sft", out)

@@ -40,8 +40,13 @@ def use_bf16(setting, device: str) -> bool:
 def lora_config(cfg):
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
-                      task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        task_type="CAUSAL_LM",
+    )
 
 
 def training_arguments(train_cfg, out_dir: Path, *, has_eval: bool, device: str, **extra):
@@ -125,11 +130,16 @@ def make_sft_trainer_class():
             width = labels.shape[1]
             answered = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero()
             start = int(answered[0]) if len(answered) else width - 2
-            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                           logits_to_keep=width - start).logits[:, :-1]  # (B, width-1-start, V): predict start+1..
-            targets = labels[:, start + 1:]
-            total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                    ignore_index=IGNORE_INDEX, reduction="sum")
+            logits = model(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=width - start
+            ).logits[:, :-1]  # (B, width-1-start, V): predict start+1..
+            targets = labels[:, start + 1 :]
+            total = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]),
+                targets.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
             count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
             return total / count
 

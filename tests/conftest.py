@@ -39,17 +39,26 @@ def smollm_tokenizer_dir(tmp_path_factory) -> Path:
 TINY_ARCHITECTURES = ("llama", "qwen2", "mistral", "gemma2", "phi3")
 
 
-def build_tiny_model(out: Path, tokenizer_dir: Path, *, hidden: int = 64, layers: int = 2, seed: int = 0,
-                     arch: str = "llama") -> Path:
+def build_tiny_model(
+    out: Path, tokenizer_dir: Path, *, hidden: int = 64, layers: int = 2, seed: int = 0, arch: str = "llama"
+) -> Path:
     """A random checkpoint of architecture `arch` with the SmolLM2 vocabulary, saved as safetensors."""
     import transformers
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     common = dict(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     extra = {
         "llama": {},

@@ -15,8 +15,9 @@ OTHERS = [arch for arch in TINY_ARCHITECTURES if arch != "llama"]  # llama: the 
 
 @pytest.fixture(scope="module", params=OTHERS)
 def arch_model(request, tmp_path_factory, smollm_tokenizer_dir):
-    return request.param, build_tiny_model(tmp_path_factory.mktemp(request.param), smollm_tokenizer_dir,
-                                           arch=request.param)
+    return request.param, build_tiny_model(
+        tmp_path_factory.mktemp(request.param), smollm_tokenizer_dir, arch=request.param
+    )
 
 
 def test_masking_marks_exactly_the_answer_with_each_architectures_tokenizer(arch_model):
@@ -25,8 +26,14 @@ def test_masking_marks_exactly_the_answer_with_each_architectures_tokenizer(arch
 
     _, model_dir = arch_model
     tokenizer = load_tokenizer(str(model_dir))
-    row = tokenize_example(tokenizer, {"prompt": [{"role": "user", "content": "Name a fruit."}],
-                                       "completion": [{"role": "assistant", "content": "An apple."}]}, max_length=128)
+    row = tokenize_example(
+        tokenizer,
+        {
+            "prompt": [{"role": "user", "content": "Name a fruit."}],
+            "completion": [{"role": "assistant", "content": "An apple."}],
+        },
+        max_length=128,
+    )
     trained = [t for t, label in zip(row["input_ids"], row["labels"]) if label != IGNORE_INDEX]
     assert tokenizer.decode(trained).startswith("An apple.") and len(trained) < len(row["input_ids"]) // 2
 
@@ -52,22 +59,39 @@ def test_sft_merge_pairs_and_dpo_run_and_prompt_sharing_is_proved_or_off(arch_mo
     from selftune.records import read_records
 
     arch, model_dir = arch_model
-    cfg = selftune.load_config("tiny", overrides=[f"model.spec={model_dir}", "prompts.n_train=8", "prompts.n_eval=2",
-                                                  "generation.max_new_tokens=16",
-                                                  "sample.k=3", "pairs.k=1", "pairs.eval_prompts=0",
-                                                  "sft.warmup_ratio=0", "dpo.warmup_ratio=0"])  # few steps: no warm-up
+    cfg = selftune.load_config(
+        "tiny",
+        overrides=[
+            f"model.spec={model_dir}",
+            "prompts.n_train=8",
+            "prompts.n_eval=2",
+            "generation.max_new_tokens=16",
+            "sample.k=3",
+            "pairs.k=1",
+            "pairs.eval_prompts=0",
+            "sft.warmup_ratio=0",
+            "dpo.warmup_ratio=0",
+        ],
+    )  # few steps: no warm-up
     steps = selftune.run_pipeline(tmp_path / "run", cfg, until_stage="dpo", on_event=lambda line: None)
     assert [step.step.stage for step in steps][-1] == "dpo"
     run = selftune.Run(tmp_path / "run")
     sft_model, dpo_model = run.output_of("sft", "merged"), run.output_of("dpo", "merged")
     before, after = load_model(str(sft_model), dtype="float32"), load_model(str(dpo_model), dtype="float32")
-    changed = [name for (name, a), (_, b) in zip(before.named_parameters(), after.named_parameters())
-               if not torch.equal(a, b)]
+    changed = [
+        name for (name, a), (_, b) in zip(before.named_parameters(), after.named_parameters()) if not torch.equal(a, b)
+    ]
     assert changed, f"{arch}: DPO's merged model equals its SFT model"
     shared = run.manifest("dpo").metrics["share_prompts"]
     if shared:  # the DPO stage shared prompts: prove it equals whole sequences on this model
         tokenizer = load_tokenizer(str(sft_model))
-        rows, _ = tokenize_pairs(tokenizer, read_records(run.output_of("pairs", "pairs"), "pairs"), max_length=256,
-                                 response_separator=None, max_drop_share=1.0, source="pairs")
+        rows, _ = tokenize_pairs(
+            tokenizer,
+            read_records(run.output_of("pairs", "pairs"), "pairs"),
+            max_length=256,
+            response_separator=None,
+            max_drop_share=1.0,
+            source="pairs",
+        )
         gap = prompt_sharing_mismatch(before, rows[:4], PairCollator(tokenizer.pad_token_id))
         assert gap <= SHARING_TOLERANCE, (arch, gap)

@@ -12,14 +12,30 @@ pytest.importorskip("if_verifiable")
 
 # Written for this test, in IFEval's own format.
 ROWS = [
-    {"key": 1, "prompt": "Write in lowercase about the river.", "instruction_id_list": ["change_case:english_lowercase"],
-     "kwargs": [{}]},
-    {"key": 2, "prompt": "No commas, and give a title.", "instruction_id_list": ["punctuation:no_comma", "detectable_format:title"],
-     "kwargs": [{}, {}]},
-    {"key": 3, "prompt": "End with 'Is there anything else?'", "instruction_id_list": ["startend:end_checker"],
-     "kwargs": [{"end_phrase": "Is there anything else?"}]},
-    {"key": 4, "prompt": "Three sentences, no commas.", "instruction_id_list": ["length_constraints:number_sentences", "punctuation:no_comma"],
-     "kwargs": [{"relation": "at least", "num_sentences": 3}, {}]},
+    {
+        "key": 1,
+        "prompt": "Write in lowercase about the river.",
+        "instruction_id_list": ["change_case:english_lowercase"],
+        "kwargs": [{}],
+    },
+    {
+        "key": 2,
+        "prompt": "No commas, and give a title.",
+        "instruction_id_list": ["punctuation:no_comma", "detectable_format:title"],
+        "kwargs": [{}, {}],
+    },
+    {
+        "key": 3,
+        "prompt": "End with 'Is there anything else?'",
+        "instruction_id_list": ["startend:end_checker"],
+        "kwargs": [{"end_phrase": "Is there anything else?"}],
+    },
+    {
+        "key": 4,
+        "prompt": "Three sentences, no commas.",
+        "instruction_id_list": ["length_constraints:number_sentences", "punctuation:no_comma"],
+        "kwargs": [{"relation": "at least", "num_sentences": 3}, {}],
+    },
 ]
 ANSWERS = [
     "Sure:\nthe river runs past the mill and the children watch the boats go by all afternoon",  # loose only
@@ -48,8 +64,8 @@ def test_known_answers_give_the_expected_strict_and_loose_accuracy(fixture_file,
     # number_sentences is not scored: out of numerator and denominator; prompt 4 keeps no_comma.
     assert scores["not_scored"] == {"length_constraints:number_sentences": "needs nltk data 'punkt'"}
     assert scores["instructions"] == 5 and scores["prompts"] == 4
-    assert scores["instruction_strict"] == pytest.approx(2 / 5)   # no_comma and title of prompt 2
-    assert scores["instruction_loose"] == pytest.approx(4 / 5)    # + lowercase (prompt 1) and the end phrase (3)
+    assert scores["instruction_strict"] == pytest.approx(2 / 5)  # no_comma and title of prompt 2
+    assert scores["instruction_loose"] == pytest.approx(4 / 5)  # + lowercase (prompt 1) and the end phrase (3)
     assert scores["prompt_strict"] == pytest.approx(1 / 4) and scores["prompt_loose"] == pytest.approx(3 / 4)
     assert scores["by_instruction"]["punctuation:no_comma"] == {"n": 2, "strict": 0.5, "loose": 0.5}
     assert scores["per_prompt"] == {"1": False, "2": True, "3": False, "4": False}
@@ -58,28 +74,43 @@ def test_known_answers_give_the_expected_strict_and_loose_accuracy(fixture_file,
 def test_a_prompt_whose_only_instruction_is_not_scored_leaves_the_denominators(fixture_file, monkeypatch):
     import nltk
 
-    monkeypatch.setattr(nltk.data, "load", lambda *a, **k: (_ for _ in ()).throw(LookupError("Resource punkt not found.")))
-    rows = [ROWS[3] | {"instruction_id_list": ["length_constraints:number_sentences"], "kwargs": [ROWS[3]["kwargs"][0]]}]
+    monkeypatch.setattr(
+        nltk.data, "load", lambda *a, **k: (_ for _ in ()).throw(LookupError("Resource punkt not found."))
+    )
+    rows = [
+        ROWS[3] | {"instruction_id_list": ["length_constraints:number_sentences"], "kwargs": [ROWS[3]["kwargs"][0]]}
+    ]
     fixture_file.write_text(json.dumps(rows[0]) + "\n")
     scores = score_benchmark("ifeval", load_benchmark("ifeval", fixture_file), ["One. Two. Three."])
-    assert scores["prompts"] == 0 and scores["instructions"] == 0 and "length_constraints:number_sentences" in scores["not_scored"]
+    assert (
+        scores["prompts"] == 0
+        and scores["instructions"] == 0
+        and "length_constraints:number_sentences" in scores["not_scored"]
+    )
 
 
 def test_bad_benchmark_rows_name_file_line_and_field(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps({"key": 1, "prompt": "", "instruction_id_list": ["x"]}) + "\n"
-                    + json.dumps({"key": 2, "prompt": "p", "instruction_id_list": ["a", "b"], "kwargs": [{}]}) + "\n")
+    path.write_text(
+        json.dumps({"key": 1, "prompt": "", "instruction_id_list": ["x"]})
+        + "\n"
+        + json.dumps({"key": 2, "prompt": "p", "instruction_id_list": ["a", "b"], "kwargs": [{}]})
+        + "\n"
+    )
     with pytest.raises(RecordError) as caught:
         load_benchmark("ifeval", path)
-    assert caught.value.problems == [f"{path}:1: prompt: expected non-empty text",
-                                     f"{path}:2: kwargs: expected a list of 2 objects, one per instruction"]
+    assert caught.value.problems == [
+        f"{path}:1: prompt: expected non-empty text",
+        f"{path}:2: kwargs: expected a list of 2 objects, one per instruction",
+    ]
     with pytest.raises(ValueError, match="unknown benchmark"):
         parse_benchmark("mmlu=x.jsonl")
     assert parse_benchmark("IFBench") == ("ifbench", None)
 
 
-def test_benchmark_runs_inside_the_one_at_a_time_evaluation(tiny_model_dir, smollm_tokenizer_dir, tmp_path,
-                                                            fixture_file, monkeypatch):
+def test_benchmark_runs_inside_the_one_at_a_time_evaluation(
+    tiny_model_dir, smollm_tokenizer_dir, tmp_path, fixture_file, monkeypatch
+):
     """Each model answers the benchmark while it is the only model loaded, and is unloaded before
     the next one loads."""
     import selftune.models as models
@@ -88,11 +119,19 @@ def test_benchmark_runs_inside_the_one_at_a_time_evaluation(tiny_model_dir, smol
     from tests.conftest import build_tiny_model
 
     other = build_tiny_model(tmp_path / "other", smollm_tokenizer_dir, seed=3)
-    cfg = load_config("tiny", overrides=[f"evaluate.benchmarks=['ifeval={fixture_file}']",
-                                         "evaluate.benchmark_max_new_tokens=6", "evaluate.cache_answers=false"])
+    cfg = load_config(
+        "tiny",
+        overrides=[
+            f"evaluate.benchmarks=['ifeval={fixture_file}']",
+            "evaluate.benchmark_max_new_tokens=6",
+            "evaluate.cache_answers=false",
+        ],
+    )
     events = []
     original_load, original_unload = models.load_model, models.unload
-    monkeypatch.setattr(models, "load_model", lambda spec, **kw: events.append(("load", spec)) or original_load(spec, **kw))
+    monkeypatch.setattr(
+        models, "load_model", lambda spec, **kw: events.append(("load", spec)) or original_load(spec, **kw)
+    )
     monkeypatch.setattr(models, "unload", lambda model: events.append(("unload", None)) or original_unload(model))
     results = evaluate.evaluate_models([("base", str(tiny_model_dir)), ("other", str(other))], [], [], cfg)
     assert [e for e, _ in events] == ["load", "unload", "load", "unload"]

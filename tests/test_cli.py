@@ -6,8 +6,24 @@ from typer.testing import CliRunner
 from selftune.cli import app
 
 runner = CliRunner()
-COMMANDS = ["generate", "validate", "doctor", "config", "prompts", "sample", "sft-data", "sft", "merge", "inspect", "pairs", "dpo",
-            "evaluate", "report", "compare", "run"]
+COMMANDS = [
+    "generate",
+    "validate",
+    "doctor",
+    "config",
+    "prompts",
+    "sample",
+    "sft-data",
+    "sft",
+    "merge",
+    "inspect",
+    "pairs",
+    "dpo",
+    "evaluate",
+    "report",
+    "compare",
+    "run",
+]
 
 
 def test_help_lists_every_command():
@@ -17,30 +33,65 @@ def test_help_lists_every_command():
         assert name in result.output
 
 
-@pytest.mark.parametrize("command", [["generate"], ["validate"], ["doctor"], ["config", "show"], ["config", "presets"],
-                                     ["prompts", "build"], ["sample"], ["sft-data"], ["sft"], ["merge"],
-                                     ["inspect", "masks"], ["pairs"], ["dpo"], ["evaluate"], ["report"], ["compare"],
-                                     ["run"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["generate"],
+        ["validate"],
+        ["doctor"],
+        ["config", "show"],
+        ["config", "presets"],
+        ["prompts", "build"],
+        ["sample"],
+        ["sft-data"],
+        ["sft"],
+        ["merge"],
+        ["inspect", "masks"],
+        ["pairs"],
+        ["dpo"],
+        ["evaluate"],
+        ["report"],
+        ["compare"],
+        ["run"],
+    ],
+)
 def test_each_command_help_ends_with_an_example(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
     marker = "Example: selftune " + command[0]
     assert marker in result.output
-    tail = result.output[result.output.rindex(marker):]
+    tail = result.output[result.output.rindex(marker) :]
     assert "Show this message" not in tail and "─" not in tail  # nothing follows the example
 
 
 def test_generate_writes_one_row_per_answer(tiny_model_dir, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
-        json.dumps({"id": "chat", "messages": [{"role": "user", "content": "Hi there"}]}) + "\n"
-        + json.dumps({"id": "raw", "prompt": "Instruction: add 2 and 2\nResponse:"}) + "\n"
+        json.dumps({"id": "chat", "messages": [{"role": "user", "content": "Hi there"}]})
+        + "\n"
+        + json.dumps({"id": "raw", "prompt": "Instruction: add 2 and 2\nResponse:"})
+        + "\n"
     )
     out = tmp_path / "out" / "answers.jsonl"
     result = runner.invoke(
         app,
-        ["generate", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--out", str(out),
-         "-n", "2", "--temperature", "0.9", "--max-new-tokens", "6", "--dtype", "float32"],
+        [
+            "generate",
+            "--model",
+            str(tiny_model_dir),
+            "--prompts",
+            str(prompts),
+            "--out",
+            str(out),
+            "-n",
+            "2",
+            "--temperature",
+            "0.9",
+            "--max-new-tokens",
+            "6",
+            "--dtype",
+            "float32",
+        ],
     )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -57,7 +108,9 @@ def test_generate_rejects_bad_prompt_file_before_loading(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"id": "x", "messages": [{"role": "robot", "content": "hi"}]}\n')
     out = tmp_path / "answers.jsonl"
-    result = runner.invoke(app, ["generate", "--model", "no-such-dir/x/y", "--prompts", str(prompts), "--out", str(out)])
+    result = runner.invoke(
+        app, ["generate", "--model", "no-such-dir/x/y", "--prompts", str(prompts), "--out", str(out)]
+    )
     assert isinstance(result.exception, RecordError)
     assert f"{prompts}:1: messages[0].role: unknown value 'robot'" in str(result.exception)
     assert not out.exists()
@@ -65,7 +118,16 @@ def test_generate_rejects_bad_prompt_file_before_loading(tmp_path):
 
 def test_validate_and_config_show(tmp_path):
     good = tmp_path / "sft.jsonl"
-    good.write_text(json.dumps({"id": "a", "prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": "a"}]}) + "\n")
+    good.write_text(
+        json.dumps(
+            {
+                "id": "a",
+                "prompt": [{"role": "user", "content": "q"}],
+                "completion": [{"role": "assistant", "content": "a"}],
+            }
+        )
+        + "\n"
+    )
     result = runner.invoke(app, ["validate", str(good), "--kind", "sft"])
     assert result.exit_code == 0 and "1 valid sft records" in result.output
     result = runner.invoke(app, ["config", "show", "--preset", "recipe-32b"])
@@ -111,8 +173,9 @@ def test_vllm_backend_without_vllm_names_the_extra(tiny_model_dir, monkeypatch):
 
 def test_data_commands_through_the_run_lineage(tmp_path, tiny_model_dir):
     run_dir = tmp_path / "run"
-    result = runner.invoke(app, ["prompts", "build", "--run", str(run_dir), "--preset", "tiny",
-                                 "--set", f"model.spec={tiny_model_dir}"])
+    result = runner.invoke(
+        app, ["prompts", "build", "--run", str(run_dir), "--preset", "tiny", "--set", f"model.spec={tiny_model_dir}"]
+    )
     assert result.exit_code == 0, result.output
     assert (run_dir / "config.yaml").is_file()
     result = runner.invoke(app, ["sample", "--run", str(run_dir)])  # config comes from the run
@@ -133,8 +196,16 @@ def test_data_commands_through_the_run_lineage(tmp_path, tiny_model_dir):
 
 def test_inspect_masks_shows_trained_tokens(tmp_path, tiny_model_dir):
     data = tmp_path / "sft.jsonl"
-    data.write_text(json.dumps({"id": "a", "prompt": [{"role": "user", "content": "Say hi"}],
-                                "completion": [{"role": "assistant", "content": "hello there"}]}) + "\n")
+    data.write_text(
+        json.dumps(
+            {
+                "id": "a",
+                "prompt": [{"role": "user", "content": "Say hi"}],
+                "completion": [{"role": "assistant", "content": "hello there"}],
+            }
+        )
+        + "\n"
+    )
     result = runner.invoke(app, ["inspect", "masks", "--data", str(data), "--model", str(tiny_model_dir)])
     assert result.exit_code == 0, result.output
     assert "a: 3 of" in result.output and "hello there" in result.output

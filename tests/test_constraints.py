@@ -7,26 +7,62 @@ CASES = {
     "lowercase": ({}, ["all quiet here.\nno capitals at all."], ["Not lowercase.", "12345"]),
     "uppercase": ({}, ["ALL CAPS HERE, 42 TIMES."], ["MOSTLY CAPS but not all", "123"]),
     "no_commas": ({}, ["No commas here. None at all."], ["One, two."]),
-    "word_count": ({"relation": "at most", "n": 5}, ["Just four words here."], ["This sentence has far more than five words."]),
+    "word_count": (
+        {"relation": "at most", "n": 5},
+        ["Just four words here."],
+        ["This sentence has far more than five words."],
+    ),
     "sentence_count": ({"relation": "at least", "n": 3}, ["One. Two! Three?"], ["Only one sentence here. And two."]),
-    "paragraph_count": ({"n": 2}, ["First paragraph.\n\nSecond paragraph."], ["One paragraph.\nStill the same one.", "A.\n\nB.\n\nC."]),
+    "paragraph_count": (
+        {"n": 2},
+        ["First paragraph.\n\nSecond paragraph."],
+        ["One paragraph.\nStill the same one.", "A.\n\nB.\n\nC."],
+    ),
     "bullet_count": ({"n": 3}, ["Intro:\n* one\n* two\n- three"], ["* one\n* two", "*not a bullet\n* a\n* b"]),
     "title": ({}, ["<<The Sea>>\nIt is blue."], ["The Sea\nIt is blue.", "<<>> empty title"]),
-    "json_format": ({}, ['{"a": 1}', '```json\n{"a": [1, 2]}\n```'], ["{'a': 1}", "Here is JSON: {\"a\": 1}"]),
+    "json_format": ({}, ['{"a": 1}', '```json\n{"a": [1, 2]}\n```'], ["{'a': 1}", 'Here is JSON: {"a": 1}']),
     "quoted": ({}, ['"The whole answer is quoted."'], ['"Quoted" but then more.', '""']),
-    "end_phrase": ({"phrase": "That is all."}, ["Blue is calm. That is all.  \n"], ["That is all. More words.", "That is all"]),
+    "end_phrase": (
+        {"phrase": "That is all."},
+        ["Blue is calm. That is all.  \n"],
+        ["That is all. More words.", "That is all"],
+    ),
     "start_phrase": ({"phrase": "Sure thing."}, ["  Sure thing. Here it is."], ["Here it is. Sure thing."]),
     "first_word": ({"paragraph": 1, "word": "today"}, ["Today, we talk.\n\nThen more."], ["We talk today.", ""]),
-    "include_keywords": ({"keywords": ["river", "stone"]}, ["A Stone sat by the river."], ["A stone sat by the sea.", "Stones by rivers."]),
+    "include_keywords": (
+        {"keywords": ["river", "stone"]},
+        ["A Stone sat by the river."],
+        ["A stone sat by the sea.", "Stones by rivers."],
+    ),
     "forbidden_words": ({"keywords": ["the"]}, ["A cat sat on a mat. Theatre is fine."], ["The cat sat."]),
-    "keyword_frequency": ({"relation": "at least", "n": 2, "keyword": "water"}, ["Water, more water."], ["Water once; waterfall is another word."]),
+    "keyword_frequency": (
+        {"relation": "at least", "n": 2, "keyword": "water"},
+        ["Water, more water."],
+        ["Water once; waterfall is another word."],
+    ),
     "letter_frequency": ({"relation": "at most", "n": 1, "letter": "z"}, ["A lazy dog."], ["Zany zebras."]),
     "placeholders": ({"n": 2}, ["Send it to [name] at [address]."], ["Send it to [name].", "No brackets."]),
     "postscript": ({"phrase": "P.S."}, ["Main text.\n\nP.S. One more thing."], ["Main text. P.S.", "Main text."]),
-    "highlighted_sections": ({"n": 2}, ["An *important* point and **another**."], ["Only *one* highlight.", "Math 2 * 3 * 4."]),
-    "numbered_sections": ({"n": 2}, ["SECTION 1\nIntro.\nSECTION 2\nEnd."], ["SECTION 1\nOnly one.", "Section 1\nsection 2"]),
-    "fixed_options": ({"options": ["My answer is yes.", "My answer is no."]}, ["My answer is no."], ["Maybe.", "My answer is yes. My answer is no."]),
-    "two_answers": ({}, ["First answer.\n******\nSecond answer."], ["Only one answer.", "Same.\n******\nSame.", "a ****** b ****** c"]),
+    "highlighted_sections": (
+        {"n": 2},
+        ["An *important* point and **another**."],
+        ["Only *one* highlight.", "Math 2 * 3 * 4."],
+    ),
+    "numbered_sections": (
+        {"n": 2},
+        ["SECTION 1\nIntro.\nSECTION 2\nEnd."],
+        ["SECTION 1\nOnly one.", "Section 1\nsection 2"],
+    ),
+    "fixed_options": (
+        {"options": ["My answer is yes.", "My answer is no."]},
+        ["My answer is no."],
+        ["Maybe.", "My answer is yes. My answer is no."],
+    ),
+    "two_answers": (
+        {},
+        ["First answer.\n******\nSecond answer."],
+        ["Only one answer.", "Same.\n******\nSame.", "a ****** b ****** c"],
+    ),
     "capital_words": ({"relation": "at least", "n": 2}, ["This is VERY IMPORTANT."], ["Only ONE stressed word. I am."]),
 }
 
@@ -49,7 +85,7 @@ def test_checker_on_hand_written_texts(name):
 def test_instruction_is_rendered_from_parameters(name):
     kwargs, _, _ = CASES[name]
     sentence = describe(name, kwargs)
-    assert sentence.endswith((".", ":", "*", "P.S.", "\"")) and len(sentence) > 20
+    assert sentence.endswith((".", ":", "*", "P.S.", '"')) and len(sentence) > 20
     for value in kwargs.values():
         shown = value if isinstance(value, list) else [value]
         for item in shown:
@@ -66,7 +102,7 @@ def test_every_pool_and_wording_renders_in_both_splits():
             for wording in kind.wording_ids(split):
                 kwargs = kind.sample_kwargs(rng, split)
                 sentence = describe(kind.name, kwargs, wording)
-                assert "{" not in sentence.replace("{\"", ""), sentence  # every field filled in
+                assert "{" not in sentence.replace('{"', ""), sentence  # every field filled in
     with pytest.raises(ValueError, match="no wording"):
         describe("lowercase", {}, "eval-9")
 
@@ -88,7 +124,7 @@ def test_empty_or_blank_text_never_passes(name):
 
 
 def test_parameter_schema_rejects_bad_kwargs():
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):  # pydantic's ValidationError
         check("word_count", "text", {"relation": "about", "n": 5})
     with pytest.raises(ValueError, match="unknown constraint type"):
         check("no_such", "text", {})

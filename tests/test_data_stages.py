@@ -4,15 +4,14 @@ import pytest
 
 from selftune.config import load_config
 from selftune.constraints import CONSTRAINTS
-from selftune.errors import ConfigError, RecordError
+from selftune.errors import ConfigError, NoTrainingDataError, RecordError
 from selftune.prompts import FORMS, TOPICS, build_prompts, import_prompts, prompts_stage
 from selftune.records import read_records
 from selftune.runs import Run
-from selftune.sample import sample_stage, yield_stats
+from selftune.sample import sample_stage
 from selftune.scoring import ConstraintScorer, JudgeScorer, RewardModelScorer, parse_judge_score
 from selftune.sft_data import sft_data_stage
 from tests.conftest import MockGenerator
-
 
 # ---- prompts ------------------------------------------------------------------------------
 
@@ -28,12 +27,26 @@ def test_builtin_prompts_are_deterministic_and_sized():
 def test_eval_tasks_and_constraint_values_never_occur_in_train():
     records = build_prompts(300, 100, seed=0)
     assert not set(TOPICS["train"]) & set(TOPICS["eval"]) and not set(FORMS["train"]) & set(FORMS["eval"])
+
     def task(r):
         return r.messages[0].content.split(". ")[0]
+
     train_tasks = {task(r) for r in records if r.split == "train"}
     assert not train_tasks & {task(r) for r in records if r.split == "eval"}
-    train_values = {(c.type, json.dumps(c.kwargs, sort_keys=True)) for r in records if r.split == "train" for c in r.constraints if c.kwargs}
-    eval_values = {(c.type, json.dumps(c.kwargs, sort_keys=True)) for r in records if r.split == "eval" for c in r.constraints if c.kwargs}
+    train_values = {
+        (c.type, json.dumps(c.kwargs, sort_keys=True))
+        for r in records
+        if r.split == "train"
+        for c in r.constraints
+        if c.kwargs
+    }
+    eval_values = {
+        (c.type, json.dumps(c.kwargs, sort_keys=True))
+        for r in records
+        if r.split == "eval"
+        for c in r.constraints
+        if c.kwargs
+    }
     assert eval_values and not train_values & eval_values
     # Every constraint type appears in the default train set.
     assert {c.type for r in records if r.split == "train" for c in r.constraints} == set(CONSTRAINTS)
@@ -105,8 +118,12 @@ def test_prompt_file_with_bad_line_fails_and_leaves_run_untouched(tmp_path):
     prompts_stage(run, cfg)
     before = {p: p.read_bytes() for p in run.root.rglob("*") if p.is_file()}
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"id": "a", "messages": [{"role": "user", "content": "x"}], "constraints": [{"type": "lowercase"}]}) + "\n"
-                   + json.dumps({"id": "b", "messages": [{"role": "user"}]}) + "\n")
+    bad.write_text(
+        json.dumps({"id": "a", "messages": [{"role": "user", "content": "x"}], "constraints": [{"type": "lowercase"}]})
+        + "\n"
+        + json.dumps({"id": "b", "messages": [{"role": "user"}]})
+        + "\n"
+    )
     with pytest.raises(RecordError) as caught:
         sample_stage(run, cfg, prompts_path=bad, generator=MockGenerator(["x"]))
     assert str(caught.value) == f"{bad}:2: messages[0].content: missing"
@@ -125,7 +142,9 @@ def _prompt(constraints):
 
 def test_constraint_scorer_fraction_and_pass():
     prompt = _prompt([{"type": "lowercase"}, {"type": "no_commas"}])
-    full, half, none = ConstraintScorer(quality_checks=False).score(prompt, ["all good here", "all good, mostly", "Bad, bad"])
+    full, half, none = ConstraintScorer(quality_checks=False).score(
+        prompt, ["all good here", "all good, mostly", "Bad, bad"]
+    )
     assert (full.score, full.passed) == (1.0, True)
     assert (half.score, half.passed) == (0.5, False) and half.checks == {"lowercase#0": True, "no_commas#1": False}
     assert (none.score, none.passed) == (0.0, False)
@@ -136,15 +155,27 @@ def test_constraint_scorer_fraction_and_pass():
 def test_quality_checks_fail_truncated_and_looping_answers():
     prompt = _prompt([{"type": "lowercase"}])
     done, cut, looping, listed = ConstraintScorer().score(
-        prompt, ["a finished answer.", "an answer cut off in the", "we go round and " * 10 + "done.", "items:\n* one\n* two"])
+        prompt,
+        ["a finished answer.", "an answer cut off in the", "we go round and " * 10 + "done.", "items:\n* one\n* two"],
+    )
     assert done.passed and done.checks == {"lowercase#0": True, "complete": True, "no_repetition": True}
     assert not cut.checks["complete"] and cut.score == pytest.approx(2 / 3)
     assert not looping.checks["no_repetition"] and not looping.passed
     assert listed.passed
 
 
-@pytest.mark.parametrize("text,expected", [("Score: 7", 0.7), ("score = 10/10", 1.0), ("I'd say 4/10.", 0.4),
-                                           ("8", 0.8), ("Score: 3/5", 0.6), ("no idea", None), ("Score: 12", None)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("Score: 7", 0.7),
+        ("score = 10/10", 1.0),
+        ("I'd say 4/10.", 0.4),
+        ("8", 0.8),
+        ("Score: 3/5", 0.6),
+        ("no idea", None),
+        ("Score: 12", None),
+    ],
+)
 def test_judge_score_parsing(text, expected):
     assert parse_judge_score(text) == expected
 
@@ -192,10 +223,14 @@ def test_the_configured_reward_model_scorer_can_pass_an_answer(tmp_path, tiny_mo
         model.score.weight.zero_()  # a neutral reward model: logit 0, score sigmoid(0) = 0.5 for every answer
     model.save_pretrained(tmp_path / "rm")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "rm")
-    defaults = {kind: load_config("demo", overrides=[f"sample.scorer.kind={kind}"]).sample.scorer.pass_threshold
-                for kind in ("constraints", "judge", "reward-model")}
+    defaults = {
+        kind: load_config("demo", overrides=[f"sample.scorer.kind={kind}"]).sample.scorer.pass_threshold
+        for kind in ("constraints", "judge", "reward-model")
+    }
     assert defaults == {"constraints": 1.0, "judge": 0.7, "reward-model": 0.5}
-    cfg = load_config("demo", overrides=["sample.scorer.kind=reward-model", f"sample.scorer.reward_model={tmp_path / 'rm'}"])
+    cfg = load_config(
+        "demo", overrides=["sample.scorer.kind=reward-model", f"sample.scorer.reward_model={tmp_path / 'rm'}"]
+    )
     with make_scorer(cfg, None) as scorer:
         results = scorer.score(_prompt([]), ["short", "The sea is calm today."])
     assert [r.score for r in results] == [0.5, 0.5] and all(r.passed for r in results)
@@ -234,12 +269,22 @@ def test_yield_statistics(tmp_path):
 
 
 def test_sft_data_keeps_only_sampled_passing_answers(tmp_path):
-    cfg = load_config("tiny", overrides=["sample.k=4", "prompts.n_train=40", "sample.scorer.pass_threshold=1.0",
-                                         "sft_data.repair=false"])
+    cfg = load_config(
+        "tiny",
+        overrides=["sample.k=4", "prompts.n_train=40", "sample.scorer.pass_threshold=1.0", "sft_data.repair=false"],
+    )
     run = Run(tmp_path / "run")
     prompts_stage(run, cfg)
-    pool = ["all lowercase, short", "ALL CAPS", "<<Title>>\n* a\n* b", "Sure thing. Fine. That is all.",
-            '"quoted"', "SECTION 1\nx\nSECTION 2\ny", '{"a": 1}', "word " * 60]
+    pool = [
+        "all lowercase, short",
+        "ALL CAPS",
+        "<<Title>>\n* a\n* b",
+        "Sure thing. Fine. That is all.",
+        '"quoted"',
+        "SECTION 1\nx\nSECTION 2\ny",
+        '{"a": 1}',
+        "word " * 60,
+    ]
     sample_stage(run, cfg, generator=MockGenerator(lambda i: [pool[(i + s) % len(pool)] for s in range(4)]))
     out = sft_data_stage(run, cfg)
     samples = read_records(run.output_of("sample", "samples"), "samples")
@@ -259,8 +304,10 @@ def test_sft_data_repairs_prompts_without_a_passing_answer(tmp_path):
     cfg = load_config("tiny", overrides=["sample.k=2", "prompts.n_train=40", "sample.scorer.pass_threshold=1.0"])
     run = Run(tmp_path / "run")
     prompts_stage(run, cfg)
-    pool = ["The Sea Is Calm. Boats Drift Slowly, And Gulls Cry. Nights Are Cold. The Shore Is Quiet. Stars Rise.",
-            "Waves come in. They go out again, all day long. Children play near the water. The sun sets late. Then"]
+    pool = [
+        "The Sea Is Calm. Boats Drift Slowly, And Gulls Cry. Nights Are Cold. The Shore Is Quiet. Stars Rise.",
+        "Waves come in. They go out again, all day long. Children play near the water. The sun sets late. Then",
+    ]
     sample_stage(run, cfg, generator=MockGenerator(pool))
     examples = read_records(sft_data_stage(run, cfg), "sft")
     samples = read_records(run.output_of("sample", "samples"), "samples")
@@ -284,14 +331,18 @@ def test_a_changed_pass_threshold_reruns_sft_data(tmp_path):
     run = Run(tmp_path / "run", reuse=True)
     prompts_stage(run, cfg)
     sample_stage(run, cfg, generator=MockGenerator(["yes, a short answer.", "No"]))
-    loose_cfg = load_config("tiny", overrides=["sample.k=2", "prompts.n_train=12", "sft_data.repair=false",
-                                               "sample.scorer.pass_threshold=0.1"])
-    strict_cfg = load_config("tiny", overrides=["sample.k=2", "prompts.n_train=12", "sft_data.repair=false",
-                                                "sample.scorer.pass_threshold=1.0"])
+    loose_cfg = load_config(
+        "tiny",
+        overrides=["sample.k=2", "prompts.n_train=12", "sft_data.repair=false", "sample.scorer.pass_threshold=0.1"],
+    )
+    strict_cfg = load_config(
+        "tiny",
+        overrides=["sample.k=2", "prompts.n_train=12", "sft_data.repair=false", "sample.scorer.pass_threshold=1.0"],
+    )
     loose = len(read_records(sft_data_stage(run, loose_cfg), "sft"))
     try:
         strict = len(read_records(sft_data_stage(run, strict_cfg), "sft"))
-    except ValueError:  # no sample passes every check: nothing to train on, said by name
+    except NoTrainingDataError:  # no sample passes every check: nothing to train on, said by name
         strict = 0
     assert strict < loose
 
@@ -302,8 +353,11 @@ def test_tie_break_and_dedupe():
 
     prompt = PromptRecord(id="p", messages=[{"role": "user", "content": "Hi"}], constraints=[{"type": "lowercase"}])
     twin = PromptRecord(id="q", messages=[{"role": "user", "content": "Hi"}], constraints=[{"type": "lowercase"}])
-    samples = [SampleRecord(prompt_id=pid, model="m", completion=text, score=score, sample_index=i)
-               for pid in ("p", "q") for i, (text, score) in enumerate([("a longer one", 1.0), ("short", 1.0), ("No", 0.0)])]
+    samples = [
+        SampleRecord(prompt_id=pid, model="m", completion=text, score=score, sample_index=i)
+        for pid in ("p", "q")
+        for i, (text, score) in enumerate([("a longer one", 1.0), ("short", 1.0), ("No", 0.0)])
+    ]
     shortest, stats = select_examples([prompt, twin], samples, tie_break="shortest")
     assert [e.completion[0].content for e in shortest] == ["short"] and stats["duplicates_dropped"] == 1
     longest, _ = select_examples([prompt, twin], samples, tie_break="longest")
@@ -316,8 +370,9 @@ def test_retry_rounds_sample_again_only_the_prompts_without_a_passing_answer(tmp
     from selftune.generation import Completion
     from selftune.repair import repair_answer
 
-    cfg = load_config("tiny", overrides=["sample.k=2", "sample.retry_rounds=2", "sample.retry_k=3",
-                                         "sample.early_rejection=false"])
+    cfg = load_config(
+        "tiny", overrides=["sample.k=2", "sample.retry_rounds=2", "sample.retry_k=3", "sample.early_rejection=false"]
+    )
     run = Run(tmp_path / "run")
     prompts_stage(run, cfg)
     records = {r.messages[0].content: r for r in read_records(run.output_of("prompts", "prompts"), "prompts")}
@@ -325,6 +380,7 @@ def test_retry_rounds_sample_again_only_the_prompts_without_a_passing_answer(tmp
 
     class Stubborn:
         """Fails everything in the first pass; in each retry, passes the even-numbered prompts it is given."""
+
         name = "stubborn"
         calls: list = []
 

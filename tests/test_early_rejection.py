@@ -12,15 +12,56 @@ from selftune.constraints import CONSTRAINTS, EARLY_FAIL, check, fails_early
 
 # Characters the rules look at: cases, commas, sentence and paragraph breaks, bullets, quotes,
 # brackets, stars, digits, and the words and phrases the parameters use.
-PIECES = ["a", "B", "the", "The", "THE", " ", " ", "\n", "\n\n", ",", ".", "!", "?", "*", "* ", "- ", '"', "{", "}",
-          "[", "]", "1", "2", "SECTION 1", "SECTION 2", "SECTION 3", "******", "today", "Today", "water", "z",
-          "Sure thing.", "Sure", "I agree.", "I disagree.", "'", "-", "é", "É", "ß", "\t"]
+PIECES = [
+    "a",
+    "B",
+    "the",
+    "The",
+    "THE",
+    " ",
+    " ",
+    "\n",
+    "\n\n",
+    ",",
+    ".",
+    "!",
+    "?",
+    "*",
+    "* ",
+    "- ",
+    '"',
+    "{",
+    "}",
+    "[",
+    "]",
+    "1",
+    "2",
+    "SECTION 1",
+    "SECTION 2",
+    "SECTION 3",
+    "******",
+    "today",
+    "Today",
+    "water",
+    "z",
+    "Sure thing.",
+    "Sure",
+    "I agree.",
+    "I disagree.",
+    "'",
+    "-",
+    "é",
+    "É",
+    "ß",
+    "\t",
+]
 texts = st.lists(st.sampled_from(PIECES), max_size=40).map("".join)
 
 # Parameters per type: the pools of both splits plus hand-picked edges.
 PARAMS = {
     name: [kind.sample_kwargs(random.Random(seed), split) for seed in range(6) for split in ("train", "eval")]
-    for name, kind in CONSTRAINTS.items() if name in EARLY_FAIL
+    for name, kind in CONSTRAINTS.items()
+    if name in EARLY_FAIL
 }
 PARAMS["word_count"] += [{"relation": "at most", "n": 1}, {"relation": "at most", "n": 3}]
 PARAMS["sentence_count"] += [{"relation": "at most", "n": 1}, {"relation": "at most", "n": 2}]

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from selftune.constraints import check
-from selftune.errors import ConfigError
 from selftune.engine import ENGINE_TOLERANCE, ContinuousGenerator, engine_supports
+from selftune.errors import ConfigError
 from selftune.generation import HFGenerator, SamplingParams, encode_prompt, make_generator
 from selftune.models import load_model, load_tokenizer
 from selftune.records import PromptRecord
@@ -29,8 +29,10 @@ def answers(results):
     return [[(c.text, c.finish_reason, c.completion_tokens, c.seed) for c in completions] for completions in results]
 
 
-@pytest.mark.parametrize("params", [SamplingParams(max_new_tokens=14),
-                                    SamplingParams(n=3, temperature=1.0, top_p=0.9, max_new_tokens=14, seed=5)])
+@pytest.mark.parametrize(
+    "params",
+    [SamplingParams(max_new_tokens=14), SamplingParams(n=3, temperature=1.0, top_p=0.9, max_new_tokens=14, seed=5)],
+)
 @pytest.mark.parametrize("slots", [4, 64])
 def test_engine_gives_the_hf_backends_answers(tiny, params, slots):
     model, tokenizer = tiny
@@ -67,22 +69,40 @@ def test_stop_at_end_of_turn_and_at_the_token_cap(tiny):
 
 
 PROMPTS = [
-    PromptRecord(id="a", messages=[{"role": "user", "content": "Write in lowercase."}],
-                 constraints=[{"type": "lowercase", "kwargs": {}}]),
-    PromptRecord(id="b", messages=[{"role": "user", "content": "No commas and at most 6 words."}],
-                 constraints=[{"type": "no_commas", "kwargs": {}}, {"type": "word_count", "kwargs": {"relation": "at most", "n": 6}}]),
-    PromptRecord(id="c", messages=[{"role": "user", "content": "Wrap it in quotes."}],
-                 constraints=[{"type": "quoted", "kwargs": {}}]),
-    PromptRecord(id="d", messages=[{"role": "user", "content": "Give it a title."}],
-                 constraints=[{"type": "title", "kwargs": {}}]),
+    PromptRecord(
+        id="a",
+        messages=[{"role": "user", "content": "Write in lowercase."}],
+        constraints=[{"type": "lowercase", "kwargs": {}}],
+    ),
+    PromptRecord(
+        id="b",
+        messages=[{"role": "user", "content": "No commas and at most 6 words."}],
+        constraints=[
+            {"type": "no_commas", "kwargs": {}},
+            {"type": "word_count", "kwargs": {"relation": "at most", "n": 6}},
+        ],
+    ),
+    PromptRecord(
+        id="c",
+        messages=[{"role": "user", "content": "Wrap it in quotes."}],
+        constraints=[{"type": "quoted", "kwargs": {}}],
+    ),
+    PromptRecord(
+        id="d",
+        messages=[{"role": "user", "content": "Give it a title."}],
+        constraints=[{"type": "title", "kwargs": {}}],
+    ),
 ]
 
 
 @pytest.mark.parametrize("backend", ["continuous", "hf"])
 def test_early_rejection_cuts_only_doomed_answers(tiny, backend):
     model, tokenizer = tiny
-    generator = ContinuousGenerator(model, tokenizer, batch_size=5) if backend == "continuous" else \
-        HFGenerator(model, tokenizer, batch_size=8)
+    generator = (
+        ContinuousGenerator(model, tokenizer, batch_size=5)
+        if backend == "continuous"
+        else HFGenerator(model, tokenizer, batch_size=8)
+    )
     prompts = [[m.model_dump() for m in p.messages] for p in PROMPTS]
     params = SamplingParams(n=6, temperature=1.0, max_new_tokens=16, seed=3)
     full = generator.generate(prompts, params)

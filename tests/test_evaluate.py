@@ -8,18 +8,31 @@ from selftune.records import PairRecord, PromptRecord
 from tests.conftest import build_tiny_model
 
 PROMPTS = [
-    PromptRecord(id="a", messages=[{"role": "user", "content": "lowercase please"}], constraints=[{"type": "lowercase"}], split="eval"),
-    PromptRecord(id="b", messages=[{"role": "user", "content": "title and no commas"}],
-                 constraints=[{"type": "title"}, {"type": "no_commas"}], split="eval"),
-    PromptRecord(id="c", messages=[{"role": "user", "content": "end phrase"}],
-                 constraints=[{"type": "end_phrase", "kwargs": {"phrase": "That is all."}}], split="eval"),
+    PromptRecord(
+        id="a",
+        messages=[{"role": "user", "content": "lowercase please"}],
+        constraints=[{"type": "lowercase"}],
+        split="eval",
+    ),
+    PromptRecord(
+        id="b",
+        messages=[{"role": "user", "content": "title and no commas"}],
+        constraints=[{"type": "title"}, {"type": "no_commas"}],
+        split="eval",
+    ),
+    PromptRecord(
+        id="c",
+        messages=[{"role": "user", "content": "end phrase"}],
+        constraints=[{"type": "end_phrase", "kwargs": {"phrase": "That is all."}}],
+        split="eval",
+    ),
 ]
 
 
 def test_strict_and_loose_accuracy_on_hand_written_answers():
     answers = [
         "Sure! Here it is:\nall lowercase words",  # strict fails (capital S), loose passes (first line dropped)
-        "<<my title>>\nno commas here",           # both constraints pass
+        "<<my title>>\nno commas here",  # both constraints pass
         "The end. That is all.\n*Note: thanks*",  # strict fails (trailing line); loose passes without last line
     ]
     metrics, details = instruction_following(PROMPTS, answers)
@@ -32,9 +45,16 @@ def test_strict_and_loose_accuracy_on_hand_written_answers():
 
 
 def _pairs():
-    return [PairRecord(id=f"p{i}", prompt=[{"role": "user", "content": f"q{i}"}],
-                       chosen=[{"role": "assistant", "content": "good answer"}],
-                       rejected=[{"role": "assistant", "content": f"bad {i}"}], negative_source="policy") for i in range(3)]
+    return [
+        PairRecord(
+            id=f"p{i}",
+            prompt=[{"role": "user", "content": f"q{i}"}],
+            chosen=[{"role": "assistant", "content": "good answer"}],
+            rejected=[{"role": "assistant", "content": f"bad {i}"}],
+            negative_source="policy",
+        )
+        for i in range(3)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +73,16 @@ def test_model_equal_to_reference_has_zero_margins(tiny_model_dir):
 
 def test_base_answers_do_not_depend_on_evaluation_order(tiny_model_dir, second_model):
     cfg = load_config("tiny", overrides=["evaluate.cache_answers=false"])  # each order generates its own answers
-    first = evaluate_models([("base", str(tiny_model_dir)), ("other", str(second_model))], PROMPTS, _pairs(), cfg, reference="base")
-    last = evaluate_models([("other", str(second_model)), ("base", str(tiny_model_dir))], PROMPTS, _pairs(), cfg, reference="base")
+    first = evaluate_models(
+        [("base", str(tiny_model_dir)), ("other", str(second_model))], PROMPTS, _pairs(), cfg, reference="base"
+    )
+    last = evaluate_models(
+        [("other", str(second_model)), ("base", str(tiny_model_dir))], PROMPTS, _pairs(), cfg, reference="base"
+    )
+
     def answers(results, name):
         return [a["answer"] for a in results["answers"] if a["model"] == name]
+
     assert answers(first, "base") == answers(last, "base")
     assert first["models"]["other"]["vs_base"]["prompts"] == len(PROMPTS) and "vs_base" not in first["models"]["base"]
     assert answers(first, "base") != answers(first, "other")
@@ -77,8 +103,12 @@ def test_a_surviving_model_reference_stops_the_loop(tiny_model_dir, monkeypatch,
 
     monkeypatch.setattr(generator_class, "__init__", leaky_init)
     with pytest.raises(ModelLeakError, match="still referenced"):
-        evaluate_models([("base", str(tiny_model_dir)), ("sft", str(tiny_model_dir))], PROMPTS, [],
-                        load_config("tiny", overrides=[f"generation.backend={backend}"]))
+        evaluate_models(
+            [("base", str(tiny_model_dir)), ("sft", str(tiny_model_dir))],
+            PROMPTS,
+            [],
+            load_config("tiny", overrides=[f"generation.backend={backend}"]),
+        )
 
 
 def test_cached_answers_are_reused_only_for_the_same_weights_prompts_and_settings(tiny_model_dir, second_model):
@@ -90,15 +120,21 @@ def test_cached_answers_are_reused_only_for_the_same_weights_prompts_and_setting
     assert again["models"]["base"]["peak_memory_gib"] is None  # no pairs: the model was not even loaded
     assert [a["answer"] for a in again["answers"] if a["model"] == "base"] == [a["answer"] for a in first["answers"]]
     longer = load_config("tiny", overrides=["evaluate.max_new_tokens=9"])
-    assert not evaluate_models([("base", str(tiny_model_dir))], PROMPTS, [], longer)["models"]["base"]["answers_from_cache"]
-    assert not evaluate_models([("base", str(tiny_model_dir))], PROMPTS[:2], [], cfg)["models"]["base"]["answers_from_cache"]
+    assert not evaluate_models([("base", str(tiny_model_dir))], PROMPTS, [], longer)["models"]["base"][
+        "answers_from_cache"
+    ]
+    assert not evaluate_models([("base", str(tiny_model_dir))], PROMPTS[:2], [], cfg)["models"]["base"][
+        "answers_from_cache"
+    ]
 
 
 @pytest.fixture(scope="module")
 def big_models(tmp_path_factory, smollm_tokenizer_dir):
     # Weights must dominate memory for the ratio to mean anything: ~110M parameters, ~440 MB fp32.
-    return [build_tiny_model(tmp_path_factory.mktemp(f"big{i}"), smollm_tokenizer_dir, hidden=1024, layers=6, seed=i)
-            for i in range(3)]
+    return [
+        build_tiny_model(tmp_path_factory.mktemp(f"big{i}"), smollm_tokenizer_dir, hidden=1024, layers=6, seed=i)
+        for i in range(3)
+    ]
 
 
 _PEAK_SCRIPT = """
@@ -127,8 +163,12 @@ def test_three_models_peak_like_one(big_models):
     import sys
 
     def peak_delta(models):
-        done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, PROMPTS[0].model_dump_json(), json.dumps(models)],
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", _PEAK_SCRIPT, PROMPTS[0].model_dump_json(), json.dumps(models)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         outcome = json.loads(done.stdout.strip().splitlines()[-1])
         return max(0, outcome["delta"]), outcome["reported"]
 
@@ -146,7 +186,7 @@ def test_paired_comparison_gives_the_gain_its_noise():
     ours = [True] * 10 + [False] * 30 + [True] * 10  # 10 prompts won, none lost
     result = paired_comparison(ours, theirs)
     assert result["delta"] == pytest.approx(0.2) and (result["wins"], result["losses"]) == (10, 0)
-    assert result["p_value"] == pytest.approx(2 * 0.5 ** 10, abs=1e-4)  # McNemar exact, two-sided
+    assert result["p_value"] == pytest.approx(2 * 0.5**10, abs=1e-4)  # McNemar exact, two-sided
     low, high = result["ci95"]
     assert 0 < low < 0.2 < high
     mixed = paired_comparison([True, False] * 25, [False, True] * 25)  # 25 won, 25 lost
@@ -173,8 +213,17 @@ class _Judge:
         return out
 
 
-@pytest.mark.parametrize("text,verdict", [("Winner: A", "A"), ("winner = b.", "B"), ("Winner: tie", "tie"),
-                                          ("**Winner:** **A**", "A"), ("B", "B"), ("I like both", None)])
+@pytest.mark.parametrize(
+    "text,verdict",
+    [
+        ("Winner: A", "A"),
+        ("winner = b.", "B"),
+        ("Winner: tie", "tie"),
+        ("**Winner:** **A**", "A"),
+        ("B", "B"),
+        ("I like both", None),
+    ],
+)
 def test_pairwise_verdict_parsing(text, verdict):
     from selftune.scoring import parse_pairwise_verdict
 
@@ -217,8 +266,12 @@ def test_each_rounds_dpo_model_is_measured_against_its_own_rounds_sft_model(tmp_
             write_jsonl(context.dir / f"{name}.jsonl", rows)
             context.add_output(name, context.dir / f"{name}.jsonl")
     cfg = load_config("tiny", overrides=["evaluate.models=[sft, dpo]", "rounds=2"])
-    models = [("sft-r1", str(tiny_model_dir)), ("dpo-r1", str(tiny_model_dir)),
-              ("sft-r2", str(second_model)), ("dpo-r2", str(second_model))]
+    models = [
+        ("sft-r1", str(tiny_model_dir)),
+        ("dpo-r1", str(tiny_model_dir)),
+        ("sft-r2", str(second_model)),
+        ("dpo-r2", str(second_model)),
+    ]
     results = json.loads(evaluate_stage(run, cfg, round_number=2, models=models).read_text())
     for name in ("dpo-r1", "dpo-r2"):
         assert results["models"][name]["pairs"]["reward_margin"]["all"] == 0.0, name
@@ -235,12 +288,22 @@ def test_pair_metrics_truncate_and_mask_as_dpo_trained(tiny_model_dir):
     from selftune.models import load_model, load_tokenizer
 
     long_answer = " ".join(["the waves roll in slowly under a grey sky"] * 12)
-    pairs = [PairRecord(id="long", prompt=[{"role": "user", "content": "q"}],
-                        chosen=[{"role": "assistant", "content": long_answer}],
-                        rejected=[{"role": "assistant", "content": "no"}], negative_source="policy"),
-             PairRecord(id="cut", prompt=[{"role": "user", "content": "q " * 80}],
-                        chosen=[{"role": "assistant", "content": "yes"}],
-                        rejected=[{"role": "assistant", "content": "no"}], negative_source="policy")]
+    pairs = [
+        PairRecord(
+            id="long",
+            prompt=[{"role": "user", "content": "q"}],
+            chosen=[{"role": "assistant", "content": long_answer}],
+            rejected=[{"role": "assistant", "content": "no"}],
+            negative_source="policy",
+        ),
+        PairRecord(
+            id="cut",
+            prompt=[{"role": "user", "content": "q " * 80}],
+            chosen=[{"role": "assistant", "content": "yes"}],
+            rejected=[{"role": "assistant", "content": "no"}],
+            negative_source="policy",
+        ),
+    ]
     cfg = load_config("tiny", overrides=["dpo.max_length=64"])
     results = evaluate_models([("sft", str(tiny_model_dir))], PROMPTS, pairs, cfg)
     metrics = results["models"]["sft"]["pairs"]

@@ -40,7 +40,9 @@ def test_sampling_is_reproducible_and_batch_independent(tiny):
     assert texts(reordered)[::-1] == texts(first)
     # Samples differ from each other, and another seed gives other answers.
     assert len(set(texts(first)[1])) > 1
-    other = HFGenerator(model, tokenizer, batch_size=16).generate(CHAT_PROMPTS, SamplingParams(**{**params.__dict__, "seed": 8}))
+    other = HFGenerator(model, tokenizer, batch_size=16).generate(
+        CHAT_PROMPTS, SamplingParams(**{**params.__dict__, "seed": 8})
+    )
     assert texts(other) != texts(first)
     assert all(c.seed is not None for row in first for c in row)
 

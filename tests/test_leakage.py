@@ -48,12 +48,18 @@ def builtin_texts() -> list[str]:
 
 def file_sentences(path: str | Path) -> set[str]:
     """Digests of the sentences of every prompt in a benchmark JSONL file."""
-    return {digest(s) for line in Path(path).read_text().splitlines() if line.strip()
-            for s in sentences(json.loads(line)["prompt"])}
+    return {
+        digest(s)
+        for line in Path(path).read_text().splitlines()
+        if line.strip()
+        for s in sentences(json.loads(line)["prompt"])
+    }
 
 
 def benchmark_sentences() -> set[str]:
-    known = {line.strip() for line in FINGERPRINTS.read_text().splitlines() if line.strip() and not line.startswith("#")}
+    known = {
+        line.strip() for line in FINGERPRINTS.read_text().splitlines() if line.strip() and not line.startswith("#")
+    }
     for path in filter(None, os.environ.get("SELFTUNE_BENCHMARK_FILES", "").split(os.pathsep)):
         known |= file_sentences(path)
     return known
@@ -89,7 +95,9 @@ def test_no_eval_prompt_text_occurs_in_train():
 @pytest.mark.skipif(not os.environ.get("SELFTUNE_BENCHMARK_FILES"), reason="benchmark files not given")
 def test_fingerprint_file_is_current():
     # With the files at hand, every sentence of theirs is in the stored digests.
-    stored = {line.strip() for line in FINGERPRINTS.read_text().splitlines() if line.strip() and not line.startswith("#")}
+    stored = {
+        line.strip() for line in FINGERPRINTS.read_text().splitlines() if line.strip() and not line.startswith("#")
+    }
     assert benchmark_sentences() <= stored
 
 
@@ -99,7 +107,9 @@ def write_fingerprints(paths: list[str]) -> int:
     FINGERPRINTS.write_text(
         "# sha256 (first 16 hex digits) of each normalized sentence of 4+ words of IFEval's input_data.jsonl\n"
         "# (541 prompts) and IFBench_test.jsonl (300 prompts); written by `python tests/test_leakage.py FILES`.\n"
-        + "\n".join(sorted(known)) + "\n")
+        + "\n".join(sorted(known))
+        + "\n"
+    )
     return len(known)
 
 

@@ -7,16 +7,25 @@ from hypothesis import strategies as st
 from selftune.masking import IGNORE_INDEX, MaskingError, ResponseTruncatedError, render_example, tokenize_example
 from selftune.models import end_of_turn_ids
 
-SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>",
-            "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+SPECIALS = [
+    "<unk>",
+    "<s>",
+    "</s>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+]
 TEMPLATES = {
     "chatml": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
     "llama3": "<|begin_of_text|>{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-              "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
-              "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}",
+    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}",
     "inst": "<s>{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
-            "{% else %}{{ m['content'] }}</s>{% endif %}{% endfor %}",
+    "{% else %}{{ m['content'] }}</s>{% endif %}{% endfor %}",
     "raw": None,
 }
 CORPUS = [
@@ -31,8 +40,14 @@ CORPUS = [
 def _wrap(tokenizer_object):
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer_object, unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>", pad_token="</s>", additional_special_tokens=SPECIALS[3:])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer_object,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="</s>",
+        additional_special_tokens=SPECIALS[3:],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +58,18 @@ def tokenizer_families(smollm_tokenizer_dir):
     bpe = Tokenizer(models.BPE(unk_token=None))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     unigram = Tokenizer(models.Unigram())
     unigram.pre_tokenizer = pre_tokenizers.Metaspace()
     unigram.decoder = decoders.Metaspace()
-    unigram.train_from_iterator(CORPUS, trainers.UnigramTrainer(vocab_size=300, special_tokens=SPECIALS, unk_token="<unk>"))
+    unigram.train_from_iterator(
+        CORPUS, trainers.UnigramTrainer(vocab_size=300, special_tokens=SPECIALS, unk_token="<unk>")
+    )
     smollm = AutoTokenizer.from_pretrained(smollm_tokenizer_dir)
     # Templates of other families need their control tokens in the vocabulary, as real models have.
     smollm.add_special_tokens({"additional_special_tokens": [t for t in SPECIALS if t not in smollm.get_vocab()]})
@@ -67,8 +88,10 @@ def with_template(tokenizer, name):
 def make_example(template, response):
     if template == "raw":
         return {"prompt": "Instruction: greet me", "completion": response}
-    return {"prompt": [{"role": "user", "content": "Greet me, please."}],
-            "completion": [{"role": "assistant", "content": response}]}
+    return {
+        "prompt": [{"role": "user", "content": "Greet me, please."}],
+        "completion": [{"role": "assistant", "content": response}],
+    }
 
 
 def decode(tokenizer, ids):
@@ -102,7 +125,10 @@ def assert_mask_is_exact(tokenizer, template, response):
             return "".join(value.split()).replace("\u2581", "")
 
         pieces = tokenizer.convert_ids_to_tokens(ids)
-        masked, response_pieces = squash("".join(pieces[: trained[0]])), squash("".join(pieces[trained[0] : trained[-1]]))
+        masked, response_pieces = (
+            squash("".join(pieces[: trained[0]])),
+            squash("".join(pieces[trained[0] : trained[-1]])),
+        )
         assert squash(text[:start]).startswith(masked)
         assert response_pieces.endswith(squash(rendered_response))
         assert len(response_pieces) - len(squash(rendered_response)) <= len(squash(pieces[trained[0]]))
@@ -111,16 +137,30 @@ def assert_mask_is_exact(tokenizer, template, response):
     assert rendered_response.strip() == response.strip() and rendered_response.strip()
 
 
-RESPONSES = st.lists(st.sampled_from(list("abcXYZ019 \n,.:!?*-[]<>'\"/") + ["Response", "assistant", "\n\n", " ]", "INST"]),
-                     min_size=1, max_size=20).map("".join).filter(lambda s: s.strip())
+RESPONSES = (
+    st.lists(
+        st.sampled_from(list("abcXYZ019 \n,.:!?*-[]<>'\"/") + ["Response", "assistant", "\n\n", " ]", "INST"]),
+        min_size=1,
+        max_size=20,
+    )
+    .map("".join)
+    .filter(lambda s: s.strip())
+)
 
 
 @pytest.mark.parametrize("template", list(TEMPLATES))
 @pytest.mark.parametrize("family", ["smollm2-bpe", "byte-bpe", "unigram"])
 def test_mask_covers_exactly_the_response(tokenizer_families, family, template):
     tokenizer = with_template(tokenizer_families[family], template)
-    for response in [" starts with a space", "\nstarts with a newline", ", starts with punctuation",
-                     ":merges with the separator", "]] merges with [/INST]", "plain answer.", "a"]:
+    for response in [
+        " starts with a space",
+        "\nstarts with a newline",
+        ", starts with punctuation",
+        ":merges with the separator",
+        "]] merges with [/INST]",
+        "plain answer.",
+        "a",
+    ]:
         assert_mask_is_exact(tokenizer, template, response)
 
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))

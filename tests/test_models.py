@@ -35,7 +35,10 @@ def test_converted_builtin_matches_the_gguf_model(builtin_home, monkeypatch):
     gguf = models.builtin_gguf_path("smollm2-135m-instruct")
     original = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Name a fruit."}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        [{"role": "user", "content": "Name a fruit."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )["input_ids"]
     with torch.inference_mode():
         a = converted.generate(ids, max_new_tokens=16, do_sample=False)
@@ -65,7 +68,7 @@ def test_dtype_and_safetensors_only(tiny_model_dir, tmp_path):
         if f.name != "model.safetensors":
             (pickled / f.name).write_bytes(f.read_bytes())
     torch.save({}, pickled / "pytorch_model.bin")
-    with pytest.raises(Exception):
+    with pytest.raises(ModelSpecError, match="only pickle files: pytorch_model.bin"):
         load_model(str(pickled), dtype="float32")
 
 

@@ -14,13 +14,24 @@ from selftune.runs import Run, read_manifest
 from selftune.scoring import ConstraintScorer
 
 PROMPTS = [
-    PromptRecord(id="p1", messages=[{"role": "user", "content": "Write about the sea in lowercase, with a title."}],
-                 constraints=[{"type": "lowercase"}, {"type": "title"}]),
-    PromptRecord(id="p2", messages=[{"role": "user", "content": "List three fruits as bullets, no commas."}],
-                 constraints=[{"type": "bullet_count", "kwargs": {"n": 3}}, {"type": "no_commas"}]),
-    PromptRecord(id="p3", messages=[{"role": "user", "content": "End with That is all."}],
-                 constraints=[{"type": "end_phrase", "kwargs": {"phrase": "That is all."}},
-                              {"type": "word_count", "kwargs": {"relation": "at least", "n": 8}}]),
+    PromptRecord(
+        id="p1",
+        messages=[{"role": "user", "content": "Write about the sea in lowercase, with a title."}],
+        constraints=[{"type": "lowercase"}, {"type": "title"}],
+    ),
+    PromptRecord(
+        id="p2",
+        messages=[{"role": "user", "content": "List three fruits as bullets, no commas."}],
+        constraints=[{"type": "bullet_count", "kwargs": {"n": 3}}, {"type": "no_commas"}],
+    ),
+    PromptRecord(
+        id="p3",
+        messages=[{"role": "user", "content": "End with That is all."}],
+        constraints=[
+            {"type": "end_phrase", "kwargs": {"phrase": "That is all."}},
+            {"type": "word_count", "kwargs": {"relation": "at least", "n": 8}},
+        ],
+    ),
 ]
 GOOD = {
     "p1": "<<the sea>>\nthe sea is wide and calm today and the waves roll in slowly under a grey sky.",
@@ -67,9 +78,17 @@ def test_pairs_mix_sources_count_them_and_drop_near_identical():
     policy = {"p1": [_sample("p1", "The Sea Is Loud.", 0.0, 0)], "p2": [_sample("p2", GOOD["p2"] + "!", 0.5, 1)]}
     base = {"p3": [_sample("p3", "No.", 0.0, 0)]}
     weights = {"policy": 1.0, "base": 1.0, "corrupt:truncate": 1.0, "corrupt:repeat": 1.0}
-    pairs, counts = build_pairs(PROMPTS, chosen=CHOSEN, policy_failures=policy, base_failures=base,
-                                scorer=ConstraintScorer(), weights=weights, pairs_per_prompt=4,
-                                max_similarity=0.95, seed=0)
+    pairs, counts = build_pairs(
+        PROMPTS,
+        chosen=CHOSEN,
+        policy_failures=policy,
+        base_failures=base,
+        scorer=ConstraintScorer(),
+        weights=weights,
+        pairs_per_prompt=4,
+        max_similarity=0.95,
+        seed=0,
+    )
     by_source = {}
     for pair in pairs:
         by_source[pair.negative_source] = by_source.get(pair.negative_source, 0) + 1
@@ -83,13 +102,26 @@ def test_pairs_mix_sources_count_them_and_drop_near_identical():
 
 
 def test_minimal_contrast_pairs_a_repair_over_its_original():
-    failing = {"p1": [_sample("p1", "The Sea Is Wide And Calm Today. The Waves Roll In Slowly.", 0.5, 0),
-                      _sample("p1", "The Sea. It Never Sleeps, And The Gulls Cry All Day. Boats", 0.3, 1)]}
+    failing = {
+        "p1": [
+            _sample("p1", "The Sea Is Wide And Calm Today. The Waves Roll In Slowly.", 0.5, 0),
+            _sample("p1", "The Sea. It Never Sleeps, And The Gulls Cry All Day. Boats", 0.3, 1),
+        ]
+    }
     contrasts = {"p1": contrasts_for(PROMPTS[0], failing["p1"], limit=2, seed=0)}
     assert len(contrasts["p1"]) == 2
-    pairs, counts = build_pairs(PROMPTS[:1], chosen={}, policy_failures={}, base_failures={}, scorer=ConstraintScorer(),
-                                weights={"original": 1.0}, pairs_per_prompt=4, max_similarity=0.95, seed=0,
-                                contrasts=contrasts)
+    pairs, counts = build_pairs(
+        PROMPTS[:1],
+        chosen={},
+        policy_failures={},
+        base_failures={},
+        scorer=ConstraintScorer(),
+        weights={"original": 1.0},
+        pairs_per_prompt=4,
+        max_similarity=0.95,
+        seed=0,
+        contrasts=contrasts,
+    )
     assert counts["by_source"] == {"original": 2} and len(pairs) == 2
     originals = {s.completion for s in failing["p1"]}
     for pair in pairs:
@@ -102,15 +134,28 @@ def test_minimal_contrast_pairs_a_repair_over_its_original():
 
 def test_unknown_source_is_named():
     with pytest.raises(ValueError, match="unknown negative sources"):
-        build_pairs(PROMPTS, chosen=CHOSEN, policy_failures={}, base_failures={}, scorer=ConstraintScorer(),
-                    weights={"corrupt:shuffle": 1.0}, pairs_per_prompt=1, max_similarity=0.9, seed=0)
+        build_pairs(
+            PROMPTS,
+            chosen=CHOSEN,
+            policy_failures={},
+            base_failures={},
+            scorer=ConstraintScorer(),
+            weights={"corrupt:shuffle": 1.0},
+            pairs_per_prompt=1,
+            max_similarity=0.9,
+            seed=0,
+        )
 
 
 def test_bad_pair_files_name_file_line_field(tmp_path):
     prompt, answer = [{"role": "user", "content": "q"}], [{"role": "assistant", "content": "a"}]
     path = tmp_path / "pairs.jsonl"
-    path.write_text(json.dumps({"id": "a", "prompt": prompt, "chosen": answer, "rejected": answer, "negative_source": "policy"}) + "\n"
-                    + json.dumps({"id": "b", "prompt": prompt, "chosen": answer, "negative_source": "base"}) + "\n")
+    path.write_text(
+        json.dumps({"id": "a", "prompt": prompt, "chosen": answer, "rejected": answer, "negative_source": "policy"})
+        + "\n"
+        + json.dumps({"id": "b", "prompt": prompt, "chosen": answer, "negative_source": "base"})
+        + "\n"
+    )
     with pytest.raises(RecordError) as caught:
         read_records(path, "pairs")
     assert caught.value.problems == [f"{path}:1: rejected: identical to chosen", f"{path}:2: rejected: missing"]
@@ -125,8 +170,18 @@ def _upstream_run(tmp_path, sft_ids):
     for stage, name, rows in (
         ("prompts", "prompts", prompts),
         ("sample", "samples", [_sample("p1", "No.", 0.0, 0)]),
-        ("sft-data", "sft", [{"id": i, "prompt": [{"role": "user", "content": "q"}],
-                              "completion": [{"role": "assistant", "content": GOOD[i]}]} for i in sft_ids]),
+        (
+            "sft-data",
+            "sft",
+            [
+                {
+                    "id": i,
+                    "prompt": [{"role": "user", "content": "q"}],
+                    "completion": [{"role": "assistant", "content": GOOD[i]}],
+                }
+                for i in sft_ids
+            ],
+        ),
     ):
         with run.stage(stage, config={}) as context:
             write_jsonl(context.dir / f"{name}.jsonl", rows)
@@ -163,10 +218,20 @@ def write_pairs(path, count=16):
         for i in range(count):
             good = f"yes this answer {i} is lowercase and calm"
             bad = " ".join(rng.choice(["NO", "WRONG", "Loud", "Bad"]) for _ in range(6))
-            handle.write(json.dumps({"id": f"x{i}", "prompt": [{"role": "user", "content": f"Question {i}?"}],
-                                     "chosen": [{"role": "assistant", "content": good}],
-                                     "rejected": [{"role": "assistant", "content": bad}],
-                                     "negative_source": "corrupt:repeat", "chosen_score": 1.0, "rejected_score": 0.0}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "id": f"x{i}",
+                        "prompt": [{"role": "user", "content": f"Question {i}?"}],
+                        "chosen": [{"role": "assistant", "content": good}],
+                        "rejected": [{"role": "assistant", "content": bad}],
+                        "negative_source": "corrupt:repeat",
+                        "chosen_score": 1.0,
+                        "rejected_score": 0.0,
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -188,11 +253,21 @@ def test_dpo_trains_lora_only_starts_at_log2_and_learns_the_preference(tmp_path,
 
     pairs = write_pairs(tmp_path / "pairs.jsonl")
     eval_pairs = write_pairs(tmp_path / "eval.jsonl", count=6)
-    cfg = load_config("tiny", overrides=["dpo.epochs=3", "dpo.learning_rate=5e-3", "dpo.lora.dropout=0.0", "dpo.beta=0.5",
-                                         "dpo.length_check_prompts=2"])
+    cfg = load_config(
+        "tiny",
+        overrides=[
+            "dpo.epochs=3",
+            "dpo.learning_rate=5e-3",
+            "dpo.lora.dropout=0.0",
+            "dpo.beta=0.5",
+            "dpo.length_check_prompts=2",
+        ],
+    )
     capture = Capture()
     run = Run(tmp_path / "run")
-    merged = dpo_stage(run, cfg, pairs_path=pairs, eval_pairs_path=eval_pairs, sft_model=str(tiny_model_dir), progress=capture)
+    merged = dpo_stage(
+        run, cfg, pairs_path=pairs, eval_pairs_path=eval_pairs, sft_model=str(tiny_model_dir), progress=capture
+    )
     for name, before in capture.before.items():
         assert (not torch.equal(before, capture.after[name])) == ("lora_" in name), name
     history = json.loads((run.stage_dir("dpo") / "log_history.json").read_text())
@@ -211,17 +286,23 @@ def test_dpo_trains_lora_only_starts_at_log2_and_learns_the_preference(tmp_path,
     assert metrics["share_prompts"] is True  # the tiny Llama passes the sharing check
 
 
-def test_dpo_runs_whole_sequences_when_prompt_sharing_would_change_log_probs(tmp_path, tiny_model_dir, monkeypatch, caplog):
+def test_dpo_runs_whole_sequences_when_prompt_sharing_would_change_log_probs(
+    tmp_path, tiny_model_dir, monkeypatch, caplog
+):
     import selftune.logprobs
     from selftune.dpo import dpo_stage
 
     monkeypatch.setattr(selftune.logprobs, "prompt_sharing_mismatch", lambda model, rows, collator: 0.3)
     shared_calls = []
     real = selftune.logprobs._shared_prompt_logps
-    monkeypatch.setattr(selftune.logprobs, "_shared_prompt_logps", lambda *a, **k: shared_calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        selftune.logprobs, "_shared_prompt_logps", lambda *a, **k: shared_calls.append(1) or real(*a, **k)
+    )
     cfg = load_config("tiny", overrides=["dpo.epochs=1", "dpo.length_check_prompts=0"])
     run = Run(tmp_path / "run")
-    dpo_stage(run, cfg, pairs_path=write_pairs(tmp_path / "pairs.jsonl"), eval_pairs_path=None, sft_model=str(tiny_model_dir))
+    dpo_stage(
+        run, cfg, pairs_path=write_pairs(tmp_path / "pairs.jsonl"), eval_pairs_path=None, sft_model=str(tiny_model_dir)
+    )
     assert read_manifest(run.stage_dir("dpo")).metrics["share_prompts"] is False
     assert "prompt sharing changes this model's log-probs" in caplog.text
     assert not shared_calls
@@ -233,12 +314,28 @@ def test_dpo_batches_keep_a_prompts_pairs_together(tmp_path, tiny_model_dir, mon
 
     seen = []  # prompt group of every training row, in the order the batches were built
     collate = selftune.dpo.PairCollator.__call__
-    monkeypatch.setattr(selftune.dpo.PairCollator, "__call__", lambda self, rows: seen.extend(r["prompt_group"] for r in rows)
-                        or collate(self, rows))
-    cfg = load_config("tiny", overrides=["dpo.epochs=2", "dpo.length_check_prompts=0", "dpo.per_device_batch_size=2",
-                                         "dpo.precompute_ref_log_probs=false", "dpo.share_prompts=false"])
-    dpo_stage(Run(tmp_path / "run"), cfg, pairs_path=write_pairs_varied(tmp_path / "pairs.jsonl"), eval_pairs_path=None,
-              sft_model=str(tiny_model_dir))
+    monkeypatch.setattr(
+        selftune.dpo.PairCollator,
+        "__call__",
+        lambda self, rows: seen.extend(r["prompt_group"] for r in rows) or collate(self, rows),
+    )
+    cfg = load_config(
+        "tiny",
+        overrides=[
+            "dpo.epochs=2",
+            "dpo.length_check_prompts=0",
+            "dpo.per_device_batch_size=2",
+            "dpo.precompute_ref_log_probs=false",
+            "dpo.share_prompts=false",
+        ],
+    )
+    dpo_stage(
+        Run(tmp_path / "run"),
+        cfg,
+        pairs_path=write_pairs_varied(tmp_path / "pairs.jsonl"),
+        eval_pairs_path=None,
+        sft_model=str(tiny_model_dir),
+    )
     epochs = [seen[:7], seen[7:]]
     assert len(seen) == 14 and epochs[0] != epochs[1]  # 7 pairs (5 prompts) per epoch, reshuffled
     for order in epochs:
@@ -265,7 +362,9 @@ def test_dpo_resumed_from_a_checkpoint_replays_the_same_batches_and_losses(tmp_p
     straight, interrupted = Run(tmp_path / "straight"), Run(tmp_path / "interrupted")
     dpo_stage(straight, cfg, pairs_path=pairs, eval_pairs_path=None, sft_model=str(tiny_model_dir))
     with pytest.raises(KeyboardInterrupt):
-        dpo_stage(interrupted, cfg, pairs_path=pairs, eval_pairs_path=None, sft_model=str(tiny_model_dir), progress=StopAt())
+        dpo_stage(
+            interrupted, cfg, pairs_path=pairs, eval_pairs_path=None, sft_model=str(tiny_model_dir), progress=StopAt()
+        )
     dpo_stage(interrupted, cfg, pairs_path=pairs, eval_pairs_path=None, sft_model=str(tiny_model_dir))
     assert read_manifest(interrupted.stage_dir("dpo")).metrics["resumed"] is True
     expected, resumed = losses(straight), losses(interrupted)
@@ -280,7 +379,9 @@ def full_pass_logps(model, batch):
 
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     targets = batch["labels"][:, 1:]
-    full = -torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    full = -torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )
     return (full * (targets != IGNORE_INDEX)).sum(-1), (targets != IGNORE_INDEX).sum(-1)
 
 
@@ -306,12 +407,20 @@ def test_sequence_logps_savings_equal_the_full_pass(tmp_path, tiny_model_dir, ma
     expected_grad = model.get_input_embeddings().weight.grad.clone()
     model.zero_grad()
 
-    got, counts = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                 max_padding=max_padding, share_prompts=share_prompts)
+    got, counts = sequence_logps(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["labels"],
+        max_padding=max_padding,
+        share_prompts=share_prompts,
+    )
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
     assert counts.tolist() == expected_counts.tolist()
     got.sum().backward()  # the same gradients, through every chunk, duplicate row and shared prompt
-    assert torch.allclose(model.get_input_embeddings().weight.grad, expected_grad, rtol=1e-4, atol=1e-5 * float(expected_grad.abs().max()))
+    assert torch.allclose(
+        model.get_input_embeddings().weight.grad, expected_grad, rtol=1e-4, atol=1e-5 * float(expected_grad.abs().max())
+    )
     lengths = batch["attention_mask"].sum(-1).tolist()
     chunks = _length_chunks(lengths, max_padding)
     assert sorted(k for c in chunks for k in c) == list(range(len(lengths)))
@@ -328,12 +437,17 @@ def test_prompt_sharing_runs_each_prompt_and_duplicate_answer_once(tmp_path, tin
     model, _, batch = varied_batch(tmp_path, tiny_model_dir)
     fed = []  # real (unmasked) positions fed to each forward call
     model.register_forward_pre_hook(
-        lambda module, args, kwargs: fed.append(int(kwargs["attention_mask"][:, -kwargs["input_ids"].shape[1]:].sum())),
-        with_kwargs=True)
+        lambda module, args, kwargs: fed.append(
+            int(kwargs["attention_mask"][:, -kwargs["input_ids"].shape[1] :].sum())
+        ),
+        with_kwargs=True,
+    )
     sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], share_prompts=True)
-    rows = {tuple(ids[mask == 1].tolist()): labels[mask == 1].tolist()
-            for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"])}
-    prefix = {ids: [l != IGNORE_INDEX for l in labels].index(True) - 1 for ids, labels in rows.items()}
+    rows = {
+        tuple(ids[mask == 1].tolist()): labels[mask == 1].tolist()
+        for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    }
+    prefix = {ids: [label != IGNORE_INDEX for label in labels].index(True) - 1 for ids, labels in rows.items()}
     prompts = {ids[: prefix[ids]] for ids in rows}
     assert len(prompts) < len(rows) < len(batch["input_ids"])  # the data repeats prompts and whole rows
     assert sum(fed) == sum(map(len, prompts)) + sum(len(ids) - prefix[ids] for ids in rows)
@@ -374,10 +488,18 @@ def write_pairs_varied(path):
         for i in range(7):
             p = min(i, 4)  # pairs 5 and 6 reuse the prompts (and chosen answers) of pairs 4 and 4
             p = {5: 2, 6: 4}.get(i, p)
-            handle.write(json.dumps({"id": f"v{i}", "prompt": [{"role": "user", "content": "Tell me " + "more " * (3 * p) + "?"}],
-                                     "chosen": [{"role": "assistant", "content": "a fine answer " * (1 + 4 * p)}],
-                                     "rejected": [{"role": "assistant", "content": "no " * (2 + (7 * i) % 11)}],
-                                     "negative_source": "policy"}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "id": f"v{i}",
+                        "prompt": [{"role": "user", "content": "Tell me " + "more " * (3 * p) + "?"}],
+                        "chosen": [{"role": "assistant", "content": "a fine answer " * (1 + 4 * p)}],
+                        "rejected": [{"role": "assistant", "content": "no " * (2 + (7 * i) % 11)}],
+                        "negative_source": "policy",
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -399,8 +521,12 @@ def test_loss_types_at_equal_policy_and_reference(loss_type):
 def test_collator_carries_pair_index_only_when_every_row_has_one():
     from selftune.logprobs import PairCollator
 
-    row = {"chosen_input_ids": [1, 2, 3], "chosen_labels": [-100, 2, 3], "rejected_input_ids": [1, 4],
-           "rejected_labels": [-100, 4]}
+    row = {
+        "chosen_input_ids": [1, 2, 3],
+        "chosen_labels": [-100, 2, 3],
+        "rejected_input_ids": [1, 4],
+        "rejected_labels": [-100, 4],
+    }
     collate = PairCollator(pad_id=0)
     held_out = [{**row, "pair_index": 7}, {**row, "pair_index": 9}]
     assert collate(held_out)["pair_index"].tolist() == [7, 9]
@@ -421,16 +547,38 @@ def test_pairs_without_sampling_the_sft_model_use_base_failures_and_sft_repairs(
     for stage, name, rows in (
         ("prompts", "prompts", prompts),
         ("sample", "samples", [_sample("p1", original, 0.5, 0), _sample("p2", "No.", 0.25, 0)]),
-        ("sft-data", "sft", [{"id": "p1", "prompt": [{"role": "user", "content": "q"}], "chosen_source": "repair:lowercase+title",
-                              "original": original, "completion": [{"role": "assistant", "content": repaired}]},
-                             {"id": "p2", "prompt": [{"role": "user", "content": "q"}], "chosen_source": "sample",
-                              "completion": [{"role": "assistant", "content": GOOD["p2"]}]}]),
+        (
+            "sft-data",
+            "sft",
+            [
+                {
+                    "id": "p1",
+                    "prompt": [{"role": "user", "content": "q"}],
+                    "chosen_source": "repair:lowercase+title",
+                    "original": original,
+                    "completion": [{"role": "assistant", "content": repaired}],
+                },
+                {
+                    "id": "p2",
+                    "prompt": [{"role": "user", "content": "q"}],
+                    "chosen_source": "sample",
+                    "completion": [{"role": "assistant", "content": GOOD["p2"]}],
+                },
+            ],
+        ),
     ):
         with run.stage(stage, config={}) as context:
             write_jsonl(context.dir / f"{name}.jsonl", rows)
             context.add_output(name, context.dir / f"{name}.jsonl")
-    cfg = load_config("tiny", overrides=["pairs.k=0", "pairs.pairs_per_prompt=1", "sample.scorer.pass_threshold=1.0",
-                                         "pairs.sources={original: 1.0, policy: 1.0}"])
+    cfg = load_config(
+        "tiny",
+        overrides=[
+            "pairs.k=0",
+            "pairs.pairs_per_prompt=1",
+            "sample.scorer.pass_threshold=1.0",
+            "pairs.sources={original: 1.0, policy: 1.0}",
+        ],
+    )
     pairs_stage(run, cfg, policy="no-such-model")  # would fail if it tried to load a model
     pairs = {p.id.rsplit("-", 1)[0]: p for p in read_records(run.output_of("pairs", "pairs"), "pairs")}
     assert pairs["p1"].negative_source in ("original", "policy") and pairs["p1"].rejected[0].content == original
@@ -449,8 +597,19 @@ def _prepared_pairs_run(tmp_path):
     for stage, name, rows in (
         ("prompts", "prompts", prompts),
         ("sample", "samples", [_sample("p1", "The Sea Is Loud.", 0.2, 0), _sample("p2", "No.", 0.25, 0)]),
-        ("sft-data", "sft", [{"id": pid, "prompt": [{"role": "user", "content": "q"}], "chosen_source": "sample",
-                              "completion": [{"role": "assistant", "content": GOOD[pid]}]} for pid in ("p1", "p2")]),
+        (
+            "sft-data",
+            "sft",
+            [
+                {
+                    "id": pid,
+                    "prompt": [{"role": "user", "content": "q"}],
+                    "chosen_source": "sample",
+                    "completion": [{"role": "assistant", "content": GOOD[pid]}],
+                }
+                for pid in ("p1", "p2")
+            ],
+        ),
     ):
         with run.stage(stage, config={}) as context:
             write_jsonl(context.dir / f"{name}.jsonl", rows)
@@ -465,8 +624,16 @@ def test_pairs_with_a_self_judging_scorer_judge_with_the_policy(tmp_path):
     from selftune.pairs import pairs_stage
 
     run = _prepared_pairs_run(tmp_path)
-    cfg = load_config("tiny", overrides=["pairs.k=1", "pairs.pairs_per_prompt=1", "sample.scorer.kind=judge",
-                                         "pairs.sources={policy: 1.0, corrupt:truncate: 1.0}", "pairs.eval_prompts=0"])
+    cfg = load_config(
+        "tiny",
+        overrides=[
+            "pairs.k=1",
+            "pairs.pairs_per_prompt=1",
+            "sample.scorer.kind=judge",
+            "pairs.sources={policy: 1.0, corrupt:truncate: 1.0}",
+            "pairs.eval_prompts=0",
+        ],
+    )
 
     class Policy:
         """Answers badly; as a judge, rates the known good answers 9/10 and anything else 2/10."""
@@ -482,7 +649,9 @@ def test_pairs_with_a_self_judging_scorer_judge_with_the_policy(tmp_path):
                     return "Bad."
                 return "Score: 9/10" if any(good in content for good in GOOD.values()) else "Score: 2/10"
 
-            return [[Completion(i, s, text(p), "stop", 5, 3, s) for s in range(params.n)] for i, p in enumerate(prompts)]
+            return [
+                [Completion(i, s, text(p), "stop", 5, 3, s) for s in range(params.n)] for i, p in enumerate(prompts)
+            ]
 
     policy = Policy()
     pairs_stage(run, cfg, policy="sft-model", generator=policy)

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -34,7 +33,9 @@ def test_plan_orders_rounds_and_applies_from_and_until():
 
 
 def _run(run_dir, model_dir, *extra):
-    result = runner.invoke(app, ["run", "--preset", "tiny", "--run-dir", str(run_dir), "--set", f"model.spec={model_dir}", *extra])
+    result = runner.invoke(
+        app, ["run", "--preset", "tiny", "--run-dir", str(run_dir), "--set", f"model.spec={model_dir}", *extra]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     return result.output
 
@@ -102,9 +103,26 @@ def test_two_rounds_start_round_two_from_round_one_dpo_and_evaluate_every_model(
 def test_sigkill_during_sft_then_rerun_resumes_from_the_checkpoint(tmp_path, tiny_model_dir):
     run_dir = tmp_path / "run"
     # Many small steps, a checkpoint after each: the kill lands mid-training.
-    command = [sys.executable, "-m", "selftune.cli", "run", "--preset", "tiny", "--run-dir", str(run_dir),
-               "--set", f"model.spec={tiny_model_dir}", "--set", "sft.epochs=10", "--set", "sft.save_steps=1",
-               "--set", "sft.per_device_batch_size=1", "--until", "sft"]
+    command = [
+        sys.executable,
+        "-m",
+        "selftune.cli",
+        "run",
+        "--preset",
+        "tiny",
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        f"model.spec={tiny_model_dir}",
+        "--set",
+        "sft.epochs=10",
+        "--set",
+        "sft.save_steps=1",
+        "--set",
+        "sft.per_device_batch_size=1",
+        "--until",
+        "sft",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = run_dir / "round-1" / "sft" / "checkpoints"
@@ -159,8 +177,9 @@ def test_trust_remote_code_reaches_every_model_and_tokenizer_load(tmp_path, tiny
     # Through the Python API, as from a notebook: no CLI, no config.yaml beforehand.
     import selftune
 
-    cfg = selftune.load_config("tiny", overrides=[f"model.spec={tiny_model_dir}", "model.trust_remote_code=true",
-                                                  "pairs.k=1"])
+    cfg = selftune.load_config(
+        "tiny", overrides=[f"model.spec={tiny_model_dir}", "model.trust_remote_code=true", "pairs.k=1"]
+    )
     steps = selftune.run_pipeline(tmp_path / "run", cfg, on_event=lambda line: None)
     assert [step.action for step in steps] == ["ran"] * len(STAGES)
     assert selftune.Run(tmp_path / "run").saved_config() == cfg  # the run wrote its config.yaml
@@ -175,8 +194,9 @@ def test_the_tiny_preset_on_the_embedded_model_runs_end_to_end(tmp_path, builtin
     pairs with a pydantic traceback when an empty answer passed its checks."""
     monkeypatch.setenv("SELFTUNE_HOME", str(builtin_home))
     run_dir = tmp_path / "run"
-    result = runner.invoke(app, ["run", "--preset", "tiny", "--run-dir", str(run_dir),
-                                 "--set", "model.spec=builtin:smollm2-135m-instruct"])
+    result = runner.invoke(
+        app, ["run", "--preset", "tiny", "--run-dir", str(run_dir), "--set", "model.spec=builtin:smollm2-135m-instruct"]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     pairs = [json.loads(line) for line in (run_dir / "round-1" / "pairs" / "pairs.jsonl").read_text().splitlines()]
     assert pairs and all(p["chosen"][0]["content"].strip() for p in pairs)

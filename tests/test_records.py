@@ -7,24 +7,80 @@ from selftune.records import read_records
 
 USER = {"role": "user", "content": "Say hi"}
 ANSWER = {"role": "assistant", "content": "hi"}
-GOOD_PAIR = {"id": "p1", "prompt": [USER], "chosen": [ANSWER], "rejected": [{"role": "assistant", "content": "no"}], "negative_source": "policy"}
+GOOD_PAIR = {
+    "id": "p1",
+    "prompt": [USER],
+    "chosen": [ANSWER],
+    "rejected": [{"role": "assistant", "content": "no"}],
+    "negative_source": "policy",
+}
 
 # (kind, good first line, bad second line, expected message after "file:2: ")
 BAD_FILES = [
     ("prompts", {"id": "a", "messages": [USER]}, '{"id": "b", "messages": [', "json: Expecting value at column 26"),
     ("prompts", {"id": "a", "messages": [USER]}, {"messages": [USER]}, "id: missing"),
-    ("prompts", {"id": "a", "messages": [USER]}, {"id": "a", "messages": [USER]}, "id: duplicate 'a' (first on line 1)"),
-    ("prompts", {"id": "a", "messages": [USER]}, {"id": "b", "messages": [{"role": "bot", "content": "x"}]}, "messages[0].role: unknown value 'bot' (expected 'system', 'user', 'assistant')"),
-    ("prompts", {"id": "a", "messages": [USER]}, {"id": "b", "messages": [USER], "split": "dev"}, "split: unknown value 'dev' (expected 'train', 'eval')"),
+    (
+        "prompts",
+        {"id": "a", "messages": [USER]},
+        {"id": "a", "messages": [USER]},
+        "id: duplicate 'a' (first on line 1)",
+    ),
+    (
+        "prompts",
+        {"id": "a", "messages": [USER]},
+        {"id": "b", "messages": [{"role": "bot", "content": "x"}]},
+        "messages[0].role: unknown value 'bot' (expected 'system', 'user', 'assistant')",
+    ),
+    (
+        "prompts",
+        {"id": "a", "messages": [USER]},
+        {"id": "b", "messages": [USER], "split": "dev"},
+        "split: unknown value 'dev' (expected 'train', 'eval')",
+    ),
     ("prompts", {"id": "a", "messages": [USER]}, {"id": 7, "messages": [USER]}, "id: expected string, got int"),
-    ("sft", {"id": "a", "prompt": [USER], "completion": [ANSWER]}, {"id": "b", "prompt": [USER], "completion": [{"role": "assistant", "content": "  "}]}, "completion[0].content: empty text"),
-    ("sft", {"id": "a", "prompt": [USER], "completion": [ANSWER]}, {"id": "b", "prompt": [USER], "completion": [USER]}, "completion: completion messages must have role 'assistant'"),
-    ("sft", {"id": "a", "prompt": [USER], "completion": [ANSWER]}, {"id": "b", "prompt": [USER], "completion": []}, "completion: must not be empty"),
+    (
+        "sft",
+        {"id": "a", "prompt": [USER], "completion": [ANSWER]},
+        {"id": "b", "prompt": [USER], "completion": [{"role": "assistant", "content": "  "}]},
+        "completion[0].content: empty text",
+    ),
+    (
+        "sft",
+        {"id": "a", "prompt": [USER], "completion": [ANSWER]},
+        {"id": "b", "prompt": [USER], "completion": [USER]},
+        "completion: completion messages must have role 'assistant'",
+    ),
+    (
+        "sft",
+        {"id": "a", "prompt": [USER], "completion": [ANSWER]},
+        {"id": "b", "prompt": [USER], "completion": []},
+        "completion: must not be empty",
+    ),
     ("pairs", GOOD_PAIR, {**GOOD_PAIR, "id": "p2", "rejected": [ANSWER]}, "rejected: identical to chosen"),
-    ("pairs", GOOD_PAIR, {k: v for k, v in GOOD_PAIR.items() if k != "negative_source"} | {"id": "p2"}, "negative_source: missing"),
-    ("samples", {"prompt_id": "a", "model": "m", "completion": "x", "score": 1.0, "sample_index": 0}, {"prompt_id": "a", "model": "m", "completion": "y", "score": 0.5, "sample_index": 0}, "sample_index: duplicate ('a', 0) (first on line 1)"),
-    ("samples", {"prompt_id": "a", "model": "m", "completion": "x", "score": 1.0, "sample_index": 0}, {"prompt_id": "a", "model": "m", "completion": "y", "score": 1.5, "sample_index": 1}, "score: Input should be less than or equal to 1"),
-    ("generate", {"id": "a", "prompt": "hi"}, {"id": "b"}, "prompt: give exactly one of 'prompt' (a string) or 'messages'"),
+    (
+        "pairs",
+        GOOD_PAIR,
+        {k: v for k, v in GOOD_PAIR.items() if k != "negative_source"} | {"id": "p2"},
+        "negative_source: missing",
+    ),
+    (
+        "samples",
+        {"prompt_id": "a", "model": "m", "completion": "x", "score": 1.0, "sample_index": 0},
+        {"prompt_id": "a", "model": "m", "completion": "y", "score": 0.5, "sample_index": 0},
+        "sample_index: duplicate ('a', 0) (first on line 1)",
+    ),
+    (
+        "samples",
+        {"prompt_id": "a", "model": "m", "completion": "x", "score": 1.0, "sample_index": 0},
+        {"prompt_id": "a", "model": "m", "completion": "y", "score": 1.5, "sample_index": 1},
+        "score: Input should be less than or equal to 1",
+    ),
+    (
+        "generate",
+        {"id": "a", "prompt": "hi"},
+        {"id": "b"},
+        "prompt: give exactly one of 'prompt' (a string) or 'messages'",
+    ),
 ]
 
 

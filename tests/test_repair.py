@@ -5,13 +5,18 @@ from selftune.records import PromptRecord
 from selftune.repair import REPAIRS, repair_answer
 from selftune.scoring import ConstraintScorer
 
-ANSWER = ("The ocean is deep and wide, and it covers most of the planet. Waves roll in every day. "
-          "Sailors have crossed it for centuries. Fish of every color live in it. It still hides many secrets.")
+ANSWER = (
+    "The ocean is deep and wide, and it covers most of the planet. Waves roll in every day. "
+    "Sailors have crossed it for centuries. Fish of every color live in it. It still hides many secrets."
+)
 
 
 def prompt(*constraints) -> PromptRecord:
-    return PromptRecord(id="p", messages=[{"role": "user", "content": "Write about the ocean."}],
-                        constraints=[{"type": t, "kwargs": k} for t, k in constraints])
+    return PromptRecord(
+        id="p",
+        messages=[{"role": "user", "content": "Write about the ocean."}],
+        constraints=[{"type": t, "kwargs": k} for t, k in constraints],
+    )
 
 
 # type -> kwargs whose repair is expected to succeed on ANSWER (which fails each of them)

@@ -11,23 +11,50 @@ RESULTS = {
     "reference": "sft",
     "models": {
         name: {
-            "instruction_following": {"prompt_strict": strict, "prompt_loose": strict + 0.1, "instruction_strict": strict,
-                                      "instruction_loose": strict + 0.1,
-                                      "by_type": {"lowercase": {"n": 4, "strict": strict, "loose": strict},
-                                                  "title": {"n": 3, "strict": strict / 2, "loose": strict}}},
+            "instruction_following": {
+                "prompt_strict": strict,
+                "prompt_loose": strict + 0.1,
+                "instruction_strict": strict,
+                "instruction_loose": strict + 0.1,
+                "by_type": {
+                    "lowercase": {"n": 4, "strict": strict, "loose": strict},
+                    "title": {"n": 3, "strict": strict / 2, "loose": strict},
+                },
+            },
             "pairs": {"reward_accuracy": {"all": acc}, "reward_margin": {"all": acc - 0.5}, "chosen_perplexity": 3.0},
-            "mean_length_tokens": 40.0, "repetition_rate": 0.01, "peak_memory_gib": 0.7,
-            **({"vs_base": {"delta": strict - 0.2, "ci95": [0.05, 0.4], "wins": 30, "losses": 5, "prompts": 100,
-                            "p_value": 0.0001}} if name != "base" else {}),
+            "mean_length_tokens": 40.0,
+            "repetition_rate": 0.01,
+            "peak_memory_gib": 0.7,
+            **(
+                {
+                    "vs_base": {
+                        "delta": strict - 0.2,
+                        "ci95": [0.05, 0.4],
+                        "wins": 30,
+                        "losses": 5,
+                        "prompts": 100,
+                        "p_value": 0.0001,
+                    }
+                }
+                if name != "base"
+                else {}
+            ),
         }
         for name, strict, acc in (("base", 0.2, 0.4), ("sft", 0.3, 0.5), ("dpo", 0.45, 0.8))
     },
 }
-ANSWERS = [{"prompt_id": f"eval-{i}", "model": m, "answer": f"answer {i} from {m} " * (i + 1)}
-           for i in range(5) for m in ("base", "sft", "dpo")]
-HISTORY = {"sft": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "eval_loss": 1.7}],
-           "dpo": [{"step": 1, "loss": 0.69, "rewards/accuracies": 0.5, "rewards/margins": 0.0},
-                   {"step": 2, "loss": 0.6, "rewards/accuracies": 0.7, "rewards/margins": 0.2}]}
+ANSWERS = [
+    {"prompt_id": f"eval-{i}", "model": m, "answer": f"answer {i} from {m} " * (i + 1)}
+    for i in range(5)
+    for m in ("base", "sft", "dpo")
+]
+HISTORY = {
+    "sft": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "eval_loss": 1.7}],
+    "dpo": [
+        {"step": 1, "loss": 0.69, "rewards/accuracies": 0.5, "rewards/margins": 0.0},
+        {"step": 2, "loss": 0.6, "rewards/accuracies": 0.7, "rewards/margins": 0.2},
+    ],
+}
 
 
 def test_summary_rows_show_deltas_against_base():
@@ -39,9 +66,15 @@ def test_summary_rows_show_deltas_against_base():
 
 @pytest.fixture
 def report(tmp_path):
-    files = write_report(tmp_path, title="test run", results=RESULTS, answers=ANSWERS,
-                         prompts={f"eval-{i}": f"prompt {i}" for i in range(5)}, history_by_stage=HISTORY,
-                         lineage=[["round-1", "sft", "complete", "abc", "10s", "steps=2"]])
+    files = write_report(
+        tmp_path,
+        title="test run",
+        results=RESULTS,
+        answers=ANSWERS,
+        prompts={f"eval-{i}": f"prompt {i}" for i in range(5)},
+        history_by_stage=HISTORY,
+        lineage=[["round-1", "sft", "complete", "abc", "10s", "steps=2"]],
+    )
     return tmp_path, files
 
 
@@ -61,11 +94,18 @@ def test_report_files_hold_the_table_and_every_referenced_image_exists(report):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian package chromium); .ci/run installs it")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium not installed (Debian package chromium); .ci/run installs it"
+)
 def test_html_report_renders_in_headless_chromium(report, tmp_path):
     out, files = report
     probe = tmp_path / "probe.html"
-    probe.write_text(files["html"].read_text().replace("</body>", """<script>
+    probe.write_text(
+        files["html"]
+        .read_text()
+        .replace(
+            "</body>",
+            """<script>
       window.addEventListener('load', () => {
         const images = Array.from(document.images);
         const shown = images.filter(i => i.complete && i.naturalWidth > 100 && i.getBoundingClientRect().height > 50);
@@ -73,12 +113,27 @@ def test_html_report_renders_in_headless_chromium(report, tmp_path):
         const div = document.createElement('div'); div.id = 'probe';
         div.textContent = `images=${images.length} shown=${shown.length} rows=${rows}`;
         document.body.appendChild(div);
-      });</script></body>"""))
+      });</script></body>""",
+        )
+    )
     result = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     found = re.search(r"images=(\d+) shown=(\d+) rows=(\d+)", result.stdout)
     assert found, result.stderr[-2000:]
@@ -98,10 +153,19 @@ def test_a_metric_no_model_has_is_left_out_of_the_table():
 
 
 def test_the_html_report_escapes_what_models_wrote_and_the_markdown_keeps_it(tmp_path):
-    answers = [{"prompt_id": "eval-0", "model": m, "answer": "<script>alert(1)</script> & <b>bold</b>"}
-               for m in ("base", "dpo")]
-    files = write_report(tmp_path, title="a <run>", results=RESULTS, answers=answers, prompts={"eval-0": "say <hi>"},
-                         history_by_stage={}, lineage=[])
+    answers = [
+        {"prompt_id": "eval-0", "model": m, "answer": "<script>alert(1)</script> & <b>bold</b>"}
+        for m in ("base", "dpo")
+    ]
+    files = write_report(
+        tmp_path,
+        title="a <run>",
+        results=RESULTS,
+        answers=answers,
+        prompts={"eval-0": "say <hi>"},
+        history_by_stage={},
+        lineage=[],
+    )
     page = files["html"].read_text()
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;" in page
     assert "<title>a &lt;run&gt;</title>" in page and "say &lt;hi&gt;" in page

@@ -86,7 +86,7 @@ def test_sigkill_between_outputs_and_manifest_leaves_no_complete_stage(tmp_path)
         f"""
         import os, signal
         from selftune.runs import Run, atomic_write
-        run = Run({str(tmp_path / 'run')!r})
+        run = Run({str(tmp_path / "run")!r})
         with run.stage("sample", config={{"k": 4}}, inputs={{"prompts": {str(prompts)!r}}}) as stage:
             with atomic_write(stage.dir / "samples.jsonl") as handle:
                 handle.write("half\\n")
@@ -120,7 +120,7 @@ def test_second_process_cannot_take_the_lock(tmp_path):
         from selftune.errors import RunLockedError
         from selftune.runs import Run
         try:
-            with Run({str(tmp_path / 'run')!r}).lock():
+            with Run({str(tmp_path / "run")!r}).lock():
                 sys.exit(0)
         except RunLockedError as exc:
             print(exc)
@@ -201,10 +201,17 @@ def test_a_record_a_stage_builds_against_its_own_schema_is_a_named_error(tmp_pat
     from selftune.records import PairRecord
 
     run = Run(tmp_path / "run")
-    with pytest.raises(StageRecordError, match=r"round-1/pairs built a PairRecord record .*chosen\.0\.content") as caught:
+    with pytest.raises(
+        StageRecordError, match=r"round-1/pairs built a PairRecord record .*chosen\.0\.content"
+    ) as caught:
         with run.stage("pairs", config={}):
-            PairRecord(id="p", prompt=[{"role": "user", "content": "q"}], chosen=[{"role": "assistant", "content": " "}],
-                       rejected=[{"role": "assistant", "content": "no"}], negative_source="policy")
+            PairRecord(
+                id="p",
+                prompt=[{"role": "user", "content": "q"}],
+                chosen=[{"role": "assistant", "content": " "}],
+                rejected=[{"role": "assistant", "content": "no"}],
+                negative_source="policy",
+            )
     assert isinstance(caught.value, SelftuneError)
     manifest = run.manifest("pairs")
     assert manifest.status == "failed" and "chosen.0.content" in manifest.error
@@ -214,16 +221,20 @@ def test_a_stage_reads_only_what_it_declares_and_its_hash_covers_every_declared_
     from selftune.config import load_config
     from selftune.runs import StageSpec, UndeclaredConfigRead
 
-    spec = StageSpec("sft-data", output="sft", reads=("sft_data", "sample.scorer.pass_threshold"),
-                     unhashed=("generation.batch_size",))
+    spec = StageSpec(
+        "sft-data",
+        output="sft",
+        reads=("sft_data", "sample.scorer.pass_threshold"),
+        unhashed=("generation.batch_size",),
+    )
     cfg = load_config("tiny")
     view = spec.view(cfg)
     assert view.sample.scorer.pass_threshold == 0.5 and view.sft_data.dedupe == cfg.sft_data.dedupe
     assert view.generation.batch_size == cfg.generation.batch_size
     with pytest.raises(UndeclaredConfigRead, match="sample.scorer.kind"):
-        view.sample.scorer.kind
+        _ = view.sample.scorer.kind
     with pytest.raises(UndeclaredConfigRead, match="dpo"):
-        view.dpo
+        _ = view.dpo
     changed = load_config("tiny", overrides=["sample.scorer.pass_threshold=0.9"])
     assert spec.config(changed) != spec.config(cfg)
     assert spec.config(load_config("tiny", overrides=["generation.batch_size=3"])) == spec.config(cfg)
@@ -235,8 +246,12 @@ def test_every_stage_declares_paths_that_exist():
     from selftune.pipeline import STAGES
     from selftune.runs import StageSpec
 
-    specs = [value for module in (dpo, evaluate, pairs, prompts, report, sample, sft, sft_data)
-             for value in vars(module).values() if isinstance(value, StageSpec)]
+    specs = [
+        value
+        for module in (dpo, evaluate, pairs, prompts, report, sample, sft, sft_data)
+        for value in vars(module).values()
+        if isinstance(value, StageSpec)
+    ]
     assert sorted(spec.name for spec in specs) == sorted(STAGES)
     cfg = load_config("demo")
     for spec in specs:

@@ -5,23 +5,36 @@ import torch
 from transformers import TrainerCallback
 
 from selftune.config import load_config
-from selftune.runs import Run, read_manifest
 from selftune.errors import TooManyDroppedError
+from selftune.runs import Run, read_manifest
 from selftune.sft import sft_stage
 from selftune.training import NonFiniteLossError
 
-ANSWERS = ["all lowercase words here", "* one\n* two", "<<Title>>\nShort text.", "Sure thing. Done.",
-           "SECTION 1\nA\nSECTION 2\nB", "yes, this is fine", "no commas at all", "The end. That is all."]
+ANSWERS = [
+    "all lowercase words here",
+    "* one\n* two",
+    "<<Title>>\nShort text.",
+    "Sure thing. Done.",
+    "SECTION 1\nA\nSECTION 2\nB",
+    "yes, this is fine",
+    "no commas at all",
+    "The end. That is all.",
+]
 
 
 def write_sft(path, count=16):
     with open(path, "w") as handle:
         for i in range(count):
-            handle.write(json.dumps({
-                "id": f"e{i}",
-                "prompt": [{"role": "user", "content": f"Task number {i}: write something short."}],
-                "completion": [{"role": "assistant", "content": ANSWERS[i % len(ANSWERS)] + f" ({i})"}],
-            }) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "id": f"e{i}",
+                        "prompt": [{"role": "user", "content": f"Task number {i}: write something short."}],
+                        "completion": [{"role": "assistant", "content": ANSWERS[i % len(ANSWERS)] + f" ({i})"}],
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -53,15 +66,22 @@ def test_training_changes_every_lora_parameter_and_no_base_parameter(tmp_path, t
     assert metrics["steps"] == 8 and metrics["eval_loss_after"] < metrics["eval_loss_before"]
     assert metrics["tokens_per_second"] > 0 and 0 < metrics["response_token_share"] < 1
     out = run.stage_dir("sft")
-    assert {p.name for p in (out / "adapter").iterdir()} >= {"adapter_model.safetensors", "adapter_config.json",
-                                                            "tokenizer.json", "sft_config.yaml", "chat_template.jinja"}
+    assert {p.name for p in (out / "adapter").iterdir()} >= {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "sft_config.yaml",
+        "chat_template.jinja",
+    }
     assert (merged / "model.safetensors").is_file() and metrics["merge_max_logit_diff"] < 1e-3
 
 
 def test_tensorboard_logs_land_in_the_stage_folder(tmp_path, tiny_model_dir):
     data = write_sft(tmp_path / "sft.jsonl", count=8)
     run = Run(tmp_path / "run")
-    sft_stage(run, tiny_cfg(tiny_model_dir, "sft.merge=false", "sft.epochs=1", "sft.report_to=[tensorboard]"), data_path=data)
+    sft_stage(
+        run, tiny_cfg(tiny_model_dir, "sft.merge=false", "sft.epochs=1", "sft.report_to=[tensorboard]"), data_path=data
+    )
     assert any((run.stage_dir("sft") / "logs").rglob("events.out.tfevents*"))
 
 
@@ -100,7 +120,9 @@ def test_resume_from_checkpoint_gives_the_same_losses(tmp_path, tiny_model_dir):
 def test_nan_loss_stops_training_with_a_clear_error(tmp_path, tiny_model_dir):
     data = write_sft(tmp_path / "sft.jsonl")
     with pytest.raises(NonFiniteLossError, match="loss became nan"):
-        sft_stage(Run(tmp_path / "run"), tiny_cfg(tiny_model_dir, "sft.learning_rate=1e30", "sft.merge=false"), data_path=data)
+        sft_stage(
+            Run(tmp_path / "run"), tiny_cfg(tiny_model_dir, "sft.learning_rate=1e30", "sft.merge=false"), data_path=data
+        )
 
 
 def test_too_many_unmaskable_rows_fail_the_stage(tmp_path, tiny_model_dir):
@@ -124,7 +146,9 @@ def test_merge_logits_match_base_plus_adapter(tmp_path, tiny_model_dir):
     tokenizer = load_tokenizer(str(tiny_model_dir))
     ids = tokenizer(["A different input than the merge check uses."], return_tensors="pt")
     with torch.no_grad():
-        stacked = PeftModel.from_pretrained(load_model(str(tiny_model_dir), dtype="float32"), str(adapter))(**ids).logits
+        stacked = PeftModel.from_pretrained(load_model(str(tiny_model_dir), dtype="float32"), str(adapter))(
+            **ids
+        ).logits
         merged = load_model(str(result.path), dtype="float32")(**ids).logits
         base = load_model(str(tiny_model_dir), dtype="float32")(**ids).logits
     assert torch.allclose(stacked, merged, atol=1e-4)
@@ -143,13 +167,24 @@ def test_response_loss_with_the_head_on_answers_only_equals_the_models_own_loss(
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     tokenizer.padding_side = "right"
-    rows = [tokenize_example(tokenizer, {"prompt": [{"role": "user", "content": "Q" * (k + 1) + " tell me"}],
-                                         "completion": [{"role": "assistant", "content": ANSWERS[k]}]}) for k in range(4)]
+    rows = [
+        tokenize_example(
+            tokenizer,
+            {
+                "prompt": [{"role": "user", "content": "Q" * (k + 1) + " tell me"}],
+                "completion": [{"role": "assistant", "content": ANSWERS[k]}],
+            },
+        )
+        for k in range(4)
+    ]
     batch = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)(rows)
-    model = get_peft_model(load_model(str(tiny_model_dir), dtype="float32"),
-                           LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False))
-    trainer = make_sft_trainer_class()(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True,
-                                                                          report_to="none"))
+    model = get_peft_model(
+        load_model(str(tiny_model_dir), dtype="float32"),
+        LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False),
+    )
+    trainer = make_sft_trainer_class()(
+        model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    )
     items = (batch["labels"] != -100).sum()
     ours = trainer.compute_loss(model, dict(batch), num_items_in_batch=items)
     ours.backward()
