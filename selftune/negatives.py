@@ -142,8 +142,7 @@ class Contrast:
 
 def contrasts_for(prompt: PromptRecord, failures: list[SampleRecord], limit: int, seed: int) -> list[Contrast]:
     """Up to `limit` minimal contrasts from a prompt's failing samples (`selftune.repair`)."""
-    from selftune.repair import repair_answer
-    from selftune.sft_data import repair_candidates
+    from selftune.repair import repair_answer, repair_candidates
 
     out: list[Contrast] = []
     texts = [s.completion for s in failures]

@@ -56,7 +56,7 @@ def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, g
     from selftune.generation import SamplingParams, open_generator
     from selftune.records import read_records
     from selftune.runs import write_jsonl
-    from selftune.sample import make_scorer, score_samples
+    from selftune.scoring import make_scorer, score_samples
 
     cfg = PAIRS_STAGE.view(cfg)
     prompts_path = run.output_of("prompts", "prompts", round_number=1)

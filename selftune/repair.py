@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from selftune.constraints import CONSTRAINTS, bullet_lines, check, paragraphs, sentences, words
-from selftune.records import PromptRecord
+from selftune.records import PromptRecord, SampleRecord
 from selftune.scoring import ConstraintScorer, is_complete, repetition_rate
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]*]*(?=\s|$)")
@@ -358,3 +358,12 @@ def repair_answer(
     if not result.passed or len(words(text)) < 3:
         return None
     return Repaired(text, done)
+
+
+def repair_candidates(samples: list[SampleRecord]) -> list[SampleRecord]:
+    """A prompt's failing samples in the order repairs are tried: best score first, whole answers
+    before cut ones, then shortest."""
+    return sorted(
+        samples,
+        key=lambda s: (-s.score, getattr(s, "finish_reason", "stop") != "stop", len(s.completion), s.sample_index),
+    )

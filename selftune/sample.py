@@ -21,59 +21,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from selftune.errors import ConfigError, RecordError
+from selftune.errors import RecordError
 from selftune.generation import Generator, ProgressCallback, SamplingParams, open_generator
 from selftune.records import PromptRecord, SampleRecord, read_records
 from selftune.runs import StageSpec, write_jsonl
-from selftune.scoring import ConstraintScorer, JudgeScorer, RewardModelScorer, Scorer
-
-
-def make_scorer(cfg, generator: Generator | None):
-    """The configured scorer; a judge without its own model judges with `generator` (the policy)."""
-    scorer_cfg = cfg.sample.scorer
-    if scorer_cfg.kind == "constraints":
-        return contextlib.nullcontext(ConstraintScorer(quality_checks=scorer_cfg.quality_checks))
-    if scorer_cfg.kind == "judge":
-        if scorer_cfg.judge_model is None:
-            if generator is None:
-                raise ConfigError(
-                    "sample.scorer.kind=judge with no sample.scorer.judge_model judges with the policy "
-                    "model, and this step has none loaded; set sample.scorer.judge_model"
-                )
-            return contextlib.nullcontext(
-                JudgeScorer(generator, samples=scorer_cfg.judge_samples, pass_threshold=scorer_cfg.pass_threshold)
-            )
-        return _judge_from(scorer_cfg, cfg)
-    return _reward_model_from(scorer_cfg, cfg)
-
-
-@contextlib.contextmanager
-def _judge_from(scorer_cfg, cfg):
-    with open_generator(
-        scorer_cfg.judge_model,
-        backend=cfg.generation.backend,
-        dtype=cfg.model.dtype,
-        trust_remote_code=cfg.model.trust_remote_code,
-    ) as judge:
-        yield JudgeScorer(judge, samples=scorer_cfg.judge_samples, pass_threshold=scorer_cfg.pass_threshold)
-
-
-@contextlib.contextmanager
-def _reward_model_from(scorer_cfg, cfg):
-    from transformers import AutoModelForSequenceClassification
-
-    from selftune.models import load_tokenizer, resolve_model_path, unload
-
-    if not scorer_cfg.reward_model:
-        raise ValueError("scorer kind reward-model needs sample.scorer.reward_model")
-    model = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model_path(scorer_cfg.reward_model), use_safetensors=True, trust_remote_code=cfg.model.trust_remote_code
-    )
-    try:
-        tokenizer = load_tokenizer(scorer_cfg.reward_model, trust_remote_code=cfg.model.trust_remote_code)
-        yield RewardModelScorer(model.eval(), tokenizer, pass_threshold=scorer_cfg.pass_threshold)
-    finally:
-        unload(model)
+from selftune.scoring import Scorer, make_scorer, score_samples
 
 
 def early_rejection(prompts: list[PromptRecord], full_samples: int = 0):
@@ -93,28 +45,6 @@ def early_rejection(prompts: list[PromptRecord], full_samples: int = 0):
         return next((name for name, kind, kwargs in rules[prompt_index] if fails_early(kind, text, kwargs)), None)
 
     return stop_when
-
-
-def score_samples(prompts: list[PromptRecord], answers, scorer: Scorer, model_name: str) -> list[SampleRecord]:
-    rows = []
-    for prompt, completions in zip(prompts, answers):
-        results = scorer.score(prompt, [c.text for c in completions])
-        for completion, result in zip(completions, results):
-            rows.append(
-                SampleRecord(
-                    prompt_id=prompt.id,
-                    model=model_name,
-                    completion=completion.text,
-                    score=result.score,
-                    checks=result.checks,
-                    sample_index=completion.sample_index,
-                    seed=completion.seed,
-                    finish_reason=completion.finish_reason,
-                    completion_tokens=completion.completion_tokens,
-                    **({"rejected_by": completion.rejected_by} if completion.rejected_by else {}),
-                )
-            )
-    return rows
 
 
 def retry_unsolved(

@@ -20,18 +20,9 @@ from selftune.records import PromptRecord, SampleRecord, SFTRecord, read_records
 from selftune.runs import StageSpec, write_jsonl
 
 
-def repair_candidates(samples: list[SampleRecord]) -> list[SampleRecord]:
-    """A prompt's failing samples in the order repairs are tried: best score first, whole answers
-    before cut ones, then shortest."""
-    return sorted(
-        samples,
-        key=lambda s: (-s.score, getattr(s, "finish_reason", "stop") != "stop", len(s.completion), s.sample_index),
-    )
-
-
 def repaired_example(prompt: PromptRecord, samples: list[SampleRecord], seed: int = 0):
     """(repaired answer, the sample it came from) for the first failing sample a repair fixes, or None."""
-    from selftune.repair import repair_answer
+    from selftune.repair import repair_answer, repair_candidates
 
     texts = [s.completion for s in samples]
     for sample in repair_candidates(samples):

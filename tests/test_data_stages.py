@@ -216,7 +216,7 @@ def test_the_configured_reward_model_scorer_can_pass_an_answer(tmp_path, tiny_mo
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from selftune.sample import make_scorer
+    from selftune.scoring import make_scorer
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
     with torch.no_grad():

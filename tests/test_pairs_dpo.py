@@ -664,7 +664,7 @@ def test_pairs_with_a_self_judging_scorer_judge_with_the_policy(tmp_path):
 
 def test_a_self_judging_scorer_without_a_model_is_a_named_error():
     from selftune.errors import ConfigError
-    from selftune.sample import make_scorer
+    from selftune.scoring import make_scorer
 
     cfg = load_config("tiny", overrides=["sample.scorer.kind=judge"])
     with pytest.raises(ConfigError, match="judge_model"):
