@@ -426,7 +426,7 @@ def judge_models(answers: list[dict], prompts: list[PromptRecord], baseline: str
 
     Runs after the last evaluated model is unloaded, so the judge is the only model in memory.
     """
-    from selftune.generation import open_generator
+    from selftune.generation import open_configured
     from selftune.records import message_text
     from selftune.scoring import judge_win_rate
 
@@ -436,13 +436,7 @@ def judge_models(answers: list[dict], prompts: list[PromptRecord], baseline: str
         by_model[row["model"]][row["prompt_id"]] = row["answer"]
     requests = [message_text(p.messages) for p in prompts]
     outcome: dict = {"judge": spec, f"vs_{baseline}": {}}
-    with open_generator(
-        spec,
-        backend=cfg.generation.backend,
-        batch_size=cfg.generation.batch_size,
-        dtype=cfg.model.dtype,
-        trust_remote_code=cfg.model.trust_remote_code,
-    ) as judge:
+    with open_configured(spec, cfg) as judge:
         for name, texts in by_model.items():
             if name != baseline:
                 outcome[f"vs_{baseline}"][name] = judge_win_rate(
@@ -476,7 +470,8 @@ EVALUATE_STAGE = StageSpec(
         "model.dtype",
         "generation.backend",
     ),
-    unhashed=("generation.batch_size", "model.trust_remote_code"),  # greedy answers do not depend on batching
+    # Greedy answers do not depend on batching or devices; a load permission.
+    unhashed=("generation.batch_size", "generation.tensor_parallel_size", "model.trust_remote_code"),
 )
 
 

@@ -417,6 +417,19 @@ def open_generator(
         unload(model)
 
 
+def open_configured(spec: str, cfg) -> Iterator[Generator]:
+    """`open_generator` for `spec` with the run's generation settings (backend, batch size,
+    tensor parallelism) and model settings (dtype, trust_remote_code)."""
+    return open_generator(
+        spec,
+        backend=cfg.generation.backend,
+        batch_size=cfg.generation.batch_size,
+        dtype=cfg.model.dtype,
+        trust_remote_code=cfg.model.trust_remote_code,
+        tensor_parallel_size=cfg.generation.tensor_parallel_size,
+    )
+
+
 BACKENDS = ("auto", "hf", "continuous", "vllm")
 
 

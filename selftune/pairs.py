@@ -45,7 +45,8 @@ PAIRS_STAGE = StageSpec(
     output="pairs",
     # The sample section holds the scorer, its threshold and the sampling settings pairs reuse.
     reads=("pairs", "sample", "model.dtype", "generation.backend", "generation.max_new_tokens"),
-    unhashed=("generation.batch_size", "model.trust_remote_code"),  # per-answer seeds; a load permission
+    # Per-answer seeds (batching and devices do not change answers); a load permission.
+    unhashed=("generation.batch_size", "generation.tensor_parallel_size", "model.trust_remote_code"),
 )
 
 
@@ -53,7 +54,7 @@ def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, g
     """Sample the SFT model on train and eval prompts, then write train and held-out pairs."""
     import contextlib
 
-    from selftune.generation import SamplingParams, open_generator
+    from selftune.generation import SamplingParams, open_configured
     from selftune.records import read_records
     from selftune.runs import write_jsonl
     from selftune.scoring import make_scorer, score_samples
@@ -92,15 +93,7 @@ def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, g
     with start as stage, contextlib.ExitStack() as models:
         gen = None
         if needs_policy:
-            gen = generator or models.enter_context(
-                open_generator(
-                    policy,
-                    backend=cfg.generation.backend,
-                    batch_size=cfg.generation.batch_size,
-                    dtype=cfg.model.dtype,
-                    trust_remote_code=cfg.model.trust_remote_code,
-                )
-            )
+            gen = generator or models.enter_context(open_configured(policy, cfg))
         # One scorer for the whole stage: a self-judging scorer judges with the SFT model.
         scorer = models.enter_context(make_scorer(cfg, gen))
         policy_samples: list[SampleRecord] = []

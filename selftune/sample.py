@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from selftune.errors import RecordError
-from selftune.generation import Generator, ProgressCallback, SamplingParams, open_generator
+from selftune.generation import Generator, ProgressCallback, SamplingParams, open_configured
 from selftune.records import PromptRecord, SampleRecord, read_records
 from selftune.runs import StageSpec, write_jsonl
 from selftune.scoring import Scorer, make_scorer, score_samples
@@ -173,18 +173,7 @@ def sample_stage(
     if start.reused:
         return start.reused
     with start as stage:
-        opened = (
-            contextlib.nullcontext(generator)
-            if generator
-            else open_generator(
-                policy,
-                backend=cfg.generation.backend,
-                batch_size=cfg.generation.batch_size,
-                dtype=cfg.model.dtype,
-                trust_remote_code=cfg.model.trust_remote_code,
-                tensor_parallel_size=cfg.generation.tensor_parallel_size,
-            )
-        )
+        opened = contextlib.nullcontext(generator) if generator else open_configured(policy, cfg)
         stop_when = None
         if cfg.sample.early_rejection and cfg.sample.scorer.kind == "constraints":
             stop_when = early_rejection(prompts, cfg.sample.full_samples)

@@ -284,14 +284,9 @@ def make_scorer(cfg, generator: Generator | None):
 
 @contextlib.contextmanager
 def _judge_from(scorer_cfg, cfg):
-    from selftune.generation import open_generator
+    from selftune.generation import open_configured
 
-    with open_generator(
-        scorer_cfg.judge_model,
-        backend=cfg.generation.backend,
-        dtype=cfg.model.dtype,
-        trust_remote_code=cfg.model.trust_remote_code,
-    ) as judge:
+    with open_configured(scorer_cfg.judge_model, cfg) as judge:
         yield JudgeScorer(judge, samples=scorer_cfg.judge_samples, pass_threshold=scorer_cfg.pass_threshold)
 
 
