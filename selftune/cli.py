@@ -124,6 +124,7 @@ def stage_command(*, rounds: bool = True):
         def command(*, run_dir: Path, preset=None, config=(), set_=(), **options):
             run, cfg = open_run(run_dir, preset, list(config), list(set_))
             with run.lock():
+                run.save_config(cfg)
                 return func(run, cfg, **options)
 
         parameters = [*shared, *own, *tail]
@@ -260,7 +261,8 @@ def doctor():
 
 def open_run(run_dir: Path, preset: str | None, files: list[Path], sets: list[str]):
     """The run and its config: the run's saved config.yaml unless options are given, in which
-    case they are resolved and saved as the run's config."""
+    case they are resolved over it. Nothing is written here: the config is saved under the run's
+    lock (a refused second writer must not change it)."""
     from selftune.config import load_config
     from selftune.runs import Run
 
@@ -272,7 +274,6 @@ def open_run(run_dir: Path, preset: str | None, files: list[Path], sets: list[st
         cfg = load_config(files=[saved, *files], overrides=sets)
     else:
         cfg = load_config(preset, files, sets)
-    run.save_config(cfg)
     return run, cfg
 
 
@@ -572,8 +573,18 @@ def evaluate(
         raise typer.BadParameter("give a run directory, or --model NAME=SPEC with --prompts")
     run = Run(run_dir) if run_dir else None
     cfg = run.saved_config() if run else load_config()
-    if models:
-        cfg.evaluate.models = [name.strip() for name in models.split(",") if name.strip()]
+    if models is not None:  # checked before anything runs: a typo must not rewrite a finished evaluation
+        from selftune.config import EVALUATED_MODELS
+
+        names = [name.strip() for name in models.split(",") if name.strip()]
+        unknown = [name for name in names if name not in EVALUATED_MODELS]
+        if unknown or not names:
+            raise typer.BadParameter(
+                f"unknown model name(s) {', '.join(unknown) or '(none given)'}; "
+                f"choose from {', '.join(EVALUATED_MODELS)}",
+                param_hint="--models",
+            )
+        cfg.evaluate.models = names
     if judge or judge_model:
         cfg.evaluate.judge, cfg.evaluate.judge_model = True, judge_model or cfg.evaluate.judge_model
     if benchmark:

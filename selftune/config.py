@@ -263,10 +263,23 @@ class DPOSection(TrainSection):
     )
 
 
+EVALUATED_MODELS = ("base", "sft", "dpo")
+
+
 class EvaluateSection(Section):
     models: list[str] = Field(
-        default_factory=lambda: ["base", "sft", "dpo"], description="Models evaluated, one at a time."
+        default_factory=lambda: ["base", "sft", "dpo"],
+        description="Models evaluated, one at a time: any of base, sft, dpo (every round's).",
     )
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in EVALUATED_MODELS]
+        if unknown or not value:
+            raise ValueError(f"unknown model name(s) {unknown}; choose from {', '.join(EVALUATED_MODELS)}")
+        return value
+
     max_new_tokens: int = Field(256, ge=1, description="Longest eval answer.")
     judge: bool = Field(False, description="Also compute a judge win-rate against the base (positions swapped).")
     judge_model: str | None = Field(

@@ -209,3 +209,50 @@ def test_inspect_masks_shows_trained_tokens(tmp_path, tiny_model_dir):
     result = runner.invoke(app, ["inspect", "masks", "--data", str(data), "--model", str(tiny_model_dir)])
     assert result.exit_code == 0, result.output
     assert "a: 3 of" in result.output and "hello there" in result.output
+
+
+def test_a_refused_second_writer_leaves_the_runs_config_untouched(tmp_path):
+    """Bug: config.yaml was written before the run's lock was taken, so a refused second process
+    still rewrote it, and a later plain `selftune run` used the refused process's settings."""
+    from selftune.config import load_config
+    from selftune.runs import Run
+
+    run = Run(tmp_path / "run")
+    run.save_config(load_config("tiny"))
+    before = (run.root / "config.yaml").read_bytes()
+    with run.lock():
+        for args in (
+            ["run", "--run-dir", str(run.root), "--set", "dpo.beta=0.5"],
+            ["dpo", "--run", str(run.root), "--set", "dpo.beta=0.5"],
+        ):
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code != 0 and "in use by another selftune process" in str(result.exception), args
+    assert (run.root / "config.yaml").read_bytes() == before
+
+
+def test_an_unknown_model_name_is_refused_before_a_finished_evaluation_is_touched(tmp_path):
+    """Bug: `evaluate RUN --models nosuch` exited 0 and rewrote results.json as no models."""
+    from selftune.config import load_config
+    from selftune.records import PromptRecord
+    from selftune.runs import Run, write_jsonl
+
+    run = Run(tmp_path / "run")
+    run.save_config(load_config("tiny"))
+    prompt = PromptRecord(
+        id="e1", messages=[{"role": "user", "content": "hi"}], constraints=[{"type": "lowercase"}], split="eval"
+    )
+    with run.stage("prompts", config={}) as stage:
+        write_jsonl(stage.dir / "prompts.jsonl", [prompt])
+        stage.add_output("prompts", stage.dir / "prompts.jsonl")
+    with run.stage("evaluate", config={}) as stage:
+        (stage.dir / "results.json").write_text('{"models": {"base": {}}}')
+        (stage.dir / "answers.jsonl").write_text('{"model": "base"}\n')
+        stage.add_output("results", stage.dir / "results.json")
+        stage.add_output("answers", stage.dir / "answers.jsonl")
+    saved = {p.name: p.read_bytes() for p in run.stage_dir("evaluate").iterdir()}
+    for models in ("nosuch", "base,sfft"):
+        result = CliRunner().invoke(app, ["evaluate", str(run.root), "--models", models])
+        assert result.exit_code == 2 and "unknown model name" in result.output, result.output
+    assert {p.name: p.read_bytes() for p in run.stage_dir("evaluate").iterdir()} == saved
+    with pytest.raises(Exception, match="unknown model name"):
+        load_config("tiny", overrides=["evaluate.models=[nosuch]"])
