@@ -148,12 +148,12 @@ def generate(
         ..., "--prompts", help="JSONL rows with `id` and either `prompt` (raw text) or `messages`."
     ),
     out: Path = typer.Option(..., "--out", help="Output JSONL: one row per answer."),
-    n: int = typer.Option(1, "-n", help="Answers per prompt."),
-    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest answer in tokens."),
+    n: int = typer.Option(1, "-n", min=1, help="Answers per prompt."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.01, max=1.0, help="Nucleus sampling mass (0.01 to 1)."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest answer in tokens."),
     batch_size: int = typer.Option(
-        32, "--batch-size", help="Sequences per forward pass (slots of the continuous engine)."
+        32, "--batch-size", min=1, help="Sequences per forward pass (slots of the continuous engine)."
     ),
     seed: int = typer.Option(0, "--seed", help="Sampling seed; each answer's seed derives from it."),
     backend: str = typer.Option(
@@ -176,11 +176,18 @@ def generate(
     vLLM seeds per request but its batching can change low-order bits, so its answers may differ
     between batch sizes.
     """
-    from selftune.generation import SamplingParams, open_generator
+    from selftune.generation import SamplingParams, check_backend, open_generator
+    from selftune.models import resolve_dtype
     from selftune.records import read_records
     from selftune.runs import write_jsonl
 
-    rows = read_records(prompts, "generate")  # validate everything before loading a model
+    # Everything is checked before a model loads: options, the output path, every prompt row.
+    check_backend(backend)
+    if dtype != "auto":
+        resolve_dtype(dtype, "cpu")
+    if out.is_dir():
+        raise typer.BadParameter(f"{out} is a folder; give the path of the JSONL file to write", param_hint="--out")
+    rows = read_records(prompts, "generate")
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     inputs = [row.prompt if row.prompt is not None else [m.model_dump() for m in row.messages] for row in rows]
     with open_generator(

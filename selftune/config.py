@@ -30,7 +30,17 @@ Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors; assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data):
+        # pydantic reads `true` as 1 for a number field; in a config that is always a mistake.
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                if field.annotation in (int, float) and isinstance(data.get(name), bool):
+                    raise ValueError(f"{name}: a number is needed, not {str(data[name]).lower()}")
+        return data
 
 
 class ModelSection(Section):
@@ -313,7 +323,9 @@ class EvaluateSection(Section):
 
 
 class PipelineConfig(Section):
-    name: str = Field("demo", description="Run name: the folder under runs/.")
+    name: str = Field(
+        "demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name: the folder under runs/ (no paths)."
+    )
     rounds: int = Field(1, ge=1, description="Self-training rounds; round r+1 starts from round r's DPO model.")
     model: ModelSection = Field(default_factory=ModelSection, description="Base model.")
     generation: GenerationSection = Field(default_factory=GenerationSection, description="Generation backend.")

@@ -256,3 +256,42 @@ def test_an_unknown_model_name_is_refused_before_a_finished_evaluation_is_touche
     assert {p.name: p.read_bytes() for p in run.stage_dir("evaluate").iterdir()} == saved
     with pytest.raises(Exception, match="unknown model name"):
         load_config("tiny", overrides=["evaluate.models=[nosuch]"])
+
+
+@pytest.mark.parametrize(
+    "args,named",
+    [
+        (["-n", "0"], "-n"),
+        (["--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--temperature", "-1"], "--temperature"),
+        (["--top-p", "0"], "--top-p"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--backend", "bogus"], "backend must be one of"),
+        (["--dtype", "float64"], "dtype must be"),
+    ],
+)
+def test_generate_refuses_bad_options_by_name_before_loading_a_model(tmp_path, monkeypatch, args, named):
+    """Issue 16 defect 6: these were tracebacks (some after the model had loaded)."""
+    import selftune.generation
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(selftune.generation, "open_generator", no_model)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "hi"}\n')
+    command = ["generate", "--model", "builtin:smollm2-135m-instruct", "--prompts", str(prompts)]
+    result = CliRunner().invoke(app, [*command, "--out", str(tmp_path / "o.jsonl"), *args])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    message = result.output + str(result.exception)
+    assert named in message, message
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_generate_refuses_an_output_folder_before_loading_a_model(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "hi"}\n')
+    result = CliRunner().invoke(
+        app, ["generate", "--model", "nosuch", "--prompts", str(prompts), "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "is a folder" in result.output

@@ -75,3 +75,21 @@ def test_an_earlier_runs_config_with_the_unused_top_level_seed_still_loads(tmp_p
     path.write_text("seed: 3\nrounds: 2\n")
     cfg = load_config(files=[path])
     assert cfg.rounds == 2 and "seed" not in cfg.model_dump()
+
+
+@pytest.mark.parametrize(
+    "override,named",
+    [
+        ("sft.learning_rate=.inf", "learning_rate"),
+        ("dpo.beta=.nan", "beta"),
+        ("sft.learning_rate=true", "learning_rate"),
+        ("sample.k=true", "k"),
+        ("name=../../x", "name"),
+        ("name=a/b", "name"),
+    ],
+)
+def test_values_that_were_silently_accepted_are_refused_by_name(override, named):
+    """Issue 16 defect 7: infinite or NaN learning rates, `true` read as 1, and a run name that is a
+    path (the run was written outside runs/) were accepted."""
+    with pytest.raises(ConfigError, match=named):
+        load_config("tiny", overrides=[override])
