@@ -53,6 +53,23 @@ class Constraint(Record):
     type: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _known_type_and_valid_kwargs(self):
+        # Checked when the file is read, so a typo fails before any model answers the prompts.
+        from selftune.constraints import CONSTRAINTS
+
+        kind = CONSTRAINTS.get(self.type)
+        if kind is None:
+            raise _FieldProblem(
+                "type", f"unknown constraint type {self.type!r} (known: {', '.join(sorted(CONSTRAINTS))})"
+            )
+        try:
+            kind.params.model_validate(self.kwargs)
+        except ValidationError as exc:
+            problems = "; ".join(f"{_field_name(e['loc']) or 'kwargs'}: {e['msg']}" for e in exc.errors())
+            raise _FieldProblem("kwargs", f"not valid for {self.type}: {problems}") from None
+        return self
+
 
 class PromptRecord(Record):
     id: str
@@ -153,35 +170,40 @@ def read_records(path: Path | str, kind: str) -> list[Record]:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
     schema = KINDS[kind]
     path = Path(path)
+    if path.is_dir():
+        raise RecordError([f"{path}: is a folder, not a JSONL file"])
     if not path.is_file():
         raise RecordError([f"{path}: file not found"])
     records: list[Record] = []
     problems: list[str] = []
     seen: dict[Any, int] = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                data = json.loads(line.rstrip("\n"))
-            except json.JSONDecodeError as exc:
-                problems.append(f"{where}: json: {exc.msg} at column {exc.colno}")
-                continue
-            if not isinstance(data, dict):
-                problems.append(f"{where}: record: expected a JSON object, got {type(data).__name__}")
-                continue
-            try:
-                record = schema.model_validate(data)
-            except ValidationError as exc:
-                problems.extend(f"{where}: {field}: {problem}" for field, problem in _explain(exc))
-                continue
-            field, key = _identity(kind, record)
-            if key in seen:
-                problems.append(f"{where}: {field}: duplicate {key!r} (first on line {seen[key]})")
-                continue
-            seen[key] = number
-            records.append(record)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").split("\n")  # a leading byte-order mark is fine
+    except UnicodeDecodeError as exc:
+        raise RecordError([f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})"]) from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            data = json.loads(line.rstrip("\n"))
+        except json.JSONDecodeError as exc:
+            problems.append(f"{where}: json: {exc.msg} at column {exc.colno}")
+            continue
+        if not isinstance(data, dict):
+            problems.append(f"{where}: record: expected a JSON object, got {type(data).__name__}")
+            continue
+        try:
+            record = schema.model_validate(data)
+        except ValidationError as exc:
+            problems.extend(f"{where}: {field}: {problem}" for field, problem in _explain(exc))
+            continue
+        field, key = _identity(kind, record)
+        if key in seen:
+            problems.append(f"{where}: {field}: duplicate {key!r} (first on line {seen[key]})")
+            continue
+        seen[key] = number
+        records.append(record)
     if not records and not problems:
         problems.append(f"{path}: file holds no records")
     if problems:
@@ -194,7 +216,8 @@ def _explain(exc: ValidationError) -> list[tuple[str, str]]:
     for error in exc.errors():
         context_error = (error.get("ctx") or {}).get("error")
         if isinstance(context_error, _FieldProblem):
-            out.append((context_error.field, context_error.problem))
+            where = _field_name(error["loc"])
+            out.append((f"{where}.{context_error.field}" if where else context_error.field, context_error.problem))
             continue
         field = _field_name(error["loc"]) or "record"
         kind, given = error["type"], error.get("input")

@@ -119,3 +119,38 @@ def test_empty_file_is_an_error(tmp_path):
     path.write_text("\n")
     with pytest.raises(RecordError, match="holds no records"):
         read_records(path, "sft")
+
+
+def _prompt_line(constraints, pid="p1"):
+    import json
+
+    return json.dumps({"id": pid, "messages": [{"role": "user", "content": "Write."}], "constraints": constraints})
+
+
+@pytest.mark.parametrize(
+    "constraints,named",
+    [
+        ([{"type": "lowercse"}], "constraints[0].type: unknown constraint type 'lowercse'"),
+        ([{"type": "word_count", "kwargs": {"relation": "about", "n": 5}}], "constraints[0].kwargs: not valid for"),
+        ([{"type": "lowercase"}, {"type": "word_count", "kwargs": {}}], "constraints[1].kwargs"),
+    ],
+)
+def test_constraint_types_and_kwargs_are_checked_when_the_file_is_read(tmp_path, constraints, named):
+    """Issue 16 defect 3: an unknown constraint type or bad kwargs failed only after every answer
+    had been generated, with a traceback; `validate` called such a file valid."""
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(_prompt_line([{"type": "lowercase"}], "ok") + "\n" + _prompt_line(constraints) + "\n")
+    with pytest.raises(RecordError) as caught:
+        read_records(path, "prompts")
+    assert f"{path}:2: {named}" in str(caught.value)
+
+
+def test_a_byte_order_mark_is_accepted_and_non_utf8_or_a_folder_is_a_named_error(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + _prompt_line([{"type": "lowercase"}]).encode() + b"\n")
+    assert [r.id for r in read_records(path, "prompts")] == ["p1"]
+    path.write_bytes(_prompt_line([{"type": "lowercase"}]).encode() + b"\n\xff\xfe broken\n")
+    with pytest.raises(RecordError, match="not UTF-8 text"):
+        read_records(path, "prompts")
+    with pytest.raises(RecordError, match="is a folder"):
+        read_records(tmp_path, "prompts")
