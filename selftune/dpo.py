@@ -336,7 +336,7 @@ def dpo_stage(
         )
         for index, row in enumerate(eval_rows):
             row["pair_index"] = index
-        resuming = prepare_checkpoints(out, stage.fingerprint, stage="dpo")
+        resuming = prepare_checkpoints(out, stage.fingerprint, stage="dpo", finished_before=stage.finished_before)
         model = load_model(
             sft_model,
             dtype="float32" if not cfg.model.load_in_4bit else "bfloat16",

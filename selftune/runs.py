@@ -287,6 +287,7 @@ class StageContext:
         self.inputs = inputs
         self.outputs: dict[str, Path] = {}
         self.metrics: dict[str, Any] = {}
+        self.finished_before = False  # set by Run.stage: the stage had completed before this run
         # Config hash plus the inputs' sha256: training checkpoints are reused only under the same
         # fingerprint, so a resume never continues from a run on other data.
         self.fingerprint = fingerprint
@@ -454,6 +455,10 @@ class Run:
             digest.update(f"{key}={input_refs[key].sha256}".encode())
         context = StageContext(self, name, round_number, stage_hash, inputs, fingerprint=digest.hexdigest()[:16])
         context.dir.mkdir(parents=True, exist_ok=True)
+        previous = read_manifest(context.dir) if (context.dir / MANIFEST).is_file() else None
+        # A stage run again after it finished (a stage command, --from) starts over; only an
+        # attempt that did not finish is resumed from its checkpoints.
+        context.finished_before = previous is not None and previous.status == "complete"
         (context.dir / MANIFEST).unlink(missing_ok=True)
         started = time.time()
         status, error = "complete", None

@@ -130,7 +130,7 @@ def sft_stage(
             source=str(data_path),
         )
         train_rows, eval_rows = split_validation(rows, cfg.sft.validation_share, cfg.sft.seed)
-        resuming = prepare_checkpoints(out, stage.fingerprint, stage="sft")
+        resuming = prepare_checkpoints(out, stage.fingerprint, stage="sft", finished_before=stage.finished_before)
         # Weights stay fp32 for training unless 4-bit; bf16 enters through autocast.
         model = load_model(
             base,

@@ -146,11 +146,15 @@ def make_sft_trainer_class():
     return ResponseTrainer
 
 
-def prepare_checkpoints(out_dir: Path, fingerprint: str, *, stage: str) -> bool:
-    """Keep checkpoints only if they were written under the same config and inputs (`fingerprint`);
-    True when training will resume from one (and the log says from which)."""
+def prepare_checkpoints(out_dir: Path, fingerprint: str, *, stage: str, finished_before: bool = False) -> bool:
+    """Keep checkpoints only if they were written under the same config and inputs (`fingerprint`)
+    by an attempt that did not finish (a finished stage run again retrains from the start); True
+    when training will resume from one (and the log says from which)."""
     checkpoints = out_dir / "checkpoints"
     stamp = checkpoints / "selftune-fingerprint"
+    if checkpoints.exists() and finished_before:
+        logger.info("%s: the stage had finished; training again from the start", stage)
+        shutil.rmtree(checkpoints)
     if checkpoints.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
         shutil.rmtree(checkpoints)
     checkpoints.mkdir(parents=True, exist_ok=True)

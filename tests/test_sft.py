@@ -199,3 +199,18 @@ def test_response_loss_with_the_head_on_answers_only_equals_the_models_own_loss(
     # The saving is real: the head saw fewer positions than the batch is wide.
     first_answer = min(r["labels"].index(next(x for x in r["labels"] if x != -100)) for r in rows)
     assert first_answer > 5
+
+
+def test_rerunning_a_finished_sft_stage_retrains_instead_of_resuming_its_last_checkpoint(tmp_path, tiny_model_dir):
+    """Issue 16 defect 5: `--from sft` (or `selftune sft` again) on a finished stage resumed from
+    its last checkpoint, trained 0 steps and recorded train_loss 0.0."""
+    data = write_sft(tmp_path / "sft.jsonl")
+    cfg = tiny_cfg(tiny_model_dir, "sft.merge=false")
+    run = Run(tmp_path / "run")
+    sft_stage(run, cfg, data_path=data)
+    first = read_manifest(run.stage_dir("sft")).metrics
+    sft_stage(run, cfg, data_path=data)  # reuse is off, as for a stage command or --from
+    second = read_manifest(run.stage_dir("sft")).metrics
+    assert second["resumed"] is False and second["steps"] == first["steps"] > 0
+    assert second["train_loss"] == pytest.approx(first["train_loss"], rel=1e-5) and second["train_loss"] > 0
+    assert set(losses(run)) == set(range(1, first["steps"] + 1))
