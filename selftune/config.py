@@ -125,6 +125,13 @@ class ScorerSection(Section):
     )
 
     @model_validator(mode="after")
+    def _reward_model_named(self) -> ScorerSection:
+        # Checked with the config, before any model answers a prompt.
+        if self.kind == "reward-model" and not self.reward_model:
+            raise ValueError("kind reward-model needs reward_model (a sequence-classification model spec)")
+        return self
+
+    @model_validator(mode="after")
     def _threshold_by_kind(self) -> ScorerSection:
         if self.pass_threshold is None:
             # Written into the config (and so its hash), so a changed kind re-decides it only when unset.

@@ -93,3 +93,11 @@ def test_values_that_were_silently_accepted_are_refused_by_name(override, named)
     path (the run was written outside runs/) were accepted."""
     with pytest.raises(ConfigError, match=named):
         load_config("tiny", overrides=[override])
+
+
+def test_a_reward_model_scorer_without_a_model_is_refused_with_the_config():
+    """Issue 16 defect 3: it failed only after every answer had been generated."""
+    with pytest.raises(ConfigError, match="reward_model"):
+        load_config("tiny", overrides=["sample.scorer.kind=reward-model"])
+    cfg = load_config("tiny", overrides=["sample.scorer.kind=reward-model", "sample.scorer.reward_model=/models/rm"])
+    assert cfg.sample.scorer.reward_model == "/models/rm"

@@ -224,7 +224,9 @@ def test_the_configured_reward_model_scorer_can_pass_an_answer(tmp_path, tiny_mo
     model.save_pretrained(tmp_path / "rm")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "rm")
     defaults = {
-        kind: load_config("demo", overrides=[f"sample.scorer.kind={kind}"]).sample.scorer.pass_threshold
+        kind: load_config(
+            "demo", overrides=[f"sample.scorer.kind={kind}", f"sample.scorer.reward_model={tmp_path / 'rm'}"]
+        ).sample.scorer.pass_threshold
         for kind in ("constraints", "judge", "reward-model")
     }
     assert defaults == {"constraints": 1.0, "judge": 0.7, "reward-model": 0.5}
@@ -234,7 +236,14 @@ def test_the_configured_reward_model_scorer_can_pass_an_answer(tmp_path, tiny_mo
     with make_scorer(cfg, None) as scorer:
         results = scorer.score(_prompt([]), ["short", "The sea is calm today."])
     assert [r.score for r in results] == [0.5, 0.5] and all(r.passed for r in results)
-    explicit = load_config("demo", overrides=["sample.scorer.kind=reward-model", "sample.scorer.pass_threshold=0.9"])
+    explicit = load_config(
+        "demo",
+        overrides=[
+            "sample.scorer.kind=reward-model",
+            "sample.scorer.reward_model=rm",
+            "sample.scorer.pass_threshold=0.9",
+        ],
+    )
     assert explicit.sample.scorer.pass_threshold == 0.9
 
 
