@@ -63,6 +63,19 @@ def parse_benchmark(item: str) -> tuple[str, Path | None]:
     return name, Path(path).expanduser() if path else None
 
 
+def pass_rates(groups: dict[str, list[tuple[bool, bool]]]) -> dict[str, dict]:
+    """Per group (a constraint type, a benchmark instruction), sorted by name: how many
+    instructions, and the share passed under strict and loose checking, from (strict, loose) pairs."""
+    return {
+        key: {
+            "n": len(v),
+            "strict": round(sum(s for s, _ in v) / len(v), 4),
+            "loose": round(sum(lo for _, lo in v) / len(v), 4),
+        }
+        for key, v in sorted(groups.items())
+    }
+
+
 def load_benchmark(name: str, path: Path | None = None, limit: int | None = None) -> list[BenchmarkPrompt]:
     """The benchmark's prompts from `path` (validated; `file:line: field: problem` for bad rows), or
     from the public dataset when no path is given and the Hub can be reached."""
@@ -231,14 +244,7 @@ def score_benchmark(name: str, prompts: list[BenchmarkPrompt], answers: list[str
         "instruction_strict": round(sum(s for s, _ in instructions) / max(1, len(instructions)), 4),
         "instruction_loose": round(sum(lo for _, lo in instructions) / max(1, len(instructions)), 4),
         "instructions": len(instructions),
-        "by_instruction": {
-            i: {
-                "n": len(v),
-                "strict": round(sum(s for s, _ in v) / len(v), 4),
-                "loose": round(sum(lo for _, lo in v) / len(v), 4),
-            }
-            for i, v in sorted(by_instruction.items())
-        },
+        "by_instruction": pass_rates(by_instruction),
         "not_scored": {
             **{i: f"needs {reason}" for i, reason in sorted(unavailable.items())},
             **{i: "no reference checker in if-verifiable" for i in sorted(unknown)},

@@ -99,26 +99,16 @@ def stage_command(*, rounds: bool = True):
             for p in inspect.signature(func, eval_str=True).parameters.values()
             if p.name not in ("run", "cfg", "round_number")
         ]
-        shared = [
-            inspect.Parameter(
-                "run_dir",
-                kind,
-                annotation=Path,
-                default=typer.Option(..., "--run", help="Run directory (e.g. runs/demo)."),
-            )
-        ]
-        tail = [
+        run_option = typer.Option(..., "--run", help="Run directory (e.g. runs/demo).")
+        round_option = typer.Option(1, "--round", help="Round number.")
+        parameters = [
+            inspect.Parameter("run_dir", kind, annotation=Path, default=run_option),
+            *own,
+            *([inspect.Parameter("round_number", kind, annotation=int, default=round_option)] if rounds else []),
             inspect.Parameter("preset", kind, annotation=str | None, default=PresetOption),
             inspect.Parameter("config", kind, annotation=list[Path], default=ConfigOption),
             inspect.Parameter("set_", kind, annotation=list[str], default=SetOption),
         ]
-        if rounds:
-            tail.insert(
-                0,
-                inspect.Parameter(
-                    "round_number", kind, annotation=int, default=typer.Option(1, "--round", help="Round number.")
-                ),
-            )
 
         @functools.wraps(func)
         def command(*, run_dir: Path, preset=None, config=(), set_=(), **options):
@@ -127,7 +117,6 @@ def stage_command(*, rounds: bool = True):
                 run.save_config(cfg)
                 return func(run, cfg, **options)
 
-        parameters = [*shared, *own, *tail]
         command.__signature__ = inspect.Signature(parameters)
         command.__annotations__ = {p.name: p.annotation for p in parameters}
         del command.__wrapped__  # typer reads __signature__, not the wrapped function's

@@ -851,25 +851,29 @@ def _lookup(name: str) -> ConstraintType:
         raise ValueError(f"unknown constraint type {name!r}; known: {', '.join(CONSTRAINTS)}") from None
 
 
+def validated_params(name: str, kwargs: dict[str, Any]) -> BaseModel:
+    """A constraint's parameters, validated against its type's schema: ValueError for an unknown
+    type, pydantic's ValidationError (a ValueError too) for bad kwargs."""
+    return _lookup(name).params.model_validate(kwargs)
+
+
 def describe(name: str, kwargs: dict[str, Any], wording: str = "train-0") -> str:
     """The instruction sentence for a constraint, in one of its wordings (`train-K` or `eval-K`)."""
-    kind = _lookup(name)
-    return kind.render(kind.params.model_validate(kwargs), wording)
+    return _lookup(name).render(validated_params(name, kwargs), wording)
 
 
 def check(name: str, text: str, kwargs: dict[str, Any]) -> bool:
     """Does `text` satisfy the constraint? Empty or whitespace-only text never does (as in IFEval:
     an answer that says nothing follows no instruction, however vacuously it meets a rule)."""
-    kind = _lookup(name)
-    params = kind.params.model_validate(kwargs)
-    return bool(text.strip()) and kind.checker(text, params)
+    params = validated_params(name, kwargs)
+    return bool(text.strip()) and _lookup(name).checker(text, params)
 
 
 def fails_early(name: str, prefix: str, kwargs: dict[str, Any]) -> bool:
     """Can no continuation of `prefix` satisfy the constraint? (False when the type has no
     early-failure rule.) Used to stop doomed samples; see `EARLY_FAIL`."""
     rule = EARLY_FAIL.get(name)
-    return rule is not None and rule(prefix, _lookup(name).params.model_validate(kwargs))
+    return rule is not None and rule(prefix, validated_params(name, kwargs))
 
 
 def compatible(names: list[str], candidate: str) -> bool:

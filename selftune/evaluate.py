@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from selftune.benchmarks import pass_rates
 from selftune.constraints import check, check_loose
 from selftune.errors import MissingExtraError, SelftuneError
 from selftune.records import PairRecord, PromptRecord
@@ -68,14 +69,7 @@ def instruction_following(prompts: list[PromptRecord], answers: list[str]) -> tu
         "prompt_loose": round(prompt_loose / n, 4),
         "instruction_strict": round(strict_total / max(1, instructions), 4),
         "instruction_loose": round(loose_total / max(1, instructions), 4),
-        "by_type": {
-            t: {
-                "n": len(v),
-                "strict": round(sum(s for s, _ in v) / len(v), 4),
-                "loose": round(sum(loose for _, loose in v) / len(v), 4),
-            }
-            for t, v in sorted(by_type.items())
-        },
+        "by_type": pass_rates(by_type),
         "prompts": len(prompts),
     }
     return metrics, details
@@ -324,7 +318,7 @@ def round_references(names: list[str]) -> dict[str, str]:
     sft = [name for name in names if name.split("-")[0] == "sft"]
     references = {}
     for name in names:
-        kind, _, suffix = name.partition("-")
+        suffix = name.partition("-")[2]
         own = f"sft-{suffix}" if suffix else "sft"
         if own in names:
             references[name] = own

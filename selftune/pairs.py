@@ -9,15 +9,18 @@ Usage:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from selftune.errors import NoTrainingDataError
+from selftune.generation import SamplingParams, open_configured
 from selftune.negatives import Chosen, Contrast, build_pairs, contrasts_for, prompt_messages
-from selftune.records import SampleRecord
-from selftune.runs import StageSpec
+from selftune.records import SampleRecord, read_records
+from selftune.runs import StageSpec, write_jsonl
+from selftune.scoring import judges_with_policy, make_scorer, score_samples
 
 logger = logging.getLogger("selftune.pairs")
 
@@ -52,21 +55,13 @@ PAIRS_STAGE = StageSpec(
 
 def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, generator=None, progress=None) -> Path:
     """Sample the SFT model on train and eval prompts, then write train and held-out pairs."""
-    import contextlib
-
-    from selftune.generation import SamplingParams, open_configured
-    from selftune.records import read_records
-    from selftune.runs import write_jsonl
-    from selftune.scoring import make_scorer, score_samples
-
     cfg = PAIRS_STAGE.view(cfg)
     prompts_path = run.output_of("prompts", "prompts", round_number=1)
     sft_path = run.output_of("sft-data", "sft", round_number=round_number)
     base_path = run.output_of("sample", "samples", round_number=1)
     # The SFT model answers when pairs.k > 0, and judges when the scorer is a judge with no model of
     # its own; otherwise no model is read (policy None).
-    self_judging = cfg.sample.scorer.kind == "judge" and cfg.sample.scorer.judge_model is None
-    needs_policy = bool(cfg.pairs.k) or self_judging
+    needs_policy = bool(cfg.pairs.k) or judges_with_policy(cfg.sample.scorer)
     policy = (policy or str(run.output_of("sft", "merged", round_number=round_number))) if needs_policy else None
     all_prompts = read_records(prompts_path, "prompts")
     # Held-out pairs come from the first `pairs.eval_prompts` eval prompts: sampling them all costs

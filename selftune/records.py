@@ -56,18 +56,15 @@ class Constraint(Record):
     @model_validator(mode="after")
     def _known_type_and_valid_kwargs(self):
         # Checked when the file is read, so a typo fails before any model answers the prompts.
-        from selftune.constraints import CONSTRAINTS
+        from selftune.constraints import validated_params
 
-        kind = CONSTRAINTS.get(self.type)
-        if kind is None:
-            raise _FieldProblem(
-                "type", f"unknown constraint type {self.type!r} (known: {', '.join(sorted(CONSTRAINTS))})"
-            )
         try:
-            kind.params.model_validate(self.kwargs)
-        except ValidationError as exc:
+            validated_params(self.type, self.kwargs)
+        except ValidationError as exc:  # first: a ValidationError is a ValueError too
             problems = "; ".join(f"{_field_name(e['loc']) or 'kwargs'}: {e['msg']}" for e in exc.errors())
             raise _FieldProblem("kwargs", f"not valid for {self.type}: {problems}") from None
+        except ValueError as exc:  # an unknown type
+            raise _FieldProblem("type", str(exc)) from None
         return self
 
 
@@ -186,7 +183,7 @@ def read_records(path: Path | str, kind: str) -> list[Record]:
             continue
         where = f"{path}:{number}"
         try:
-            data = json.loads(line.rstrip("\n"))
+            data = json.loads(line)
         except json.JSONDecodeError as exc:
             problems.append(f"{where}: json: {exc.msg} at column {exc.colno}")
             continue

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from selftune.constraints import CONSTRAINTS, bullet_lines, check, paragraphs, sentences, words
+from selftune.constraints import bullet_lines, check, paragraphs, sentences, validated_params, words
 from selftune.records import PromptRecord, SampleRecord
 from selftune.scoring import ConstraintScorer, is_complete, repetition_rate
 
@@ -335,7 +335,7 @@ def repair_answer(
     if not text.strip() or repetition_rate(text) > scorer.max_repetition:
         return None
     context = {"siblings": list(siblings), "rng": random.Random(f"{seed}-{prompt.id}")}
-    params = {c.type: CONSTRAINTS[c.type].params.model_validate(c.kwargs) for c in prompt.constraints}
+    params = {c.type: validated_params(c.type, c.kwargs) for c in prompt.constraints}
     done: list[str] = []
     for _ in range(passes):
         failing = _failing(prompt, text)

@@ -455,7 +455,7 @@ class Run:
             digest.update(f"{key}={input_refs[key].sha256}".encode())
         context = StageContext(self, name, round_number, stage_hash, inputs, fingerprint=digest.hexdigest()[:16])
         context.dir.mkdir(parents=True, exist_ok=True)
-        previous = read_manifest(context.dir) if (context.dir / MANIFEST).is_file() else None
+        previous = read_manifest(context.dir)
         # A stage run again after it finished (a stage command, --from) starts over; only an
         # attempt that did not finish is resumed from its checkpoints.
         context.finished_before = previous is not None and previous.status == "complete"

@@ -263,13 +263,18 @@ def judge_win_rate(
 # ---------------------------------------------------------------------------------------------
 
 
+def judges_with_policy(scorer_cfg) -> bool:
+    """A judge with no model of its own judges with the policy model of the stage."""
+    return scorer_cfg.kind == "judge" and scorer_cfg.judge_model is None
+
+
 def make_scorer(cfg, generator: Generator | None):
     """The configured scorer; a judge without its own model judges with `generator` (the policy)."""
     scorer_cfg = cfg.sample.scorer
     if scorer_cfg.kind == "constraints":
         return contextlib.nullcontext(ConstraintScorer(quality_checks=scorer_cfg.quality_checks))
     if scorer_cfg.kind == "judge":
-        if scorer_cfg.judge_model is None:
+        if judges_with_policy(scorer_cfg):
             if generator is None:
                 raise ConfigError(
                     "sample.scorer.kind=judge with no sample.scorer.judge_model judges with the policy "
