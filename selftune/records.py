@@ -19,9 +19,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from selftune.errors import RecordError
 
@@ -39,9 +47,27 @@ class Message(Record):
     @field_validator("content")
     @classmethod
     def _not_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("empty text")
-        return value
+        return _not_blank(value)
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("empty text")
+    return value
+
+
+Id = Annotated[str, AfterValidator(_not_blank)]
+
+
+def _ends_with_user(messages: list[Message], field: str) -> None:
+    if messages and messages[-1].role != "user":
+        raise _FieldProblem(field, f"the last message must have role 'user', not {messages[-1].role!r}")
+
+
+def _assistant_only(messages: list[Message], field: str) -> None:
+    roles = sorted({m.role for m in messages} - {"assistant"})
+    if roles:
+        raise _FieldProblem(field, f"messages must have role 'assistant', not {', '.join(map(repr, roles))}")
 
 
 def message_text(messages: list[Message] | list[dict]) -> str:
@@ -69,43 +95,49 @@ class Constraint(Record):
 
 
 class PromptRecord(Record):
-    id: str
+    id: Id
     messages: list[Message] = Field(min_length=1)
     constraints: list[Constraint] = Field(default_factory=list)
     split: Literal["train", "eval"] = "train"
 
     @model_validator(mode="after")
     def _ends_with_user(self):
-        if self.messages[-1].role != "user":
-            raise _FieldProblem("messages", "the last message must have role 'user'")
+        _ends_with_user(self.messages, "messages")
         return self
 
 
 class SampleRecord(Record):
-    prompt_id: str
+    prompt_id: Id
     model: str
     completion: str
     score: float = Field(ge=0, le=1)
+
+    @field_validator("score", mode="before")
+    @classmethod
+    def _a_number(cls, value):
+        if isinstance(value, bool):  # JSON true would become 1.0
+            raise ValueError(f"expected a number from 0 to 1, got {str(value).lower()}")
+        return value
+
     checks: dict[str, Any] = Field(default_factory=dict)
     sample_index: int = Field(ge=0)
     seed: int | None = None
 
 
 class SFTRecord(Record):
-    id: str
+    id: Id
     prompt: list[Message] = Field(min_length=1)
     completion: list[Message] = Field(min_length=1)
 
-    @field_validator("completion")
-    @classmethod
-    def _assistant_only(cls, value: list[Message]) -> list[Message]:
-        if any(m.role != "assistant" for m in value):
-            raise ValueError("completion messages must have role 'assistant'")
-        return value
+    @model_validator(mode="after")
+    def _turns(self):
+        _ends_with_user(self.prompt, "prompt")  # else the model would learn to answer itself
+        _assistant_only(self.completion, "completion")
+        return self
 
 
 class PairRecord(Record):
-    id: str
+    id: Id
     prompt: list[Message] = Field(min_length=1)
     chosen: list[Message] = Field(min_length=1)
     rejected: list[Message] = Field(min_length=1)
@@ -115,6 +147,9 @@ class PairRecord(Record):
 
     @model_validator(mode="after")
     def _different(self):
+        _ends_with_user(self.prompt, "prompt")
+        _assistant_only(self.chosen, "chosen")
+        _assistant_only(self.rejected, "rejected")
         if message_text(self.chosen).strip() == message_text(self.rejected).strip():
             raise _FieldProblem("rejected", "identical to chosen")
         return self
@@ -123,7 +158,7 @@ class PairRecord(Record):
 class GenerateInput(Record):
     """A row of `selftune generate --prompts`: an id and either raw text or chat messages."""
 
-    id: str
+    id: Id
     prompt: str | None = None
     messages: list[Message] | None = None
 
@@ -165,27 +200,52 @@ def read_records(path: Path | str, kind: str) -> list[Record]:
     """Parse and validate a JSONL file; raise RecordError listing every bad line."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
-    schema = KINDS[kind]
     path = Path(path)
+    lines = read_text(path, "a JSONL file").split("\n")
+    rows = ((f"{path}:{number}", line) for number, line in enumerate(lines, start=1) if line.strip())
+    return validate_rows(path, ((where, parse_json_line(line)) for where, line in rows), kind)
+
+
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file's contents (a leading byte-order mark is fine), or a RecordError naming
+    the file: missing, a folder, or not UTF-8."""
     if path.is_dir():
-        raise RecordError([f"{path}: is a folder, not a JSONL file"])
+        raise RecordError([f"{path}: is a folder, not {what}"])
     if not path.is_file():
         raise RecordError([f"{path}: file not found"])
-    records: list[Record] = []
-    problems: list[str] = []
-    seen: dict[Any, int] = {}
     try:
-        lines = path.read_text(encoding="utf-8-sig").split("\n")  # a leading byte-order mark is fine
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise RecordError([f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})"]) from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{where}: json: {exc.msg} at column {exc.colno}")
+
+
+def parse_json_line(line: str) -> Any:
+    """One JSONL line as data, or a `RowProblem` naming what is wrong with it."""
+    try:
+        return json.loads(line, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        return RowProblem("json", f"{exc.msg} at column {exc.colno}")
+    except _FieldProblem as exc:
+        return RowProblem("json", exc.problem)
+
+
+class RowProblem(NamedTuple):
+    """A row that could not even be parsed: its field (json, csv...) and the problem."""
+
+    field: str
+    problem: str
+
+
+def validate_rows(path: Path, rows, kind: str) -> list[Record]:
+    """Validate `(where, data)` rows against `kind`'s schema; raise RecordError listing every bad
+    row as `where: field: problem` (duplicates of the file's identity field included)."""
+    schema = KINDS[kind]
+    records: list[Record] = []
+    problems: list[str] = []
+    seen: dict[Any, str] = {}
+    for where, data in rows:
+        if isinstance(data, RowProblem):
+            problems.append(f"{where}: {data.field}: {data.problem}")
             continue
         if not isinstance(data, dict):
             problems.append(f"{where}: record: expected a JSON object, got {type(data).__name__}")
@@ -197,15 +257,21 @@ def read_records(path: Path | str, kind: str) -> list[Record]:
             continue
         field, key = _identity(kind, record)
         if key in seen:
-            problems.append(f"{where}: {field}: duplicate {key!r} (first on line {seen[key]})")
+            problems.append(f"{where}: {field}: duplicate {key!r} (first on {seen[key]})")
             continue
-        seen[key] = number
+        line = where.removeprefix(f"{path}:")
+        seen[key] = f"line {line}" if line.isdigit() else where
         records.append(record)
     if not records and not problems:
         problems.append(f"{path}: file holds no records")
     if problems:
         raise RecordError(problems)
     return records
+
+
+def _no_constant(name: str):
+    # Python's json reads NaN and Infinity, which are not JSON and would slip through as numbers.
+    raise _FieldProblem("json", f"{name} is not valid JSON (write a number or null)")
 
 
 def _explain(exc: ValidationError) -> list[tuple[str, str]]:

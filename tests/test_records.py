@@ -48,7 +48,7 @@ BAD_FILES = [
         "sft",
         {"id": "a", "prompt": [USER], "completion": [ANSWER]},
         {"id": "b", "prompt": [USER], "completion": [USER]},
-        "completion: completion messages must have role 'assistant'",
+        "completion: messages must have role 'assistant', not 'user'",
     ),
     (
         "sft",
@@ -103,7 +103,7 @@ def test_every_bad_line_is_reported(tmp_path):
     with pytest.raises(RecordError) as caught:
         read_records(path, "prompts")
     assert [p.split(":")[1] for p in caught.value.problems] == ["2", "3", "4"]
-    assert caught.value.problems[2].endswith("messages: the last message must have role 'user'")
+    assert caught.value.problems[2].endswith("messages: the last message must have role 'user', not 'assistant'")
 
 
 def test_good_files_parse_and_keep_extra_fields(tmp_path):
