@@ -12,20 +12,21 @@ is a pure function of its seed. The `eval` split is held out three times over:
 Usage:
     from selftune.prompts import build_prompts, import_prompts
     records = build_prompts(n_train=300, n_eval=100, seed=0)
-    records = import_prompts("my_prompts.jsonl")        # JSONL, or anything datasets can read
+    records = import_prompts("my_prompts.csv")          # JSONL, JSON, CSV, Parquet, a datasets folder
 
     selftune prompts build --run runs/demo
 """
 
 from __future__ import annotations
 
-import json
+import csv
+import io
 import random
 from pathlib import Path
 
 from selftune.constraints import CONSTRAINTS, compatible, describe
 from selftune.errors import RecordError
-from selftune.records import PromptRecord, read_records
+from selftune.records import PromptRecord, RowProblem, parse_json_line, read_text, validate_rows
 from selftune.runs import StageSpec
 
 FORMS = {
@@ -269,52 +270,95 @@ def build_prompts(
     return records
 
 
+IMPORT_FORMATS = ".jsonl, .json (an array of objects), .csv, .parquet or a `datasets` folder (save_to_disk)"
+
+
 def import_prompts(path: Path | str, split: str = "train") -> list[PromptRecord]:
-    """User prompts: selftune JSONL (validated), or any file `datasets.load_dataset` reads whose
-    rows have `messages`, `prompt` or `instruction` (and optionally `id`, `constraints`)."""
+    """User prompts from JSONL, JSON, CSV, Parquet or a `datasets` folder. A row holds
+    `messages` (selftune's own format), `prompt` or `instruction`, and optionally `id`,
+    `constraints` and `split`. Every row is validated like a prompts file: a bad row, a duplicate
+    id or an unreadable file fails the import with `file:line: field: problem`."""
     path = Path(path)
-    if path.suffix == ".jsonl" and _looks_like_prompt_records(path):
-        return [r for r in read_records(path, "prompts")]  # type: ignore[misc]
-    import datasets
-
-    builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix)
-    dataset = (
-        datasets.load_dataset(builder, data_files=str(path), split="train")
-        if builder
-        else datasets.load_from_disk(str(path))
-    )
-    records, problems = [], []
-    for number, row in enumerate(dataset, start=1):
-        where = f"{path}:{number}"
-        if row.get("messages"):
-            messages = row["messages"]
-        elif row.get("prompt") or row.get("instruction"):
-            messages = [{"role": "user", "content": row.get("prompt") or row.get("instruction")}]
-        else:
-            problems.append(f"{where}: prompt: missing (need 'messages', 'prompt' or 'instruction')")
-            continue
-        records.append(
-            PromptRecord(
-                id=str(row.get("id") or f"{split}-{number:05d}"),
-                messages=messages,
-                constraints=row.get("constraints") or [],
-                split=row.get("split") or split,
-            )
-        )
-    if problems:
-        raise RecordError(problems)
-    return records
+    rows = ((where, _as_prompt(row, number, split)) for number, (where, row) in enumerate(_source_rows(path), 1))
+    return validate_rows(path, rows, "prompts")  # type: ignore[return-value]
 
 
-def _looks_like_prompt_records(path: Path) -> bool:
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
+def _as_prompt(row, number: int, split: str):
+    if not isinstance(row, dict):
+        return row  # validate_rows names it
+    data = dict(row)
+    text = row.get("prompt") if row.get("prompt") is not None else row.get("instruction")
+    if "messages" not in row and text is not None:
+        data.pop("prompt", None), data.pop("instruction", None)
+        data["messages"] = [{"role": "user", "content": text}] if isinstance(text, str) else text
+    elif "messages" not in row:
+        return RowProblem("prompt", "missing (need 'messages', 'prompt' or 'instruction')")
+    data["id"] = str(row["id"]) if row.get("id") is not None else f"{split}-{number:05d}"
+    data["split"] = row.get("split") or split
+    data["constraints"] = row.get("constraints") or []
+    return data
+
+
+def _source_rows(path: Path):
+    """(where, row) for each row of an import source; `where` is `file:line` where lines exist."""
+    if path.is_dir():
+        if not (path / "dataset_info.json").is_file() and not (path / "state.json").is_file():
+            raise RecordError([f"{path}: is a folder but not a saved `datasets` folder (use {IMPORT_FORMATS})"])
+        import datasets
+
+        for number, row in enumerate(datasets.load_from_disk(str(path)), start=1):
+            yield f"{path}: row {number}", row
+        return
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        if not path.is_file():
+            raise RecordError([f"{path}: file not found"])
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow's errors share no base class we could name
+            raise RecordError([f"{path}: not a readable Parquet file ({exc})"]) from None
+        for number, row in enumerate(table.to_pylist(), start=1):
+            yield f"{path}: row {number}", row
+        return
+    if suffix not in (".jsonl", ".json", ".csv"):
+        raise RecordError([f"{path}: unsupported format {suffix or '(no extension)'!r}; use {IMPORT_FORMATS}"])
+    text = read_text(path, "a prompts file")
+    if suffix == ".jsonl":
+        for number, line in enumerate(text.split("\n"), start=1):
             if line.strip():
-                try:
-                    return "messages" in json.loads(line) and "id" in json.loads(line)
-                except ValueError:
-                    return True  # let the validator name the broken line
-    return True
+                yield f"{path}:{number}", parse_json_line(line)
+    elif suffix == ".json":
+        data = parse_json_line(text)
+        if isinstance(data, RowProblem):
+            yield f"{path}", data
+        elif not isinstance(data, list):
+            raise RecordError([f"{path}: json: expected an array of objects, got {type(data).__name__}"])
+        else:
+            for index, row in enumerate(data):
+                yield f"{path}: item {index}", row
+    else:
+        yield from _csv_rows(path, text)
+
+
+def _csv_rows(path: Path, text: str):
+    # The csv module rather than `datasets`: it gives each row's line number and names a broken row.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                yield where, RowProblem("csv", f"{len(row)} columns where the header has {len(header)}")
+                continue
+            yield where, {key: value for key, value in zip(header, row) if value != "" or key == "id"}
+    except csv.Error as exc:
+        raise RecordError([f"{path}:{reader.line_num}: csv: {exc}"]) from None
 
 
 PROMPTS_STAGE = StageSpec("prompts", output="prompts", reads=("prompts",))
@@ -327,13 +371,16 @@ def prompts_stage(run, cfg, *, source: Path | None = None) -> Path:
 
     cfg = PROMPTS_STAGE.view(cfg)
     source = Path(source) if source else (None if cfg.prompts.source == "builtin" else Path(cfg.prompts.source))
+    # An imported file is read and validated in full before the stage starts: a bad row leaves
+    # the run's earlier prompts (and their manifest) as they were.
+    imported = import_prompts(source) if source else None
     inputs = {"source": source} if source else {}
     start = run.begin(PROMPTS_STAGE, cfg, inputs=inputs)
     if start.reused:
         return start.reused
     with start as stage:
-        if source:
-            records = import_prompts(source)
+        if imported is not None:
+            records = imported
         else:
             p = cfg.prompts
             records = build_prompts(p.n_train, p.n_eval, p.max_constraints, p.seed, p.type_weights)
