@@ -381,7 +381,7 @@ def load_config(
     data: dict[str, Any] = {}
     sources: list[str] = []
     for path in ([preset_path(preset)] if preset else []) + [Path(f) for f in files]:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        loaded = _read_yaml(Path(path)) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
         _deep_merge(data, loaded)
@@ -390,9 +390,34 @@ def load_config(
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} must look like key.path=value")
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(exc)})") from None
+        _set_dotted(data, key.strip(), value)
         sources.append(f"--set {item}")
     return validate_config(data, source=", ".join(sources) or "defaults")
+
+
+def _read_yaml(path: Path) -> Any:
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a YAML config file")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({_yaml_problem(exc)})") from None
+
+
+def _yaml_problem(exc: Exception) -> str:
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at column {mark.column + 1}" if problem and mark else str(exc).splitlines()[0]
 
 
 def validate_config(data: dict[str, Any], source: str = "config") -> PipelineConfig:
