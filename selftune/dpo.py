@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from collections import defaultdict
@@ -290,12 +289,13 @@ def dpo_stage(
 
     from selftune.generation import make_generator
     from selftune.merge import merge_adapter
-    from selftune.models import default_device, load_model, load_tokenizer, unload
+    from selftune.models import check_model_spec, default_device, load_model, load_tokenizer, unload
     from selftune.training import (
         as_dataset,
         log_history,
         lora_config,
         prepare_checkpoints,
+        recorded_train_loss,
         tracker_callbacks,
         training_arguments,
     )
@@ -310,6 +310,7 @@ def dpo_stage(
     inputs = {"pairs": pairs_path, "sft_model": Path(sft_model)}
     if eval_pairs_path:
         inputs["eval_pairs"] = Path(eval_pairs_path)
+    check_model_spec(sft_model, trust_remote_code=cfg.model.trust_remote_code)
     start = run.begin(DPO_STAGE, cfg, inputs=inputs, round_number=round_number)
     if start.reused:
         return start.reused
@@ -422,7 +423,7 @@ def dpo_stage(
             resumed=resuming,
             train_seconds=round(seconds, 1),
             tokens_per_second=round(tokens / seconds, 1) if not resuming else None,
-            train_loss=result.training_loss if math.isfinite(result.training_loss) else None,
+            train_loss=recorded_train_loss(result, trainer, resuming),
             eval_before={k: v for k, v in before.items() if k.startswith("eval_")},
             eval_after={k: v for k, v in after.items() if k.startswith("eval_")},
             warnings=warnings,

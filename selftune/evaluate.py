@@ -489,7 +489,10 @@ def evaluate_stage(
         bench, path = parse_benchmark(item)
         if path is not None:
             inputs[f"benchmark_{bench}"] = path
+    from selftune.models import check_model_spec
+
     for name, spec in wanted:
+        check_model_spec(spec, trust_remote_code=cfg.model.trust_remote_code)
         if Path(spec).is_dir():
             inputs[f"model_{name}"] = Path(spec)
     start = run.begin(EVALUATE_STAGE, cfg, inputs=inputs, round_number=round_number, facts={"models": wanted})

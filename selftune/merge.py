@@ -36,13 +36,38 @@ class MergeResult:
     max_logit_diff: float
 
 
+def check_adapter(folder: Path) -> None:
+    """A LoRA adapter folder that peft can load without running pickle: adapter_config.json and
+    a complete adapter_model.safetensors (a `.bin` adapter is refused, never handed to torch.load)."""
+    from selftune.models import check_safetensors
+
+    if not folder.is_dir():
+        raise AdapterError(f"{folder}: no such adapter folder")
+    if not (folder / "adapter_config.json").is_file():
+        raise AdapterError(f"{folder}: holds no adapter_config.json, so it is not a LoRA adapter folder")
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        pickled = [p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth")]
+        raise AdapterError(
+            f"{folder}: holds no adapter_model.safetensors"
+            + (f" (only {', '.join(sorted(pickled))}: pickle files, which selftune never loads)" if pickled else "")
+        )
+    check_safetensors(weights)
+
+
+class AdapterError(SelftuneError):
+    """A LoRA adapter folder that cannot be loaded safely."""
+
+
 def merge_adapter(
     base: str, adapter_dir: Path, out: Path, *, trust_remote_code: bool = False, dtype: str | None = None
 ) -> MergeResult:
     from peft import PeftModel
 
-    from selftune.models import default_device, load_model, load_tokenizer, unload
+    from selftune.models import check_model_spec, default_device, load_model, load_tokenizer, unload
 
+    check_adapter(Path(adapter_dir))
+    check_model_spec(base, trust_remote_code=trust_remote_code)
     device = default_device()
     # fp32 on CPU keeps the check tight; bf16 on GPUs (also the dequantized form of a 4-bit base).
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")

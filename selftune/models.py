@@ -21,6 +21,7 @@ Usage:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import hashlib
@@ -110,6 +111,90 @@ def resolve_model_path(spec: str) -> str:
     return spec  # a hub id; transformers fetches it when the network allows
 
 
+def check_model_spec(spec: str, *, trust_remote_code: bool = False) -> None:
+    """Check everything about a model spec that can be checked without loading its weights, so a
+    stage refuses a bad model before it writes or computes anything: the builtin's file, a GGUF
+    file's magic bytes, a checkpoint folder's config.json, custom code, and each safetensors
+    file's header and length (a truncated download), or a hub id that cannot be fetched offline."""
+    if spec.startswith(BUILTIN_PREFIX):
+        builtin_gguf_path(spec[len(BUILTIN_PREFIX) :])
+        return
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        with open(path, "rb") as handle:
+            if handle.read(4) != b"GGUF":
+                raise ModelSpecError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+        return
+    if path.is_dir():
+        _check_checkpoint_folder(path, trust_remote_code)
+        return
+    resolved = resolve_model_path(spec)  # a missing file, a folder without config.json, not a hub id
+    if resolved == spec and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(spec, "config.json"), str):
+            raise ModelSpecError(
+                f"hub id {spec!r} is not in the local Hugging Face cache and the hub is offline "
+                "(HF_HUB_OFFLINE=1); download it first, or give a local checkpoint folder"
+            )
+
+
+def _check_checkpoint_folder(path: Path, trust_remote_code: bool) -> None:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelSpecError(f"{path} is a directory but holds no config.json")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ModelSpecError(f"{config_file}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ModelSpecError(f"{config_file}: names no model_type, so transformers cannot build the model")
+    if config.get("auto_map") and not trust_remote_code:
+        raise ModelSpecError(
+            f"{config_file} asks for custom model code (auto_map: {', '.join(config['auto_map'])}); selftune "
+            "runs it only with model.trust_remote_code: true (--trust-remote-code), if you trust its source"
+        )
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickled = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        raise ModelSpecError(
+            f"{path} holds no safetensors weights"
+            + (f" (only pickle files: {', '.join(pickled)}, which selftune never loads)" if pickled else "")
+            + "; save the model with save_pretrained(..., safe_serialization=True)"
+        )
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelSpecError(f"{index}: not a valid safetensors index ({exc})") from None
+        missing = sorted(shard for shard in shards if not (path / shard).is_file())
+        if missing:
+            raise ModelSpecError(f"{path}: shards listed in {index.name} are missing: {', '.join(missing)}")
+    for file in weights:
+        check_safetensors(file)
+
+
+def check_safetensors(file: Path) -> None:
+    """A safetensors file's header parses and the file is as long as the header says (a download
+    or copy cut short fails here, by name, instead of deep inside the loader)."""
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if length < 2 or 8 + length > size:
+            raise ModelSpecError(f"{file}: not a safetensors file, or cut short ({size} bytes)")
+        try:
+            header = json.loads(handle.read(length))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            raise ModelSpecError(f"{file}: its safetensors header is corrupt") from None
+    if 8 + length + end > size:
+        raise ModelSpecError(
+            f"{file}: truncated ({size} bytes, its header needs {8 + length + end}); copy or download it again"
+        )
+
+
 def convert_gguf(gguf_path: Path) -> Path:
     """Convert a GGUF file once into a trainable safetensors checkpoint in the cache."""
     from filelock import FileLock
@@ -125,9 +210,18 @@ def convert_gguf(gguf_path: Path) -> Path:
     with FileLock(str(models_dir / f"{key}.lock")):
         if (target / _CONVERTED_MARKER).is_file():
             return target
+        from selftune.runs import remove_stale_scratch
+
+        remove_stale_scratch(target)
         scratch = models_dir / f".{key}.tmp-{os.getpid()}"
         shutil.rmtree(scratch, ignore_errors=True)
-        _convert_gguf(gguf_path, scratch)
+        try:
+            _convert_gguf(gguf_path, scratch)
+        except Exception as exc:  # the GGUF reader's errors have no common base; name the file
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise ModelSpecError(
+                f"{gguf_path}: could not be read as a GGUF model ({type(exc).__name__}: {exc})"
+            ) from exc
         shutil.rmtree(target, ignore_errors=True)
         os.replace(scratch, target)  # the marker inside makes the rename the commit point
     return target
@@ -251,11 +345,26 @@ def peak_memory_bytes(device: str) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _load_errors_named(spec: str):
+    """What transformers raises for an unreadable model (offline hub id, broken files) as a
+    ModelSpecError naming the spec; the cause stays attached for a debugger."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, SafetensorError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelSpecError(f"model {spec!r} could not be loaded: {first}") from exc
+
+
 def load_tokenizer(spec: str, *, trust_remote_code: bool = False):
     """The tokenizer of a model spec, with a pad token set (the end-of-sequence token if none)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(spec), trust_remote_code=trust_remote_code)
+    path = resolve_model_path(spec)
+    with _load_errors_named(spec):
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -295,15 +404,9 @@ def load_model(
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    folder = Path(path)
-    if folder.is_dir() and not any(folder.glob("*.safetensors")):
-        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-        raise ModelSpecError(
-            f"{folder} holds no safetensors weights"
-            + (f" (only pickle files: {', '.join(pickled)}, which selftune never loads)" if pickled else "")
-            + "; save the model with save_pretrained(..., safe_serialization=True)"
-        )
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    check_model_spec(spec, trust_remote_code=trust_remote_code)
+    with _load_errors_named(spec):
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if not load_in_4bit:
         model.to(device)
     model.eval()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from selftune.errors import NoTrainingDataError
 from selftune.generation import SamplingParams, open_configured
+from selftune.models import check_model_spec
 from selftune.negatives import Chosen, Contrast, build_pairs, contrasts_for, prompt_messages
 from selftune.records import SampleRecord, read_records
 from selftune.runs import StageSpec, write_jsonl
@@ -82,6 +83,8 @@ def pairs_stage(run, cfg, *, round_number: int = 1, policy: str | None = None, g
         seed=cfg.pairs.seed + 1,
     )
     threshold = cfg.sample.scorer.pass_threshold
+    if policy and generator is None:
+        check_model_spec(policy, trust_remote_code=cfg.model.trust_remote_code)
     start = run.begin(PAIRS_STAGE, cfg, inputs=inputs, round_number=round_number, facts={"policy": policy})
     if start.reused:
         return start.reused

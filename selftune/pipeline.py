@@ -146,6 +146,13 @@ def run_pipeline(
         cfg = run.saved_config()
     if not cfg.sft.merge:
         raise ConfigError("sft.merge: false leaves DPO no merged SFT model to start from; set sft.merge: true")
+    # Every model the run names is checked before anything is written (config.yaml included).
+    from selftune.models import check_model_spec
+
+    scorer = cfg.sample.scorer
+    for spec in (cfg.model.spec, scorer.judge_model, scorer.reward_model, cfg.evaluate.judge_model):
+        if spec:
+            check_model_spec(spec, trust_remote_code=cfg.model.trust_remote_code)
     decisions: list[StageEvent] = []
 
     def decided(event: StageEvent) -> None:

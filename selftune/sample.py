@@ -23,6 +23,7 @@ from pathlib import Path
 
 from selftune.errors import RecordError
 from selftune.generation import Generator, ProgressCallback, SamplingParams, open_configured
+from selftune.models import check_model_spec
 from selftune.records import PromptRecord, SampleRecord, read_records
 from selftune.runs import StageSpec, write_jsonl
 from selftune.scoring import Scorer, make_scorer, score_samples
@@ -169,6 +170,8 @@ def sample_stage(
         max_new_tokens=cfg.generation.max_new_tokens,
         seed=cfg.sample.seed,
     )
+    if generator is None:
+        check_model_spec(policy, trust_remote_code=cfg.model.trust_remote_code)
     start = run.begin(SAMPLE_STAGE, cfg, inputs=inputs, round_number=round_number, facts={"policy": policy})
     if start.reused:
         return start.reused

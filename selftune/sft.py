@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import shutil
 import time
@@ -44,6 +43,7 @@ from selftune.training import (
     lora_config,
     make_sft_trainer_class,
     prepare_checkpoints,
+    recorded_train_loss,
     tracker_callbacks,
     training_arguments,
 )
@@ -103,7 +103,7 @@ def sft_stage(
     from transformers import DataCollatorForSeq2Seq
 
     from selftune.merge import merge_adapter
-    from selftune.models import default_device, load_model, load_tokenizer, unload
+    from selftune.models import check_model_spec, default_device, load_model, load_tokenizer, unload
 
     cfg = SFT_STAGE.view(cfg)
     data_path = Path(data_path) if data_path else run.output_of("sft-data", "sft", round_number=round_number)
@@ -112,6 +112,7 @@ def sft_stage(
     inputs = {"sft": data_path}
     if Path(base).is_dir():
         inputs["base"] = Path(base)
+    check_model_spec(base, trust_remote_code=cfg.model.trust_remote_code)
     start = run.begin(SFT_STAGE, cfg, inputs=inputs, round_number=round_number, facts={"base": base})
     if start.reused:
         return start.reused
@@ -191,7 +192,7 @@ def sft_stage(
             response_token_share=round(trained_tokens / max(1, sum(len(r["input_ids"]) for r in train_rows)), 4),
             eval_loss_before=initial_eval,
             eval_loss_after=final_eval,
-            train_loss=result.training_loss if math.isfinite(result.training_loss) else None,
+            train_loss=recorded_train_loss(result, trainer, resuming),
             bf16=args.bf16,
         )
         del trainer
