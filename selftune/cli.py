@@ -7,6 +7,7 @@ Usage:
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 import time
@@ -114,7 +115,7 @@ def stage_command(*, rounds: bool = True):
         def command(*, run_dir: Path, preset=None, config=(), set_=(), **options):
             run, cfg = open_run(run_dir, preset, list(config), list(set_))
             with run.lock():
-                run.save_config(cfg)
+                run.save_config_on_start(cfg)
                 return func(run, cfg, **options)
 
         command.__signature__ = inspect.Signature(parameters)
@@ -166,7 +167,7 @@ def generate(
     between batch sizes.
     """
     from selftune.generation import SamplingParams, check_backend, open_generator
-    from selftune.models import resolve_dtype
+    from selftune.models import check_model_spec, resolve_dtype
     from selftune.records import read_records
     from selftune.runs import write_jsonl
 
@@ -177,6 +178,7 @@ def generate(
     if out.is_dir():
         raise typer.BadParameter(f"{out} is a folder; give the path of the JSONL file to write", param_hint="--out")
     rows = read_records(prompts, "generate")
+    check_model_spec(model, trust_remote_code=trust_remote_code)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     inputs = [row.prompt if row.prompt is not None else [m.model_dump() for m in row.messages] for row in rows]
     with open_generator(
@@ -216,8 +218,10 @@ def validate(
     kind: str = typer.Option(..., "--kind", help="prompts, samples, sft, pairs or generate."),
 ):
     """Check a JSONL file against its record schema; print `file:line: field: problem` for each bad line."""
-    from selftune.records import read_records
+    from selftune.records import KINDS, read_records
 
+    if kind not in KINDS:
+        raise typer.BadParameter(f"{kind!r} is not a kind; choose from {', '.join(KINDS)}", param_hint="--kind")
     records = read_records(file, kind)
     console.print(f"{file}: {len(records)} valid {kind} records", soft_wrap=True)
 
@@ -399,8 +403,8 @@ def merge(
 def inspect_masks(
     data: Path = typer.Option(..., "--data", help="SFT JSONL (prompt/completion)."),
     model: str = typer.Option(..., "--model", help="Model spec whose tokenizer and template are used."),
-    n: int = typer.Option(3, "-n", help="Examples to show."),
-    max_length: int | None = typer.Option(None, "--max-length", help="Truncate like training would."),
+    n: int = typer.Option(3, "-n", min=1, help="Examples to show."),
+    max_length: int | None = typer.Option(None, "--max-length", min=8, help="Truncate like training would."),
     separator: str = typer.Option("\nResponse:", "--separator", help="Response separator for raw-text models."),
     trust_remote_code: bool = TrustRemoteCodeOption,
 ):
@@ -411,8 +415,9 @@ def inspect_masks(
     from selftune.models import load_tokenizer
     from selftune.records import read_records
 
+    records = read_records(data, "sft")  # the whole file is checked before the tokenizer loads
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
-    for record in read_records(data, "sft")[:n]:
+    for record in records[:n]:
         example = {
             "prompt": [m.model_dump() for m in record.prompt],
             "completion": [m.model_dump() for m in record.completion],
@@ -547,10 +552,11 @@ def evaluate(
         "--benchmark",
         help="ifeval[=PATH] or ifbench[=PATH] (repeatable): the benchmark's prompts scored by its reference checkers.",
     ),
-    limit: int | None = typer.Option(None, "--limit", help="Only the first N prompts of each benchmark."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N prompts of each benchmark."),
     max_new_tokens: int | None = typer.Option(
         None,
         "--benchmark-max-new-tokens",
+        min=1,
         help="Longest benchmark answer (default: evaluate.benchmark_max_new_tokens).",
     ),
 ):
@@ -729,7 +735,9 @@ def run_command(
         console.print(f"report: {steps[-1].output}", soft_wrap=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The console entry point: `argv` defaults to the process's arguments. A SelftuneError, an
+    interrupt or a machine failure (disk full) ends in one sentence and a non-zero exit status."""
     from rich.logging import RichHandler
 
     from selftune.pipeline import configure_logging
@@ -737,10 +745,34 @@ def main() -> None:
     # Stage modules log what people should see (a resumed checkpoint, a drift warning) under "selftune".
     configure_logging(RichHandler(console=err_console, show_time=False, show_path=False))
     try:
-        app()
+        app(args=argv, prog_name="selftune")
     except SelftuneError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        fail(str(exc))
+    except KeyboardInterrupt:
+        # A stage's manifest already says it stopped; finished stages and checkpoints are kept.
+        fail("interrupted; run the same command again to continue where it stopped", status=130)
+    except OSError as exc:
+        if exc.errno not in SYSTEM_PROBLEMS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        fail(f"{SYSTEM_PROBLEMS[exc.errno]}{where}: {exc.strerror}. Finished stages are kept; fix it and run again.")
+
+
+# Failures of the machine rather than of selftune or its input, said in a sentence: a traceback
+# would suggest a bug. Anything else still raises.
+SYSTEM_PROBLEMS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "the file system is read-only",
+    errno.ENAMETOOLONG: "a file name is too long",
+}
+
+
+def fail(message: str, status: int = 1) -> None:
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -50,6 +51,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from selftune.errors import LineageError, RunLockedError, SelftuneError, StageRecordError
+
+logger = logging.getLogger("selftune.runs")
 
 MANIFEST = "manifest.json"
 _TRACKED_PACKAGES = ("selftune", "torch", "transformers", "peft", "accelerate", "datasets")
@@ -110,7 +113,31 @@ def config_hash(config: BaseModel | dict | None) -> str:
 
 
 def _scratch_name(path: Path) -> Path:
+    remove_stale_scratch(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def remove_stale_scratch(path: Path) -> None:
+    """Remove `.NAME.tmp-PID` leftovers of `path` whose process is gone (killed mid-write; a
+    merged model's scratch folder is model-sized). A live process's scratch is left alone."""
+    for scratch in Path(path).parent.glob(f".{Path(path).name}.tmp-*"):
+        pid = scratch.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            logger.info("removing %s, left by a process that was stopped while writing", scratch)
+            if scratch.is_dir():
+                shutil.rmtree(scratch, ignore_errors=True)
+            else:
+                scratch.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -200,10 +227,30 @@ def package_versions() -> dict[str, str]:
 
 
 def read_manifest(stage_dir: Path) -> Manifest | None:
+    """The stage's manifest, None when it has none; a ManifestError when it cannot be read (an
+    empty or hand-edited file): a stage with such a manifest counts as not completed."""
     path = Path(stage_dir) / MANIFEST
     if not path.is_file():
         return None
-    return Manifest.model_validate_json(path.read_text())
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except (ValidationError, OSError) as exc:
+        problem = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        raise ManifestError(f"{path}: unreadable manifest ({problem}); rerun the stage to rewrite it") from None
+
+
+class ManifestError(LineageError):
+    """A manifest.json that is empty, truncated or not a manifest."""
+
+
+def readable_manifest(stage_dir: Path) -> Manifest | None:
+    """Like `read_manifest`, but an unreadable manifest is logged and treated as absent: the stage
+    reruns and writes a new one."""
+    try:
+        return read_manifest(stage_dir)
+    except ManifestError as exc:
+        logger.warning("%s", exc)
+        return None
 
 
 @dataclass(frozen=True)
@@ -236,7 +283,10 @@ def stage_state(
     with unchanged sha256, and every recorded output still present with its recorded sha256.
     Each input sha256 computed on the way is put in `hashed` (name -> sha256) when given.
     """
-    manifest = read_manifest(stage_dir)
+    try:
+        manifest = read_manifest(stage_dir)
+    except ManifestError as exc:
+        return StageState(False, str(exc))
     if manifest is None:
         return StageState(False, "never completed (no manifest)")
     if manifest.status != "complete":
@@ -261,6 +311,17 @@ def stage_state(
         if sha256_path(path) != ref.sha256:
             return StageState(False, f"output {name} modified since it was written: {path}")
     return StageState(True, "up to date")
+
+
+def _within(value: Any, root: Path) -> Any:
+    """`value` with every absolute path string inside `root` made relative to it."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_within(v, root) for v in value)
+    if isinstance(value, dict):
+        return {k: _within(v, root) for k, v in value.items()}
+    if isinstance(value, str) and value.startswith(str(root) + os.sep):
+        return value[len(str(root)) + 1 :]
+    return value
 
 
 def _resolve(root: Path, recorded: str) -> Path:
@@ -312,6 +373,7 @@ class Run:
         # (stage, round) -> {input name: (path, sha256)} computed by `up_to_date`, taken by the
         # `stage()` call that follows, so a rerun hashes a large input (a 32B checkpoint) once.
         self._input_hashes: dict[tuple[str, int], dict[str, tuple[Path, str]]] = {}
+        self._config_on_start = None
 
     def up_to_date(
         self, stage: str, *, config: BaseModel | dict | None, inputs: dict[str, Path], round_number: int = 1
@@ -343,10 +405,17 @@ class Run:
             handle.write(dump_config(cfg))
         return self.root / "config.yaml"
 
+    def save_config_on_start(self, cfg) -> None:
+        """Save `cfg` as the run's config when a stage starts writing, not before: a command
+        that refuses its input leaves config.yaml as it was."""
+        self._config_on_start = cfg
+
     def saved_config(self):
         """The config this run was last started with."""
         from selftune.config import load_config
 
+        if not self.root.is_dir():
+            raise LineageError(f"{self.root}: no such run folder")
         if not (self.root / "config.yaml").is_file():
             raise LineageError(
                 f"{self.root} has no config.yaml: start it with `selftune run` or run_pipeline(run_dir, cfg)"
@@ -371,7 +440,9 @@ class Run:
             with start as stage:
                 ...
         """
-        config = spec.config(cfg, facts)
+        # A model inside the run (round 1's merged SFT model) enters the hash by its place in the
+        # run, not its absolute path: a run folder moved or copied elsewhere is still up to date.
+        config = spec.config(cfg, {k: _within(v, self.root) for k, v in (facts or {}).items()})
         reused = None
         if self.up_to_date(spec.name, config=config, inputs=inputs, round_number=round_number):
             reused = self.output_of(spec.name, spec.output_name(cfg), round_number=round_number)
@@ -454,8 +525,11 @@ class Run:
         for key in sorted(input_refs):
             digest.update(f"{key}={input_refs[key].sha256}".encode())
         context = StageContext(self, name, round_number, stage_hash, inputs, fingerprint=digest.hexdigest()[:16])
+        if self._config_on_start is not None:
+            self.save_config(self._config_on_start)
+            self._config_on_start = None
         context.dir.mkdir(parents=True, exist_ok=True)
-        previous = read_manifest(context.dir)
+        previous = readable_manifest(context.dir)
         # A stage run again after it finished (a stage command, --from) starts over; only an
         # attempt that did not finish is resumed from its checkpoints.
         context.finished_before = previous is not None and previous.status == "complete"
