@@ -1,0 +1,73 @@
+"""Shared pieces of the reliability suite: a finished tiny run to copy, the in-process CLI runner
+with its guards (no model may load while input is being checked), and the totals it prints."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from harness import OUTCOMES, ModelLoaded, Outcome
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """A run of the tiny preset on the tiny model with every stage complete."""
+    import selftune
+
+    root = tmp_path_factory.mktemp("finished") / "run"
+    cfg = selftune.load_config("tiny", overrides=[f"model.spec={tiny_model_dir}", "pairs.k=1"])
+    steps = selftune.run_pipeline(root, cfg, on_event=lambda line: None)
+    assert all(step.action == "ran" for step in steps)
+    return root
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run `selftune ARGS` in this process as the console script does (`selftune.cli.main`), with
+    every model load forbidden; returns the exit status, the console text and any escaped error."""
+    import transformers
+
+    import selftune.models
+
+    def forbidden(*args, **kwargs):
+        raise ModelLoaded(f"a model was loaded: {args[:2]}")
+
+    for name in ("load_model", "load_tokenizer", "convert_gguf"):
+        monkeypatch.setattr(selftune.models, name, forbidden)
+    for cls in (transformers.AutoModelForCausalLM, transformers.AutoModelForSequenceClassification):
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(forbidden))
+    monkeypatch.setenv("COLUMNS", "4000")  # no wrapped lines in rich's boxes
+
+    def invoke(args: list[str]) -> Outcome:
+        from selftune.cli import main
+
+        capsys.readouterr()
+        status, error = None, None
+        monkeypatch.setattr(sys, "argv", ["selftune", *map(str, args)])  # as the console script sees it
+        try:
+            main()
+            status = 0
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException as exc:  # noqa: BLE001 - a traceback is what the suite counts
+            error = exc
+        captured = capsys.readouterr()
+        return Outcome(status, captured.out + captured.err, error)
+
+    return invoke
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not OUTCOMES:
+        return
+    counts = Counter(outcome for _, outcome, _ in OUTCOMES)
+    lost = sum(size for _, _, size in OUTCOMES)
+    terminalreporter.write_sep("-", "reliability totals")
+    terminalreporter.write_line(
+        f"{len(OUTCOMES)} cases: {counts['clear error']} clear errors, {counts['recovered']} faults recovered, "
+        f"{counts['traceback']} tracebacks, {counts['silent accept']} silent accepts, "
+        f"{counts['model loaded']} models loaded before the input was checked, "
+        f"{counts['unclear']} errors without the expected message, {lost} bytes of finished work lost"
+    )
