@@ -289,7 +289,7 @@ def dpo_stage(
 
     from selftune.generation import make_generator
     from selftune.merge import merge_adapter
-    from selftune.models import check_model_spec, default_device, load_model, load_tokenizer, unload
+    from selftune.models import check_lora_targets, check_model_spec, default_device, load_model, load_tokenizer, unload
     from selftune.training import (
         as_dataset,
         log_history,
@@ -311,6 +311,7 @@ def dpo_stage(
     if eval_pairs_path:
         inputs["eval_pairs"] = Path(eval_pairs_path)
     check_model_spec(sft_model, trust_remote_code=cfg.model.trust_remote_code)
+    check_lora_targets(sft_model, cfg.dpo.lora.target_modules, "dpo.lora.target_modules")
     start = run.begin(DPO_STAGE, cfg, inputs=inputs, round_number=round_number)
     if start.reused:
         return start.reused

@@ -175,6 +175,37 @@ def _check_checkpoint_folder(path: Path, trust_remote_code: bool) -> None:
         check_safetensors(file)
 
 
+def check_lora_targets(spec: str, targets, where: str) -> None:
+    """LoRA target module names that match no module of the model are refused before it loads
+    (peft would fail after the load). The module names come from the safetensors headers of a
+    local checkpoint; a hub id or a GGUF file not yet converted is left to peft."""
+    if targets == "all-linear":
+        return
+    folder = Path(spec).expanduser()
+    if spec.startswith(BUILTIN_PREFIX) or folder.suffix == ".gguf":
+        try:
+            gguf = builtin_gguf_path(spec[len(BUILTIN_PREFIX) :]) if spec.startswith(BUILTIN_PREFIX) else folder
+            folder = selftune_home() / "models" / f"{Path(gguf).stem}-{sha256_file(Path(gguf))[:16]}"
+        except (ModelSpecError, MissingExtraError, OSError):
+            return
+    if not folder.is_dir():
+        return
+    modules = set()
+    for file in folder.glob("*.safetensors"):
+        with open(file, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            modules |= {name.rsplit(".", 1)[0] for name in json.loads(handle.read(length)) if name != "__metadata__"}
+    if not modules:
+        return
+    missing = [t for t in targets if not any(m == t or m.endswith("." + t) for m in modules)]
+    if missing:
+        leaves = sorted({m.rsplit(".", 1)[-1] for m in modules if not m.rsplit(".", 1)[-1].isdigit()})
+        raise ConfigError(
+            f"{where}: {', '.join(map(repr, missing))} match no module of {spec} (its modules include: "
+            f"{', '.join(leaves[:20])}); or use all-linear"
+        )
+
+
 def check_safetensors(file: Path) -> None:
     """A safetensors file's header parses and the file is as long as the header says (a download
     or copy cut short fails here, by name, instead of deep inside the loader)."""

@@ -103,7 +103,7 @@ def sft_stage(
     from transformers import DataCollatorForSeq2Seq
 
     from selftune.merge import merge_adapter
-    from selftune.models import check_model_spec, default_device, load_model, load_tokenizer, unload
+    from selftune.models import check_lora_targets, check_model_spec, default_device, load_model, load_tokenizer, unload
 
     cfg = SFT_STAGE.view(cfg)
     data_path = Path(data_path) if data_path else run.output_of("sft-data", "sft", round_number=round_number)
@@ -113,6 +113,7 @@ def sft_stage(
     if Path(base).is_dir():
         inputs["base"] = Path(base)
     check_model_spec(base, trust_remote_code=cfg.model.trust_remote_code)
+    check_lora_targets(base, cfg.sft.lora.target_modules, "sft.lora.target_modules")
     start = run.begin(SFT_STAGE, cfg, inputs=inputs, round_number=round_number, facts={"base": base})
     if start.reused:
         return start.reused

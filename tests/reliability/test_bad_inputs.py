@@ -323,6 +323,16 @@ CASES = [
     ),
     Case("unknown-preset", args=["config", "show", "--preset", "tinny"], expect=["tinny"]),
     Case(
+        "bad-lora-target",
+        args=["sft", "--run", "{run}", "--set", "sft.lora.target_modules=[q_proj, qkv]"],
+        expect=["sft.lora.target_modules: 'qkv' match no module"],
+    ),
+    Case(
+        "bad-dpo-lora-target",
+        args=["dpo", "--run", "{run}", "--set", "dpo.lora.target_modules=[attn]"],
+        expect=["dpo.lora.target_modules: 'attn' match no module"],
+    ),
+    Case(
         "batch-size-zero",
         args=["run", "--preset", "tiny", "--run-dir", "{tmp}/r", "--set", "sft.per_device_batch_size=0"],
         expect=["sft.per_device_batch_size"],
