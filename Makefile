@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test test-slow test-floors bench install install-dev clean
+.PHONY: demo test test-slow test-faults test-floors bench install install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ test: $(VENV)/.installed-dev
 
 test-slow: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m slow
+
+# Fault injection on the tiny pipeline (tests/reliability/test_faults.py): SIGKILL in every stage,
+# Ctrl-C, damaged outputs, manifests and checkpoints, a second writer, a full disk (a small tmpfs;
+# skipped where it cannot be mounted), divergence. About 20 minutes on 2 cores; CI runs it too.
+test-faults: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -m faults
 
 # The test suite against the dependency floors of pyproject.toml, pinned in constraints/floors.txt,
 # in a venv of its own (.venv-floors).

@@ -748,14 +748,16 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, prog_name="selftune")
     except SelftuneError as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
-        # A stage's manifest already says it stopped; finished stages and checkpoints are kept.
-        fail("interrupted; run the same command again to continue where it stopped", status=130)
-    except OSError as exc:
-        if exc.errno not in SYSTEM_PROBLEMS:
+    except SystemExit as exc:
+        if exc.code == 130:  # typer's exit for Ctrl-C (KeyboardInterrupt); it prints nothing
+            # The stage's manifest already says it stopped; finished stages and checkpoints are kept.
+            fail("interrupted; run the same command again to continue where it stopped", status=130)
+        raise
+    except Exception as exc:
+        problem = system_problem(exc)
+        if problem is None:
             raise
-        where = f" ({exc.filename})" if exc.filename else ""
-        fail(f"{SYSTEM_PROBLEMS[exc.errno]}{where}: {exc.strerror}. Finished stages are kept; fix it and run again.")
+        fail(f"{problem}. Finished stages are kept; fix it and run the same command again.")
 
 
 # Failures of the machine rather than of selftune or its input, said in a sentence: a traceback
@@ -768,6 +770,23 @@ SYSTEM_PROBLEMS = {
     errno.EROFS: "the file system is read-only",
     errno.ENAMETOOLONG: "a file name is too long",
 }
+
+
+def system_problem(exc: BaseException) -> str | None:
+    """A sentence for a failure of the machine (disk full, permissions) anywhere in `exc`'s
+    chain, or None. Libraries written in Rust (tokenizers, safetensors) report an OS error as a
+    plain exception holding the OS's text, so that text is recognised too."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in SYSTEM_PROBLEMS:
+            where = f" ({exc.filename})" if exc.filename else ""
+            return f"{SYSTEM_PROBLEMS[exc.errno]}{where}: {exc.strerror}"
+        for code, sentence in SYSTEM_PROBLEMS.items():
+            if f"(os error {code})" in str(exc):
+                return f"{sentence}: {str(exc).strip().splitlines()[-1]}"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def fail(message: str, status: int = 1) -> None:

@@ -548,6 +548,14 @@ class Run:
             ) from exc
         except BaseException as exc:  # KeyboardInterrupt too: the manifest says why it stopped
             status, error = "failed", f"{type(exc).__name__}: {exc}"
+            free = shutil.disk_usage(context.dir).free
+            if isinstance(exc, Exception) and free < DISK_FULL_BYTES:
+                # Libraries report a full disk in their own words ("file write failed"); say it once.
+                raise DiskFullError(
+                    f"the disk holding {self.root} is full ({free} bytes free) while stage "
+                    f"round-{round_number}/{name} was writing ({type(exc).__name__}: {exc}); free space "
+                    "and run the same command again: finished stages are kept"
+                ) from exc
             raise
         finally:
             finished = time.time()
@@ -571,6 +579,13 @@ class Run:
 # ---------------------------------------------------------------------------------------------
 # Stage declarations: what a stage reads, so its reuse check cannot miss a field
 # ---------------------------------------------------------------------------------------------
+
+
+DISK_FULL_BYTES = 4 << 20
+
+
+class DiskFullError(SelftuneError):
+    """A stage failed while the disk it writes to had (next to) no space left."""
 
 
 class UndeclaredConfigRead(SelftuneError):

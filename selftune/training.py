@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,10 @@ logger = logging.getLogger("selftune.training")
 
 class NonFiniteLossError(SelftuneError):
     """Training produced a NaN or inf loss."""
+
+
+class TrainingCollapsedError(SelftuneError):
+    """The gradient vanished (norm 0) or blew up (not finite): the model stopped learning."""
 
 
 def use_bf16(setting, device: str) -> bool:
@@ -95,7 +100,19 @@ def make_trainer_class():
     from transformers import Trainer
 
     class GuardedTrainer(Trainer):
-        """Trainer that stops at the first non-finite loss (before any later checkpoint)."""
+        """Trainer that stops at the first non-finite loss, and at a collapsed run: a gradient
+        norm of exactly 0 (a LoRA update has a nonzero gradient unless the model saturated, as a
+        far too high learning rate does) or not finite. Both stop before any later checkpoint."""
+
+        def log(self, logs, *args, **kwargs):
+            norm = logs.get("grad_norm")
+            if norm is not None and (norm == 0 or not math.isfinite(norm)):
+                raise TrainingCollapsedError(
+                    f"training collapsed at step {self.state.global_step}: gradient norm {norm}. The model "
+                    f"stopped learning (a learning rate far too high does this; it is "
+                    f"{self.args.learning_rate:g}); lower it and run the stage again."
+                )
+            return super().log(logs, *args, **kwargs)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
@@ -161,17 +178,66 @@ def prepare_checkpoints(out_dir: Path, fingerprint: str, *, stage: str, finished
     stamp.write_text(fingerprint)
     found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     # The Trainer writes trainer_state.json last; a process killed while saving leaves a folder
-    # without a readable one, and resuming from it would fail. Such a folder is dropped.
+    # without a readable one, and a damaged file (a truncated optimizer.pt) would make every
+    # resume fail. Such a folder is dropped with a warning: training resumes from the one before,
+    # or starts over.
     for folder in list(found):
-        try:
-            json.loads((folder / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            logger.warning("%s: dropping incomplete checkpoint %s (interrupted while saving)", stage, folder.name)
+        problem = checkpoint_problem(folder)
+        if problem:
+            logger.warning("%s: dropping checkpoint %s (%s)", stage, folder.name, problem)
             shutil.rmtree(folder)
             found.remove(folder)
     if found:
         logger.info("%s: resuming from %s (step %s)", stage, found[-1], found[-1].name.split("-")[-1])
     return bool(found)
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, or None. Reads every file's framing
+    (the safetensors header and length, the CRCs of torch's zip files); LoRA checkpoints are small."""
+    import zipfile
+
+    from selftune.errors import ModelSpecError
+    from selftune.models import check_safetensors
+
+    try:
+        json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return "no readable trainer_state.json: interrupted while saving"
+    try:
+        for file in sorted(folder.rglob("*")):
+            if file.suffix == ".safetensors":
+                check_safetensors(file)
+            elif file.suffix in (".pt", ".pth", ".bin"):
+                if not zipfile.is_zipfile(file):
+                    return f"{file.name} is damaged (not a complete torch file)"
+                with zipfile.ZipFile(file) as archive:
+                    if archive.testzip() is not None:
+                        return f"{file.name} is damaged (a checksum does not match)"
+    except ModelSpecError as exc:
+        return str(exc)
+    except (OSError, zipfile.BadZipFile) as exc:
+        return f"unreadable: {exc}"
+    return None
+
+
+def recorded_train_loss(result, trainer, resumed: bool) -> float | None:
+    """The train_loss a manifest records: over every step, also after a resume."""
+    loss = mean_train_loss(log_history(trainer)) if resumed else result.training_loss
+    return loss if loss is not None and math.isfinite(loss) else None
+
+
+def mean_train_loss(history: list[dict]) -> float | None:
+    """The training loss over every step from the logged losses (each averages its logging
+    interval), weighted by interval: after a resume the Trainer's own figure covers only the
+    resumed steps, while the log history, restored from the checkpoint, covers them all."""
+    total = steps = previous = 0
+    for entry in history:
+        if "loss" in entry and "step" in entry and entry["step"] > previous:
+            total += entry["loss"] * (entry["step"] - previous)
+            steps += entry["step"] - previous
+            previous = entry["step"]
+    return total / steps if steps else None
 
 
 def log_history(trainer) -> list[dict]:

@@ -100,6 +100,7 @@ def test_two_rounds_start_round_two_from_round_one_dpo_and_evaluate_every_model(
     assert (run_dir / "report" / "plots" / "trend.png").is_file()
 
 
+@pytest.mark.faults  # one of the fault suite's kills (tests/reliability/test_faults.py kills every stage)
 def test_sigkill_during_sft_then_rerun_resumes_from_the_checkpoint(tmp_path, tiny_model_dir):
     run_dir = tmp_path / "run"
     # Many small steps, a checkpoint after each: the kill lands mid-training.

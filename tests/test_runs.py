@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 import textwrap
@@ -5,7 +6,7 @@ import textwrap
 import pytest
 
 from selftune.errors import LineageError
-from selftune.runs import Run, atomic_write, config_hash, read_manifest
+from selftune.runs import Run, atomic_dir, atomic_write, config_hash, read_manifest
 
 
 def complete_stage(run, tmp_path, cfg=None):
@@ -260,3 +261,26 @@ def test_every_stage_declares_paths_that_exist():
             obj = cfg
             for part in path.split("."):
                 obj = getattr(obj, part)
+
+
+def test_scratch_left_by_a_killed_process_is_removed_and_a_live_ones_kept(tmp_path):
+    """Bug: a merge killed mid-write left `.merged.tmp-<pid>` (model-sized) forever."""
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    dead = tmp_path / f".merged.tmp-{finished.pid}"
+    dead.mkdir()
+    (dead / "model.safetensors").write_bytes(b"x" * 1000)
+    live = tmp_path / f".merged.tmp-{os.getppid()}"  # a process that is still running
+    live.mkdir()
+    with atomic_dir(tmp_path / "merged") as scratch:
+        (scratch / "config.json").write_text("{}")
+    assert not dead.exists() and live.is_dir()
+    assert (tmp_path / "merged" / "config.json").read_text() == "{}"
+
+
+def test_mean_train_loss_covers_every_logged_interval():
+    from selftune.training import mean_train_loss
+
+    history = [{"loss": 4.0, "step": 2}, {"eval_loss": 9.0, "step": 2}, {"loss": 1.0, "step": 3}]
+    assert mean_train_loss(history) == pytest.approx((4.0 * 2 + 1.0) / 3)
+    assert mean_train_loss([{"eval_loss": 1.0, "step": 1}]) is None

@@ -375,6 +375,8 @@ CASES = [
         **sample_with_model("someorg/nosuch-model", ["not in the local Hugging Face cache"]),
         env={"HF_HUB_OFFLINE": "1"},
     ),
+    # Not in the cache, and the hub unreachable (as here) or the repository unknown (with network).
+    Case("hub-id-unknown", **sample_with_model("someorg/nosuch-model", ["hub id 'someorg/nosuch-model' is not in"])),
     Case("not-a-model-spec", **sample_with_model("a/b/c", ["is not builtin:NAME"])),
     Case(
         "run-with-a-bad-model",
