@@ -19,14 +19,11 @@ Usage:
 
 from __future__ import annotations
 
-import csv
-import io
 import random
 from pathlib import Path
 
 from selftune.constraints import CONSTRAINTS, compatible, describe
-from selftune.errors import RecordError
-from selftune.records import PromptRecord, RowProblem, parse_json_line, read_text, validate_rows
+from selftune.records import PromptRecord, RowProblem, source_rows, validate_rows
 from selftune.runs import StageSpec
 
 FORMS = {
@@ -270,16 +267,13 @@ def build_prompts(
     return records
 
 
-IMPORT_FORMATS = ".jsonl, .json (an array of objects), .csv, .parquet or a `datasets` folder (save_to_disk)"
-
-
 def import_prompts(path: Path | str, split: str = "train") -> list[PromptRecord]:
     """User prompts from JSONL, JSON, CSV, Parquet or a `datasets` folder. A row holds
     `messages` (selftune's own format), `prompt` or `instruction`, and optionally `id`,
     `constraints` and `split`. Every row is validated like a prompts file: a bad row, a duplicate
     id or an unreadable file fails the import with `file:line: field: problem`."""
     path = Path(path)
-    rows = ((where, _as_prompt(row, number, split)) for number, (where, row) in enumerate(_source_rows(path), 1))
+    rows = ((where, _as_prompt(row, number, split)) for number, (where, row) in enumerate(source_rows(path), 1))
     return validate_rows(path, rows, "prompts")  # type: ignore[return-value]
 
 
@@ -297,68 +291,6 @@ def _as_prompt(row, number: int, split: str):
     data["split"] = row.get("split") or split
     data["constraints"] = row.get("constraints") or []
     return data
-
-
-def _source_rows(path: Path):
-    """(where, row) for each row of an import source; `where` is `file:line` where lines exist."""
-    if path.is_dir():
-        if not (path / "dataset_info.json").is_file() and not (path / "state.json").is_file():
-            raise RecordError([f"{path}: is a folder but not a saved `datasets` folder (use {IMPORT_FORMATS})"])
-        import datasets
-
-        for number, row in enumerate(datasets.load_from_disk(str(path)), start=1):
-            yield f"{path}: row {number}", row
-        return
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        if not path.is_file():
-            raise RecordError([f"{path}: file not found"])
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except Exception as exc:  # pyarrow's errors share no base class we could name
-            raise RecordError([f"{path}: not a readable Parquet file ({exc})"]) from None
-        for number, row in enumerate(table.to_pylist(), start=1):
-            yield f"{path}: row {number}", row
-        return
-    if suffix not in (".jsonl", ".json", ".csv"):
-        raise RecordError([f"{path}: unsupported format {suffix or '(no extension)'!r}; use {IMPORT_FORMATS}"])
-    text = read_text(path, "a prompts file")
-    if suffix == ".jsonl":
-        for number, line in enumerate(text.split("\n"), start=1):
-            if line.strip():
-                yield f"{path}:{number}", parse_json_line(line)
-    elif suffix == ".json":
-        data = parse_json_line(text)
-        if isinstance(data, RowProblem):
-            yield f"{path}", data
-        elif not isinstance(data, list):
-            raise RecordError([f"{path}: json: expected an array of objects, got {type(data).__name__}"])
-        else:
-            for index, row in enumerate(data):
-                yield f"{path}: item {index}", row
-    else:
-        yield from _csv_rows(path, text)
-
-
-def _csv_rows(path: Path, text: str):
-    # The csv module rather than `datasets`: it gives each row's line number and names a broken row.
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = next(reader, None)
-        if header is None:
-            return
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                yield where, RowProblem("csv", f"{len(row)} columns where the header has {len(header)}")
-                continue
-            yield where, {key: value for key, value in zip(header, row) if value != "" or key == "id"}
-    except csv.Error as exc:
-        raise RecordError([f"{path}:{reader.line_num}: csv: {exc}"]) from None
 
 
 PROMPTS_STAGE = StageSpec("prompts", output="prompts", reads=("prompts",))

@@ -17,6 +17,8 @@ Usage:
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
@@ -219,6 +221,72 @@ def read_text(path: Path, what: str) -> str:
         raise RecordError([f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})"]) from None
 
 
+DATA_FORMATS = ".jsonl, .json (an array of objects), .csv, .parquet or a `datasets` folder (save_to_disk)"
+
+
+def source_rows(path: Path):
+    """(where, row) for each row of a data file in any supported format (`DATA_FORMATS`);
+    `where` is `file:line` where the format has lines, else `file: row N` or `file: item N`."""
+    if path.is_dir():
+        if not (path / "dataset_info.json").is_file() and not (path / "state.json").is_file():
+            raise RecordError([f"{path}: is a folder but not a saved `datasets` folder (use {DATA_FORMATS})"])
+        import datasets
+
+        for number, row in enumerate(datasets.load_from_disk(str(path)), start=1):
+            yield f"{path}: row {number}", row
+        return
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        if not path.is_file():
+            raise RecordError([f"{path}: file not found"])
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow's errors share no base class we could name
+            raise RecordError([f"{path}: not a readable Parquet file ({exc})"]) from None
+        for number, row in enumerate(table.to_pylist(), start=1):
+            yield f"{path}: row {number}", row
+        return
+    if suffix not in (".jsonl", ".json", ".csv"):
+        raise RecordError([f"{path}: unsupported format {suffix or '(no extension)'!r}; use {DATA_FORMATS}"])
+    text = read_text(path, "a data file")
+    if suffix == ".jsonl":
+        for number, line in enumerate(text.split("\n"), start=1):
+            if line.strip():
+                yield f"{path}:{number}", parse_json_line(line)
+    elif suffix == ".json":
+        data = parse_json_line(text)
+        if isinstance(data, RowProblem):
+            yield f"{path}", data
+        elif not isinstance(data, list):
+            raise RecordError([f"{path}: json: expected an array of objects, got {type(data).__name__}"])
+        else:
+            for index, row in enumerate(data):
+                yield f"{path}: item {index}", row
+    else:
+        yield from _csv_rows(path, text)
+
+
+def _csv_rows(path: Path, text: str):
+    # The csv module rather than `datasets`: it gives each row's line number and names a broken row.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                yield where, RowProblem("csv", f"{len(row)} columns where the header has {len(header)}")
+                continue
+            yield where, {key: value for key, value in zip(header, row) if value != "" or key == "id"}
+    except csv.Error as exc:
+        raise RecordError([f"{path}:{reader.line_num}: csv: {exc}"]) from None
+
+
 def parse_json_line(line: str) -> Any:
     """One JSONL line as data, or a `RowProblem` naming what is wrong with it."""
     try:
@@ -267,6 +335,84 @@ def validate_rows(path: Path, rows, kind: str) -> list[Record]:
     if problems:
         raise RecordError(problems)
     return records
+
+
+def read_dataset(path: Path | str, kind: str) -> list[Record]:
+    """SFT examples (`kind` "sft") or preference pairs ("pairs") from selftune's own JSONL or
+    any of TRL's standard dataset formats, in any of `DATA_FORMATS`:
+
+    - sft: conversational `messages` (the trailing assistant turns are the completion), or
+      `prompt`/`completion` as strings or message lists;
+    - pairs: `prompt`/`chosen`/`rejected` as strings or message lists, or implicit-prompt rows
+      whose `chosen` and `rejected` are whole conversations sharing the prompt's turns.
+
+    A row without an `id` gets `row-N`; an imported pair without `negative_source` gets
+    "imported". A bad row is reported as `file:line: field: problem`, like a selftune file.
+    """
+    if kind not in TRL_CONVERTERS:
+        raise ValueError(f"kind must be one of {', '.join(TRL_CONVERTERS)}, not {kind!r}")
+    path = Path(path)
+    convert = TRL_CONVERTERS[kind]
+    rows = ((where, convert(row, number)) for number, (where, row) in enumerate(source_rows(path), start=1))
+    return validate_rows(path, rows, kind)
+
+
+def _turns(value, role: str):
+    """A string as one message of `role`; a message list as it is."""
+    return [{"role": role, "content": value}] if isinstance(value, str) else value
+
+
+def _sft_from_trl(row, number: int):
+    if not isinstance(row, dict) or isinstance(row, RowProblem):
+        return row
+    data = dict(row)
+    data["id"] = str(row["id"]) if row.get("id") is not None else f"row-{number}"
+    if "prompt" not in row and "completion" not in row and isinstance(row.get("messages"), list):
+        messages = row["messages"]
+        answer = len(messages)
+        while answer > 0 and isinstance(messages[answer - 1], dict) and messages[answer - 1].get("role") == "assistant":
+            answer -= 1
+        if answer == len(messages) or answer == 0:
+            return RowProblem("messages", "needs user turns followed by the assistant's answer (the completion)")
+        data.pop("messages")
+        data["prompt"], data["completion"] = messages[:answer], messages[answer:]
+        return data
+    if "text" in row and "prompt" not in row:
+        return RowProblem("text", "a plain-text row has no prompt/answer split; give prompt/completion or messages")
+    if "prompt" in row:
+        data["prompt"] = _turns(row["prompt"], "user")
+    if "completion" in row:
+        data["completion"] = _turns(row["completion"], "assistant")
+    return data
+
+
+def _pair_from_trl(row, number: int):
+    if not isinstance(row, dict) or isinstance(row, RowProblem):
+        return row
+    data = dict(row)
+    data["id"] = str(row["id"]) if row.get("id") is not None else f"row-{number}"
+    data.setdefault("negative_source", "imported")
+    chosen, rejected = row.get("chosen"), row.get("rejected")
+    if "prompt" not in row and isinstance(chosen, list) and isinstance(rejected, list):
+        # Implicit prompt: the turns both conversations share, up to the last user turn.
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+            shared += 1
+        while shared > 0 and not (isinstance(chosen[shared - 1], dict) and chosen[shared - 1].get("role") == "user"):
+            shared -= 1
+        if shared == 0:
+            return RowProblem("prompt", "missing, and chosen and rejected share no user turn to take it from")
+        data["prompt"], data["chosen"], data["rejected"] = chosen[:shared], chosen[shared:], rejected[shared:]
+        return data
+    if "prompt" in row:
+        data["prompt"] = _turns(row["prompt"], "user")
+    for side in ("chosen", "rejected"):
+        if side in row:
+            data[side] = _turns(row[side], "assistant")
+    return data
+
+
+TRL_CONVERTERS = {"sft": _sft_from_trl, "pairs": _pair_from_trl}
 
 
 def _no_constant(name: str):
