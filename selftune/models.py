@@ -128,15 +128,25 @@ def check_model_spec(spec: str, *, trust_remote_code: bool = False) -> None:
     if path.is_dir():
         _check_checkpoint_folder(path, trust_remote_code)
         return
-    resolved = resolve_model_path(spec)  # a missing file, a folder without config.json, not a hub id
-    if resolved == spec and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        from huggingface_hub import try_to_load_from_cache
+    if resolve_model_path(spec) != spec:  # a missing file, a folder without config.json, not a hub id
+        return
+    from huggingface_hub import HfApi, try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(spec, "config.json"), str):
-            raise ModelSpecError(
-                f"hub id {spec!r} is not in the local Hugging Face cache and the hub is offline "
-                "(HF_HUB_OFFLINE=1); download it first, or give a local checkpoint folder"
-            )
+    if isinstance(try_to_load_from_cache(spec, "config.json"), str):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise ModelSpecError(
+            f"hub id {spec!r} is not in the local Hugging Face cache and the hub is offline "
+            "(HF_HUB_OFFLINE=1); download it first, or give a local checkpoint folder"
+        )
+    try:
+        HfApi().model_info(spec, timeout=10)
+    except Exception as exc:  # no network, no such repository, a gated one: all say the same to a user
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ModelSpecError(
+            f"hub id {spec!r} is not in the local Hugging Face cache and could not be found on the hub "
+            f"({type(exc).__name__}: {first}); check the name and the network, or give a local checkpoint folder"
+        ) from None
 
 
 def _check_checkpoint_folder(path: Path, trust_remote_code: bool) -> None:
