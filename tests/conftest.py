@@ -130,3 +130,22 @@ class MockGenerator:
                 answers.append(Completion(i, s, text, "rejected" if failed else "stop", 5, 3, s, rejected_by=failed))
             out.append(answers)
         return out
+
+
+@pytest.fixture(scope="session")
+def finished_run_settings() -> list[str]:
+    """The --set overrides (besides model.spec) of `finished_run`."""
+    return ["pairs.k=1"]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_model_dir, finished_run_settings) -> Path:
+    """A run of the tiny preset on the tiny model with every stage complete; tests copy it before
+    they change anything."""
+    import selftune
+
+    root = tmp_path_factory.mktemp("finished") / "run"
+    cfg = selftune.load_config("tiny", overrides=[f"model.spec={tiny_model_dir}", *finished_run_settings])
+    steps = selftune.run_pipeline(root, cfg, on_event=lambda line: None)
+    assert all(step.action == "ran" for step in steps)
+    return root

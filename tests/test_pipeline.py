@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,33 +45,37 @@ def _ran(output: str) -> list[str]:
     return [line.split(":")[0] for line in output.splitlines() if ": runs (" in line]
 
 
-def test_run_end_to_end_then_reuse_then_rerun_only_what_beta_affects(tmp_path, tiny_model_dir):
+def test_run_end_to_end_then_reuse_then_rerun_only_what_beta_affects(
+    tmp_path, tiny_model_dir, finished_run, finished_run_settings
+):
+    # The first run is the shared finished run (every stage ran); this test works on a copy of it.
     run_dir = tmp_path / "run"
-    first = _run(run_dir, tiny_model_dir)
-    assert _ran(first) == [f"round-1/{stage}" for stage in STAGES]
+    shutil.copytree(finished_run, run_dir, symlinks=True)
+    settings = [item for setting in finished_run_settings for item in ("--set", setting)]
     for stage in STAGES:
         manifest = read_manifest(run_dir / "round-1" / stage)
         assert manifest is not None and manifest.status == "complete", stage
-    assert (run_dir / "report" / "report.html").is_file() and "report.html" in first
+    assert (run_dir / "report" / "report.html").is_file()
     # The report lives in its stage folder (RUN/report links there) and reads the training curves
     # through the sft and dpo manifests.
     report_manifest = read_manifest(run_dir / "round-1" / "report")
     assert report_manifest.outputs["html"].path == "round-1/report/report.html"
     assert {"log_history_sft_r1", "log_history_dpo_r1"} <= set(report_manifest.inputs)
-    assert "prompt strict" in first  # the summary table is printed at the end
-    assert "round 1 data: SFT" in first and "negatives:" in first  # with where the data came from
+
+    second = _run(run_dir, tiny_model_dir, *settings)
+    assert _ran(second) == []
+    assert all(f"round-1/{stage}: up to date, skipped" in second for stage in STAGES)
+    assert "prompt strict" in second  # the summary table is printed at the end
+    assert "round 1 data: SFT" in second and "negatives:" in second  # with where the data came from
+    assert "report.html" in second
     types = CliRunner().invoke(app, ["inspect", "types", str(run_dir)])
     assert types.exit_code == 0, types.output
     header = types.output.splitlines()[0]
     assert "SFT examples (sampled + repaired)" in header and "eval base" in header and "eval dpo" in header
     assert len(types.output.splitlines()) > 2  # a row per constraint type of the run's prompts
 
-    second = _run(run_dir, tiny_model_dir)
-    assert _ran(second) == []
-    assert all(f"round-1/{stage}: up to date, skipped" in second for stage in STAGES)
-
     sft_manifest = (run_dir / "round-1" / "sft" / "manifest.json").read_text()
-    third = _run(run_dir, tiny_model_dir, "--set", "dpo.beta=0.2")
+    third = _run(run_dir, tiny_model_dir, *settings, "--set", "dpo.beta=0.2")
     assert _ran(third) == ["round-1/dpo", "round-1/evaluate", "round-1/report"]
     assert "round-1/dpo: runs (config changed)" in third
     assert (run_dir / "round-1" / "sft" / "manifest.json").read_text() == sft_manifest  # untouched

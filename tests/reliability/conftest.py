@@ -5,22 +5,9 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from harness import OUTCOMES, ModelLoaded, Outcome
-
-
-@pytest.fixture(scope="session")
-def finished_run(tmp_path_factory, tiny_model_dir) -> Path:
-    """A run of the tiny preset on the tiny model with every stage complete."""
-    import selftune
-
-    root = tmp_path_factory.mktemp("finished") / "run"
-    cfg = selftune.load_config("tiny", overrides=[f"model.spec={tiny_model_dir}", "pairs.k=1"])
-    steps = selftune.run_pipeline(root, cfg, on_event=lambda line: None)
-    assert all(step.action == "ran" for step in steps)
-    return root
 
 
 @pytest.fixture

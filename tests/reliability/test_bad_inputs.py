@@ -9,6 +9,7 @@ is the case's folder, {run} a copy of a finished tiny run and {model} the tiny m
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,12 @@ def generate_with(*options: str, expect: list[str]) -> dict:
         files={"in.jsonl": jsonl(GENERATE)},
         expect=expect,
     )
+
+
+def replace(path: Path, text: str) -> None:
+    """Write a new file in place of `path` (the run copy's files are hard links to the shared run)."""
+    path.unlink()
+    path.write_text(text)
 
 
 def model_folder(make):
@@ -450,13 +457,13 @@ CASES = [
     Case(
         "dpo-on-an-edited-upstream",
         args=["dpo", "--run", "{run}"],
-        setup=lambda tmp, model: (tmp / "run/round-1/pairs/pairs.jsonl").write_text(jsonl(PAIR)),
+        setup=lambda tmp, model: replace(tmp / "run/round-1/pairs/pairs.jsonl", jsonl(PAIR)),
         expect=["changed after it was recorded"],
     ),
     Case(
         "evaluate-with-an-empty-manifest",
         args=["evaluate", "{run}"],
-        setup=lambda tmp, model: (tmp / "run/round-1/prompts/manifest.json").write_text(""),
+        setup=lambda tmp, model: replace(tmp / "run/round-1/prompts/manifest.json", ""),
         expect=["manifest.json: unreadable manifest"],
     ),
     Case("report-missing-run", args=["report", "{tmp}/nosuch"], expect=["nosuch: no such run folder"]),
@@ -473,7 +480,9 @@ def test_bad_input_is_a_clear_error_that_changes_nothing(
     case, cli, tmp_path, finished_run, monkeypatch, tiny_model_dir
 ):
     if any("{run}" in arg for arg in case.args):
-        shutil.copytree(finished_run, tmp_path / "run", symlinks=True)
+        # Hard links: a fast copy. Setups replace files (never write in place), and a command that
+        # changed a file in place would fail this test before it could mislead another.
+        shutil.copytree(finished_run, tmp_path / "run", symlinks=True, copy_function=os.link)
     for name, content in case.files.items():
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
