@@ -362,7 +362,9 @@ def sft(
     run,
     cfg,
     round_number: int,
-    data: Path | None = typer.Option(None, "--data", help="SFT JSONL; default: the run's sft-data output."),
+    data: Path | None = typer.Option(
+        None, "--data", help="SFT data (selftune or TRL format, any data file); default: the run's sft-data output."
+    ),
     base: str | None = typer.Option(None, "--base", help="Base model spec; default: the config's model."),
 ):
     """LoRA SFT with response-only loss; resumes from its last checkpoint; merges the adapter when configured."""
@@ -476,11 +478,21 @@ def pairs(
 
 @app.command(epilog="Example: `selftune dpo --run runs/demo --set dpo.beta=0.2`")
 @stage_command()
-def dpo(run, cfg, round_number: int):
+def dpo(
+    run,
+    cfg,
+    round_number: int,
+    pairs: Path | None = typer.Option(
+        None, "--pairs", help="Preference pairs (selftune or TRL format); default: the run's pairs output."
+    ),
+    eval_pairs: Path | None = typer.Option(
+        None, "--eval-pairs", help="Held-out pairs; default: the run's (none when --pairs is given)."
+    ),
+):
     """DPO: merge the SFT adapter, train a fresh LoRA against the merged SFT model as reference, merge it."""
     from selftune.dpo import dpo_stage
 
-    out = dpo_stage(run, cfg, round_number=round_number)
+    out = dpo_stage(run, cfg, round_number=round_number, pairs_path=pairs, eval_pairs_path=eval_pairs)
     m = run.manifest("dpo", round_number).metrics
     before, after = m["eval_before"], m["eval_after"]
     if after:
@@ -675,6 +687,48 @@ def compare(runs: list[Path] = typer.Argument(..., help="Two or more run directo
 
     header, rows = compare_table([Run(r) for r in runs])
     print_table(header, rows, "comparison (eval split; deltas against the first run's base)")
+
+
+@app.command(epilog="Example: `selftune export runs/demo --to gguf --quant q8_0`")
+def export(
+    run_dir: Path = typer.Argument(..., help="Run directory with a trained model."),
+    model: str = typer.Option("dpo", "--model", help="dpo or sft (the last round's), or ROUND/NAME, e.g. 1/sft."),
+    to: str = typer.Option(..., "--to", help="gguf (one file for llama.cpp, ollama, LM Studio) or hf (a folder)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output file or folder; default: RUN/export/NAME.gguf or NAME-hf."
+    ),
+    quant: str = typer.Option("f32", "--quant", help="GGUF weights: f32, f16 or q8_0."),
+    push: str | None = typer.Option(None, "--push", help="With --to hf: upload the folder to this Hub repo id."),
+    check: bool = typer.Option(True, "--check/--no-check", help="GGUF: load it back and compare greedy answers."),
+):
+    """Export a run's merged model: a GGUF file, or a Hugging Face folder with a model card."""
+    from selftune.export import QUANTS, check_gguf, model_card, push_folder, run_model, write_gguf, write_hf
+    from selftune.runs import Run
+
+    if to not in ("gguf", "hf"):
+        raise typer.BadParameter(f"{to!r}: choose gguf or hf", param_hint="--to")
+    if quant not in QUANTS:
+        raise typer.BadParameter(f"{quant!r}: choose {', '.join(QUANTS)}", param_hint="--quant")
+    if push and to != "hf":
+        raise typer.BadParameter("--push needs --to hf", param_hint="--push")
+    run = Run(run_dir)
+    name, model_dir = run_model(run, model)
+    started = time.perf_counter()
+    if to == "gguf":
+        path = write_gguf(model_dir, out or run.root / "export" / f"{name}-{quant}.gguf", quant)
+        console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - started:.0f}s)")
+        if check:
+            result = check_gguf(path, model_dir)
+            console.print(
+                f"loaded back with transformers: {result.identical} of {result.prompts} greedy answers identical "
+                f"to the merged model's; first: {escape(result.first_answer)!r}",
+                soft_wrap=True,
+            )
+        return
+    path = write_hf(model_dir, out or run.root / "export" / f"{name}-hf", model_card(run, name, model_dir))
+    console.print(f"wrote {path} (model card {path / 'README.md'})", soft_wrap=True)
+    if push:
+        console.print(f"pushed: {push_folder(path, push)}", soft_wrap=True)
 
 
 @app.command("run", epilog="Example: `selftune run --preset demo`")

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from selftune.logprobs import PairCollator, prompt_sharing_holds, sequence_logps, tokenize_pairs
-from selftune.records import read_records
+from selftune.records import read_dataset
 from selftune.runs import StageSpec
 
 logger = logging.getLogger("selftune.dpo")
@@ -301,12 +301,13 @@ def dpo_stage(
     )
 
     cfg = DPO_STAGE.view(cfg)
-    pairs_path = Path(pairs_path) if pairs_path else run.output_of("pairs", "pairs", round_number=round_number)
-    if eval_pairs_path is None:
+    if eval_pairs_path is None and pairs_path is None:  # the run's held-out pairs go with its own pairs
         eval_pairs_path = run.optional_output("pairs", "eval_pairs", round_number=round_number)
+    pairs_path = Path(pairs_path) if pairs_path else run.output_of("pairs", "pairs", round_number=round_number)
     sft_model = sft_model or str(run.output_of("sft", "merged", round_number=round_number))
-    pairs = read_records(pairs_path, "pairs")  # validate before loading anything
-    eval_pairs = read_records(eval_pairs_path, "pairs") if eval_pairs_path else []
+    # selftune's or TRL's preference formats; every row validated before anything loads
+    pairs = read_dataset(pairs_path, "pairs")
+    eval_pairs = read_dataset(eval_pairs_path, "pairs") if eval_pairs_path else []
     inputs = {"pairs": pairs_path, "sft_model": Path(sft_model)}
     if eval_pairs_path:
         inputs["eval_pairs"] = Path(eval_pairs_path)

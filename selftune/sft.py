@@ -35,7 +35,7 @@ import yaml
 
 from selftune.errors import TooManyDroppedError
 from selftune.masking import MaskingError, tokenize_example
-from selftune.records import read_records
+from selftune.records import read_dataset
 from selftune.runs import StageSpec
 from selftune.training import (
     as_dataset,
@@ -108,7 +108,7 @@ def sft_stage(
     cfg = SFT_STAGE.view(cfg)
     data_path = Path(data_path) if data_path else run.output_of("sft-data", "sft", round_number=round_number)
     base = base or cfg.model.spec
-    records = read_records(data_path, "sft")  # validate before loading anything
+    records = read_dataset(data_path, "sft")  # selftune's or TRL's formats; validated before loading anything
     inputs = {"sft": data_path}
     if Path(base).is_dir():
         inputs["base"] = Path(base)

@@ -1,0 +1,71 @@
+"""Export: a GGUF file that transformers loads back with the same greedy answers, and a Hugging
+Face folder with a model card."""
+
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from selftune.cli import app
+from selftune.export import ExportError, check_gguf, write_gguf
+
+runner = CliRunner()
+
+
+def test_a_tiny_llama_exported_to_gguf_f32_answers_exactly_as_before(tiny_model_dir, tmp_path):
+    path = write_gguf(tiny_model_dir, tmp_path / "tiny.gguf", "f32")
+    assert path.read_bytes()[:4] == b"GGUF"
+    result = check_gguf(path, tiny_model_dir)
+    assert result.identical == result.prompts == 3
+
+
+@pytest.mark.slow  # two more GGUF loads (~20 s each); `make test-slow`
+@pytest.mark.parametrize("quant", ["f16", "q8_0"])
+def test_smaller_gguf_weights_load_back_and_answer(tiny_model_dir, tmp_path, quant):
+    full = write_gguf(tiny_model_dir, tmp_path / "f32.gguf", "f32")
+    small = write_gguf(tiny_model_dir, tmp_path / f"{quant}.gguf", quant)
+    assert small.stat().st_size < full.stat().st_size * (0.6 if quant == "f16" else 0.4)
+    result = check_gguf(small, tiny_model_dir)
+    assert result.prompts == 3 and result.first_answer  # loads and answers; agreement is reported
+
+
+def test_an_unsupported_architecture_is_named(tmp_path, smollm_tokenizer_dir):
+    from tests.conftest import build_tiny_model
+
+    phi3 = build_tiny_model(tmp_path / "phi3", smollm_tokenizer_dir, arch="phi3")
+    with pytest.raises(ExportError, match="GGUF export supports llama, mistral models; .* is 'phi3'"):
+        write_gguf(phi3, tmp_path / "x.gguf")
+
+
+def test_hf_export_has_a_model_card_with_the_eval_table_and_loads(finished_run, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir, symlinks=True)
+    result = runner.invoke(app, ["export", str(run_dir), "--to", "hf", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers")
+    assert "| model | prompt strict | instruction strict | vs base (95% CI) | p |" in card and "| dpo |" in card
+    assert "round-1/sft" in card and "## Recipe" in card
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert model.config.model_type == "llama"
+    assert (tmp_path / "out" / "tokenizer_config.json").is_file()
+
+
+def test_push_without_the_hub_is_a_clear_error_and_keeps_the_export(finished_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir, symlinks=True)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["export", str(run_dir), "--to", "hf", "--out", str(out), "--push", "someone/tuned"])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, ExportError) and "could not push" in str(result.exception)
+    assert (out / "README.md").is_file()  # the export stays on disk
+
+
+def test_export_options_are_checked(finished_run):
+    bad = runner.invoke(app, ["export", str(finished_run), "--to", "onnx"])
+    assert bad.exit_code == 2 and "onnx" in bad.output
+    bad = runner.invoke(app, ["export", str(finished_run), "--to", "gguf", "--quant", "q4"])
+    assert bad.exit_code == 2 and "q4" in bad.output
