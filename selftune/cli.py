@@ -77,6 +77,46 @@ class GenerationProgress:
         return self.tokens / max(time.perf_counter() - self.started, 1e-9)
 
 
+class TrainingProgress:
+    """A transformers TrainerCallback drawing a progress bar over optimizer steps, with the
+    latest loss and the time left; nothing when the console is not a terminal (CI logs)."""
+
+    def __init__(self, label: str, console: Console | None = None):
+        self.console = console or err_console
+        self.progress = Progress(
+            TextColumn(f"[bold]{escape(label)}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("steps"),
+            TextColumn("{task.fields[loss]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.console.is_terminal,
+        )
+        self.task = None
+
+    # The TrainerCallback protocol: the Trainer calls every on_* event it knows on each callback.
+    def __getattr__(self, name: str):
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, loss="")
+        self.progress.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.progress.update(self.task, loss=f"loss {logs['loss']:.4f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.progress.update(self.task, completed=state.global_step)
+        self.progress.stop()
+
+
 # Options shared by several commands, each defined once.
 PresetOption = typer.Option(None, "--preset", help="Preset name: tiny, demo, recipe-32b.")
 ConfigOption = typer.Option([], "--config", help="YAML override files, applied in order.")
@@ -370,7 +410,7 @@ def sft(
     """LoRA SFT with response-only loss; resumes from its last checkpoint; merges the adapter when configured."""
     from selftune.sft import sft_stage
 
-    out = sft_stage(run, cfg, round_number=round_number, data_path=data, base=base)
+    out = sft_stage(run, cfg, round_number=round_number, data_path=data, base=base, progress=TrainingProgress("SFT"))
     m = run.manifest("sft", round_number).metrics
     console.print(
         f"SFT: {m['steps']} steps, {m['train_examples']} examples ({m['dropped']} dropped), "
@@ -492,7 +532,14 @@ def dpo(
     """DPO: merge the SFT adapter, train a fresh LoRA against the merged SFT model as reference, merge it."""
     from selftune.dpo import dpo_stage
 
-    out = dpo_stage(run, cfg, round_number=round_number, pairs_path=pairs, eval_pairs_path=eval_pairs)
+    out = dpo_stage(
+        run,
+        cfg,
+        round_number=round_number,
+        pairs_path=pairs,
+        eval_pairs_path=eval_pairs,
+        progress=TrainingProgress("DPO"),
+    )
     m = run.manifest("dpo", round_number).metrics
     before, after = m["eval_before"], m["eval_after"]
     if after:
@@ -767,6 +814,7 @@ def run_command(
         until_stage=until_stage,
         on_event=lambda line: console.print(escape(line), soft_wrap=True),
         progress_factory=lambda label: GenerationProgress(None, label),
+        training_progress_factory=TrainingProgress,
     )
     table = Table("stage", "action", "seconds", title=f"stages ({time.perf_counter() - started:.0f}s in all)")
     for step in steps:

@@ -67,7 +67,14 @@ def _policy(run: Run, cfg, round_number: int) -> str:
     return cfg.model.spec if round_number == 1 else str(run.output_of("dpo", "merged", round_number=round_number - 1))
 
 
-def run_step(run: Run, cfg, step: Step, *, progress_factory: Callable | None = None) -> Path:
+def run_step(
+    run: Run,
+    cfg,
+    step: Step,
+    *,
+    progress_factory: Callable | None = None,
+    training_progress_factory: Callable | None = None,
+) -> Path:
     """Run (or reuse) one stage; returns its main output."""
     from selftune import dpo, evaluate, pairs, prompts, report, sample, sft, sft_data
 
@@ -80,12 +87,14 @@ def run_step(run: Run, cfg, step: Step, *, progress_factory: Callable | None = N
     if step.stage == "sft-data":
         return sft_data.sft_data_stage(run, cfg, round_number=r)
     if step.stage == "sft":
-        return sft.sft_stage(run, cfg, round_number=r, base=_policy(run, cfg, r))
+        progress = training_progress_factory(f"round {r}: SFT") if training_progress_factory else None
+        return sft.sft_stage(run, cfg, round_number=r, base=_policy(run, cfg, r), progress=progress)
     if step.stage == "pairs":
         with _progress(progress_factory, f"round {r}: sampling the SFT model") as progress:
             return pairs.pairs_stage(run, cfg, round_number=r, progress=progress)
     if step.stage == "dpo":
-        return dpo.dpo_stage(run, cfg, round_number=r)
+        progress = training_progress_factory(f"round {r}: DPO") if training_progress_factory else None
+        return dpo.dpo_stage(run, cfg, round_number=r, progress=progress)
     if step.stage == "evaluate":
         return evaluate.evaluate_stage(run, cfg, round_number=r)
     if step.stage == "report":
@@ -130,13 +139,16 @@ def run_pipeline(
     until_stage: str | None = None,
     on_event: Callable[[str], None] | None = None,
     progress_factory: Callable | None = None,
+    training_progress_factory: Callable | None = None,
 ) -> list[StepResult]:
     """Run the loop for `cfg` in `run_dir`, exactly as `selftune run` does (from a notebook too).
 
     `cfg`: a `PipelineConfig` (`selftune.load_config(...)`), saved as the run's config.yaml; None
     continues the run with its saved config. `on_event` hears, before each stage, whether it is
     skipped or why it runs, and after a run how long it took (default: the "selftune" logger,
-    which `configure_logging` prints unless logging is already configured).
+    which `configure_logging` prints unless logging is already configured). `progress_factory(label)`
+    gives a generation progress callback for the sampling stages, `training_progress_factory(label)`
+    a transformers TrainerCallback for sft and dpo (the CLI's draw rich progress bars).
     """
     configure_logging()
     if on_event is None:
@@ -170,7 +182,9 @@ def run_pipeline(
             if forced:
                 on_event(f"{step.label}: runs (--from {from_stage})")
             started = time.perf_counter()
-            output = run_step(run, cfg, step, progress_factory=progress_factory)
+            output = run_step(
+                run, cfg, step, progress_factory=progress_factory, training_progress_factory=training_progress_factory
+            )
             seconds = time.perf_counter() - started
             skipped = bool(decisions) and decisions[-1].action == "skip"
             reason = decisions[-1].reason if decisions else f"--from {from_stage}"

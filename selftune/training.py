@@ -102,7 +102,15 @@ def make_trainer_class():
     class GuardedTrainer(Trainer):
         """Trainer that stops at the first non-finite loss, and at a collapsed run: a gradient
         norm of exactly 0 (a LoRA update has a nonzero gradient unless the model saturated, as a
-        far too high learning rate does) or not finite. Both stop before any later checkpoint."""
+        far too high learning rate does) or not finite. Both stop before any later checkpoint.
+        The Trainer's own printing of raw log dicts is off: the logs go to the stage's
+        log_history, and the console shows a progress bar when one is given."""
+
+        def __init__(self, *args, **kwargs):
+            from transformers.trainer_callback import PrinterCallback
+
+            super().__init__(*args, **kwargs)
+            self.remove_callback(PrinterCallback)
 
         def log(self, logs, *args, **kwargs):
             norm = logs.get("grad_norm")

@@ -295,3 +295,29 @@ def test_generate_refuses_an_output_folder_before_loading_a_model(tmp_path):
         app, ["generate", "--model", "nosuch", "--prompts", str(prompts), "--out", str(tmp_path)]
     )
     assert result.exit_code == 2 and "is a folder" in result.output
+
+
+def test_training_progress_draws_steps_and_loss_on_a_terminal_and_nothing_elsewhere():
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from selftune.cli import TrainingProgress
+
+    for terminal in (True, False):
+        out = io.StringIO()
+        bar = TrainingProgress("SFT", console=Console(file=out, force_terminal=terminal, width=120))
+        state = SimpleNamespace(max_steps=4, global_step=1)  # resumed at step 1
+        bar.on_train_begin(None, state, None)
+        for step in (2, 3, 4):
+            state.global_step = step
+            bar.on_step_end(None, state, None)
+            bar.on_log(None, state, None, logs={"loss": 1.0 / step})
+        bar.on_save(None, state, None)  # any other Trainer event is accepted and ignored
+        bar.on_train_end(None, state, None)
+        text = out.getvalue()
+        if terminal:
+            assert "SFT" in text and "4/4" in text and "loss 0.2500" in text
+        else:
+            assert text == ""

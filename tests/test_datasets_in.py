@@ -115,6 +115,7 @@ def test_sft_and_dpo_commands_train_on_trl_files(tmp_path, tiny_model_dir):
     runner = CliRunner()
     sft = runner.invoke(app, ["sft", "--run", str(run), "--data", str(sft_data), *common])
     assert sft.exit_code == 0, sft.output + repr(sft.exception)
+    assert "'loss':" not in sft.output  # no raw Trainer log dicts on the console
     manifest = read_manifest(run / "round-1" / "sft")
     assert manifest.metrics["examples"] == 8 and manifest.inputs["sft"].path == str(sft_data)
     dpo = runner.invoke(app, ["dpo", "--run", str(run), "--pairs", str(preferences), *common])
