@@ -329,6 +329,15 @@ class EvaluateSection(Section):
         return items
 
 
+class TrackingSection(Section):
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list,
+        description="Experiment trackers that receive every metric of the run (one tracker run per pipeline run).",
+    )
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; None = a local file store in RUN/tracking.")
+    project: str = Field("selftune", description="MLflow experiment / wandb project name.")
+
+
 class PipelineConfig(Section):
     name: str = Field(
         "demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name: the folder under runs/ (no paths)."
@@ -343,6 +352,7 @@ class PipelineConfig(Section):
     pairs: PairsSection = Field(default_factory=PairsSection, description="Stage pairs.")
     dpo: DPOSection = Field(default_factory=DPOSection, description="Stage dpo.")
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection, description="Stage evaluate.")
+    tracking: TrackingSection = Field(default_factory=TrackingSection, description="Experiment trackers.")
 
     @model_validator(mode="before")
     @classmethod

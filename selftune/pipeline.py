@@ -23,6 +23,7 @@ Usage:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from selftune.errors import ConfigError
 from selftune.runs import Run, StageEvent
+from selftune.tracking import Trackers, check_trackers, lineage
 
 ROUND_STAGES = ["sample", "sft-data", "sft", "pairs", "dpo"]
 STAGES = ["prompts", *ROUND_STAGES, "evaluate", "report"]
@@ -172,11 +174,13 @@ def run_pipeline(
         label = Step(event.stage, event.round_number).label
         on_event(f"{label}: up to date, skipped" if event.action == "skip" else f"{label}: runs ({event.reason})")
 
+    check_trackers(cfg.tracking.report_to)
     run = Run(run_dir, reuse=True, on_event=decided)
     results = []
-    with run.lock():
+    with run.lock(), contextlib.closing(Trackers(run, cfg)) as trackers:
         run.save_config(cfg)  # later stages and commands read it (rounds, base model)
-        for step, forced in plan(cfg.rounds, from_stage=from_stage, until_stage=until_stage):
+        trackers.params(cfg.model_dump(mode="json"))
+        for index, (step, forced) in enumerate(plan(cfg.rounds, from_stage=from_stage, until_stage=until_stage)):
             decisions.clear()
             run.reuse = not forced
             if forced:
@@ -191,4 +195,6 @@ def run_pipeline(
             results.append(StepResult(step, "skipped" if skipped else "ran", reason, seconds, output))
             if not skipped:
                 on_event(f"{step.label}: done in {seconds:.0f}s")
+            trackers.stage(run, step.stage, step.round_number, index)
+        trackers.params(lineage(run))
     return results
