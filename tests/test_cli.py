@@ -22,6 +22,7 @@ COMMANDS = [
     "evaluate",
     "report",
     "compare",
+    "export",
     "run",
 ]
 
@@ -52,6 +53,7 @@ def test_help_lists_every_command():
         ["evaluate"],
         ["report"],
         ["compare"],
+        ["export"],
         ["run"],
     ],
 )
