@@ -194,17 +194,14 @@ def check_lora_targets(spec: str, targets, where: str) -> None:
     folder = Path(spec).expanduser()
     if spec.startswith(BUILTIN_PREFIX) or folder.suffix == ".gguf":
         try:
-            gguf = builtin_gguf_path(spec[len(BUILTIN_PREFIX) :]) if spec.startswith(BUILTIN_PREFIX) else folder
-            folder = selftune_home() / "models" / f"{Path(gguf).stem}-{sha256_file(Path(gguf))[:16]}"
+            folder = converted_dir(
+                builtin_gguf_path(spec[len(BUILTIN_PREFIX) :]) if spec.startswith(BUILTIN_PREFIX) else folder
+            )
         except (ModelSpecError, MissingExtraError, OSError):
             return
     if not folder.is_dir():
         return
-    modules = set()
-    for file in folder.glob("*.safetensors"):
-        with open(file, "rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            modules |= {name.rsplit(".", 1)[0] for name in json.loads(handle.read(length)) if name != "__metadata__"}
+    modules = {name.rsplit(".", 1)[0] for file in folder.glob("*.safetensors") for name in check_safetensors(file)}
     if not modules:
         return
     missing = [t for t in targets if not any(m == t or m.endswith("." + t) for m in modules)]
@@ -216,9 +213,10 @@ def check_lora_targets(spec: str, targets, where: str) -> None:
         )
 
 
-def check_safetensors(file: Path) -> None:
+def check_safetensors(file: Path) -> dict:
     """A safetensors file's header parses and the file is as long as the header says (a download
-    or copy cut short fails here, by name, instead of deep inside the loader)."""
+    or copy cut short fails here, by name, instead of deep inside the loader); returns the header's
+    tensors (name -> dtype, shape, offsets)."""
     size = file.stat().st_size
     with open(file, "rb") as handle:
         head = handle.read(8)
@@ -227,13 +225,21 @@ def check_safetensors(file: Path) -> None:
             raise ModelSpecError(f"{file}: not a safetensors file, or cut short ({size} bytes)")
         try:
             header = json.loads(handle.read(length))
-            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            header.pop("__metadata__", None)
+            end = max((t["data_offsets"][1] for t in header.values()), default=0)
         except (ValueError, KeyError, TypeError, IndexError, AttributeError):
             raise ModelSpecError(f"{file}: its safetensors header is corrupt") from None
     if 8 + length + end > size:
         raise ModelSpecError(
             f"{file}: truncated ({size} bytes, its header needs {8 + length + end}); copy or download it again"
         )
+    return header
+
+
+def converted_dir(gguf_path: Path) -> Path:
+    """Where a GGUF file's converted checkpoint lives: the cache, keyed by the file's content."""
+    gguf_path = Path(gguf_path)
+    return selftune_home() / "models" / f"{gguf_path.stem}-{sha256_file(gguf_path)[:16]}"
 
 
 def convert_gguf(gguf_path: Path) -> Path:
@@ -241,9 +247,8 @@ def convert_gguf(gguf_path: Path) -> Path:
     from filelock import FileLock
 
     gguf_path = Path(gguf_path).resolve()
-    key = f"{gguf_path.stem}-{sha256_file(gguf_path)[:16]}"
-    models_dir = selftune_home() / "models"
-    target = models_dir / key
+    target = converted_dir(gguf_path)
+    models_dir, key = target.parent, target.name
     if (target / _CONVERTED_MARKER).is_file():
         return target
     models_dir.mkdir(parents=True, exist_ok=True)

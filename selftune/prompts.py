@@ -23,7 +23,7 @@ import random
 from pathlib import Path
 
 from selftune.constraints import CONSTRAINTS, compatible, describe
-from selftune.records import PromptRecord, RowProblem, source_rows, validate_rows
+from selftune.records import PromptRecord, RowProblem, convert_rows, with_id
 from selftune.runs import StageSpec
 
 FORMS = {
@@ -272,22 +272,19 @@ def import_prompts(path: Path | str, split: str = "train") -> list[PromptRecord]
     `messages` (selftune's own format), `prompt` or `instruction`, and optionally `id`,
     `constraints` and `split`. Every row is validated like a prompts file: a bad row, a duplicate
     id or an unreadable file fails the import with `file:line: field: problem`."""
-    path = Path(path)
-    rows = ((where, _as_prompt(row, number, split)) for number, (where, row) in enumerate(source_rows(path), 1))
-    return validate_rows(path, rows, "prompts")  # type: ignore[return-value]
+    return convert_rows(Path(path), "prompts", lambda row, number: _as_prompt(row, number, split))  # type: ignore[return-value]
 
 
 def _as_prompt(row, number: int, split: str):
     if not isinstance(row, dict):
         return row  # validate_rows names it
-    data = dict(row)
+    data = with_id(row, f"{split}-{number:05d}")
     text = row.get("prompt") if row.get("prompt") is not None else row.get("instruction")
     if "messages" not in row and text is not None:
         data.pop("prompt", None), data.pop("instruction", None)
         data["messages"] = [{"role": "user", "content": text}] if isinstance(text, str) else text
     elif "messages" not in row:
         return RowProblem("prompt", "missing (need 'messages', 'prompt' or 'instruction')")
-    data["id"] = str(row["id"]) if row.get("id") is not None else f"{split}-{number:05d}"
     data["split"] = row.get("split") or split
     data["constraints"] = row.get("constraints") or []
     return data

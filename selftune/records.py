@@ -113,6 +113,9 @@ class SampleRecord(Record):
     model: str
     completion: str
     score: float = Field(ge=0, le=1)
+    checks: dict[str, Any] = Field(default_factory=dict)
+    sample_index: int = Field(ge=0)
+    seed: int | None = None
 
     @field_validator("score", mode="before")
     @classmethod
@@ -120,10 +123,6 @@ class SampleRecord(Record):
         if isinstance(value, bool):  # JSON true would become 1.0
             raise ValueError(f"expected a number from 0 to 1, got {str(value).lower()}")
         return value
-
-    checks: dict[str, Any] = Field(default_factory=dict)
-    sample_index: int = Field(ge=0)
-    seed: int | None = None
 
 
 class SFTRecord(Record):
@@ -203,9 +202,13 @@ def read_records(path: Path | str, kind: str) -> list[Record]:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
     path = Path(path)
-    lines = read_text(path, "a JSONL file").split("\n")
-    rows = ((f"{path}:{number}", line) for number, line in enumerate(lines, start=1) if line.strip())
-    return validate_rows(path, ((where, parse_json_line(line)) for where, line in rows), kind)
+    return validate_rows(path, _jsonl_rows(path, read_text(path, "a JSONL file")), kind)
+
+
+def _jsonl_rows(path: Path, text: str):
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            yield f"{path}:{number}", parse_json_line(line)
 
 
 def read_text(path: Path, what: str) -> str:
@@ -252,9 +255,7 @@ def source_rows(path: Path):
         raise RecordError([f"{path}: unsupported format {suffix or '(no extension)'!r}; use {DATA_FORMATS}"])
     text = read_text(path, "a data file")
     if suffix == ".jsonl":
-        for number, line in enumerate(text.split("\n"), start=1):
-            if line.strip():
-                yield f"{path}:{number}", parse_json_line(line)
+        yield from _jsonl_rows(path, text)
     elif suffix == ".json":
         data = parse_json_line(text)
         if isinstance(data, RowProblem):
@@ -351,10 +352,19 @@ def read_dataset(path: Path | str, kind: str) -> list[Record]:
     """
     if kind not in TRL_CONVERTERS:
         raise ValueError(f"kind must be one of {', '.join(TRL_CONVERTERS)}, not {kind!r}")
-    path = Path(path)
-    convert = TRL_CONVERTERS[kind]
+    return convert_rows(Path(path), kind, TRL_CONVERTERS[kind])
+
+
+def convert_rows(path: Path, kind: str, convert) -> list[Record]:
+    """Every row of a data file (`source_rows`) through `convert(row, row_number)` into `kind`'s
+    shape, then validated (`validate_rows`)."""
     rows = ((where, convert(row, number)) for number, (where, row) in enumerate(source_rows(path), start=1))
     return validate_rows(path, rows, kind)
+
+
+def with_id(row: dict, default: str) -> dict:
+    """A copy of a data row whose `id` is a string: its own, or `default` when it has none."""
+    return {**row, "id": str(row["id"]) if row.get("id") is not None else default}
 
 
 def _turns(value, role: str):
@@ -363,10 +373,9 @@ def _turns(value, role: str):
 
 
 def _sft_from_trl(row, number: int):
-    if not isinstance(row, dict) or isinstance(row, RowProblem):
+    if not isinstance(row, dict):  # a RowProblem or a non-object: validate_rows names it
         return row
-    data = dict(row)
-    data["id"] = str(row["id"]) if row.get("id") is not None else f"row-{number}"
+    data = with_id(row, f"row-{number}")
     if "prompt" not in row and "completion" not in row and isinstance(row.get("messages"), list):
         messages = row["messages"]
         answer = len(messages)
@@ -387,10 +396,9 @@ def _sft_from_trl(row, number: int):
 
 
 def _pair_from_trl(row, number: int):
-    if not isinstance(row, dict) or isinstance(row, RowProblem):
+    if not isinstance(row, dict):  # a RowProblem or a non-object: validate_rows names it
         return row
-    data = dict(row)
-    data["id"] = str(row["id"]) if row.get("id") is not None else f"row-{number}"
+    data = with_id(row, f"row-{number}")
     data.setdefault("negative_source", "imported")
     chosen, rejected = row.get("chosen"), row.get("rejected")
     if "prompt" not in row and isinstance(chosen, list) and isinstance(rejected, list):

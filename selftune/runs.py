@@ -548,8 +548,8 @@ class Run:
             ) from exc
         except BaseException as exc:  # KeyboardInterrupt too: the manifest says why it stopped
             status, error = "failed", f"{type(exc).__name__}: {exc}"
-            free = shutil.disk_usage(context.dir).free
-            if isinstance(exc, Exception) and free < DISK_FULL_BYTES:
+            free = shutil.disk_usage(context.dir).free if isinstance(exc, Exception) else DISK_FULL_BYTES
+            if free < DISK_FULL_BYTES:
                 # Libraries report a full disk in their own words ("file write failed"); say it once.
                 raise DiskFullError(
                     f"the disk holding {self.root} is full ({free} bytes free) while stage "
