@@ -55,6 +55,7 @@ class GenerationProgress:
             TimeRemainingColumn(),
             console=err_console,
             transient=False,
+            disable=not err_console.is_terminal,
         )
         self.task = self.progress.add_task(label, total=total_prompts, rate="")
 
@@ -115,6 +116,34 @@ class TrainingProgress:
     def on_train_end(self, args, state, control, **kwargs):
         self.progress.update(self.task, completed=state.global_step)
         self.progress.stop()
+
+
+class PhaseProgress:
+    """A `PhaseCallback` (label, done, total) drawing one bar per label with the time left:
+    evaluation per model and prompt set, DPO's reference pass, export. The display runs while a
+    bar is unfinished and stops when all are, so a training bar can follow; nothing when the
+    console is not a terminal."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or err_console
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.console.is_terminal,
+        )
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, label: str, done: int, total: int | None) -> None:
+        if label not in self.tasks:
+            self.tasks[label] = self.progress.add_task(escape(label), total=total)
+            if not self.progress.live.is_started:
+                self.progress.start()
+        self.progress.update(self.tasks[label], completed=done, total=total)
+        if all(task.finished for task in self.progress.tasks) and self.progress.live.is_started:
+            self.progress.stop()
 
 
 # Options shared by several commands, each defined once.
@@ -539,6 +568,7 @@ def dpo(
         pairs_path=pairs,
         eval_pairs_path=eval_pairs,
         progress=TrainingProgress("DPO"),
+        phase_progress=PhaseProgress(),
     )
     m = run.manifest("dpo", round_number).metrics
     before, after = m["eval_before"], m["eval_after"]
@@ -618,12 +648,30 @@ def evaluate(
         min=1,
         help="Longest benchmark answer (default: evaluate.benchmark_max_new_tokens).",
     ),
+    task: list[str] = typer.Option(
+        [], "--task", help="An lm-evaluation-harness task or group (repeatable), e.g. arc_easy (extra eval)."
+    ),
+    num_fewshot: int | None = typer.Option(
+        None, "--num-fewshot", min=0, help="lm-eval few-shot examples per request; default: each task's own."
+    ),
+    task_limit: float | None = typer.Option(
+        None, "--task-limit", help="lm-eval documents per task: a whole number, or a share below 1."
+    ),
+    chat_template: bool | None = typer.Option(
+        None,
+        "--chat-template/--no-chat-template",
+        help="lm-eval requests in the model's chat template (default: on, evaluate.lm_eval.chat_template).",
+    ),
+    tasks_from: Path | None = typer.Option(
+        None, "--tasks-from", help="A folder of lm-eval task YAML files (tasks over your own local data)."
+    ),
 ):
     """Evaluate models one at a time: each is loaded fresh, measured, and unloaded before the next.
 
     Instruction following on the held-out eval prompts (prompt/instruction level, strict/loose,
     per constraint type), pair reward accuracy and margin against the SFT reference, perplexity of
-    held-out chosen answers, answer length and repetition, peak memory per model.
+    held-out chosen answers, answer length and repetition, peak memory per model; with --task,
+    lm-evaluation-harness tasks in the model's chat template.
     """
     from selftune.config import load_config
     from selftune.evaluate import eval_prompts, evaluate_models, evaluate_stage, parse_model_specs, write_results
@@ -659,6 +707,20 @@ def evaluate(
         cfg.evaluate.benchmarks = benchmark
     if limit is not None:
         cfg.evaluate.benchmark_limit = limit
+    lm_eval = {
+        "tasks": task or None,
+        "num_fewshot": num_fewshot,
+        "limit": task_limit,
+        "chat_template": chat_template,
+        "include_path": str(tasks_from) if tasks_from else None,
+    }
+    for key, value in lm_eval.items():
+        if value is not None:
+            try:
+                setattr(cfg.evaluate.lm_eval, key, value)
+            except ValueError as exc:  # pydantic's ValidationError: the field's own message
+                problem = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+                raise typer.BadParameter(problem, param_hint=f"evaluate.lm_eval.{key}") from None
     if max_new_tokens is not None:
         cfg.evaluate.benchmark_max_new_tokens = max_new_tokens
     round_number = round_number or cfg.rounds
@@ -683,12 +745,12 @@ def evaluate(
 
     if not model:
         with run.lock():
-            path = evaluate_stage(run, cfg, round_number=round_number, on_model=announce)
+            path = evaluate_stage(run, cfg, round_number=round_number, on_model=announce, progress=PhaseProgress())
     else:
         specs = parse_model_specs(model)
         prompts_path = prompts or (run.output_of("prompts", "prompts") if run else None)
-        if prompts_path is None and not cfg.evaluate.benchmarks:
-            raise typer.BadParameter("--prompts or --benchmark is needed without a run")
+        if prompts_path is None and not cfg.evaluate.benchmarks and not cfg.evaluate.lm_eval.tasks:
+            raise typer.BadParameter("--prompts, --benchmark or --task is needed without a run")
         pairs_path = pairs or (run.optional_output("pairs", "eval_pairs", round_number=round_number) if run else None)
         pair_records = read_records(pairs_path, "pairs") if pairs_path else []
         results = evaluate_models(
@@ -698,6 +760,7 @@ def evaluate(
             cfg,
             reference=reference or specs[0][0],
             on_model=announce,
+            progress=PhaseProgress(),
         )
         path = write_results(out, results)
     print_results_table(json.loads(path.read_text()), "evaluation (eval split; deltas against base)")
@@ -762,10 +825,10 @@ def export(
     name, model_dir = run_model(run, model)
     started = time.perf_counter()
     if to == "gguf":
-        path = write_gguf(model_dir, out or run.root / "export" / f"{name}-{quant}.gguf", quant)
+        path = write_gguf(model_dir, out or run.root / "export" / f"{name}-{quant}.gguf", quant, PhaseProgress())
         console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - started:.0f}s)")
         if check:
-            result = check_gguf(path, model_dir)
+            result = check_gguf(path, model_dir, progress=PhaseProgress())
             console.print(
                 f"loaded back with transformers: {result.identical} of {result.prompts} greedy answers identical "
                 f"to the merged model's; first: {escape(result.first_answer)!r}",
@@ -815,6 +878,7 @@ def run_command(
         on_event=lambda line: console.print(escape(line), soft_wrap=True),
         progress_factory=lambda label: GenerationProgress(None, label),
         training_progress_factory=TrainingProgress,
+        phase_progress=PhaseProgress(),
     )
     table = Table("stage", "action", "seconds", title=f"stages ({time.perf_counter() - started:.0f}s in all)")
     for step in steps:

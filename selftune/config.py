@@ -283,6 +283,45 @@ class DPOSection(TrainSection):
 EVALUATED_MODELS = ("base", "sft", "dpo")
 
 
+class LmEvalSection(Section):
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="lm-evaluation-harness task or group names (hellaswag, arc_easy, mmlu, ...); "
+        "their data must be in the datasets cache or local (include_path) when offline.",
+    )
+    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples per prompt; None = each task's own.")
+    limit: float | None = Field(
+        None,
+        gt=0,
+        description="Only this many documents per task (a whole number), or this share of them (below 1).",
+    )
+    chat_template: bool = Field(
+        True, description="Wrap each request in the model's chat template (apply_chat_template), as it is used."
+    )
+    fewshot_as_multiturn: bool = Field(
+        True, description="With the chat template, give few-shot examples as earlier user/assistant turns."
+    )
+    include_path: str | None = Field(
+        None, description="A folder of extra task YAML files (your own tasks over local data)."
+    )
+    batch_size: int = Field(8, ge=1, description="Requests per forward pass.")
+
+    @field_validator("limit")
+    @classmethod
+    def _whole_or_share(cls, value: float | None) -> float | None:
+        if value is not None and value >= 1 and value != int(value):
+            raise ValueError(f"limit {value} must be a whole number of documents, or a share below 1")
+        return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _named(cls, value: list[str]) -> list[str]:
+        blank = [name for name in value if not name.strip()]
+        if blank or len(set(value)) != len(value):
+            raise ValueError(f"task names must be non-empty and distinct: {value}")
+        return value
+
+
 class EvaluateSection(Section):
     models: list[str] = Field(
         default_factory=lambda: ["base", "sft", "dpo"],
@@ -303,7 +342,10 @@ class EvaluateSection(Section):
         None,
         description="Judge model spec; None = the run's base model. Loaded after every evaluated model is unloaded.",
     )
-    lm_eval_tasks: list[str] = Field(default_factory=list, description="lm-eval-harness tasks (extra eval).")
+    lm_eval: LmEvalSection = Field(
+        default_factory=lambda: LmEvalSection(),
+        description="lm-evaluation-harness tasks run on every evaluated model (extra eval).",
+    )
     benchmarks: list[str] = Field(
         default_factory=list,
         description="Standard benchmarks run on every evaluated model: ifeval[=PATH], "
@@ -318,6 +360,15 @@ class EvaluateSection(Section):
         description="Reuse a model's greedy eval answers for the same weights, prompts and "
         "settings (cache under SELFTUNE_HOME).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_lm_eval_key(cls, data):
+        """config.yaml files written before `evaluate.lm_eval` hold `lm_eval_tasks: [...]`."""
+        if isinstance(data, dict) and "lm_eval_tasks" in data and "lm_eval" not in data:
+            data = dict(data)
+            data["lm_eval"] = {"tasks": data.pop("lm_eval_tasks")}
+        return data
 
     @field_validator("benchmarks")
     @classmethod

@@ -118,10 +118,17 @@ def dpo_loss(
 
 @torch.no_grad()
 def reference_logps(
-    model, rows: list[dict], collator: PairCollator, batch_size: int, bf16: bool, *, share_prompts: bool = False
+    model,
+    rows: list[dict],
+    collator: PairCollator,
+    batch_size: int,
+    bf16: bool,
+    *,
+    share_prompts: bool = False,
+    progress=None,
 ) -> None:
     """Add ref_chosen_logps / ref_rejected_logps to each row (of one `tokenize_pairs` call), adapter
-    disabled, one pass."""
+    disabled, one pass; `progress(pairs done, pairs)` after each batch."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -145,6 +152,8 @@ def reference_logps(
             for k, row in enumerate(chunk):
                 row["ref_chosen_logps"] = logps[k].item()
                 row["ref_rejected_logps"] = logps[len(chunk) + k].item()
+            if progress:
+                progress(start + len(chunk), len(rows))
     model.train(was_training)
 
 
@@ -282,8 +291,11 @@ def dpo_stage(
     eval_pairs_path: Path | None = None,
     sft_model: str | None = None,
     progress=None,
+    phase_progress=None,
 ) -> Path:
-    """Train the DPO adapter on the merged SFT model and merge it; returns the merged DPO model dir."""
+    """Train the DPO adapter on the merged SFT model and merge it; returns the merged DPO model dir.
+    `progress` is a TrainerCallback over the optimizer steps; `phase_progress(label, done, total)`
+    hears the reference pass before them."""
     from peft import get_peft_model
     from transformers import set_seed
 
@@ -359,9 +371,17 @@ def dpo_stage(
         stage.metrics["share_prompts"] = share
         if cfg.dpo.precompute_ref_log_probs:
             started = time.perf_counter()
-            for part in (rows, eval_rows):  # each numbers its own prompt groups
-                reference_logps(
-                    model, part, collator, cfg.dpo.per_device_batch_size * 2, args.bf16, share_prompts=share
+            for label, part in (("reference log-probs", rows), ("reference log-probs, held-out", eval_rows)):
+                reference_logps(  # each part numbers its own prompt groups
+                    model,
+                    part,
+                    collator,
+                    cfg.dpo.per_device_batch_size * 2,
+                    args.bf16,
+                    share_prompts=share,
+                    progress=(lambda done, total, label=label: phase_progress(label, done, total))
+                    if phase_progress and part
+                    else None,
                 )
             stage.metrics["reference_seconds"] = round(time.perf_counter() - started, 1)
         trainer = make_dpo_trainer_class()(

@@ -23,7 +23,6 @@ Usage:
 from __future__ import annotations
 
 import gc
-import importlib.util
 import json
 import math
 import random
@@ -36,7 +35,7 @@ import torch
 
 from selftune.benchmarks import pass_rates
 from selftune.constraints import check, check_loose
-from selftune.errors import MissingExtraError, SelftuneError
+from selftune.errors import SelftuneError
 from selftune.records import PairRecord, PromptRecord
 from selftune.runs import StageSpec
 from selftune.scoring import repetition_rate
@@ -77,11 +76,18 @@ def instruction_following(prompts: list[PromptRecord], answers: list[str]) -> tu
 
 @torch.no_grad()
 def pair_log_probs(
-    model, tokenizer, pairs: list[PairRecord], *, max_length: int, response_separator: str | None, batch_size: int = 8
+    model,
+    tokenizer,
+    pairs: list[PairRecord],
+    *,
+    max_length: int,
+    response_separator: str | None,
+    batch_size: int = 8,
+    progress=None,
 ) -> list[tuple[float, float, int] | None]:
     """(chosen log-prob, rejected log-prob, chosen response tokens) per pair, masked and truncated
     exactly as DPO trained on them (`dpo.max_length`, `sft.response_separator`); None for a pair
-    that cannot be masked (its response truncated away)."""
+    that cannot be masked (its response truncated away). `progress("held-out pairs", done, total)`."""
     from selftune.logprobs import PairCollator, sequence_logps, tokenize_pair
     from selftune.masking import MaskingError
 
@@ -97,12 +103,16 @@ def pair_log_probs(
     kept = [k for k, row in enumerate(rows) if row is not None]
     out: list[tuple[float, float, int] | None] = [None] * len(rows)
     for start in range(0, len(kept), batch_size):
+        if progress:
+            progress("held-out pairs", start, len(kept))
         chunk = kept[start : start + batch_size]
         batch = collator([rows[k] for k in chunk])
         logps, counts = sequence_logps(model, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")))
         half = len(chunk)
         for j, k in enumerate(chunk):
             out[k] = (logps[j].item(), logps[half + j].item(), int(counts[j]))
+    if progress:
+        progress("held-out pairs", len(kept), len(kept))
     return out
 
 
@@ -157,16 +167,6 @@ def pair_metrics(
     }
 
 
-def _lm_eval(model, tokenizer, tasks: list[str]) -> dict:
-    if importlib.util.find_spec("lm_eval") is None:
-        raise MissingExtraError("lm-eval-harness tasks need the eval extra: pip install 'selftune[eval]'")
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
-
-    results = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer), tasks=tasks)
-    return {task: values for task, values in results["results"].items()}
-
-
 def answers_cache_path(spec: str, messages: list[list[dict]], max_new_tokens: int, cfg) -> Path:
     """Where a model's greedy answers to a prompt set are kept: keyed by the model's weights
     (sha256 of its checkpoint), the prompts' text and every setting that shapes an answer. A later
@@ -191,11 +191,13 @@ def answers_cache_path(spec: str, messages: list[list[dict]], max_new_tokens: in
     return selftune_home() / "cache" / "answers" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
 
-def _generate_answers(model, tokenizer, messages: list[list[dict]], max_new_tokens: int, cfg) -> list[dict]:
+def _generate_answers(
+    model, tokenizer, messages: list[list[dict]], max_new_tokens: int, cfg, progress=None
+) -> list[dict]:
     from selftune.generation import SamplingParams, make_generator
 
     generator = make_generator(model, tokenizer, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size)
-    answers = generator.generate(messages, SamplingParams(max_new_tokens=max_new_tokens))
+    answers = generator.generate(messages, SamplingParams(max_new_tokens=max_new_tokens), progress=progress)
     return [
         {"text": a[0].text, "completion_tokens": a[0].completion_tokens, "finish_reason": a[0].finish_reason}
         for a in answers
@@ -219,6 +221,7 @@ def evaluate_one(
     pairs: list[PairRecord],
     cfg,
     benchmarks: list[tuple[str, list]] = (),
+    progress=None,
 ) -> tuple[dict, list]:
     """Load one model, measure everything, unload it; returns (metrics, per-prompt answers).
 
@@ -226,8 +229,10 @@ def evaluate_one(
     settings are read from the cache (`answers_cache_path`); the model is then loaded only for
     what the cache cannot give (held-out pairs, lm-eval tasks, prompt sets not cached yet).
     `benchmarks` [(name, prompts)] are answered with the model's greedy answers too and scored
-    with their reference checkers (`selftune.benchmarks`)."""
+    with their reference checkers (`selftune.benchmarks`). `progress(label, done, total)` follows
+    each prompt set, the pairs and the lm-eval tasks (a `PhaseCallback`)."""
     from selftune.benchmarks import score_benchmark
+    from selftune.generation import phase_progress
     from selftune.models import load_model, load_tokenizer, unload
     from selftune.runs import write_json
 
@@ -253,24 +258,34 @@ def evaluate_one(
     metrics: dict = {"spec": spec, "answers_from_cache": bool(sets) and all(label in generated for label, _, _ in sets)}
     report = None
     log_probs: list = []
-    if len(generated) < len(sets) or pairs or cfg.evaluate.lm_eval_tasks:
+    step = (lambda label, done, total: progress(f"{name}: {label}", done, total)) if progress else None
+    if len(generated) < len(sets) or pairs or cfg.evaluate.lm_eval.tasks:
         tokenizer = load_tokenizer(spec, trust_remote_code=cfg.model.trust_remote_code)
         model = load_model(spec, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
         alive = weakref.ref(model)
         for label, messages, tokens in sets:
             if label not in generated:
-                generated[label] = _generate_answers(model, tokenizer, messages, tokens, cfg)
+                generated[label] = _generate_answers(
+                    model, tokenizer, messages, tokens, cfg, phase_progress(step, label, len(messages))
+                )
                 if caches[label] is not None:
                     write_json(caches[label], {"spec": spec, "answers": generated[label]})
         log_probs = (
             pair_log_probs(
-                model, tokenizer, pairs, max_length=cfg.dpo.max_length, response_separator=cfg.sft.response_separator
+                model,
+                tokenizer,
+                pairs,
+                max_length=cfg.dpo.max_length,
+                response_separator=cfg.sft.response_separator,
+                progress=step,
             )
             if pairs
             else []
         )
-        if cfg.evaluate.lm_eval_tasks:
-            metrics["lm_eval"] = _lm_eval(model, tokenizer, cfg.evaluate.lm_eval_tasks)
+        if cfg.evaluate.lm_eval.tasks:
+            from selftune.lmeval import run_tasks
+
+            metrics["lm_eval"] = run_tasks(model, tokenizer, cfg.evaluate.lm_eval, progress=step)
         report = unload(model)
         del model
         gc.collect()
@@ -300,14 +315,17 @@ def evaluate_one(
 
 
 def load_benchmarks(cfg) -> list[tuple[str, list]]:
-    """The configured benchmarks' prompts (`evaluate.benchmarks`), read and checked before any model loads."""
+    """The configured benchmarks' prompts (`evaluate.benchmarks`), read and checked before any
+    model loads, and the lm-eval tasks checked (`selftune.lmeval.check_tasks`)."""
     from selftune.benchmarks import load_benchmark, parse_benchmark, require_checkers
+    from selftune.lmeval import check_tasks
 
     out = []
     for item in cfg.evaluate.benchmarks:
         name, path = parse_benchmark(item)
         require_checkers(name)
         out.append((name, load_benchmark(name, path, cfg.evaluate.benchmark_limit)))
+    check_tasks(cfg.evaluate.lm_eval)
     return out
 
 
@@ -336,16 +354,18 @@ def evaluate_models(
     reference: str | dict[str, str] | None = "sft",
     baseline: str = "base",
     on_model=None,
+    progress=None,
 ) -> dict:
     """Evaluate `models` [(name, spec)] in order, one at a time; pair margins against `reference`
     (one model's name for all, or each model's own: {name: reference name}); prompt-level strict
-    accuracy (built-in eval and each benchmark) compared with `baseline`, with its noise (`vs_base`)."""
+    accuracy (built-in eval and each benchmark) compared with `baseline`, with its noise (`vs_base`).
+    `progress(label, done, total)` follows each model's prompt sets, pairs and lm-eval tasks."""
     benchmarks = load_benchmarks(cfg)
     results: dict = {"models": {}, "order": [name for name, _ in models]}
     answers: list[dict] = []
     log_probs: dict[str, list] = {}
     for name, spec in models:
-        outcome, per_prompt = evaluate_one(name, spec, prompts, pairs, cfg, benchmarks)
+        outcome, per_prompt = evaluate_one(name, spec, prompts, pairs, cfg, benchmarks, progress=progress)
         results["models"][name] = outcome["metrics"]
         log_probs[name] = outcome["log_probs"]
         answers += per_prompt
@@ -470,7 +490,13 @@ EVALUATE_STAGE = StageSpec(
 
 
 def evaluate_stage(
-    run, cfg, *, round_number: int = 1, models: list[tuple[str, str]] | None = None, on_model=None
+    run,
+    cfg,
+    *,
+    round_number: int = 1,
+    models: list[tuple[str, str]] | None = None,
+    on_model=None,
+    progress=None,
 ) -> Path:
     """Evaluate the run's models on its eval prompts and held-out pairs; writes eval/results.json."""
     from selftune.records import read_records
@@ -489,6 +515,9 @@ def evaluate_stage(
         bench, path = parse_benchmark(item)
         if path is not None:
             inputs[f"benchmark_{bench}"] = path
+    load_benchmarks(cfg)  # benchmark files and lm-eval tasks, before the stage starts
+    if cfg.evaluate.lm_eval.tasks and cfg.evaluate.lm_eval.include_path:  # a changed task file reruns it
+        inputs["lm_eval_tasks"] = Path(cfg.evaluate.lm_eval.include_path).expanduser()
     from selftune.models import check_model_spec
 
     for name, spec in wanted:
@@ -500,7 +529,9 @@ def evaluate_stage(
         return start.reused
     with start as stage:
         references = round_references([name for name, _ in wanted])
-        results = evaluate_models(wanted, prompts, pairs, cfg, reference=references, on_model=on_model)
+        results = evaluate_models(
+            wanted, prompts, pairs, cfg, reference=references, on_model=on_model, progress=progress
+        )
         stage.add_output("results", write_results(stage.dir, results))
         stage.add_output("answers", stage.dir / "answers.jsonl")
         stage.metrics["prompt_strict"] = {

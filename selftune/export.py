@@ -64,8 +64,9 @@ def run_model(run, name: str) -> tuple[str, Path]:
     return f"{stage}-r{round_number}", run.output_of(stage, "merged", round_number=round_number)
 
 
-def write_gguf(model_dir: Path, out: Path, quant: str = "f32") -> Path:
-    """Write a Llama-family safetensors checkpoint as one GGUF file (f32, f16 or q8_0)."""
+def write_gguf(model_dir: Path, out: Path, quant: str = "f32", progress=None) -> Path:
+    """Write a Llama-family safetensors checkpoint as one GGUF file (f32, f16 or q8_0);
+    `progress(label, done, total)` follows the tensors."""
     import gguf
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoTokenizer
@@ -102,7 +103,9 @@ def write_gguf(model_dir: Path, out: Path, quant: str = "f32") -> Path:
     weights = {}
     for file in sorted(model_dir.glob("*.safetensors")):
         weights.update(load_file(file))  # torch, not numpy: numpy has no bfloat16
-    for hf_name, tensor in weights.items():
+    for done, (hf_name, tensor) in enumerate(weights.items()):
+        if progress:
+            progress(f"converting tensors to {quant}", done, len(weights))
         name = _gguf_name(hf_name)
         if name is None:
             raise ExportError(f"{model_dir}: tensor {hf_name} has no GGUF name; supported: Llama-family layers")
@@ -123,6 +126,8 @@ def write_gguf(model_dir: Path, out: Path, quant: str = "f32") -> Path:
                 gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0),
                 raw_dtype=gguf.GGMLQuantizationType.Q8_0,
             )
+    if progress:
+        progress(f"converting tensors to {quant}", len(weights), len(weights))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -196,10 +201,11 @@ def _add_tokenizer(writer, tokenizer, model_dir: Path) -> None:
 
 
 def check_gguf(
-    gguf_path: Path, model_dir: Path, prompts: list[str] = CHECK_PROMPTS, max_new_tokens: int = 16
+    gguf_path: Path, model_dir: Path, prompts: list[str] = CHECK_PROMPTS, max_new_tokens: int = 16, progress=None
 ) -> GGUFCheck:
     """Load the GGUF file back with transformers, one model at a time, and compare its greedy
-    answers to the merged model's on `prompts` (chat template applied)."""
+    answers to the merged model's on `prompts` (chat template applied); `progress(label, done,
+    total)` follows the answers."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -216,7 +222,9 @@ def check_gguf(
             )
         model.eval()
         tokens = []
-        for prompt in prompts:
+        for done, prompt in enumerate(prompts):
+            if progress:
+                progress(f"answering with the {source} model", done, len(prompts))
             ids = tokenizer.apply_chat_template(
                 [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
             )
@@ -224,6 +232,8 @@ def check_gguf(
                 output = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
             tokens.append(output[0, ids["input_ids"].shape[1] :].tolist())
         answers.append(tokens)
+        if progress:
+            progress(f"answering with the {source} model", len(prompts), len(prompts))
         unload(model)
     identical = sum(a == b for a, b in zip(*answers))
     return GGUFCheck(len(prompts), identical, tokenizer.decode(answers[1][0], skip_special_tokens=True))

@@ -38,9 +38,20 @@ Prompt = str | list[dict[str, str]]
 FinishReason = Literal["stop", "length", "rejected"]
 # Called after each batch with (prompts finished so far, new tokens generated in this batch).
 ProgressCallback = Callable[[int, int], None]
+# Called by stages whose work is not generation or training steps (evaluation per model and prompt
+# set, DPO's reference pass, export) with (what is being done, units done so far, units in all).
+PhaseCallback = Callable[[str, int, "int | None"], None]
 # Early rejection: called with (prompt index, sample index, answer text so far), returns the name of
 # a check the answer can no longer pass (the answer stops there, finish_reason "rejected"), or None.
 StopWhen = Callable[[int, int, str], "str | None"]
+
+
+def phase_progress(phase: PhaseCallback | None, label: str, total: int) -> ProgressCallback | None:
+    """A generator's progress callback reporting to `phase` under `label` (prompts done of `total`)."""
+    if phase is None:
+        return None
+    phase(label, 0, total)
+    return lambda done, _tokens: phase(label, done, total)
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from selftune.errors import ConfigError
 from selftune.runs import Run, StageEvent
 from selftune.tracking import Trackers, check_trackers, lineage
+
+if TYPE_CHECKING:
+    from selftune.generation import PhaseCallback
 
 ROUND_STAGES = ["sample", "sft-data", "sft", "pairs", "dpo"]
 STAGES = ["prompts", *ROUND_STAGES, "evaluate", "report"]
@@ -76,6 +80,7 @@ def run_step(
     *,
     progress_factory: Callable | None = None,
     training_progress_factory: Callable | None = None,
+    phase_progress: PhaseCallback | None = None,
 ) -> Path:
     """Run (or reuse) one stage; returns its main output."""
     from selftune import dpo, evaluate, pairs, prompts, report, sample, sft, sft_data
@@ -96,9 +101,9 @@ def run_step(
             return pairs.pairs_stage(run, cfg, round_number=r, progress=progress)
     if step.stage == "dpo":
         progress = training_progress_factory(f"round {r}: DPO") if training_progress_factory else None
-        return dpo.dpo_stage(run, cfg, round_number=r, progress=progress)
+        return dpo.dpo_stage(run, cfg, round_number=r, progress=progress, phase_progress=phase_progress)
     if step.stage == "evaluate":
-        return evaluate.evaluate_stage(run, cfg, round_number=r)
+        return evaluate.evaluate_stage(run, cfg, round_number=r, progress=phase_progress)
     if step.stage == "report":
         return report.report_stage(run, cfg, round_number=r)
     raise ConfigError(f"unknown stage {step.stage!r}")
@@ -142,6 +147,7 @@ def run_pipeline(
     on_event: Callable[[str], None] | None = None,
     progress_factory: Callable | None = None,
     training_progress_factory: Callable | None = None,
+    phase_progress: PhaseCallback | None = None,
 ) -> list[StepResult]:
     """Run the loop for `cfg` in `run_dir`, exactly as `selftune run` does (from a notebook too).
 
@@ -150,7 +156,9 @@ def run_pipeline(
     skipped or why it runs, and after a run how long it took (default: the "selftune" logger,
     which `configure_logging` prints unless logging is already configured). `progress_factory(label)`
     gives a generation progress callback for the sampling stages, `training_progress_factory(label)`
-    a transformers TrainerCallback for sft and dpo (the CLI's draw rich progress bars).
+    a transformers TrainerCallback for sft and dpo, and `phase_progress(label, done, total)` hears
+    the rest (DPO's reference pass; evaluation per model, prompt set and lm-eval task); the CLI
+    draws them all as rich progress bars.
     """
     configure_logging()
     if on_event is None:
@@ -167,6 +175,9 @@ def run_pipeline(
     for spec in (cfg.model.spec, scorer.judge_model, scorer.reward_model, cfg.evaluate.judge_model):
         if spec:
             check_model_spec(spec, trust_remote_code=cfg.model.trust_remote_code)
+    from selftune.evaluate import load_benchmarks
+
+    load_benchmarks(cfg)  # the benchmarks' files and checkers and the lm-eval tasks, not after hours of training
     decisions: list[StageEvent] = []
 
     def decided(event: StageEvent) -> None:
@@ -187,7 +198,12 @@ def run_pipeline(
                 on_event(f"{step.label}: runs (--from {from_stage})")
             started = time.perf_counter()
             output = run_step(
-                run, cfg, step, progress_factory=progress_factory, training_progress_factory=training_progress_factory
+                run,
+                cfg,
+                step,
+                progress_factory=progress_factory,
+                training_progress_factory=training_progress_factory,
+                phase_progress=phase_progress,
             )
             seconds = time.perf_counter() - started
             skipped = bool(decisions) and decisions[-1].action == "skip"

@@ -45,15 +45,37 @@ _BENCHMARK_COLUMNS = [
 ]
 
 
+_LM_EVAL_SKIP = ("n", "num_fewshot", "higher_is_better")
+
+
 def columns(results: dict) -> list[tuple[str, str, bool | None]]:
-    """COLUMNS, then four per benchmark any model ran (`ifeval:prompt_strict`, ...)."""
+    """COLUMNS, then four per benchmark any model ran (`ifeval:prompt_strict`, ...), then one per
+    lm-eval task and metric (`lm_eval:arc_easy:acc`, its standard error shown beside it)."""
     benchmarks = sorted({b for m in results["models"].values() for b in m.get("benchmarks", {})})
-    return COLUMNS + [
-        (f"{b}:{key}", f"{b.upper()} {title}", True) for b in benchmarks for key, title in _BENCHMARK_COLUMNS
-    ]
+    lm_eval: dict[tuple[str, str], bool | None] = {}
+    for metrics in results["models"].values():
+        for task, values in metrics.get("lm_eval", {}).get("tasks", {}).items():
+            for metric in values:
+                if metric not in _LM_EVAL_SKIP and not metric.endswith("_stderr"):
+                    lm_eval[(task, metric)] = values.get("higher_is_better", {}).get(metric)
+    return (
+        COLUMNS
+        + [(f"{b}:{key}", f"{b.upper()} {title}", True) for b in benchmarks for key, title in _BENCHMARK_COLUMNS]
+        + [
+            (f"lm_eval:{task}:{metric}", f"{task} {metric}", better)
+            for (task, metric), better in sorted(lm_eval.items())
+        ]
+    )
+
+
+def _lm_eval_value(metrics: dict, key: str, suffix: str = ""):
+    task, _, metric = key.removeprefix("lm_eval:").rpartition(":")
+    return metrics.get("lm_eval", {}).get("tasks", {}).get(task, {}).get(metric + suffix)
 
 
 def _value(metrics: dict, key: str):
+    if key.startswith("lm_eval:"):
+        return _lm_eval_value(metrics, key)
     if ":" in key:
         bench, _, name = key.partition(":")
         return metrics.get("benchmarks", {}).get(bench, {}).get(name)
@@ -80,6 +102,9 @@ def summary_rows(results: dict, baseline: str = "base") -> list[list[str]]:
                 row.append("-")
                 continue
             cell = f"{value:.3f}" if isinstance(value, float) else str(value)
+            stderr = _lm_eval_value(metrics, key, "_stderr") if key.startswith("lm_eval:") else None
+            if isinstance(stderr, float):
+                cell += f" ±{stderr:.3f}"
             reference = _value(base, key) if base and name != baseline else None
             if isinstance(value, (int, float)) and isinstance(reference, (int, float)):
                 cell += f" ({value - reference:+.3f})"
@@ -332,9 +357,7 @@ def write_report(
         "title": title,
         "models": {"header": header, "rows": rows},
         "noise": {"header": noise_header, "rows": noise_rows},
-        "checker_note": "Prompt and instruction columns without a benchmark name use selftune's IFEval-style checkers "
-        "on the run's held-out prompts; IFEVAL and IFBENCH columns use those benchmarks' own prompts "
-        "and reference checkers.",
+        "checker_note": checker_note(results),
         "reference_note": reference_note,
         "noise_note": "Paired over the same eval prompts: the interval resamples prompts; McNemar's exact test uses "
         "the prompts where the two models disagree.",
@@ -348,6 +371,24 @@ def write_report(
     (out / "report.md").write_text(_template("report.md.j2", autoescape=False).render(context, md_table=markdown_table))
     (out / "report.html").write_text(_template("report.html.j2", autoescape=True).render(context))
     return {"md": out / "report.md", "html": out / "report.html", **{k: v for k, v in images.items()}}
+
+
+def checker_note(results: dict) -> str:
+    """What each kind of column measures, with the lm-eval settings when tasks ran."""
+    note = (
+        "Prompt and instruction columns without a benchmark name use selftune's IFEval-style checkers "
+        "on the run's held-out prompts; IFEVAL and IFBENCH columns use those benchmarks' own prompts "
+        "and reference checkers."
+    )
+    settings = next((m["lm_eval"]["settings"] for m in results["models"].values() if "lm_eval" in m), None)
+    if settings:
+        shots = "each task's own" if settings["num_fewshot"] is None else settings["num_fewshot"]
+        limit = "all" if settings["limit"] is None else settings["limit"]
+        note += (
+            f" Task columns come from lm-evaluation-harness (few-shot: {shots}; documents per task: {limit}; "
+            f"chat template: {'on' if settings['chat_template'] else 'off'}), ± its standard error."
+        )
+    return note
 
 
 def evaluation_of(run, round_number: int) -> tuple[dict, list[dict], dict[str, str]]:

@@ -323,3 +323,26 @@ def test_training_progress_draws_steps_and_loss_on_a_terminal_and_nothing_elsewh
             assert "SFT" in text and "4/4" in text and "loss 0.2500" in text
         else:
             assert text == ""
+
+
+def test_phase_progress_draws_a_bar_per_label_on_a_terminal_and_nothing_elsewhere():
+    import io
+
+    from rich.console import Console
+
+    from selftune.cli import PhaseProgress
+
+    for terminal in (True, False):
+        out = io.StringIO()
+        bars = PhaseProgress(Console(file=out, force_terminal=terminal, width=120))
+        for done in range(4):
+            bars("base: eval", done, 3)
+        assert not bars.progress.live.is_started  # every bar finished: a training bar may follow
+        bars("base: held-out pairs", 1, 8)
+        assert bars.progress.live.is_started == terminal
+        bars("base: held-out pairs", 8, 8)
+        text = out.getvalue()
+        if terminal:
+            assert "base: eval" in text and "3/3" in text and "8/8" in text
+        else:
+            assert text == ""

@@ -64,7 +64,18 @@ def second_model(tmp_path_factory, smollm_tokenizer_dir):
 
 def test_model_equal_to_reference_has_zero_margins(tiny_model_dir):
     cfg = load_config("tiny")
-    results = evaluate_models([("sft", str(tiny_model_dir)), ("dpo", str(tiny_model_dir))], PROMPTS, _pairs(), cfg)
+    heard = []  # progress: (label, done, total), per model and per prompt set
+    results = evaluate_models(
+        [("sft", str(tiny_model_dir)), ("dpo", str(tiny_model_dir))],
+        PROMPTS,
+        _pairs(),
+        cfg,
+        progress=lambda *call: heard.append(call),
+    )
+    finished = {label: total for label, done, total in heard if done == total}
+    # dpo has sft's weights: its answers come from the answer cache, with no generation to follow
+    assert finished == {"sft: eval": 3, "sft: held-out pairs": 3, "dpo: held-out pairs": 3}
+    assert [label for label, _, _ in heard][0] == "sft: eval"
     for name in ("sft", "dpo"):
         assert results["models"][name]["pairs"]["reward_margin"]["all"] == 0.0
         assert results["models"][name]["pairs"]["reward_accuracy"]["all"] == 0.0

@@ -4,6 +4,7 @@ Face folder with a model card."""
 import shutil
 
 import pytest
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from selftune.cli import app
@@ -13,10 +14,17 @@ runner = CliRunner()
 
 
 def test_a_tiny_llama_exported_to_gguf_f32_answers_exactly_as_before(tiny_model_dir, tmp_path):
-    path = write_gguf(tiny_model_dir, tmp_path / "tiny.gguf", "f32")
+    heard = []  # progress: (label, done, total)
+    path = write_gguf(tiny_model_dir, tmp_path / "tiny.gguf", "f32", progress=lambda *call: heard.append(call))
     assert path.read_bytes()[:4] == b"GGUF"
-    result = check_gguf(path, tiny_model_dir)
+    result = check_gguf(path, tiny_model_dir, progress=lambda *call: heard.append(call))
     assert result.identical == result.prompts == 3
+    tensors = len(load_file(tiny_model_dir / "model.safetensors"))
+    assert [call for call in heard if call[1] == call[2]] == [
+        ("converting tensors to f32", tensors, tensors),
+        ("answering with the merged model", 3, 3),
+        ("answering with the gguf model", 3, 3),
+    ]
 
 
 @pytest.mark.slow  # two more GGUF loads (~20 s each); `make test-slow`

@@ -265,9 +265,17 @@ def test_dpo_trains_lora_only_starts_at_log2_and_learns_the_preference(tmp_path,
     )
     capture = Capture()
     run = Run(tmp_path / "run")
+    heard = []  # the reference pass's progress: (label, done, total)
     merged = dpo_stage(
-        run, cfg, pairs_path=pairs, eval_pairs_path=eval_pairs, sft_model=str(tiny_model_dir), progress=capture
+        run,
+        cfg,
+        pairs_path=pairs,
+        eval_pairs_path=eval_pairs,
+        sft_model=str(tiny_model_dir),
+        progress=capture,
+        phase_progress=lambda *call: heard.append(call),
     )
+    assert heard[-1] == ("reference log-probs, held-out", 6, 6) and ("reference log-probs", 16, 16) in heard
     for name, before in capture.before.items():
         assert (not torch.equal(before, capture.after[name])) == ("lora_" in name), name
     history = json.loads((run.stage_dir("dpo") / "log_history.json").read_text())

@@ -316,6 +316,29 @@ CASES = [
         args=["sample", "--run", "{run}", "--set", "sample.scorer.kind=reward-model"],
         expect=["reward_model"],
     ),
+    Case(
+        "evaluate-lm-eval-task-folder-missing",
+        args=["evaluate", "{run}", "--task", "arc_easy", "--tasks-from", "{run}/nosuch"],
+        expect=["evaluate.lm_eval.include_path", "nosuch"],
+    ),
+    Case(
+        "run-with-an-lm-eval-task-folder-missing",
+        args=[
+            "run",
+            "--run-dir",
+            "{run}",
+            "--set",
+            "evaluate.lm_eval.tasks=[arc_easy]",
+            "--set",
+            "evaluate.lm_eval.include_path={run}/nosuch",
+        ],
+        expect=["evaluate.lm_eval.include_path", "nosuch"],
+    ),
+    Case(
+        "evaluate-lm-eval-limit",
+        args=["evaluate", "{run}", "--task", "arc_easy", "--task-limit", "2.5"],
+        expect=["evaluate.lm_eval.limit"],
+    ),
     Case("evaluate-models-nosuch", args=["evaluate", "{run}", "--models", "nosuch"], expect=["--models", "nosuch"]),
     Case("evaluate-models-typo", args=["evaluate", "{run}", "--models", "base,sfft"], expect=["--models", "sfft"]),
     Case(
