@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test test-slow test-faults test-floors bench install install-dev clean
+.PHONY: demo test test-slow test-faults test-launch test-floors bench install install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ test-slow: $(VENV)/.installed-dev
 # skipped where it cannot be mounted), divergence. About 20 minutes on 2 cores; CI runs it too.
 test-faults: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m faults
+
+# Training stages in two processes under `accelerate launch` on this CPU (gloo): SFT and DPO
+# through `selftune run`, compared with one process; a killed two-process stage resumes. A few
+# minutes; CI runs it too.
+test-launch: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -m launch
 
 # The test suite against the dependency floors of pyproject.toml, pinned in constraints/floors.txt,
 # in a venv of its own (.venv-floors).

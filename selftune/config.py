@@ -389,6 +389,36 @@ class TrackingSection(Section):
     project: str = Field("selftune", description="MLflow experiment / wandb project name.")
 
 
+ACCELERATE_CONFIGS = ("ddp", "fsdp2", "zero2", "zero3")
+
+
+class LaunchSection(Section):
+    launcher: Literal["inline", "accelerate"] = Field(
+        "inline",
+        description="inline: SFT and DPO train in the selftune process; accelerate: in child processes "
+        "started with `accelerate launch` (the selftune process keeps the run lock and writes the manifest).",
+    )
+    num_processes: int = Field(
+        1, ge=1, description="Training processes (GPUs); effective batch = per-device batch x accumulation x this."
+    )
+    accelerate_config: str = Field(
+        "ddp",
+        description="An accelerate config: a shipped one (ddp, fsdp2, zero2, zero3; selftune/configs/accelerate/) "
+        "or a path to your own YAML.",
+    )
+
+    @model_validator(mode="after")
+    def _processes_need_a_launcher(self):
+        if self.num_processes > 1 and self.launcher != "accelerate":
+            raise ValueError(f"num_processes {self.num_processes} needs launcher: accelerate")
+        if self.accelerate_config not in ACCELERATE_CONFIGS and not Path(self.accelerate_config).expanduser().is_file():
+            raise ValueError(
+                f"accelerate_config {self.accelerate_config!r} is neither a shipped config "
+                f"({', '.join(ACCELERATE_CONFIGS)}) nor a file"
+            )
+        return self
+
+
 class PipelineConfig(Section):
     name: str = Field(
         "demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name: the folder under runs/ (no paths)."
@@ -404,6 +434,9 @@ class PipelineConfig(Section):
     dpo: DPOSection = Field(default_factory=DPOSection, description="Stage dpo.")
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection, description="Stage evaluate.")
     tracking: TrackingSection = Field(default_factory=TrackingSection, description="Experiment trackers.")
+    train: LaunchSection = Field(
+        default_factory=LaunchSection, description="How the training stages (sft, dpo) are launched."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import math
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -201,7 +201,24 @@ def make_dpo_trainer_class():
 
         def evaluate(self, *args, **kwargs):
             self.eval_margins = {}
+            self.gather_margins = True  # collected across processes at the evaluation's log
             return super().evaluate(*args, **kwargs)
+
+        def _everyone(self, split: str) -> None:
+            """Under several processes, each saw its share of the batches: collect every process's
+            stashed metrics (and the held-out margins) so the logged numbers cover all pairs."""
+            if self.accelerator.num_processes == 1:
+                return
+            from accelerate.utils import gather_object
+
+            merged: dict[str, list[float]] = defaultdict(list)
+            for stash in gather_object([dict(self.stash[split])]):
+                for name, values in stash.items():
+                    merged[name].extend(values)
+            self.stash[split] = merged
+            if split == "eval" and getattr(self, "gather_margins", False):
+                self.eval_margins = dict(gather_object(list(self.eval_margins.items())))
+                self.gather_margins = False
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -211,12 +228,19 @@ def make_dpo_trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             tensors = (inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
-            policy, counts = sequence_logps(model, *tensors, share_prompts=self.share_prompts)
+            # Under several processes every process must run the same number of forward passes per
+            # step (DDP synchronizes at each one), so a batch runs in one pass: no shared prompts and
+            # no length chunks, whose pass counts depend on the process's own rows.
+            one_pass = self.accelerator.num_processes > 1
+            options = {"share_prompts": self.share_prompts and not one_pass}
+            if one_pass:
+                options["max_padding"] = math.inf
+            policy, counts = sequence_logps(model, *tensors, **options)
             if "ref_logps" in inputs:
                 reference = inputs["ref_logps"].to(policy.dtype)
             else:
                 with torch.no_grad(), model.disable_adapter():
-                    reference, _ = sequence_logps(model, *tensors, share_prompts=self.share_prompts)
+                    reference, _ = sequence_logps(model, *tensors, **options)
             losses, metrics = dpo_loss(
                 policy, reference, counts, beta=self.beta, loss_type=self.loss_type, rpo_alpha=self.rpo_alpha
             )
@@ -238,6 +262,7 @@ def make_dpo_trainer_class():
         def log(self, logs, start_time=None):
             split = "eval" if any(key.startswith("eval_") for key in logs) else "train"
             prefix = "eval_" if split == "eval" else ""
+            self._everyone(split)
             for name, values in self.stash[split].items():
                 if values:
                     logs[prefix + name] = sum(values) / len(values)
@@ -276,9 +301,11 @@ DPO_STAGE = StageSpec(
         "sft.max_drop_share",
         "generation.backend",
         "generation.max_new_tokens",
+        "train.num_processes",  # the processes make the effective batch
+        "train.accelerate_config",
     ),
-    # A load permission, and a batch size that greedy answers do not depend on.
-    unhashed=("model.trust_remote_code", "generation.batch_size"),
+    # A load permission, a batch size that greedy answers do not depend on, and the launcher.
+    unhashed=("model.trust_remote_code", "generation.batch_size", "train.launcher"),
 )
 
 
@@ -295,22 +322,12 @@ def dpo_stage(
 ) -> Path:
     """Train the DPO adapter on the merged SFT model and merge it; returns the merged DPO model dir.
     `progress` is a TrainerCallback over the optimizer steps; `phase_progress(label, done, total)`
-    hears the reference pass before them."""
-    from peft import get_peft_model
-    from transformers import set_seed
-
-    from selftune.generation import make_generator
+    hears the reference pass before them. The pairs are tokenized here, once; the training runs
+    in this process or in the processes `train.launcher: accelerate` starts (`selftune.launch`)."""
+    from selftune.launch import run_training
     from selftune.merge import merge_adapter
-    from selftune.models import check_lora_targets, check_model_spec, default_device, load_model, load_tokenizer, unload
-    from selftune.training import (
-        as_dataset,
-        log_history,
-        lora_config,
-        prepare_checkpoints,
-        recorded_train_loss,
-        tracker_callbacks,
-        training_arguments,
-    )
+    from selftune.models import check_lora_targets, check_model_spec, load_tokenizer
+    from selftune.training import prepare_checkpoints
 
     cfg = DPO_STAGE.view(cfg)
     if eval_pairs_path is None and pairs_path is None:  # the run's held-out pairs go with its own pairs
@@ -330,7 +347,6 @@ def dpo_stage(
         return start.reused
     with start as stage:
         out = stage.dir
-        device = default_device()
         tokenizer = load_tokenizer(sft_model, trust_remote_code=cfg.model.trust_remote_code)
         separator = None if getattr(tokenizer, "chat_template", None) else cfg.sft.response_separator
         rows, dropped = tokenize_pairs(
@@ -352,108 +368,158 @@ def dpo_stage(
         for index, row in enumerate(eval_rows):
             row["pair_index"] = index
         resuming = prepare_checkpoints(out, stage.fingerprint, stage="dpo", finished_before=stage.finished_before)
-        model = load_model(
-            sft_model,
-            dtype="float32" if not cfg.model.load_in_4bit else "bfloat16",
-            device=device,
-            load_in_4bit=cfg.model.load_in_4bit,
-            trust_remote_code=cfg.model.trust_remote_code,
-        )
-        if cfg.model.load_in_4bit:
-            from peft import prepare_model_for_kbit_training
-
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.dpo.gradient_checkpointing)
-        set_seed(cfg.dpo.seed)  # the fresh adapter's init must not depend on what ran before
-        model = get_peft_model(model, lora_config(cfg.dpo.lora))
-        args = training_arguments(cfg.dpo, out, has_eval=bool(eval_rows), device=device)
-        collator = PairCollator(tokenizer.pad_token_id)
-        share = cfg.dpo.share_prompts and prompt_sharing_holds(model, rows, collator)
-        stage.metrics["share_prompts"] = share
-        if cfg.dpo.precompute_ref_log_probs:
-            started = time.perf_counter()
-            for label, part in (("reference log-probs", rows), ("reference log-probs, held-out", eval_rows)):
-                reference_logps(  # each part numbers its own prompt groups
-                    model,
-                    part,
-                    collator,
-                    cfg.dpo.per_device_batch_size * 2,
-                    args.bf16,
-                    share_prompts=share,
-                    progress=(lambda done, total, label=label: phase_progress(label, done, total))
-                    if phase_progress and part
-                    else None,
-                )
-            stage.metrics["reference_seconds"] = round(time.perf_counter() - started, 1)
-        trainer = make_dpo_trainer_class()(
-            model=model,
-            args=args,
-            train_dataset=as_dataset(rows),
-            eval_dataset=as_dataset(eval_rows) if eval_rows else None,
-            data_collator=collator,
-            processing_class=tokenizer,
-            callbacks=tracker_callbacks(cfg.dpo, out) + ([progress] if progress else []),
-            beta=cfg.dpo.beta,
-            loss_type=cfg.dpo.loss_type,
-            rpo_alpha=cfg.dpo.rpo_alpha,
-            displacement_warn=cfg.dpo.displacement_warn_nats,
-            share_prompts=share,
-        )
-        # At the start the fresh adapter adds exactly zero (LoRA B starts at 0), so the policy equals
-        # its reference and every held-out margin is 0: known without an evaluation pass.
-        before = {"eval_rewards/accuracies": 0.0, "eval_rewards/margins": 0.0} if eval_rows else {}
-        started = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=True if resuming else None)
-        seconds = time.perf_counter() - started
-        after = trainer.evaluate() if eval_rows else {}
-        if eval_rows:  # from the same pass as `after`
-            stage.metrics["held_out_by_source"] = reward_stats_by_source(trainer.eval_margins, eval_rows)
-        warnings = list(trainer.warnings)
-        generator = None
         length_prompts = [
             [m.model_dump() for m in p.prompt] for p in (eval_pairs or pairs)[: cfg.dpo.length_check_prompts]
         ]
-        if length_prompts:
-            model.eval()
-            generator = make_generator(
-                model, tokenizer, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size
-            )
-            with model.disable_adapter():
-                sft_length = mean_answer_length(generator, length_prompts, cfg.generation.max_new_tokens)
-            dpo_length = mean_answer_length(generator, length_prompts, cfg.generation.max_new_tokens)
-            ratio = dpo_length / max(sft_length, 1e-9)
-            stage.metrics.update(length_sft=round(sft_length, 1), length_dpo=round(dpo_length, 1))
-            if not 1 / cfg.dpo.length_drift_warn <= ratio <= cfg.dpo.length_drift_warn:
-                message = (
-                    f"mean answer length drifted from {sft_length:.0f} (SFT) to {dpo_length:.0f} tokens (DPO) "
-                    f"on {len(length_prompts)} held-out prompts"
-                )
-                logger.warning(message)
-                warnings.append(message)
+        job = {
+            "sft_model": sft_model,
+            "rows": rows,
+            "eval_rows": eval_rows,
+            "resuming": resuming,
+            "length_prompts": length_prompts,
+        }
+        metrics = run_training("dpo", train_dpo, cfg, out, job, progress=progress, phase_progress=phase_progress)
         adapter_dir = out / "adapter"
-        shutil.rmtree(adapter_dir, ignore_errors=True)
-        model.save_pretrained(adapter_dir, safe_serialization=True)
-        tokenizer.save_pretrained(adapter_dir)
-        (out / "log_history.json").write_text(json.dumps(log_history(trainer), indent=1))
         stage.add_output("log_history", out / "log_history.json")
-        tokens = sum(len(r["chosen_input_ids"]) + len(r["rejected_input_ids"]) for r in rows) * cfg.dpo.epochs
         stage.add_output("adapter", adapter_dir)
-        stage.metrics.update(
-            pairs=len(pairs),
-            dropped=dropped,
-            eval_pairs=len(eval_rows),
-            steps=result.global_step,
-            resumed=resuming,
-            train_seconds=round(seconds, 1),
-            tokens_per_second=round(tokens / seconds, 1) if not resuming else None,
-            train_loss=recorded_train_loss(result, trainer, resuming),
-            eval_before={k: v for k, v in before.items() if k.startswith("eval_")},
-            eval_after={k: v for k, v in after.items() if k.startswith("eval_")},
-            warnings=warnings,
-            bf16=args.bf16,
-        )
-        del trainer, generator
-        unload(model)
+        stage.metrics.update(pairs=len(pairs), dropped=dropped, eval_pairs=len(eval_rows), resumed=resuming, **metrics)
         merged = merge_adapter(sft_model, adapter_dir, out / "merged", trust_remote_code=cfg.model.trust_remote_code)
         stage.add_output("merged", merged.path)
         stage.metrics["merge_max_logit_diff"] = merged.max_logit_diff
     return merged.path
+
+
+def train_dpo(cfg, out: Path, job: dict, *, progress=None, phase_progress=None) -> dict:
+    """Train the fresh DPO adapter on `job`'s pairs against the adapter-disabled model; in this
+    process or in each `accelerate launch` process. The reference log-probs are computed once, by
+    the main process, and shared; the main process writes the adapter and the log history, and
+    checks the answer length drift. Returns the training metrics."""
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    from selftune.generation import make_generator
+    from selftune.models import load_model, load_tokenizer, unload
+    from selftune.training import (
+        as_dataset,
+        launch_state,
+        log_history,
+        lora_config,
+        recorded_train_loss,
+        save_adapter,
+        tracker_callbacks,
+        training_arguments,
+    )
+
+    sft_model, rows, eval_rows, resuming = job["sft_model"], job["rows"], job["eval_rows"], job["resuming"]
+    state, device = launch_state()
+    metrics: dict = {}
+    tokenizer = load_tokenizer(sft_model, trust_remote_code=cfg.model.trust_remote_code)
+    args = training_arguments(cfg.dpo, out, has_eval=bool(eval_rows), device=device)
+    model = load_model(
+        sft_model,
+        dtype="float32" if not cfg.model.load_in_4bit else "bfloat16",
+        device=device,
+        load_in_4bit=cfg.model.load_in_4bit,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+    if cfg.model.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.dpo.gradient_checkpointing)
+    set_seed(cfg.dpo.seed)  # the fresh adapter's init must not depend on what ran before
+    model = get_peft_model(model, lora_config(cfg.dpo.lora))
+    collator = PairCollator(tokenizer.pad_token_id)
+    share = cfg.dpo.share_prompts and prompt_sharing_holds(model, rows, collator)
+    metrics["share_prompts"] = share
+    if cfg.dpo.precompute_ref_log_probs:
+        started = time.perf_counter()
+        shared = out / "launch" / "reference_logps.json"
+        with state.main_process_first():  # the main process computes, the others read its numbers
+            if state.is_main_process:
+                for label, part in (("reference log-probs", rows), ("reference log-probs, held-out", eval_rows)):
+                    reference_logps(  # each part numbers its own prompt groups
+                        model,
+                        part,
+                        collator,
+                        cfg.dpo.per_device_batch_size * 2,
+                        args.bf16,
+                        share_prompts=share,
+                        progress=(lambda done, total, label=label: phase_progress(label, done, total))
+                        if phase_progress and part
+                        else None,
+                    )
+                if state.num_processes > 1:
+                    shared.write_text(json.dumps([_reference_of(part) for part in (rows, eval_rows)]))
+            else:
+                for part, values in zip((rows, eval_rows), json.loads(shared.read_text())):
+                    for row, (chosen, rejected) in zip(part, values):
+                        row["ref_chosen_logps"], row["ref_rejected_logps"] = chosen, rejected
+        metrics["reference_seconds"] = round(time.perf_counter() - started, 1)
+    trainer = make_dpo_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=as_dataset(rows),
+        eval_dataset=as_dataset(eval_rows) if eval_rows else None,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=tracker_callbacks(cfg.dpo, out) + ([progress] if progress else []),
+        beta=cfg.dpo.beta,
+        loss_type=cfg.dpo.loss_type,
+        rpo_alpha=cfg.dpo.rpo_alpha,
+        displacement_warn=cfg.dpo.displacement_warn_nats,
+        share_prompts=share,
+    )
+    # At the start the fresh adapter adds exactly zero (LoRA B starts at 0), so the policy equals
+    # its reference and every held-out margin is 0: known without an evaluation pass.
+    before = {"eval_rewards/accuracies": 0.0, "eval_rewards/margins": 0.0} if eval_rows else {}
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=True if resuming else None)
+    seconds = time.perf_counter() - started
+    after = trainer.evaluate() if eval_rows else {}
+    if eval_rows:  # from the same pass as `after`
+        metrics["held_out_by_source"] = reward_stats_by_source(trainer.eval_margins, eval_rows)
+    warnings = list(trainer.warnings)
+    adapter_dir = out / "adapter"
+    save_adapter(trainer, model, tokenizer, adapter_dir, out, state)
+    generator = None
+    if job["length_prompts"] and state.is_main_process:
+        length_prompts = job["length_prompts"]
+        model.eval()
+        generator = make_generator(
+            model, tokenizer, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size
+        )
+        with model.disable_adapter():
+            sft_length = mean_answer_length(generator, length_prompts, cfg.generation.max_new_tokens)
+        dpo_length = mean_answer_length(generator, length_prompts, cfg.generation.max_new_tokens)
+        ratio = dpo_length / max(sft_length, 1e-9)
+        metrics.update(length_sft=round(sft_length, 1), length_dpo=round(dpo_length, 1))
+        if not 1 / cfg.dpo.length_drift_warn <= ratio <= cfg.dpo.length_drift_warn:
+            message = (
+                f"mean answer length drifted from {sft_length:.0f} (SFT) to {dpo_length:.0f} tokens (DPO) "
+                f"on {len(length_prompts)} held-out prompts"
+            )
+            logger.warning(message)
+            warnings.append(message)
+    if state.is_main_process:
+        (out / "log_history.json").write_text(json.dumps(log_history(trainer), indent=1))
+    tokens = sum(len(r["chosen_input_ids"]) + len(r["rejected_input_ids"]) for r in rows) * cfg.dpo.epochs
+    metrics.update(
+        steps=result.global_step,
+        train_seconds=round(seconds, 1),
+        tokens_per_second=round(tokens / seconds, 1) if not resuming else None,
+        train_loss=recorded_train_loss(result, trainer, resuming),
+        eval_before={k: v for k, v in before.items() if k.startswith("eval_")},
+        eval_after={k: v for k, v in after.items() if k.startswith("eval_")},
+        warnings=warnings,
+        bf16=args.bf16,
+        processes=state.num_processes,
+        distributed=str(getattr(state.distributed_type, "value", state.distributed_type)),
+        effective_batch=cfg.dpo.per_device_batch_size * cfg.dpo.gradient_accumulation * state.num_processes,
+    )
+    del trainer, generator
+    unload(model)
+    return metrics
+
+
+def _reference_of(rows: list[dict]) -> list[tuple[float, float]]:
+    return [(row["ref_chosen_logps"], row["ref_rejected_logps"]) for row in rows]

@@ -178,6 +178,10 @@ def run_pipeline(
     from selftune.evaluate import load_benchmarks
 
     load_benchmarks(cfg)  # the benchmarks' files and checkers and the lm-eval tasks, not after hours of training
+    if cfg.train.launcher == "accelerate":
+        from selftune.launch import check_accelerate_config
+
+        check_accelerate_config(cfg.train.accelerate_config)
     decisions: list[StageEvent] = []
 
     def decided(event: StageEvent) -> None:

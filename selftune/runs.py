@@ -647,6 +647,10 @@ class ConfigView:
     def __setattr__(self, name, value):
         raise AttributeError("a stage's config view is read-only")
 
+    def whole(self):
+        """The config behind the view, for a child process that views it again through the same spec."""
+        return object.__getattribute__(self, "_target")
+
 
 def _lookup(obj, path: str):
     for part in path.split("."):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -90,20 +89,23 @@ def split_validation(rows: list, share: float, seed: int) -> tuple[list, list]:
 SFT_STAGE = StageSpec(
     "sft",
     output=lambda cfg: "merged" if cfg.sft.merge else "adapter",
-    reads=("sft", "model.spec", "model.dtype", "model.load_in_4bit"),
-    unhashed=("model.trust_remote_code",),  # allows loading the model's code; cannot change what it computes
+    # The processes make the effective batch; the launcher alone changes nothing.
+    reads=("sft", "model.spec", "model.dtype", "model.load_in_4bit", "train.num_processes", "train.accelerate_config"),
+    unhashed=("model.trust_remote_code", "train.launcher"),  # model.trust_remote_code: a load permission
 )
 
 
 def sft_stage(
     run, cfg, *, round_number: int = 1, data_path: Path | None = None, base: str | None = None, progress=None
 ) -> Path:
-    """Train the SFT adapter (and merge it); returns the merged model dir, or the adapter dir."""
-    from peft import get_peft_model
-    from transformers import DataCollatorForSeq2Seq
+    """Train the SFT adapter (and merge it); returns the merged model dir, or the adapter dir.
 
+    The data is tokenized and masked here, once; the training runs in this process or in the
+    processes `train.launcher: accelerate` starts (`selftune.launch`); the merge and the manifest
+    stay here."""
+    from selftune.launch import run_training
     from selftune.merge import merge_adapter
-    from selftune.models import check_lora_targets, check_model_spec, default_device, load_model, load_tokenizer, unload
+    from selftune.models import check_lora_targets, check_model_spec, load_tokenizer
 
     cfg = SFT_STAGE.view(cfg)
     data_path = Path(data_path) if data_path else run.output_of("sft-data", "sft", round_number=round_number)
@@ -119,9 +121,7 @@ def sft_stage(
         return start.reused
     with start as stage:
         out = stage.dir
-        device = default_device()
         tokenizer = load_tokenizer(base, trust_remote_code=cfg.model.trust_remote_code)
-        tokenizer.padding_side = "right"
         separator = None if getattr(tokenizer, "chat_template", None) else cfg.sft.response_separator
         rows, dropped = tokenize_dataset(
             tokenizer,
@@ -133,51 +133,9 @@ def sft_stage(
         )
         train_rows, eval_rows = split_validation(rows, cfg.sft.validation_share, cfg.sft.seed)
         resuming = prepare_checkpoints(out, stage.fingerprint, stage="sft", finished_before=stage.finished_before)
-        # Weights stay fp32 for training unless 4-bit; bf16 enters through autocast.
-        model = load_model(
-            base,
-            dtype="float32" if not cfg.model.load_in_4bit else "bfloat16",
-            device=device,
-            load_in_4bit=cfg.model.load_in_4bit,
-            trust_remote_code=cfg.model.trust_remote_code,
-        )
-        if cfg.model.load_in_4bit:
-            from peft import prepare_model_for_kbit_training
-
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.sft.gradient_checkpointing)
-        # Seed before the adapter is created: its random init must not depend on what ran before.
-        from transformers import set_seed
-
-        set_seed(cfg.sft.seed)
-        model = get_peft_model(model, lora_config(cfg.sft.lora))
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        args = training_arguments(cfg.sft, out, has_eval=bool(eval_rows), device=device)
-        trainer = make_sft_trainer_class()(
-            model=model,
-            args=args,
-            train_dataset=as_dataset(train_rows),
-            eval_dataset=as_dataset(eval_rows) if eval_rows else None,
-            data_collator=DataCollatorForSeq2Seq(
-                tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=None
-            ),
-            processing_class=tokenizer,
-            callbacks=tracker_callbacks(cfg.sft, out) + ([progress] if progress else []),
-        )
-        initial_eval = trainer.evaluate()["eval_loss"] if eval_rows else None
-        started = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=True if resuming else None)
-        seconds = time.perf_counter() - started
-        final_eval = trainer.evaluate()["eval_loss"] if eval_rows else None
+        job = {"base": base, "train_rows": train_rows, "eval_rows": eval_rows, "resuming": resuming}
+        metrics = run_training("sft", train_sft, cfg, out, job, progress=progress)
         adapter_dir = out / "adapter"
-        shutil.rmtree(adapter_dir, ignore_errors=True)
-        model.save_pretrained(adapter_dir, safe_serialization=True)
-        tokenizer.save_pretrained(adapter_dir)
-        (adapter_dir / "sft_config.yaml").write_text(
-            yaml.safe_dump({"base": base, "sft": cfg.sft.model_dump(mode="json")})
-        )
-        train_tokens = sum(len(r["input_ids"]) for r in train_rows) * cfg.sft.epochs
-        trained_tokens = sum(sum(1 for label in r["labels"] if label != -100) for r in train_rows)
-        (out / "log_history.json").write_text(json.dumps(log_history(trainer), indent=1))
         stage.add_output("log_history", out / "log_history.json")
         stage.add_output("adapter", adapter_dir)
         stage.metrics.update(
@@ -185,22 +143,86 @@ def sft_stage(
             train_examples=len(train_rows),
             validation_examples=len(eval_rows),
             dropped=dropped,
-            trainable_parameters=trainable,
-            steps=result.global_step,
             resumed=resuming,
-            train_seconds=round(seconds, 1),
-            tokens_per_second=round(train_tokens / seconds, 1) if not resuming else None,
-            response_token_share=round(trained_tokens / max(1, sum(len(r["input_ids"]) for r in train_rows)), 4),
-            eval_loss_before=initial_eval,
-            eval_loss_after=final_eval,
-            train_loss=recorded_train_loss(result, trainer, resuming),
-            bf16=args.bf16,
+            **metrics,
         )
-        del trainer
-        unload(model)
         if cfg.sft.merge:
             merged = merge_adapter(base, adapter_dir, out / "merged", trust_remote_code=cfg.model.trust_remote_code)
             stage.add_output("merged", merged.path)
             stage.metrics["merge_max_logit_diff"] = merged.max_logit_diff
             return merged.path
     return adapter_dir
+
+
+def train_sft(cfg, out: Path, job: dict, *, progress=None, phase_progress=None) -> dict:
+    """Train the LoRA adapter on `job`'s rows; in this process or in each `accelerate launch`
+    process (every process trains its share of each batch; the main one writes the adapter and the
+    log history). Returns the training metrics."""
+    from peft import get_peft_model
+    from transformers import DataCollatorForSeq2Seq, set_seed
+
+    from selftune.models import load_model, load_tokenizer, unload
+    from selftune.training import launch_state, save_adapter
+
+    base, train_rows, eval_rows, resuming = job["base"], job["train_rows"], job["eval_rows"], job["resuming"]
+    state, device = launch_state()
+    tokenizer = load_tokenizer(base, trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer.padding_side = "right"
+    # Before the model loads: DeepSpeed ZeRO-3 shards the weights as they load when it knows its config.
+    args = training_arguments(cfg.sft, out, has_eval=bool(eval_rows), device=device)
+    # Weights stay fp32 for training unless 4-bit; bf16 enters through autocast.
+    model = load_model(
+        base,
+        dtype="float32" if not cfg.model.load_in_4bit else "bfloat16",
+        device=device,
+        load_in_4bit=cfg.model.load_in_4bit,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+    if cfg.model.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.sft.gradient_checkpointing)
+    # Seed before the adapter is created: its random init must not depend on what ran before.
+    set_seed(cfg.sft.seed)
+    model = get_peft_model(model, lora_config(cfg.sft.lora))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainer = make_sft_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=as_dataset(train_rows),
+        eval_dataset=as_dataset(eval_rows) if eval_rows else None,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=None),
+        processing_class=tokenizer,
+        callbacks=tracker_callbacks(cfg.sft, out) + ([progress] if progress else []),
+    )
+    initial_eval = trainer.evaluate()["eval_loss"] if eval_rows else None
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=True if resuming else None)
+    seconds = time.perf_counter() - started
+    final_eval = trainer.evaluate()["eval_loss"] if eval_rows else None
+    adapter_dir = out / "adapter"
+    save_adapter(trainer, model, tokenizer, adapter_dir, out, state)
+    if state.is_main_process:
+        (adapter_dir / "sft_config.yaml").write_text(
+            yaml.safe_dump({"base": base, "sft": cfg.sft.model_dump(mode="json")})
+        )
+        (out / "log_history.json").write_text(json.dumps(log_history(trainer), indent=1))
+    train_tokens = sum(len(r["input_ids"]) for r in train_rows) * cfg.sft.epochs
+    trained_tokens = sum(sum(1 for label in r["labels"] if label != -100) for r in train_rows)
+    metrics = dict(
+        trainable_parameters=trainable,
+        steps=result.global_step,
+        train_seconds=round(seconds, 1),
+        tokens_per_second=round(train_tokens / seconds, 1) if not resuming else None,
+        response_token_share=round(trained_tokens / max(1, sum(len(r["input_ids"]) for r in train_rows)), 4),
+        eval_loss_before=initial_eval,
+        eval_loss_after=final_eval,
+        train_loss=recorded_train_loss(result, trainer, resuming),
+        bf16=args.bf16,
+        processes=state.num_processes,
+        distributed=str(getattr(state.distributed_type, "value", state.distributed_type)),
+        effective_batch=cfg.sft.per_device_batch_size * cfg.sft.gradient_accumulation * state.num_processes,
+    )
+    del trainer
+    unload(model)
+    return metrics

@@ -82,6 +82,7 @@ def training_arguments(train_cfg, out_dir: Path, *, has_eval: bool, device: str,
         use_cpu=not device.startswith("cuda"),
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # LoRA on every targeted layer: no parameter goes unused
         disable_tqdm=True,
         **extra,
     )
@@ -165,8 +166,14 @@ def make_sft_trainer_class():
                 ignore_index=IGNORE_INDEX,
                 reduction="sum",
             )
-            count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
-            return total / count
+            if num_items_in_batch is None:
+                return total / (targets != IGNORE_INDEX).sum()
+            loss = total / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                # As the Trainer's own loss: the count covers every process's tokens and DDP averages
+                # the processes' gradients, so each process's share is scaled back up.
+                loss = loss * self.accelerator.num_processes
+            return loss
 
     return ResponseTrainer
 
@@ -256,3 +263,43 @@ def as_dataset(rows: list[dict]):
     from datasets import Dataset
 
     return Dataset.from_list(rows)
+
+
+def launch_state():
+    """(accelerate's PartialState, the device this process trains on): the default device when
+    alone, this process's own device under `accelerate launch` (cuda:K, or the CPU)."""
+    from accelerate import PartialState
+
+    from selftune.models import default_device
+
+    state = PartialState()
+    return state, (default_device() if state.num_processes == 1 else str(state.device))
+
+
+def adapter_digest(model) -> str:
+    """sha256 over the trainable (LoRA) parameters, by name, as this process holds them."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.named_parameters(), key=lambda item: item[0]):
+        if parameter.requires_grad:
+            digest.update(name.encode())
+            digest.update(parameter.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_adapter(trainer, model, tokenizer, adapter_dir: Path, out: Path, state) -> None:
+    """Save the trained adapter from the main process. Sharded weights (FSDP, ZeRO-3) are gathered
+    first, which every process must join; under `accelerate launch` each process also records the
+    digest of its adapter (launch/rank-K.json) so a run can show they all agree."""
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)
+    if state.num_processes > 1:
+        (out / "launch").mkdir(exist_ok=True)
+        (out / "launch" / f"rank-{state.process_index}.json").write_text(
+            json.dumps({"adapter_sha256": adapter_digest(model)})
+        )
+    if state.is_main_process:
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        model.save_pretrained(adapter_dir, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(adapter_dir)
+    state.wait_for_everyone()
