@@ -274,6 +274,7 @@ def model_card(run, name: str, model_dir: Path) -> str:
     from importlib import metadata
 
     from selftune.config import dump_config
+    from selftune.pipeline import stage_manifests
 
     cfg = run.saved_config()
     round_number = int(name.rsplit("-r", 1)[1])
@@ -291,11 +292,13 @@ def model_card(run, name: str, model_dir: Path) -> str:
         "## Data",
         "",
     ]
+    plan = stage_manifests(run, cfg.rounds)  # an unreadable manifest counts as absent
+    manifests = {(step.stage, step.round_number): manifest for step, manifest in plan}
     for stage, keys in (("sample", ("prompts", "samples", "yield")), ("sft-data", ("examples", "by_source"))):
-        manifest = run.manifest(stage, round_number)
+        manifest = manifests.get((stage, round_number))
         if manifest:
             lines.append(f"- {stage}: " + ", ".join(f"{k} {manifest.metrics.get(k)}" for k in keys))
-    pairs = run.manifest("pairs", round_number)
+    pairs = manifests.get(("pairs", round_number))
     if pairs:
         train = pairs.metrics.get("train", {})
         lines.append(f"- pairs: {train.get('pairs')} (negatives by source: {train.get('by_source')})")
@@ -319,11 +322,10 @@ def model_card(run, name: str, model_dir: Path) -> str:
     else:
         lines.append("The run has no evaluation yet.")
     lines += ["", "## Lineage", "", "| stage | config hash | outputs (sha256) |", "| --- | --- | --- |"]
-    for stage_dir in sorted(run.root.glob("round-*/*")):
-        manifest = run.manifest(stage_dir.name, int(stage_dir.parent.name.split("-")[1]))
+    for step, manifest in plan:
         if manifest:
             outputs = ", ".join(f"{k} {v.sha256[:12]}" for k, v in manifest.outputs.items())
-            lines.append(f"| {stage_dir.parent.name}/{stage_dir.name} | {manifest.config_hash} | {outputs} |")
+            lines.append(f"| {step.label} | {manifest.config_hash} | {outputs} |")
     lines += ["", "## Recipe (the run's config)", "", "```yaml", dump_config(cfg).rstrip(), "```", ""]
     return "\n".join(lines)
 

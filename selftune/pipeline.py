@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from selftune.errors import ConfigError
-from selftune.runs import Run, StageEvent
+from selftune.runs import Manifest, Run, StageEvent, readable_manifest
 from selftune.tracking import Trackers, check_trackers, lineage
 
 if TYPE_CHECKING:
@@ -66,6 +66,13 @@ def plan(rounds: int, *, from_stage: str | None = None, until_stage: str | None 
         steps = steps[: last + 1]
     first_forced = next((k for k, step in enumerate(steps) if step.stage == from_stage), len(steps))
     return [(step, k >= first_forced) for k, step in enumerate(steps)]
+
+
+def stage_manifests(run: Run, rounds: int) -> list[tuple[Step, Manifest | None]]:
+    """Each stage of the plan for `rounds` with its manifest (None when it has not run, or its
+    manifest cannot be read): the run's lineage as the report, the model card and the trackers
+    show it. Folders that are not stages of the plan are not read."""
+    return [(step, readable_manifest(run.stage_dir(step.stage, step.round_number))) for step, _ in plan(rounds)]
 
 
 def _policy(run: Run, cfg, round_number: int) -> str:
@@ -216,5 +223,5 @@ def run_pipeline(
             if not skipped:
                 on_event(f"{step.label}: done in {seconds:.0f}s")
             trackers.stage(run, step.stage, step.round_number, index)
-        trackers.params(lineage(run))
+        trackers.params(lineage(stage_manifests(run, cfg.rounds)))
     return results

@@ -270,13 +270,12 @@ def plot_lengths(answers: list[dict], path: Path) -> Path:
 def lineage_rows(run, rounds: int) -> list[list[str]]:
     """One row per stage of the run's plan (the stages `selftune run` takes for `rounds`), from
     their manifests; folders that are not stages of the plan are not read."""
-    from selftune.pipeline import plan
+    from selftune.pipeline import stage_manifests
 
     rows = []
-    for step, _ in plan(rounds):
+    for step, manifest in stage_manifests(run, rounds):
         if step.stage == "report":
             continue
-        manifest = run.manifest(step.stage, step.round_number)
         if manifest is None:
             rows.append([f"round-{step.round_number}", step.stage, "not run", "", "", ""])
             continue

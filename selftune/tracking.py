@@ -140,13 +140,13 @@ def _mlflow_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
 
 
-def lineage(run) -> dict[str, str]:
-    """Every stage's config hash and output digests, as tracker parameters."""
+def lineage(manifests) -> dict[str, str]:
+    """Every stage's config hash and output digests, as tracker parameters; `manifests` are
+    (step, manifest) pairs (`selftune.pipeline.stage_manifests`)."""
     out = {}
-    for stage_dir in sorted(Path(run.root).glob("round-*/*")):
-        manifest = run.manifest(stage_dir.name, int(stage_dir.parent.name.split("-")[1]))
+    for step, manifest in manifests:
         if manifest:
-            key = f"lineage.{stage_dir.parent.name}.{stage_dir.name}"
+            key = f"lineage.round-{step.round_number}.{step.stage}"
             out[f"{key}.config_hash"] = manifest.config_hash
             for name, ref in manifest.outputs.items():
                 out[f"{key}.{name}"] = ref.sha256[:16]

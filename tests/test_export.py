@@ -61,6 +61,21 @@ def test_hf_export_has_a_model_card_with_the_eval_table_and_loads(finished_run, 
     assert (tmp_path / "out" / "tokenizer_config.json").is_file()
 
 
+def test_the_model_card_lineage_walks_the_run_plan_and_skips_what_it_cannot_read(finished_run, tmp_path):
+    from selftune.export import model_card
+    from selftune.runs import Run
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir, symlinks=True)
+    (run_dir / "round-1" / "pairs" / "manifest.json").write_text("{")  # damaged
+    (run_dir / "round-1" / "notes").mkdir()  # not a stage of the plan
+    (run_dir / "round-1" / "notes" / "manifest.json").write_text("{}")
+    card = model_card(Run(run_dir), "dpo-r1", run_dir / "round-1" / "dpo" / "merged")
+    lineage = card.split("## Lineage")[1].split("## Recipe")[0]
+    stages = [line.split(" | ")[0].removeprefix("| ") for line in lineage.splitlines() if line.startswith("| round-")]
+    assert stages == [f"round-1/{s}" for s in ("prompts", "sample", "sft-data", "sft", "dpo", "evaluate", "report")]
+
+
 def test_push_without_the_hub_is_a_clear_error_and_keeps_the_export(finished_run, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     run_dir = tmp_path / "run"
