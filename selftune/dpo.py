@@ -401,6 +401,8 @@ def train_dpo(cfg, out: Path, job: dict, *, progress=None, phase_progress=None) 
     from selftune.models import load_model, load_tokenizer, unload
     from selftune.training import (
         as_dataset,
+        evaluation_seconds,
+        final_evaluation,
         launch_state,
         log_history,
         lora_config,
@@ -472,10 +474,13 @@ def train_dpo(cfg, out: Path, job: dict, *, progress=None, phase_progress=None) 
     # At the start the fresh adapter adds exactly zero (LoRA B starts at 0), so the policy equals
     # its reference and every held-out margin is 0: known without an evaluation pass.
     before = {"eval_rewards/accuracies": 0.0, "eval_rewards/margins": 0.0} if eval_rows else {}
-    started = time.perf_counter()
+    started, started_step = time.perf_counter(), trainer.state.global_step
     result = trainer.train(resume_from_checkpoint=True if resuming else None)
-    seconds = time.perf_counter() - started
-    after = trainer.evaluate() if eval_rows else {}
+    evaluating = evaluation_seconds(trainer, started_step)
+    seconds = time.perf_counter() - started - evaluating
+    after = {}
+    if eval_rows:  # the Trainer's own end-of-training pass, when its margins are at hand
+        after = (final_evaluation(trainer, started_step) if trainer.eval_margins else None) or trainer.evaluate()
     if eval_rows:  # from the same pass as `after`
         metrics["held_out_by_source"] = reward_stats_by_source(trainer.eval_margins, eval_rows)
     warnings = list(trainer.warnings)
@@ -505,7 +510,8 @@ def train_dpo(cfg, out: Path, job: dict, *, progress=None, phase_progress=None) 
     tokens = sum(len(r["chosen_input_ids"]) + len(r["rejected_input_ids"]) for r in rows) * cfg.dpo.epochs
     metrics.update(
         steps=result.global_step,
-        train_seconds=round(seconds, 1),
+        train_seconds=round(seconds, 1),  # held-out evaluations during training excluded
+        eval_seconds_in_training=round(evaluating, 1),
         tokens_per_second=round(tokens / seconds, 1) if not resuming else None,
         train_loss=recorded_train_loss(result, trainer, resuming),
         eval_before={k: v for k, v in before.items() if k.startswith("eval_")},

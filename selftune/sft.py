@@ -38,6 +38,8 @@ from selftune.records import read_dataset
 from selftune.runs import StageSpec
 from selftune.training import (
     as_dataset,
+    evaluation_seconds,
+    final_evaluation,
     log_history,
     lora_config,
     make_sft_trainer_class,
@@ -196,10 +198,13 @@ def train_sft(cfg, out: Path, job: dict, *, progress=None, phase_progress=None) 
         callbacks=tracker_callbacks(cfg.sft, out) + ([progress] if progress else []),
     )
     initial_eval = trainer.evaluate()["eval_loss"] if eval_rows else None
-    started = time.perf_counter()
+    started, started_step = time.perf_counter(), trainer.state.global_step
     result = trainer.train(resume_from_checkpoint=True if resuming else None)
-    seconds = time.perf_counter() - started
-    final_eval = trainer.evaluate()["eval_loss"] if eval_rows else None
+    evaluating = evaluation_seconds(trainer, started_step)
+    seconds = time.perf_counter() - started - evaluating
+    final_eval = None
+    if eval_rows:
+        final_eval = (final_evaluation(trainer, started_step) or trainer.evaluate())["eval_loss"]
     adapter_dir = out / "adapter"
     save_adapter(trainer, model, tokenizer, adapter_dir, out, state)
     if state.is_main_process:
@@ -212,7 +217,8 @@ def train_sft(cfg, out: Path, job: dict, *, progress=None, phase_progress=None) 
     metrics = dict(
         trainable_parameters=trainable,
         steps=result.global_step,
-        train_seconds=round(seconds, 1),
+        train_seconds=round(seconds, 1),  # held-out evaluations during training excluded
+        eval_seconds_in_training=round(evaluating, 1),
         tokens_per_second=round(train_tokens / seconds, 1) if not resuming else None,
         response_token_share=round(trained_tokens / max(1, sum(len(r["input_ids"]) for r in train_rows)), 4),
         eval_loss_before=initial_eval,

@@ -255,6 +255,27 @@ def mean_train_loss(history: list[dict]) -> float | None:
     return total / steps if steps else None
 
 
+def final_evaluation(trainer, started_step: int) -> dict | None:
+    """The held-out evaluation the Trainer ran at its last step (with step-based evaluation it
+    evaluates when training ends), or None when it ran none this time: an evaluation after
+    `train()` would repeat it (the demo's SFT evaluated twice, 13 s each, before this)."""
+    step = trainer.state.global_step
+    for entry in reversed(trainer.state.log_history):
+        if "eval_loss" in entry and entry.get("step") == step and step > started_step:
+            return {k: v for k, v in entry.items() if k.startswith("eval_")}
+    return None
+
+
+def evaluation_seconds(trainer, started_step: int) -> float:
+    """Seconds spent in held-out evaluations during this `train()` call (logged as eval_runtime),
+    so the training throughput counts training only."""
+    return sum(
+        entry.get("eval_runtime", 0.0)
+        for entry in trainer.state.log_history
+        if "eval_loss" in entry and entry.get("step", 0) > started_step
+    )
+
+
 def log_history(trainer) -> list[dict]:
     return [{k: v for k, v in entry.items()} for entry in trainer.state.log_history]
 

@@ -66,6 +66,12 @@ def test_training_changes_every_lora_parameter_and_no_base_parameter(tmp_path, t
     assert metrics["steps"] == 8 and metrics["eval_loss_after"] < metrics["eval_loss_before"]
     assert metrics["tokens_per_second"] > 0 and 0 < metrics["response_token_share"] < 1
     out = run.stage_dir("sft")
+    # The held-out loss after training is the Trainer's own end-of-training pass, not a second one,
+    # and its time is kept out of the training throughput.
+    history = json.loads((out / "log_history.json").read_text())
+    final = [entry for entry in history if "eval_loss" in entry and entry["step"] == 8]
+    assert len(final) == 1 and final[0]["eval_loss"] == metrics["eval_loss_after"]
+    assert 0 < metrics["eval_seconds_in_training"] < metrics["train_seconds"] + metrics["eval_seconds_in_training"]
     assert {p.name for p in (out / "adapter").iterdir()} >= {
         "adapter_model.safetensors",
         "adapter_config.json",
