@@ -394,18 +394,16 @@ def train_dpo(cfg, out: Path, job: dict, *, progress=None, phase_progress=None) 
     process or in each `accelerate launch` process. The reference log-probs are computed once, by
     the main process, and shared; the main process writes the adapter and the log history, and
     checks the answer length drift. Returns the training metrics."""
-    from peft import get_peft_model
-    from transformers import set_seed
-
     from selftune.generation import make_generator
-    from selftune.models import load_model, load_tokenizer, unload
+    from selftune.models import load_tokenizer, unload
     from selftune.training import (
         as_dataset,
         evaluation_seconds,
         final_evaluation,
+        launch_facts,
         launch_state,
         log_history,
-        lora_config,
+        lora_model,
         recorded_train_loss,
         save_adapter,
         tracker_callbacks,
@@ -416,20 +414,9 @@ def train_dpo(cfg, out: Path, job: dict, *, progress=None, phase_progress=None) 
     state, device = launch_state()
     metrics: dict = {}
     tokenizer = load_tokenizer(sft_model, trust_remote_code=cfg.model.trust_remote_code)
+    # Before the model loads: DeepSpeed ZeRO-3 shards the weights as they load when it knows its config.
     args = training_arguments(cfg.dpo, out, has_eval=bool(eval_rows), device=device)
-    model = load_model(
-        sft_model,
-        dtype="float32" if not cfg.model.load_in_4bit else "bfloat16",
-        device=device,
-        load_in_4bit=cfg.model.load_in_4bit,
-        trust_remote_code=cfg.model.trust_remote_code,
-    )
-    if cfg.model.load_in_4bit:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.dpo.gradient_checkpointing)
-    set_seed(cfg.dpo.seed)  # the fresh adapter's init must not depend on what ran before
-    model = get_peft_model(model, lora_config(cfg.dpo.lora))
+    model = lora_model(sft_model, cfg, cfg.dpo, device)
     collator = PairCollator(tokenizer.pad_token_id)
     share = cfg.dpo.share_prompts and prompt_sharing_holds(model, rows, collator)
     metrics["share_prompts"] = share
@@ -481,8 +468,7 @@ def train_dpo(cfg, out: Path, job: dict, *, progress=None, phase_progress=None) 
     after = {}
     if eval_rows:  # the Trainer's own end-of-training pass, when its margins are at hand
         after = (final_evaluation(trainer, started_step) if trainer.eval_margins else None) or trainer.evaluate()
-    if eval_rows:  # from the same pass as `after`
-        metrics["held_out_by_source"] = reward_stats_by_source(trainer.eval_margins, eval_rows)
+        metrics["held_out_by_source"] = reward_stats_by_source(trainer.eval_margins, eval_rows)  # same pass
     warnings = list(trainer.warnings)
     adapter_dir = out / "adapter"
     save_adapter(trainer, model, tokenizer, adapter_dir, out, state)
@@ -518,9 +504,7 @@ def train_dpo(cfg, out: Path, job: dict, *, progress=None, phase_progress=None) 
         eval_after={k: v for k, v in after.items() if k.startswith("eval_")},
         warnings=warnings,
         bf16=args.bf16,
-        processes=state.num_processes,
-        distributed=str(getattr(state.distributed_type, "value", state.distributed_type)),
-        effective_batch=cfg.dpo.per_device_batch_size * cfg.dpo.gradient_accumulation * state.num_processes,
+        **launch_facts(state, cfg.dpo),
     )
     del trainer, generator
     unload(model)

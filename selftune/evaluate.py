@@ -355,12 +355,14 @@ def evaluate_models(
     baseline: str = "base",
     on_model=None,
     progress=None,
+    benchmarks: list[tuple[str, list]] | None = None,
 ) -> dict:
     """Evaluate `models` [(name, spec)] in order, one at a time; pair margins against `reference`
     (one model's name for all, or each model's own: {name: reference name}); prompt-level strict
     accuracy (built-in eval and each benchmark) compared with `baseline`, with its noise (`vs_base`).
-    `progress(label, done, total)` follows each model's prompt sets, pairs and lm-eval tasks."""
-    benchmarks = load_benchmarks(cfg)
+    `progress(label, done, total)` follows each model's prompt sets, pairs and lm-eval tasks.
+    `benchmarks`: from `load_benchmarks(cfg)` when the caller has them already."""
+    benchmarks = load_benchmarks(cfg) if benchmarks is None else benchmarks
     results: dict = {"models": {}, "order": [name for name, _ in models]}
     answers: list[dict] = []
     log_probs: dict[str, list] = {}
@@ -515,7 +517,7 @@ def evaluate_stage(
         bench, path = parse_benchmark(item)
         if path is not None:
             inputs[f"benchmark_{bench}"] = path
-    load_benchmarks(cfg)  # benchmark files and lm-eval tasks, before the stage starts
+    benchmarks = load_benchmarks(cfg)  # benchmark files and lm-eval tasks, before the stage starts
     if cfg.evaluate.lm_eval.tasks and cfg.evaluate.lm_eval.include_path:  # a changed task file reruns it
         inputs["lm_eval_tasks"] = Path(cfg.evaluate.lm_eval.include_path).expanduser()
     from selftune.models import check_model_spec
@@ -530,7 +532,14 @@ def evaluate_stage(
     with start as stage:
         references = round_references([name for name, _ in wanted])
         results = evaluate_models(
-            wanted, prompts, pairs, cfg, reference=references, on_model=on_model, progress=progress
+            wanted,
+            prompts,
+            pairs,
+            cfg,
+            reference=references,
+            on_model=on_model,
+            progress=progress,
+            benchmarks=benchmarks,
         )
         stage.add_output("results", write_results(stage.dir, results))
         stage.add_output("answers", stage.dir / "answers.jsonl")

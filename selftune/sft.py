@@ -41,7 +41,6 @@ from selftune.training import (
     evaluation_seconds,
     final_evaluation,
     log_history,
-    lora_config,
     make_sft_trainer_class,
     prepare_checkpoints,
     recorded_train_loss,
@@ -160,11 +159,10 @@ def train_sft(cfg, out: Path, job: dict, *, progress=None, phase_progress=None) 
     """Train the LoRA adapter on `job`'s rows; in this process or in each `accelerate launch`
     process (every process trains its share of each batch; the main one writes the adapter and the
     log history). Returns the training metrics."""
-    from peft import get_peft_model
-    from transformers import DataCollatorForSeq2Seq, set_seed
+    from transformers import DataCollatorForSeq2Seq
 
-    from selftune.models import load_model, load_tokenizer, unload
-    from selftune.training import launch_state, save_adapter
+    from selftune.models import load_tokenizer, unload
+    from selftune.training import launch_facts, launch_state, lora_model, save_adapter
 
     base, train_rows, eval_rows, resuming = job["base"], job["train_rows"], job["eval_rows"], job["resuming"]
     state, device = launch_state()
@@ -172,21 +170,7 @@ def train_sft(cfg, out: Path, job: dict, *, progress=None, phase_progress=None) 
     tokenizer.padding_side = "right"
     # Before the model loads: DeepSpeed ZeRO-3 shards the weights as they load when it knows its config.
     args = training_arguments(cfg.sft, out, has_eval=bool(eval_rows), device=device)
-    # Weights stay fp32 for training unless 4-bit; bf16 enters through autocast.
-    model = load_model(
-        base,
-        dtype="float32" if not cfg.model.load_in_4bit else "bfloat16",
-        device=device,
-        load_in_4bit=cfg.model.load_in_4bit,
-        trust_remote_code=cfg.model.trust_remote_code,
-    )
-    if cfg.model.load_in_4bit:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.sft.gradient_checkpointing)
-    # Seed before the adapter is created: its random init must not depend on what ran before.
-    set_seed(cfg.sft.seed)
-    model = get_peft_model(model, lora_config(cfg.sft.lora))
+    model = lora_model(base, cfg, cfg.sft, device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trainer = make_sft_trainer_class()(
         model=model,
@@ -225,9 +209,7 @@ def train_sft(cfg, out: Path, job: dict, *, progress=None, phase_progress=None) 
         eval_loss_after=final_eval,
         train_loss=recorded_train_loss(result, trainer, resuming),
         bf16=args.bf16,
-        processes=state.num_processes,
-        distributed=str(getattr(state.distributed_type, "value", state.distributed_type)),
-        effective_batch=cfg.sft.per_device_batch_size * cfg.sft.gradient_accumulation * state.num_processes,
+        **launch_facts(state, cfg.sft),
     )
     del trainer
     unload(model)

@@ -297,6 +297,40 @@ def launch_state():
     return state, (default_device() if state.num_processes == 1 else str(state.device))
 
 
+def lora_model(spec: str, cfg, train_cfg, device: str):
+    """The model a training stage trains: `spec` loaded for training (fp32 weights, bf16 entering
+    through autocast; bf16 under 4-bit, prepared for k-bit training) with a fresh LoRA adapter
+    (`train_cfg.lora`), seeded first so its random init does not depend on what ran before."""
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    from selftune.models import load_model
+
+    model = load_model(
+        spec,
+        dtype="float32" if not cfg.model.load_in_4bit else "bfloat16",
+        device=device,
+        load_in_4bit=cfg.model.load_in_4bit,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+    if cfg.model.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=train_cfg.gradient_checkpointing)
+    set_seed(train_cfg.seed)
+    return get_peft_model(model, lora_config(train_cfg.lora))
+
+
+def launch_facts(state, train_cfg) -> dict:
+    """What the manifest records of how a stage trained: processes, accelerate's distributed type
+    and the effective batch (per-device batch x accumulation x processes)."""
+    return {
+        "processes": state.num_processes,
+        "distributed": str(getattr(state.distributed_type, "value", state.distributed_type)),
+        "effective_batch": train_cfg.per_device_batch_size * train_cfg.gradient_accumulation * state.num_processes,
+    }
+
+
 def adapter_digest(model) -> str:
     """sha256 over the trainable (LoRA) parameters, by name, as this process holds them."""
     import hashlib

@@ -23,7 +23,7 @@ def main(job_file: str) -> None:
     job = json.loads(Path(job_file).read_text())
     folder = Path(job_file).parent
     state = PartialState()
-    spec = {"sft": sft.SFT_STAGE, "dpo": dpo.DPO_STAGE}[job["stage"]]
+    spec, train = {"sft": (sft.SFT_STAGE, sft.train_sft), "dpo": (dpo.DPO_STAGE, dpo.train_dpo)}[job["stage"]]
     cfg = spec.view(PipelineConfig.model_validate(job["config"]))  # the stage reads what it declares, here too
     out = Path(job["out"])
     progress = None
@@ -31,7 +31,6 @@ def main(job_file: str) -> None:
         from selftune.cli import TrainingProgress
 
         progress = TrainingProgress(job["stage"].upper())
-    train = {"sft": sft.train_sft, "dpo": dpo.train_dpo}[job["stage"]]
     try:
         metrics = train(cfg, out, job, progress=progress)
     except SelftuneError as exc:
