@@ -9,11 +9,12 @@ checkpoint is converted once (time printed) into a temporary folder.
 Part 2, the demo preset's sampling stage (its train prompts, K answers each, its token cap): the
 HF backend, the continuous engine, and the engine with early rejection. Prints wall time, answers
 that pass every check, passing answers per minute, the yield (prompts with a passing answer) and
-the ratios against the HF backend.
+the ratios against the HF backend; then the engine with early rejection in `--replicas` child
+processes (`generation.replicas`), the CPU threads split between them.
 
     python bench/generation.py [--model builtin:smollm2-135m-instruct] [--prompts 32]
         [--max-new-tokens 96] [--batch-size 64] [--workload demo] [--workload-prompts N]
-        [--skip-backends] [--skip-workload]
+        [--replicas 2] [--skip-backends] [--skip-workload]
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from selftune.engine import ContinuousGenerator
 from selftune.generation import HFGenerator, SamplingParams, encode_prompt
 from selftune.models import end_of_turn_ids, load_model, load_tokenizer, resolve_model_path, unload
 from selftune.prompts import build_prompts
-from selftune.sample import early_rejection
+from selftune.replicas import ReplicaGenerator
+from selftune.sample import EarlyRejection
 from selftune.scoring import ConstraintScorer
 
 
@@ -148,20 +150,35 @@ def part_workload(args, model, tokenizer) -> None:
     )
     print(f"{'backend':<34}{'seconds':>9}{'tokens':>8}{'passing':>9}{'per min':>9}{'yield':>8}{'vs hf':>8}")
     batch = cfg.generation.batch_size  # the preset's own batch: the workload as the stage runs it
+    early = EarlyRejection(records, cfg.sample.full_samples)
     runs = [
-        ("hf", HFGenerator(model, tokenizer, batch_size=batch), None),
-        ("continuous", ContinuousGenerator(model, tokenizer, batch_size=batch), None),
-        (
-            "continuous + early rejection",
-            ContinuousGenerator(model, tokenizer, batch_size=batch),
-            early_rejection(records, cfg.sample.full_samples),
-        ),
+        ("hf", lambda: HFGenerator(model, tokenizer, batch_size=batch), None),
+        ("continuous", lambda: ContinuousGenerator(model, tokenizer, batch_size=batch), None),
+        ("continuous + early rejection", lambda: ContinuousGenerator(model, tokenizer, batch_size=batch), early),
     ]
+    if args.replicas > 1:  # the same engine in child processes, the threads split between them
+        runs.append(
+            (
+                f"  ... in {args.replicas} replicas",
+                lambda: ReplicaGenerator(
+                    args.model,
+                    replicas=args.replicas,
+                    backend="continuous",
+                    batch_size=batch,
+                    dtype="float32",
+                    trust_remote_code=False,
+                ),
+                early,
+            )
+        )
     base_rate = None
-    for name, generator, stop_when in runs:
+    for name, make, stop_when in runs:
+        generator = make()  # started (replicas: model loaded in each child) before the clock starts
         result, seconds = timed(
             lambda generator=generator, stop_when=stop_when: generator.generate(prompts, params, stop_when=stop_when)
         )
+        if isinstance(generator, ReplicaGenerator):
+            generator.close()
         passing = [
             [s.passed for s in scorer.score(record, [c.text for c in answers])]
             for record, answers in zip(records, result)
@@ -186,6 +203,9 @@ def main() -> None:
         type=int,
         default=0,
         help="Use only the first N train prompts of the workload (0 = all; the HF row is the slow one).",
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=2, help="Also run the workload in this many replicas (1 = skip that row)."
     )
     parser.add_argument("--skip-backends", action="store_true")
     parser.add_argument("--skip-workload", action="store_true")

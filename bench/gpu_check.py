@@ -7,7 +7,9 @@ Rows:
   per parameter per token: forward plus the backward through activations; LoRA's own are
   negligible) over the card's bf16 matmul peak measured here;
 - one DPO step (chosen and rejected through selftune's loss) on the 1B shape;
-- vLLM generation on the 1B shape when vLLM is installed.
+- vLLM generation on the 1B shape when vLLM is installed, and the tiny pipeline generating with
+  vLLM (in its child process, `selftune.replicas`);
+- the tiny pipeline with two generation replicas where two GPUs are visible (and in --smoke).
 
     bash bench/gpu_check.sh                  # on a GPU machine
     python bench/gpu_check.py --smoke        # the same code paths on CPU with toy shapes
@@ -220,6 +222,12 @@ def main() -> None:
     rows.append(pipeline_row("bf16" if not args.smoke else "fp32", [f"model.dtype={dtype_setting}"], device))
     if not args.smoke:
         rows.append(pipeline_row("QLoRA", ["model.dtype=auto", "model.load_in_4bit=true"], device))
+    if not args.smoke and importlib.util.find_spec("vllm") is not None:  # vLLM in its child process
+        rows.append(pipeline_row("vLLM generation", ["model.dtype=auto", "generation.backend=vllm"], device))
+    if args.smoke or torch.cuda.device_count() >= 2:  # data-parallel generation replicas
+        rows.append(
+            pipeline_row("2 generation replicas", [f"model.dtype={dtype_setting}", "generation.replicas=2"], device)
+        )
     for shape in shapes:
         if shape[-1] and args.smoke:
             continue

@@ -221,6 +221,14 @@ def generate(
         help="auto (vllm where it is installed and usable, else continuous), continuous, hf or vllm.",
     ),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
+    replicas: int = typer.Option(
+        1,
+        "--replicas",
+        min=1,
+        help="Copies of the model in child processes, each answering a share of the prompts: one per "
+        "GPU (--tensor-parallel-size GPUs each with vLLM), or the CPU cores split between them.",
+    ),
+    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", min=1, help="GPUs per vLLM engine."),
     show: bool = typer.Option(False, "--show", help="Also print the answers."),
     trust_remote_code: bool = TrustRemoteCodeOption,
 ):
@@ -232,8 +240,8 @@ def generate(
     Reproducibility: with the continuous and hf backends each answer is sampled from its own seed
     (from --seed, the prompt text and the sample index), so the same inputs give the same answers
     on the same machine whatever the batch size or the other prompts; the two backends agree.
-    vLLM seeds per request but its batching can change low-order bits, so its answers may differ
-    between batch sizes.
+    The answers are the same with any --replicas. vLLM seeds per request but its batching can
+    change low-order bits, so its answers may differ between batch sizes.
     """
     from selftune.generation import SamplingParams, check_backend, open_generator
     from selftune.models import check_model_spec, resolve_dtype
@@ -251,7 +259,13 @@ def generate(
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     inputs = [row.prompt if row.prompt is not None else [m.model_dump() for m in row.messages] for row in rows]
     with open_generator(
-        model, backend=backend, batch_size=batch_size, dtype=dtype, trust_remote_code=trust_remote_code
+        model,
+        backend=backend,
+        batch_size=batch_size,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        tensor_parallel_size=tensor_parallel_size,
+        replicas=replicas,
     ) as generator:
         with GenerationProgress(len(inputs)) as progress:
             answers = generator.generate(inputs, params, progress=progress)

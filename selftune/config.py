@@ -62,6 +62,13 @@ class GenerationSection(Section):
     batch_size: int = Field(64, ge=1, description="Sequences in flight (prompts x samples) per forward pass.")
     max_new_tokens: int = Field(256, ge=1, description="Longest answer, in tokens.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine.")
+    replicas: int = Field(
+        1,
+        ge=1,
+        description="Copies of the model generating in parallel, each in its own process with a share "
+        "of the prompts: one per GPU (tensor_parallel_size GPUs each with vLLM), or the CPU cores "
+        "split between them. Answers are the same whatever the count.",
+    )
 
 
 class PromptsSection(Section):

@@ -191,12 +191,10 @@ def answers_cache_path(spec: str, messages: list[list[dict]], max_new_tokens: in
     return selftune_home() / "cache" / "answers" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
 
-def _generate_answers(
-    model, tokenizer, messages: list[list[dict]], max_new_tokens: int, cfg, progress=None
-) -> list[dict]:
-    from selftune.generation import SamplingParams, make_generator
+def _answers(generator, messages: list[list[dict]], max_new_tokens: int, progress=None) -> list[dict]:
+    """Greedy answers, as the fields evaluation keeps of them."""
+    from selftune.generation import SamplingParams
 
-    generator = make_generator(model, tokenizer, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size)
     answers = generator.generate(messages, SamplingParams(max_new_tokens=max_new_tokens), progress=progress)
     return [
         {"text": a[0].text, "completion_tokens": a[0].completion_tokens, "finish_reason": a[0].finish_reason}
@@ -232,7 +230,7 @@ def evaluate_one(
     with their reference checkers (`selftune.benchmarks`). `progress(label, done, total)` follows
     each prompt set, the pairs and the lm-eval tasks (a `PhaseCallback`)."""
     from selftune.benchmarks import score_benchmark
-    from selftune.generation import phase_progress
+    from selftune.generation import generates_in_children, make_generator, open_configured, phase_progress
     from selftune.models import load_model, load_tokenizer, unload
     from selftune.runs import write_json
 
@@ -259,17 +257,28 @@ def evaluate_one(
     report = None
     log_probs: list = []
     step = (lambda label, done, total: progress(f"{name}: {label}", done, total)) if progress else None
-    if len(generated) < len(sets) or pairs or cfg.evaluate.lm_eval.tasks:
+    missing = [(label, messages, tokens) for label, messages, tokens in sets if label not in generated]
+
+    def answer_missing(generator) -> None:
+        for label, messages, tokens in missing:
+            generated[label] = _answers(generator, messages, tokens, phase_progress(step, label, len(messages)))
+            if caches[label] is not None:
+                write_json(caches[label], {"spec": spec, "answers": generated[label]})
+
+    if missing and generates_in_children(cfg):
+        # Replicas (or vLLM) hold the model in child processes; they are gone before this
+        # process loads its own copy for the held-out pairs or lm-eval.
+        with open_configured(spec, cfg) as generator:
+            answer_missing(generator)
+        missing = []
+    if missing or pairs or cfg.evaluate.lm_eval.tasks:
         tokenizer = load_tokenizer(spec, trust_remote_code=cfg.model.trust_remote_code)
         model = load_model(spec, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
         alive = weakref.ref(model)
-        for label, messages, tokens in sets:
-            if label not in generated:
-                generated[label] = _generate_answers(
-                    model, tokenizer, messages, tokens, cfg, phase_progress(step, label, len(messages))
-                )
-                if caches[label] is not None:
-                    write_json(caches[label], {"spec": spec, "answers": generated[label]})
+        if missing:
+            answer_missing(
+                make_generator(model, tokenizer, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size)
+            )
         log_probs = (
             pair_log_probs(
                 model,
@@ -487,7 +496,12 @@ EVALUATE_STAGE = StageSpec(
         "generation.backend",
     ),
     # Greedy answers do not depend on batching or devices; a load permission.
-    unhashed=("generation.batch_size", "generation.tensor_parallel_size", "model.trust_remote_code"),
+    unhashed=(
+        "generation.batch_size",
+        "generation.tensor_parallel_size",
+        "generation.replicas",
+        "model.trust_remote_code",
+    ),
 )
 
 

@@ -330,18 +330,24 @@ class VLLMGenerator:
     name = "vllm"
 
     def __init__(self, model_path: str, tokenizer, *, tensor_parallel_size: int = 1, dtype: str = "auto"):
-        if importlib.util.find_spec("vllm") is None:
-            raise MissingExtraError(
-                "the vLLM backend needs vLLM: pip install 'selftune[vllm]' (GPU machines only), "
-                "or use generation.backend: hf"
-            )
+        self.require()
         from vllm import LLM
 
         self.tokenizer = tokenizer
         self.stop_ids = end_of_turn_ids(tokenizer)
         self.llm = LLM(model=model_path, tensor_parallel_size=tensor_parallel_size, dtype=dtype)
 
-    def generate(self, prompts, params, progress=None):
+    @staticmethod
+    def require() -> None:
+        if importlib.util.find_spec("vllm") is None:
+            raise MissingExtraError(
+                "the vLLM backend needs vLLM: pip install 'selftune[vllm]' (GPU machines only), "
+                "or use generation.backend: hf"
+            )
+
+    def generate(self, prompts, params, progress=None, stop_when=None):
+        """`stop_when` (early rejection) is not applied: vLLM offers no per-step hook that sees the
+        decoded text of every sequence, so answers run to their end and are scored whole."""
         from vllm import SamplingParams as VSamplingParams
 
         texts = [render_prompt(self.tokenizer, p) for p in prompts]
@@ -394,17 +400,41 @@ def open_generator(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     tensor_parallel_size: int = 1,
+    replicas: int = 1,
+    in_process: bool = False,
 ) -> Iterator[Generator]:
     """Load a model spec behind a Generator, and unload it when the block ends.
 
     backend: 'hf', 'continuous', 'vllm' (error naming the extra when vLLM is missing), or 'auto'
     (vLLM when installed on a GPU machine, else the continuous engine; see `make_generator`).
+    `replicas` > 1 runs that many copies of the model in child processes, each answering a share
+    of the prompts (`selftune.replicas`); vLLM always runs in a child process (in-process teardown
+    does not free GPU memory) unless `in_process` (what a replica itself asks for).
     """
     from selftune.models import load_model, load_tokenizer, resolve_model_path, unload
 
     check_backend(backend)
     if backend == "auto" and vllm_available():
         backend = "vllm"
+    if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        VLLMGenerator.require()
+    if not in_process and (replicas > 1 or backend == "vllm"):
+        from selftune.replicas import ReplicaGenerator
+
+        replicated = ReplicaGenerator(
+            spec,
+            replicas=replicas,
+            backend=backend,
+            batch_size=batch_size,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            tensor_parallel_size=tensor_parallel_size,
+        )
+        try:
+            yield replicated
+        finally:
+            replicated.close()
+        return
     # Otherwise 'auto' stays 'auto' for make_generator: the continuous engine when its self-check
     # passes on this model, else the HF backend (it used to become 'continuous' here, which made a
     # model the engine cannot serve, such as Gemma2, an error instead of a fallback).
@@ -428,9 +458,16 @@ def open_generator(
         unload(model)
 
 
+def generates_in_children(cfg) -> bool:
+    """Whether the run's generation happens in child processes (replicas, or vLLM), so a stage
+    that has loaded the model itself must not generate with that copy."""
+    backend = cfg.generation.backend
+    return cfg.generation.replicas > 1 or backend == "vllm" or (backend == "auto" and vllm_available())
+
+
 def open_configured(spec: str, cfg) -> Iterator[Generator]:
     """`open_generator` for `spec` with the run's generation settings (backend, batch size,
-    tensor parallelism) and model settings (dtype, trust_remote_code)."""
+    tensor parallelism, replicas) and model settings (dtype, trust_remote_code)."""
     return open_generator(
         spec,
         backend=cfg.generation.backend,
@@ -438,6 +475,7 @@ def open_configured(spec: str, cfg) -> Iterator[Generator]:
         dtype=cfg.model.dtype,
         trust_remote_code=cfg.model.trust_remote_code,
         tensor_parallel_size=cfg.generation.tensor_parallel_size,
+        replicas=cfg.generation.replicas,
     )
 
 

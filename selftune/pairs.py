@@ -50,7 +50,12 @@ PAIRS_STAGE = StageSpec(
     # The sample section holds the scorer, its threshold and the sampling settings pairs reuse.
     reads=("pairs", "sample", "model.dtype", "generation.backend", "generation.max_new_tokens"),
     # Per-answer seeds (batching and devices do not change answers); a load permission.
-    unhashed=("generation.batch_size", "generation.tensor_parallel_size", "model.trust_remote_code"),
+    unhashed=(
+        "generation.batch_size",
+        "generation.tensor_parallel_size",
+        "generation.replicas",
+        "model.trust_remote_code",
+    ),
 )
 
 

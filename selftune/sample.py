@@ -29,23 +29,27 @@ from selftune.runs import StageSpec, write_jsonl
 from selftune.scoring import Scorer, make_scorer, score_samples
 
 
-def early_rejection(prompts: list[PromptRecord], full_samples: int = 0):
+class EarlyRejection:
     """`stop_when` for generation: the first constraint (as `type#index`, the scorer's check name)
     that an answer's prefix already fails for good, or None (`constraints.fails_early`). The first
-    `full_samples` answers of each prompt always run to their end: a repair needs a whole answer."""
-    from selftune.constraints import EARLY_FAIL, fails_early
+    `full_samples` answers of each prompt always run to their end: a repair needs a whole answer.
+    A class rather than a closure: generation replicas receive it pickled (`selftune.replicas`)."""
 
-    rules = [
-        [(f"{c.type}#{k}", c.type, c.kwargs) for k, c in enumerate(p.constraints) if c.type in EARLY_FAIL]
-        for p in prompts
-    ]
+    def __init__(self, prompts: list[PromptRecord], full_samples: int = 0):
+        from selftune.constraints import EARLY_FAIL
 
-    def stop_when(prompt_index: int, sample_index: int, text: str) -> str | None:
-        if sample_index < full_samples:
+        self.full_samples = full_samples
+        self.rules = [
+            [(f"{c.type}#{k}", c.type, c.kwargs) for k, c in enumerate(p.constraints) if c.type in EARLY_FAIL]
+            for p in prompts
+        ]
+
+    def __call__(self, prompt_index: int, sample_index: int, text: str) -> str | None:
+        from selftune.constraints import fails_early
+
+        if sample_index < self.full_samples:
             return None
-        return next((name for name, kind, kwargs in rules[prompt_index] if fails_early(kind, text, kwargs)), None)
-
-    return stop_when
+        return next((name for name, kind, kwargs in self.rules[prompt_index] if fails_early(kind, text, kwargs)), None)
 
 
 def retry_unsolved(
@@ -79,7 +83,7 @@ def retry_unsolved(
             seed=cfg.sample.seed + 7919 * extra,
         )
         stop_when = (
-            early_rejection(todo, 0) if cfg.sample.early_rejection and cfg.sample.scorer.kind == "constraints" else None
+            EarlyRejection(todo, 0) if cfg.sample.early_rejection and cfg.sample.scorer.kind == "constraints" else None
         )
         answers = gen.generate(
             [[m.model_dump() for m in p.messages] for p in todo], params, progress=progress, stop_when=stop_when
@@ -131,7 +135,12 @@ SAMPLE_STAGE = StageSpec(
     reads=("sample", "model.spec", "model.dtype", "generation.backend", "generation.max_new_tokens"),
     # Each answer is sampled from its own seed, whatever the batch or the number of devices; the
     # trust flag only allows loading the model's code.
-    unhashed=("generation.batch_size", "generation.tensor_parallel_size", "model.trust_remote_code"),
+    unhashed=(
+        "generation.batch_size",
+        "generation.tensor_parallel_size",
+        "generation.replicas",
+        "model.trust_remote_code",
+    ),
 )
 
 
@@ -179,7 +188,7 @@ def sample_stage(
         opened = contextlib.nullcontext(generator) if generator else open_configured(policy, cfg)
         stop_when = None
         if cfg.sample.early_rejection and cfg.sample.scorer.kind == "constraints":
-            stop_when = early_rejection(prompts, cfg.sample.full_samples)
+            stop_when = EarlyRejection(prompts, cfg.sample.full_samples)
         with opened as gen:
             started = time.perf_counter()
             answers = gen.generate(

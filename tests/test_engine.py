@@ -12,7 +12,7 @@ from selftune.errors import ConfigError
 from selftune.generation import HFGenerator, SamplingParams, encode_prompt, make_generator
 from selftune.models import load_model, load_tokenizer
 from selftune.records import PromptRecord
-from selftune.sample import early_rejection
+from selftune.sample import EarlyRejection
 from tests.conftest import CHAT_PROMPTS
 
 CHAT_ONLY = [p for p in CHAT_PROMPTS if not isinstance(p, str)]
@@ -106,7 +106,7 @@ def test_early_rejection_cuts_only_doomed_answers(tiny, backend):
     prompts = [[m.model_dump() for m in p.messages] for p in PROMPTS]
     params = SamplingParams(n=6, temperature=1.0, max_new_tokens=16, seed=3)
     full = generator.generate(prompts, params)
-    cut = generator.generate(prompts, params, stop_when=early_rejection(PROMPTS))
+    cut = generator.generate(prompts, params, stop_when=EarlyRejection(PROMPTS))
     rejected = 0
     for record, whole, early in zip(PROMPTS, full, cut):
         for a, b in zip(whole, early):
@@ -134,7 +134,7 @@ def test_rejection_saves_decode_steps(tiny):
     engine = ContinuousGenerator(model, tokenizer, batch_size=12)
     engine.generate(prompts, params)
     whole = engine.stats["decode_tokens"]
-    engine.generate(prompts, params, stop_when=early_rejection(PROMPTS[:3]))
+    engine.generate(prompts, params, stop_when=EarlyRejection(PROMPTS[:3]))
     assert engine.stats["decode_tokens"] < whole
 
 
