@@ -50,8 +50,8 @@ test-faults: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m faults
 
 # Training stages in two processes under `accelerate launch` on this CPU (gloo): SFT and DPO
-# through `selftune run`, compared with one process; a killed two-process stage resumes. A few
-# minutes; CI runs it too.
+# through `selftune run`, compared with one process; a killed two-process stage resumes; two
+# generation replicas give one process's answers. A few minutes; CI runs it too.
 test-launch: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m launch
 

@@ -9,6 +9,7 @@ trainer (LM head on answer positions only), our trainer with the model's own ful
 response-token loss of the trained model on the same validation rows, masked by `selftune.masking`.
 
     python bench/sft.py --data runs/demo/round-1/sft-data/sft.jsonl [--model builtin:smollm2-135m-instruct] [--skip-trl]
+        [--limit N] [--dropout-rows] [--demo-batch]
 """
 
 from __future__ import annotations
@@ -58,24 +59,35 @@ def _timed_matmul(a, b) -> float:
     return time.perf_counter() - start
 
 
-def run_ours(model_spec, records, eval_rows, work: Path, *, full_logits: bool = False):
+def run_ours(
+    model_spec,
+    records,
+    eval_rows,
+    work: Path,
+    *,
+    full_logits: bool = False,
+    dropout=None,
+    seed: int = 0,
+    demo_batch: bool = False,
+):
     from peft import get_peft_model
     from transformers import DataCollatorForSeq2Seq, set_seed
 
     from selftune.sft import tokenize_dataset
     from selftune.training import make_sft_trainer_class, make_trainer_class, training_arguments
 
-    # Effective batch 8 (TRL's default per-device batch, no accumulation), whatever the demo preset uses.
+    # Effective batch 8 (TRL's default per-device batch, no accumulation), or with `demo_batch` the
+    # demo preset's own batch (4 per device, length-grouped) as the SFT stage runs it.
     cfg = load_config(
         "demo",
         overrides=[
             f"model.spec={model_spec}",
             "sft.epochs=1",
             "sft.report_to=[]",
-            "sft.per_device_batch_size=8",
-            "sft.gradient_accumulation=1",
+            *([] if demo_batch else ["sft.per_device_batch_size=8", "sft.gradient_accumulation=1"]),
             "sft.save_steps=100000",
             "sft.validation_share=0",
+            *([f"sft.lora.dropout={dropout}"] if dropout is not None else []),
         ],
     )
     tokenizer = load_tokenizer(model_spec)
@@ -86,9 +98,10 @@ def run_ours(model_spec, records, eval_rows, work: Path, *, full_logits: bool = 
     from datasets import Dataset
 
     model = load_model(model_spec, dtype="float32")
-    set_seed(0)
+    set_seed(seed)
     model = get_peft_model(model, lora_config(cfg.sft.lora))
     args = training_arguments(cfg.sft, work / "ours", has_eval=False, device="cpu")
+    args.seed = args.data_seed = seed
     trainer_class = make_trainer_class() if full_logits else make_sft_trainer_class()
     trainer = trainer_class(
         model=model,
@@ -110,6 +123,8 @@ def run_ours(model_spec, records, eval_rows, work: Path, *, full_logits: bool = 
         "held_out_loss": held_out_loss(model, eval_rows),
         "bf16": args.bf16,
         "lr": args.learning_rate,
+        "dropout": cfg.sft.lora.dropout,
+        "seed": seed,
         "parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n),
     }
 
@@ -162,6 +177,17 @@ def main() -> None:
     parser.add_argument("--model", default="builtin:smollm2-135m-instruct")
     parser.add_argument("--limit", type=int, default=0, help="Use only this many examples (0 = all).")
     parser.add_argument("--skip-trl", action="store_true", help="Leave out TRL's SFTTrainer row.")
+    parser.add_argument(
+        "--dropout-rows",
+        action="store_true",
+        help="Instead of the full-logits row: the default LoRA dropout (0) and dropout 0.05, each with seeds 0 "
+        "and 1 (the seed pair gives the held-out loss's noise).",
+    )
+    parser.add_argument(
+        "--demo-batch",
+        action="store_true",
+        help="Our rows with the demo preset's batch (as the SFT stage runs) instead of TRL's default of 8.",
+    )
     args = parser.parse_args()
 
     records = read_records(args.data, "sft")
@@ -197,22 +223,29 @@ def main() -> None:
     print(f"measured fp32 matmul peak: {peak_gflops:.1f} GFLOP/s")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        ours = run_ours(args.model, train, eval_rows, Path(tmp) / "a")
+        ours = run_ours(args.model, train, eval_rows, Path(tmp) / "a", demo_batch=args.demo_batch)
         rows.append(("selftune sft", ours))
         gc.collect()
-        rows.append(
-            ("selftune sft, full logits", run_ours(args.model, train, eval_rows, Path(tmp) / "b", full_logits=True))
-        )
-        gc.collect()
+        if args.dropout_rows:
+            variants = [("selftune sft, seed 1", {"seed": 1})] + [
+                (f"selftune sft, dropout 0.05, seed {seed}", {"dropout": 0.05, "seed": seed}) for seed in (0, 1)
+            ]
+        else:
+            variants = [("selftune sft, full logits", {"full_logits": True})]
+        for k, (name, options) in enumerate(variants):
+            options["demo_batch"] = args.demo_batch
+            rows.append((name, run_ours(args.model, train, eval_rows, Path(tmp) / f"v{k}", **options)))
+            gc.collect()
         if not args.skip_trl:
             rows.append(("TRL SFTTrainer default", run_trl(args.model, train, eval_rows, Path(tmp), train_tokens)))
     flop_per_token = 4 * ours["parameters"]
-    print(f"{'trainer':<28}{'seconds':>9}{'tokens/s':>10}{'of peak':>9}{'peak GiB':>10}{'held-out loss':>15}  settings")
+    print(f"{'trainer':<34}{'seconds':>9}{'tokens/s':>10}{'of peak':>9}{'peak GiB':>10}{'held-out loss':>15}  settings")
     for name, r in rows:
         share = r["tokens_per_second"] * flop_per_token / 1e9 / peak_gflops
         print(
-            f"{name:<28}{r['seconds']:>9.1f}{r['tokens_per_second']:>10.1f}{share:>8.0%}{r['peak_gib']:>10.2f}"
+            f"{name:<34}{r['seconds']:>9.1f}{r['tokens_per_second']:>10.1f}{share:>8.0%}{r['peak_gib']:>10.2f}"
             f"{r['held_out_loss']:>15.4f}  bf16={r['bf16']} lr={r['lr']:g}"
+            + (f" dropout={r['dropout']:g} seed={r['seed']}" if "dropout" in r else "")
         )
     for name, r in rows[1:]:
         print(
