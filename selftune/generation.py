@@ -414,11 +414,10 @@ def open_generator(
     from selftune.models import load_model, load_tokenizer, resolve_model_path, unload
 
     check_backend(backend)
-    if backend == "auto" and vllm_available():
-        backend = "vllm"
-    if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+    backend = resolved_backend(backend)
+    if backend == "vllm":
         VLLMGenerator.require()
-    if not in_process and (replicas > 1 or backend == "vllm"):
+    if not in_process and in_child_processes(backend, replicas):
         from selftune.replicas import ReplicaGenerator
 
         replicated = ReplicaGenerator(
@@ -458,11 +457,21 @@ def open_generator(
         unload(model)
 
 
+def resolved_backend(backend: str) -> str:
+    """'auto' becomes 'vllm' where vLLM is installed on a GPU machine; otherwise the backend stays
+    as given ('auto' is then decided by `make_generator` on the loaded model)."""
+    return "vllm" if backend == "auto" and vllm_available() else backend
+
+
+def in_child_processes(backend: str, replicas: int) -> bool:
+    """Whether `open_generator` serves the model from child processes: several replicas, or vLLM."""
+    return replicas > 1 or resolved_backend(backend) == "vllm"
+
+
 def generates_in_children(cfg) -> bool:
     """Whether the run's generation happens in child processes (replicas, or vLLM), so a stage
     that has loaded the model itself must not generate with that copy."""
-    backend = cfg.generation.backend
-    return cfg.generation.replicas > 1 or backend == "vllm" or (backend == "auto" and vllm_available())
+    return in_child_processes(cfg.generation.backend, cfg.generation.replicas)
 
 
 def open_configured(spec: str, cfg) -> Iterator[Generator]:

@@ -27,6 +27,7 @@ as `selftune.sample.EarlyRejection`; not a closure).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -93,14 +94,14 @@ class _Remapped:
         return self.stop_when(self.index[prompt_index], sample_index, text)
 
 
-def _serve(rank: int, spec: str, options: dict, env: dict, requests, replies) -> None:
-    """A replica's main loop: load the model once, answer each request, stop on None. `env` is
-    already this process's environment (set by the parent before the start)."""
+def _serve(rank: int, spec: str, options: dict, requests, replies) -> None:
+    """A replica's main loop: load the model once, answer each request, stop on None. Its
+    environment (`replica_env`) was set by the parent before the start."""
     try:
         import torch
 
-        if "SELFTUNE_REPLICA_THREADS" in env:
-            torch.set_num_threads(int(env["SELFTUNE_REPLICA_THREADS"]))
+        if "SELFTUNE_REPLICA_THREADS" in os.environ:
+            torch.set_num_threads(int(os.environ["SELFTUNE_REPLICA_THREADS"]))
         from selftune.generation import open_generator
 
         with open_generator(spec, **options) as generator:
@@ -157,7 +158,7 @@ class ReplicaGenerator:
         self._procs = [
             context.Process(
                 target=_serve,
-                args=(rank, spec, options, envs[rank], self._requests[rank], self._replies),
+                args=(rank, spec, options, self._requests[rank], self._replies),
                 name=f"selftune-replica-{rank}",
                 daemon=True,
             )
@@ -250,7 +251,7 @@ class ReplicaGenerator:
                 elif kind == "done":
                     for local, row in enumerate(payload):
                         results[shards[rank][local]] = [
-                            Completion(**{**c.__dict__, "prompt_index": shards[rank][local]}) for c in row
+                            dataclasses.replace(c, prompt_index=shards[rank][local]) for c in row
                         ]
                     waiting.discard(rank)
         except BaseException:
