@@ -1,13 +1,15 @@
 """Generation backends side by side, and the demo's sampling workload with and without early
 rejection, all in one run on one machine (one heavy job at a time: run nothing else meanwhile).
 
-Part 1, backends on the same prompts and settings: tokens/s for greedy answers and for sampling
-(n answers per prompt), the ratio to the HF backend (`model.generate`), and how many greedy answers
-equal the HF backend's. CTranslate2 joins when it is installed (`pip install ctranslate2`): the
-checkpoint is converted once (time printed) into a temporary folder.
+Part 1, backends on the same prompts and settings (the engine with and without prepacked
+weights): tokens/s for greedy answers and for sampling (n answers per prompt), the ratio to the
+HF backend (`model.generate`), and how many greedy answers equal the HF backend's. CTranslate2
+joins when it is installed (`pip install ctranslate2`): the checkpoint is converted once (time
+printed) into a temporary folder.
 
 Part 2, the demo preset's sampling stage (its train prompts, K answers each, its token cap): the
-HF backend, the continuous engine, and the engine with early rejection. Prints wall time, answers
+HF backend, the continuous engine, the engine with early rejection, and that again with its Linear
+weights not prepacked for oneDNN (`selftune.engine.packed_linears`, on by default). Prints wall time, answers
 that pass every check, passing answers per minute, the yield (prompts with a passing answer) and
 the ratios against the HF backend; then the engine with early rejection in `--replicas` child
 processes (`generation.replicas`), the CPU threads split between them.
@@ -90,6 +92,7 @@ def part_backends(args, model, tokenizer) -> None:
     backends = [
         ("hf", HFGenerator(model, tokenizer, batch_size=args.batch_size)),
         ("continuous", ContinuousGenerator(model, tokenizer, batch_size=args.batch_size)),
+        ("continuous, plain W", ContinuousGenerator(model, tokenizer, batch_size=args.batch_size, pack_weights=False)),
     ]
     backends[0][1].generate(prompts[:2], SamplingParams(max_new_tokens=4))  # warm-up
     rows = []
@@ -155,6 +158,11 @@ def part_workload(args, model, tokenizer) -> None:
         ("hf", lambda: HFGenerator(model, tokenizer, batch_size=batch), None),
         ("continuous", lambda: ContinuousGenerator(model, tokenizer, batch_size=batch), None),
         ("continuous + early rejection", lambda: ContinuousGenerator(model, tokenizer, batch_size=batch), early),
+        (
+            "  ... weights not prepacked",
+            lambda: ContinuousGenerator(model, tokenizer, batch_size=batch, pack_weights=False),
+            early,
+        ),
     ]
     if args.replicas > 1:  # the same engine in child processes, the threads split between them
         runs.append(

@@ -34,9 +34,10 @@ Usage:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -134,6 +135,70 @@ class _SlotCache:
             layer.values[1:, :, :length] = layer.values[:1, :, :length]
 
 
+# ---------------------------------------------------------------------------------------------
+# Prepacked weights for the CPU
+# ---------------------------------------------------------------------------------------------
+# A decode step multiplies a few dozen to a few hundred rows by every weight matrix. MKL's plain
+# sgemm repacks the weight matrix into its blocked layout on every call, which at so few rows is a
+# large share of the work: on the development CPU the LM head's product (128 x 576 -> 49,152) ran
+# at ~46 GFLOP/s and the MLP's up-projections at ~50, against ~70 for oneDNN's linear on a weight
+# packed once (bench/generation.py; docs/performance.md). torch ships that kernel (the one its
+# inductor compiler uses for frozen CPU models): `mkldnn._reorder_linear_weight` packs,
+# `mkldnn._linear_pointwise` multiplies. Its rows are also independent of how many rows share the
+# call, so answers stay independent of batching.
+
+
+class _PackedLinear(torch.nn.Module):
+    """Inference stand-in for an `nn.Linear` on the CPU, its weight packed once for oneDNN. Keeps
+    the original `weight` (and `bias`) as attributes, so code that reads them still can."""
+
+    def __init__(self, linear: torch.nn.Linear, rows_hint: int):
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows_hint)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+def can_pack(model) -> bool:
+    """Packing applies to fp32 models on the CPU in a torch built with oneDNN."""
+    first = next(model.parameters(), None)
+    return (
+        first is not None
+        and first.device.type == "cpu"
+        and first.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    )
+
+
+@contextlib.contextmanager
+def packed_linears(model, rows_hint: int = 128) -> Iterator[int]:
+    """Within the block, every `nn.Linear` of `model` (fp32, CPU) computes with a prepacked weight;
+    afterwards the original modules are back in place (so training or scoring the same model
+    instance sees plain Linears). Yields the number of layers packed (0 where packing does not
+    apply). Costs one extra copy of the Linear weights while the block runs."""
+    swapped: list[tuple[torch.nn.Module, str, torch.nn.Linear]] = []
+    if can_pack(model):
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is torch.nn.Linear and child.weight.dtype == torch.float32:
+                    swapped.append((parent, name, child))
+    try:
+        stand_ins = [_PackedLinear(child, rows_hint) for _, _, child in swapped]
+    except RuntimeError as exc:  # a oneDNN build without this kernel for the CPU at hand
+        logger.warning("generating with plain Linear layers: packing their weights failed (%s)", exc)
+        swapped, stand_ins = [], []
+    try:
+        for (parent, name, _), stand_in in zip(swapped, stand_ins):
+            setattr(parent, name, stand_in)
+        yield len(swapped)
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
+
+
 @dataclass
 class _Row:
     """One answer in flight, in slot `slot`."""
@@ -164,9 +229,18 @@ class ContinuousGenerator:
     name = "continuous"
 
     def __init__(
-        self, model, tokenizer, *, batch_size: int = 64, stop_ids: list[int] | None = None, admit_share: float = 0.25
+        self,
+        model,
+        tokenizer,
+        *,
+        batch_size: int = 64,
+        stop_ids: list[int] | None = None,
+        admit_share: float = 0.25,
+        pack_weights: bool = True,
     ):
         self.model = model
+        # fp32 on the CPU: Linear weights prepacked for oneDNN while generating (`packed_linears`).
+        self.pack_weights = pack_weights
         self.tokenizer = tokenizer
         self.slots = max(1, batch_size)
         self.stop_ids = stop_ids or end_of_turn_ids(tokenizer)
@@ -187,6 +261,19 @@ class ContinuousGenerator:
     ) -> list[list[Completion]]:
         if not prompts:
             return []
+        packing = packed_linears(self.model, self.slots) if self.pack_weights else contextlib.nullcontext(0)
+        with packing as packed:
+            results = self._generate(prompts, params, progress, stop_when)
+        self.stats["packed_linears"] = packed
+        return results
+
+    def _generate(
+        self,
+        prompts: Sequence[Prompt],
+        params: SamplingParams,
+        progress: ProgressCallback | None,
+        stop_when: StopWhen | None,
+    ) -> list[list[Completion]]:
         slots = max(self.slots, params.n)  # a prompt's n samples are admitted together
         started = time.perf_counter()
         texts = [render_prompt(self.tokenizer, p) for p in prompts]
@@ -261,9 +348,7 @@ class ContinuousGenerator:
                 lengths = torch.tensor([row.length for row in live], device=device)
                 width = int(lengths.max()) + 1
                 cache.plan(0, lengths[:, None], width)
-                keep = (torch.arange(width, device=device)[None] <= lengths[:, None])[
-                    :, None, None, :
-                ]  # (rows, 1, 1, width)
+                keep = self._decode_mask(lengths, width)
                 logits = self.model(
                     input_ids=last_token[:, None],
                     position_ids=lengths[:, None],
@@ -309,6 +394,16 @@ class ContinuousGenerator:
         return results  # type: ignore[return-value]
 
     # ---------------------------------------------------------------------------------------------
+    def _decode_mask(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
+        """(rows, 1, 1, width) additive mask for one decode step: 0 on each row's cached positions
+        and its new token, the dtype's minimum beyond. Additive rather than boolean: torch's CPU
+        attention converts a boolean mask on every call of every layer, which took ~20% of
+        attention's time at the demo's decode shapes; the attention output is the same."""
+        dtype = next(self.model.parameters()).dtype
+        beyond = torch.arange(width, device=lengths.device)[None] > lengths[:, None]
+        mask = torch.zeros(beyond.shape, dtype=dtype, device=lengths.device)
+        return mask.masked_fill_(beyond, torch.finfo(dtype).min)[:, None, None, :]
+
     def _causal_mask(self, lengths: torch.Tensor, q: int, prefix: int, width: int, device) -> torch.Tensor:
         """(rows, 1, q, width) mask for left-padded queries: row j's real tokens are its last
         `lengths[j] - prefix` query positions, at cache positions prefix .. lengths[j] - 1."""
@@ -422,7 +517,7 @@ class ContinuousGenerator:
         lengths = torch.tensor([len(ids) for ids in encoded], device=device)
         width = int(lengths.max()) + 1
         cache.plan(0, lengths[:, None], width)
-        keep = (torch.arange(width, device=device)[None] <= lengths[:, None])[:, None, None, :]
+        keep = self._decode_mask(lengths, width)
         second = (
             self.model(
                 input_ids=nxt[:, None],

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from selftune.constraints import check
-from selftune.engine import ENGINE_TOLERANCE, ContinuousGenerator, engine_supports
+from selftune.engine import ENGINE_TOLERANCE, ContinuousGenerator, engine_supports, packed_linears
 from selftune.errors import ConfigError
 from selftune.generation import HFGenerator, SamplingParams, encode_prompt, make_generator
 from selftune.models import load_model, load_tokenizer
@@ -39,9 +39,36 @@ def test_engine_gives_the_hf_backends_answers(tiny, params, slots):
     reference = HFGenerator(model, tokenizer, batch_size=16).generate(CHAT_PROMPTS, params)
     engine = ContinuousGenerator(model, tokenizer, batch_size=slots)
     assert answers(engine.generate(CHAT_PROMPTS, params)) == answers(reference)
+    assert engine.stats["packed_linears"] > 0  # fp32 on the CPU: the weights were prepacked
     # Fewer slots than sequences: finished rows handed their slots to waiting prompts.
     sequences = len(CHAT_PROMPTS) * params.n
     assert (slots < sequences) == (engine.stats["decode_tokens"] > 0 and slots < sequences)
+
+
+def test_packed_weights_give_the_plain_logits_and_are_undone_afterwards(tiny):
+    model, tokenizer = tiny
+    linears = {name: module for name, module in model.named_modules() if type(module) is torch.nn.Linear}
+    ids = torch.tensor([encode_prompt(tokenizer, CHAT_ONLY[0])])
+    with torch.inference_mode():
+        plain = model(input_ids=ids).logits
+        with packed_linears(model) as packed:
+            assert packed == len(linears)
+            assert not any(type(m) is torch.nn.Linear for m in model.modules())
+            fast = model(input_ids=ids).logits
+        # Restored: the very same modules, so training or scoring this instance later is untouched.
+        assert {n: m for n, m in model.named_modules() if type(m) is torch.nn.Linear} == linears
+    assert torch.allclose(fast, plain, rtol=1e-4, atol=1e-4 * float(plain.abs().max()))
+    # Restored even when the block fails.
+    with pytest.raises(RuntimeError), packed_linears(model):
+        raise RuntimeError("boom")
+    assert {n: m for n, m in model.named_modules() if type(m) is torch.nn.Linear} == linears
+
+
+def test_packing_applies_to_fp32_cpu_models_only(tiny_model_dir):
+    model = load_model(str(tiny_model_dir), dtype="bfloat16")
+    with packed_linears(model) as packed:
+        assert packed == 0
+        assert any(type(m) is torch.nn.Linear for m in model.modules())
 
 
 def test_chat_prompts_share_their_template_prefix_once(tiny):
