@@ -173,30 +173,48 @@ def can_pack(model) -> bool:
     )
 
 
-@contextlib.contextmanager
-def packed_linears(model, rows_hint: int = 128) -> Iterator[int]:
-    """Within the block, every `nn.Linear` of `model` (fp32, CPU) computes with a prepacked weight;
-    afterwards the original modules are back in place (so training or scoring the same model
-    instance sees plain Linears). Yields the number of layers packed (0 where packing does not
-    apply). Costs one extra copy of the Linear weights while the block runs."""
-    swapped: list[tuple[torch.nn.Module, str, torch.nn.Linear]] = []
-    if can_pack(model):
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is torch.nn.Linear and child.weight.dtype == torch.float32:
-                    swapped.append((parent, name, child))
+_Swap = tuple[torch.nn.Module, str, torch.nn.Linear, _PackedLinear]  # parent, name, original, stand-in
+
+
+def pack_linears(model, rows_hint: int = 128) -> list[_Swap]:
+    """A prepacked stand-in for every fp32 `nn.Linear` of `model` (fp32, CPU), not yet swapped in
+    (`swapped_in`); empty where packing does not apply or fails. Holds one extra copy of the
+    Linear weights for as long as the list lives."""
+    if not can_pack(model):
+        return []
+    found = [
+        (parent, name, child)
+        for parent in list(model.modules())
+        for name, child in list(parent.named_children())
+        if type(child) is torch.nn.Linear and child.weight.dtype == torch.float32
+    ]
     try:
-        stand_ins = [_PackedLinear(child, rows_hint) for _, _, child in swapped]
+        return [(parent, name, child, _PackedLinear(child, rows_hint)) for parent, name, child in found]
     except RuntimeError as exc:  # a oneDNN build without this kernel for the CPU at hand
         logger.warning("generating with plain Linear layers: packing their weights failed (%s)", exc)
-        swapped, stand_ins = [], []
+        return []
+
+
+@contextlib.contextmanager
+def swapped_in(swaps: list[_Swap]) -> Iterator[int]:
+    """Within the block the stand-ins of `swaps` replace their Linears; afterwards, even after an
+    error, the original modules are back in place (so training or scoring the same model instance
+    sees plain Linears). Yields the number of layers swapped."""
     try:
-        for (parent, name, _), stand_in in zip(swapped, stand_ins):
+        for parent, name, _, stand_in in swaps:
             setattr(parent, name, stand_in)
-        yield len(swapped)
+        yield len(swaps)
     finally:
-        for parent, name, child in swapped:
-            setattr(parent, name, child)
+        for parent, name, original, _ in swaps:
+            setattr(parent, name, original)
+
+
+@contextlib.contextmanager
+def packed_linears(model, rows_hint: int = 128) -> Iterator[int]:
+    """Pack and swap in for one block: `pack_linears` then `swapped_in`. Yields the number of
+    layers packed (0 where packing does not apply)."""
+    with swapped_in(pack_linears(model, rows_hint)) as count:
+        yield count
 
 
 @dataclass
@@ -239,8 +257,11 @@ class ContinuousGenerator:
         pack_weights: bool = True,
     ):
         self.model = model
-        # fp32 on the CPU: Linear weights prepacked for oneDNN while generating (`packed_linears`).
+        # fp32 on the CPU: Linear weights prepacked for oneDNN while generating (`pack_linears`).
+        # Packed on the first call and kept: a judge calls generate once per prompt, and packing
+        # a 135M model takes ~0.5 s.
         self.pack_weights = pack_weights
+        self._swaps: list[_Swap] | None = None
         self.tokenizer = tokenizer
         self.slots = max(1, batch_size)
         self.stop_ids = stop_ids or end_of_turn_ids(tokenizer)
@@ -261,8 +282,9 @@ class ContinuousGenerator:
     ) -> list[list[Completion]]:
         if not prompts:
             return []
-        packing = packed_linears(self.model, self.slots) if self.pack_weights else contextlib.nullcontext(0)
-        with packing as packed:
+        if self._swaps is None:
+            self._swaps = pack_linears(self.model, self.slots) if self.pack_weights else []
+        with swapped_in(self._swaps) as packed:
             results = self._generate(prompts, params, progress, stop_when)
         self.stats["packed_linears"] = packed
         return results
