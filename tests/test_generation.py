@@ -76,8 +76,8 @@ def test_sampling_params_are_checked():
         SamplingParams(top_p=0)
 
 
-@pytest.mark.parametrize("top_p,shortlist", [(1.0, 512), (0.9, 512), (0.9, 4)])
-def test_row_sampler_draws_from_the_truncated_distribution(top_p, shortlist, monkeypatch):
+@pytest.mark.parametrize("top_p,stages", [(1.0, (64, 512)), (0.9, (64, 512)), (0.9, (2, 4))])
+def test_row_sampler_draws_from_the_truncated_distribution(top_p, stages, monkeypatch):
     import collections
 
     from selftune import generation
@@ -91,7 +91,7 @@ def test_row_sampler_draws_from_the_truncated_distribution(top_p, shortlist, mon
     expected = torch.zeros(40)
     expected[order[keep]] = values[keep] / values[keep].sum()
     sampler = _RowSampler([11], SamplingParams(temperature=0.8, top_p=top_p))
-    monkeypatch.setattr(generation, "NUCLEUS_SHORTLIST", shortlist)  # 4 forces the full-sort fallback
+    monkeypatch.setattr(generation, "NUCLEUS_STAGES", stages)  # (2, 4) forces the full-sort fallback
     draws = collections.Counter(int(sampler(None, logits).argmax()) for _ in range(10000))
     observed = torch.tensor([draws[i] / 10000 for i in range(40)])
     assert all(expected[token] > 0 for token in draws)
