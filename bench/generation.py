@@ -153,7 +153,10 @@ def part_workload(args, model, tokenizer) -> None:
     )
     print(f"{'backend':<34}{'seconds':>9}{'tokens':>8}{'passing':>9}{'per min':>9}{'yield':>8}{'vs hf':>8}")
     batch = cfg.generation.batch_size  # the preset's own batch: the workload as the stage runs it
-    early = EarlyRejection(records, cfg.sample.full_samples)
+
+    def early():  # a fresh hook per run: it counts each prompt's cut answers
+        return EarlyRejection(records, cfg.sample.full_samples, cfg.sample.k)
+
     runs = [
         ("hf", lambda: HFGenerator(model, tokenizer, batch_size=batch), None),
         ("continuous", lambda: ContinuousGenerator(model, tokenizer, batch_size=batch), None),
@@ -182,8 +185,9 @@ def part_workload(args, model, tokenizer) -> None:
     base_rate = None
     for name, make, stop_when in runs:
         generator = make()  # started (replicas: model loaded in each child) before the clock starts
+        hook = stop_when() if stop_when else None
         result, seconds = timed(
-            lambda generator=generator, stop_when=stop_when: generator.generate(prompts, params, stop_when=stop_when)
+            lambda generator=generator, hook=hook: generator.generate(prompts, params, stop_when=hook)
         )
         if isinstance(generator, ReplicaGenerator):
             generator.close()

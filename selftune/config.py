@@ -156,7 +156,10 @@ class SampleSection(Section):
         description="Stop an answer once its prefix fails a constraint it can no longer pass (constraints scorer).",
     )
     full_samples: int = Field(
-        1, ge=0, description="Answers per prompt never stopped early: repairs (sft_data.repair) need whole answers."
+        1,
+        ge=0,
+        description="Answers per prompt that run whole, whichever fail last: repairs (sft_data.repair) need "
+        "whole answers. An answer failing a check no repair fixes is stopped anyway.",
     )
     retry_rounds: int = Field(
         0,

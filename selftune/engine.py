@@ -388,9 +388,12 @@ class ContinuousGenerator:
                 counters["steps"] += 1
                 for row, token in zip(live, tokens.tolist()):
                     row.tokens.append(token)
-            # Rows that end here leave; the last live rows move into their slots.
+            # Rows that end here leave; the last live rows move into their slots. Rows are asked
+            # in (prompt, sample) order, as the HF backend asks them: `stop_when` may count a
+            # prompt's cut answers (EarlyRejection), so the order must not depend on the slots.
             ended: list[int] = []
-            for k, row in enumerate(live):
+            for k in sorted(range(len(live)), key=lambda k: (live[k].prompt_index, live[k].sample_index)):
+                row = live[k]
                 token = row.tokens[-1]
                 if token in self.stop_ids:
                     finish(row, "stop")
@@ -407,7 +410,7 @@ class ContinuousGenerator:
                     continue
                 ended.append(k)
             if ended:
-                live, last_token = self._compact(live, last_token, ended, cache)
+                live, last_token = self._compact(live, last_token, sorted(ended), cache)
             if progress and (ended or counters["steps"] % 16 == 0):
                 progress(finished_prompts, counters["generated"] - reported)
                 reported = counters["generated"]

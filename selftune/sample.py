@@ -31,25 +31,55 @@ from selftune.scoring import Scorer, make_scorer, score_samples
 
 class EarlyRejection:
     """`stop_when` for generation: the first constraint (as `type#index`, the scorer's check name)
-    that an answer's prefix already fails for good, or None (`constraints.fails_early`). The first
-    `full_samples` answers of each prompt always run to their end: a repair needs a whole answer.
-    A class rather than a closure: generation replicas receive it pickled (`selftune.replicas`)."""
+    that an answer's prefix already fails for good, or None (`constraints.fails_early`).
 
-    def __init__(self, prompts: list[PromptRecord], full_samples: int = 0):
+    Repairs need whole answers, so at least `full_samples` of each prompt's `answers` answers run
+    to their end: an answer is cut only while enough of its siblings are still uncut. Which ones
+    stay whole is decided as answers fail, not by sample index, so a doomed first answer is cut
+    when a later one can still serve a repair. An answer failing a check that no repair can fix
+    (`repair.repairable`: a letter or keyword counted too often) is always cut, since it could
+    never become repair material. Both backends ask about each step's answers in (prompt, sample)
+    order, so the outcome does not depend on batching.
+
+    Stateful (it counts each prompt's cut answers): one instance per `generate` call. A class
+    rather than a closure: generation replicas receive it pickled, each with whole prompts
+    (`selftune.replicas`)."""
+
+    def __init__(self, prompts: list[PromptRecord], full_samples: int = 0, answers: int | None = None):
         from selftune.constraints import EARLY_FAIL
+        from selftune.repair import repairable
 
+        if full_samples and answers is None:
+            raise ValueError("EarlyRejection needs `answers` (answers per prompt) when full_samples > 0")
         self.full_samples = full_samples
+        self.answers = answers or 0
         self.rules = [
-            [(f"{c.type}#{k}", c.type, c.kwargs) for k, c in enumerate(p.constraints) if c.type in EARLY_FAIL]
+            [
+                (f"{c.type}#{k}", c.type, c.kwargs, repairable(c.type))
+                for k, c in enumerate(p.constraints)
+                if c.type in EARLY_FAIL
+            ]
             for p in prompts
         ]
+        self.cut: dict[int, int] = {}  # prompt index -> its answers cut so far
 
     def __call__(self, prompt_index: int, sample_index: int, text: str) -> str | None:
         from selftune.constraints import fails_early
 
-        if sample_index < self.full_samples:
+        failed = [
+            (name, fixable)
+            for name, kind, kwargs, fixable in self.rules[prompt_index]
+            if fails_early(kind, text, kwargs)
+        ]
+        if not failed:
             return None
-        return next((name for name, kind, kwargs in self.rules[prompt_index] if fails_early(kind, text, kwargs)), None)
+        cut = self.cut.get(prompt_index, 0)
+        # Cut while the uncut siblings left after this cut still number full_samples, or always
+        # when one failed check has no repair.
+        if self.full_samples and self.answers - cut - 1 < self.full_samples and all(fixable for _, fixable in failed):
+            return None
+        self.cut[prompt_index] = cut + 1
+        return next((name for name, fixable in failed if not fixable), failed[0][0])
 
 
 def retry_unsolved(
@@ -188,7 +218,7 @@ def sample_stage(
         opened = contextlib.nullcontext(generator) if generator else open_configured(policy, cfg)
         stop_when = None
         if cfg.sample.early_rejection and cfg.sample.scorer.kind == "constraints":
-            stop_when = EarlyRejection(prompts, cfg.sample.full_samples)
+            stop_when = EarlyRejection(prompts, cfg.sample.full_samples, cfg.sample.k)
         with opened as gen:
             started = time.perf_counter()
             answers = gen.generate(

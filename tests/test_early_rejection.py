@@ -149,3 +149,42 @@ def test_rule_waits_on_a_prefix_that_can_still_pass(name):
 def test_types_without_a_rule_never_fail_early():
     assert not fails_early("title", "No title here at all.\n\n", {})
     assert not fails_early("include_keywords", "nothing", {"keywords": ["river"]})
+
+
+def test_hook_keeps_whole_answers_whichever_sample_fails_first():
+    from selftune.records import PromptRecord
+    from selftune.sample import EarlyRejection
+
+    lower = PromptRecord(
+        id="p", messages=[{"role": "user", "content": "x"}], constraints=[{"type": "lowercase", "kwargs": {}}]
+    )
+    hook = EarlyRejection([lower, lower], full_samples=1, answers=2)
+    # Prompt 0: the second answer fails first and is cut; the first must then run whole.
+    assert hook(0, 1, "Upper") == "lowercase#0"
+    assert hook(0, 0, "Upper") is None
+    # Prompt 1 counts on its own: its first answer fails first and is cut, the second runs whole.
+    assert hook(1, 0, "Upper") == "lowercase#0"
+    assert hook(1, 1, "Upper") is None
+    assert hook(1, 1, "still fine") is None
+    with pytest.raises(ValueError):
+        EarlyRejection([lower], full_samples=1)  # how many answers a prompt has is needed
+
+
+def test_a_check_no_repair_fixes_is_cut_even_when_the_answer_would_be_kept_whole():
+    from selftune.records import PromptRecord
+    from selftune.repair import repairable
+    from selftune.sample import EarlyRejection
+
+    assert not repairable("letter_frequency") and repairable("lowercase")
+    prompt = PromptRecord(
+        id="p",
+        messages=[{"role": "user", "content": "x"}],
+        constraints=[
+            {"type": "lowercase", "kwargs": {}},
+            {"type": "letter_frequency", "kwargs": {"letter": "z", "relation": "at most", "n": 1}},
+        ],
+    )
+    hook = EarlyRejection([prompt], full_samples=1, answers=1)
+    assert hook(0, 0, "Upper") is None  # the only answer: kept whole for a repair
+    # Two z's cannot be repaired: nothing is lost by cutting, and the check named is that one.
+    assert hook(0, 0, "Upper zz ") == "letter_frequency#1"

@@ -192,3 +192,29 @@ def test_auto_backend_falls_back_to_hf_when_the_check_fails(tiny, monkeypatch, c
         make_generator(model, tokenizer, backend="continuous")
     with pytest.raises(ConfigError, match="backend must be one of"):
         make_generator(model, tokenizer, backend="bogus")
+
+
+@pytest.mark.parametrize("full_samples", [1, 2])
+def test_whole_answers_kept_per_prompt_and_the_same_on_both_backends(tiny, full_samples):
+    """With full_samples, every prompt keeps that many uncut answers, whichever ones fail first,
+    and the stateful hook gives the same answers on the engine (any slot count) and the HF backend."""
+    model, tokenizer = tiny
+    prompts = [[m.model_dump() for m in p.messages] for p in PROMPTS]
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=16, seed=3)
+
+    def run(generator):
+        return generator.generate(prompts, params, stop_when=EarlyRejection(PROMPTS, full_samples, params.n))
+
+    reference = run(HFGenerator(model, tokenizer, batch_size=8))
+    for slots in (5, 16):
+        assert answers(run(ContinuousGenerator(model, tokenizer, batch_size=slots))) == answers(reference)
+    free = EarlyRejection(PROMPTS)  # no whole answers required: the doomed ones all stop
+    uncut = free_cut = 0
+    for row, unguarded in zip(
+        reference, HFGenerator(model, tokenizer, batch_size=8).generate(prompts, params, stop_when=free)
+    ):
+        whole = [c for c in row if c.finish_reason != "rejected"]
+        assert len(whole) >= full_samples
+        uncut += len(whole)
+        free_cut += sum(c.finish_reason == "rejected" for c in unguarded)
+    assert free_cut > len(PROMPTS) * params.n - uncut  # the guard kept some doomed answers whole
