@@ -76,7 +76,7 @@ def test_sampling_params_are_checked():
         SamplingParams(top_p=0)
 
 
-@pytest.mark.parametrize("top_p,stages", [(1.0, (64, 512)), (0.9, (64, 512)), (0.9, (2, 4))])
+@pytest.mark.parametrize("top_p,stages", [(1.0, (64, 512)), (0.9, (64, 512)), (0.9, (4, 39)), (0.9, (2, 4))])
 def test_row_sampler_draws_from_the_truncated_distribution(top_p, stages, monkeypatch):
     import collections
 
@@ -90,9 +90,12 @@ def test_row_sampler_draws_from_the_truncated_distribution(top_p, stages, monkey
     keep = (values.cumsum(0) - values) < top_p
     expected = torch.zeros(40)
     expected[order[keep]] = values[keep] / values[keep].sum()
-    sampler = _RowSampler([11], SamplingParams(temperature=0.8, top_p=top_p))
-    monkeypatch.setattr(generation, "NUCLEUS_STAGES", stages)  # (2, 4) forces the full-sort fallback
-    draws = collections.Counter(int(sampler(None, logits).argmax()) for _ in range(10000))
+    # Stages: (64, 512) exceed the 40 tokens (a full sort); (4, 39) find the nucleus in the
+    # second shortlist; (2, 4) are too short for it and fall back to the full sort.
+    monkeypatch.setattr(generation, "NUCLEUS_STAGES", stages)
+    # 10,000 rows of the same logits, each with its own seed, drawn in one call.
+    sampler = _RowSampler(list(range(10000)), SamplingParams(temperature=0.8, top_p=top_p))
+    draws = collections.Counter(sampler(None, logits.expand(10000, 40)).argmax(dim=-1).tolist())
     observed = torch.tensor([draws[i] / 10000 for i in range(40)])
     assert all(expected[token] > 0 for token in draws)
     assert (observed - expected).abs().max() < 0.015
