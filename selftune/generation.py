@@ -151,9 +151,9 @@ def _nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Ten
         # likely still. (A full sort always is.)
         inside = sizes < k if k < vocab else torch.ones_like(sizes, dtype=torch.bool)
         if inside.any():
-            kept = torch.arange(k, device=probs.device)[None] < sizes[inside, None]
             width = int(sizes[inside].max())
-            chosen = ids[inside, :width].masked_fill(~kept[:, :width], vocab).sort(dim=-1).values
+            beyond = torch.arange(width, device=probs.device)[None] >= sizes[inside, None]
+            chosen = ids[inside, :width].masked_fill(beyond, vocab).sort(dim=-1).values
             found.append((todo[inside], chosen, sizes[inside]))
         todo = todo[~inside]
         if not len(todo):

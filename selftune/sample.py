@@ -30,8 +30,9 @@ from selftune.scoring import Scorer, make_scorer, score_samples
 
 
 class EarlyRejection:
-    """`stop_when` for generation: the first constraint (as `type#index`, the scorer's check name)
-    that an answer's prefix already fails for good, or None (`constraints.fails_early`).
+    """`stop_when` for generation: a constraint (as `type#index`, the scorer's check name) that an
+    answer's prefix already fails for good, one no repair fixes before the others, or None
+    (`constraints.fails_early`).
 
     Repairs need whole answers, so at least `full_samples` of each prompt's `answers` answers run
     to their end: an answer is cut only while enough of its siblings are still uncut. Which ones
@@ -66,17 +67,14 @@ class EarlyRejection:
     def __call__(self, prompt_index: int, sample_index: int, text: str) -> str | None:
         from selftune.constraints import fails_early
 
-        failed = [
-            (name, fixable)
-            for name, kind, kwargs, fixable in self.rules[prompt_index]
-            if fails_early(kind, text, kwargs)
-        ]
-        if not failed:
-            return None
+        rules = self.rules[prompt_index]
         cut = self.cut.get(prompt_index, 0)
-        # Cut while the uncut siblings left after this cut still number full_samples, or always
-        # when one failed check has no repair.
-        if self.full_samples and self.answers - cut - 1 < self.full_samples and all(fixable for _, fixable in failed):
+        if self.full_samples and self.answers - cut - 1 < self.full_samples:
+            # Cutting this answer would leave fewer than full_samples whole: only a check no
+            # repair fixes may cut it, so only those are looked at.
+            rules = [rule for rule in rules if not rule[3]]
+        failed = [(name, fixable) for name, kind, kwargs, fixable in rules if fails_early(kind, text, kwargs)]
+        if not failed:
             return None
         self.cut[prompt_index] = cut + 1
         return next((name for name, fixable in failed if not fixable), failed[0][0])
