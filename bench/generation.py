@@ -9,7 +9,8 @@ printed) into a temporary folder.
 
 Part 2, the demo preset's sampling stage (its train prompts, K answers each, its token cap): the
 HF backend, the continuous engine, the engine with early rejection, and that again with its Linear
-weights not prepacked for oneDNN (`selftune.engine.packed_linears`, on by default). Prints wall time, answers
+weights not prepacked for oneDNN (`selftune.generation.packing.packed_linears`, on by default).
+Prints wall time, answers
 that pass every check, passing answers per minute, the yield (prompts with a passing answer) and
 the ratios against the HF backend; then the engine with early rejection in `--replicas` child
 processes (`generation.replicas`), the CPU threads split between them.
@@ -29,14 +30,16 @@ from pathlib import Path
 
 import torch
 
-from selftune.config import load_config
-from selftune.engine import ContinuousGenerator
-from selftune.generation import HFGenerator, SamplingParams, encode_prompt
+from selftune.config.loading import load_config
+from selftune.data.early_rejection import EarlyRejection
+from selftune.data.prompts import build_prompts
+from selftune.generation.engine import ContinuousGenerator
+from selftune.generation.hf import HFGenerator
+from selftune.generation.replicas import ReplicaGenerator
+from selftune.generation.sampling import encode_prompt
+from selftune.generation.types import SamplingParams
 from selftune.models import end_of_turn_ids, load_model, load_tokenizer, resolve_model_path, unload
-from selftune.prompts import build_prompts
-from selftune.replicas import ReplicaGenerator
-from selftune.sample import EarlyRejection
-from selftune.scoring import ConstraintScorer
+from selftune.scoring.constraint import ConstraintScorer
 
 
 def timed(generate):

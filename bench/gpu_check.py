@@ -8,7 +8,7 @@ Rows:
   negligible) over the card's bf16 matmul peak measured here;
 - one DPO step (chosen and rejected through selftune's loss) on the 1B shape;
 - vLLM generation on the 1B shape when vLLM is installed, and the tiny pipeline generating with
-  vLLM (in its child process, `selftune.replicas`);
+  vLLM (in its child process, `selftune.generation.replicas`);
 - the tiny pipeline with two generation replicas where two GPUs are visible (and in --smoke).
 
     bash bench/gpu_check.sh                  # on a GPU machine
@@ -124,8 +124,8 @@ def lora_sft_row(shape, device: str, peak: float, batch: int, length: int, steps
 def dpo_row(shape, device: str, batch: int, length: int) -> list[str]:
     from peft import LoraConfig, get_peft_model
 
-    from selftune.dpo import dpo_loss
-    from selftune.logprobs import sequence_logps
+    from selftune.train.dpo import dpo_loss
+    from selftune.train.logprobs import sequence_logps
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = get_peft_model(

@@ -6,7 +6,7 @@ train tokens/s, the share of this machine's measured fp32 matmul peak that the m
 peak memory (RSS high-water mark) and final held-out loss of each, and the ratios. Rows: our
 trainer (LM head on answer positions only), our trainer with the model's own full-logits loss
 (the previous path), and TRL's SFTTrainer. Held-out loss is measured the same way for all: mean
-response-token loss of the trained model on the same validation rows, masked by `selftune.masking`.
+response-token loss of the trained model on the same validation rows, masked by `selftune.train.masking`.
 
     python bench/sft.py --data runs/demo/round-1/sft-data/sft.jsonl [--model builtin:smollm2-135m-instruct] [--skip-trl]
         [--limit N] [--dropout-rows] [--demo-batch]
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from selftune.config import load_config
-from selftune.masking import tokenize_example
+from selftune.config.loading import load_config
+from selftune.data.records import read_records
 from selftune.models import load_model, load_tokenizer, peak_memory_bytes, reset_peak_memory
-from selftune.records import read_records
-from selftune.sft import split_validation
-from selftune.training import lora_config
+from selftune.stages.sft import split_validation
+from selftune.train.masking import tokenize_example
+from selftune.train.toolkit import lora_config
 
 
 @torch.no_grad()
@@ -73,8 +73,10 @@ def run_ours(
     from peft import get_peft_model
     from transformers import DataCollatorForSeq2Seq, set_seed
 
-    from selftune.sft import tokenize_dataset
-    from selftune.training import make_sft_trainer_class, make_trainer_class, training_arguments
+    from selftune.train.masking import tokenize_dataset
+    from selftune.train.sft import ResponseTrainer
+    from selftune.train.toolkit import training_arguments
+    from selftune.train.trainer import GuardedTrainer
 
     # Effective batch 8 (TRL's default per-device batch, no accumulation), or with `demo_batch` the
     # demo preset's own batch (4 per device, length-grouped) as the SFT stage runs it.
@@ -102,7 +104,7 @@ def run_ours(
     model = get_peft_model(model, lora_config(cfg.sft.lora))
     args = training_arguments(cfg.sft, work / "ours", has_eval=False, device="cpu")
     args.seed = args.data_seed = seed
-    trainer_class = make_trainer_class() if full_logits else make_sft_trainer_class()
+    trainer_class = GuardedTrainer if full_logits else ResponseTrainer
     trainer = trainer_class(
         model=model,
         args=args,

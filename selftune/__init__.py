@@ -13,29 +13,29 @@ The Python API does what the CLI does:
 Names are imported on first use, so `import selftune` stays light (no torch until a stage runs).
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
     "load_config": "selftune.config",
     "PipelineConfig": "selftune.config",
-    "Run": "selftune.runs",
+    "Run": "selftune.run.folder",
     "run_pipeline": "selftune.pipeline",
-    "configure_logging": "selftune.pipeline",
-    "prompts_stage": "selftune.prompts",
-    "sample_stage": "selftune.sample",
-    "sft_data_stage": "selftune.sft_data",
-    "sft_stage": "selftune.sft",
-    "pairs_stage": "selftune.pairs",
-    "dpo_stage": "selftune.dpo",
-    "evaluate_stage": "selftune.evaluate",
-    "report_stage": "selftune.report",
+    "configure_logging": "selftune.progress",
+    "prompts_stage": "selftune.stages.prompts",
+    "sample_stage": "selftune.stages.sample",
+    "sft_data_stage": "selftune.stages.sft_data",
+    "sft_stage": "selftune.stages.sft",
+    "pairs_stage": "selftune.stages.pairs",
+    "dpo_stage": "selftune.stages.dpo",
+    "evaluate_stage": "selftune.stages.evaluate",
+    "report_stage": "selftune.stages.report",
 }
 __all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        import importlib
-
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'selftune' has no attribute {name!r}")

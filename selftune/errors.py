@@ -1,4 +1,10 @@
-"""Exceptions meant for people: each names what was wrong and, where it can, how to fix it."""
+"""Exceptions meant for people: each names what was wrong and, where it can, how to fix it; and the
+sentence for a failure of the machine itself (disk full, permissions).
+"""
+
+from __future__ import annotations
+
+import errno
 
 
 class SelftuneError(Exception):
@@ -45,3 +51,32 @@ class StageRecordError(SelftuneError):
 
 class LineageError(SelftuneError):
     """A stage's upstream input is missing, incomplete or changed since it was recorded."""
+
+
+# Failures of the machine rather than of selftune or its input, said in a sentence: a traceback
+# would suggest a bug. Anything else still raises.
+SYSTEM_PROBLEMS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "the file system is read-only",
+    errno.ENAMETOOLONG: "a file name is too long",
+}
+
+
+def system_problem(exc: BaseException) -> str | None:
+    """A sentence for a failure of the machine (disk full, permissions) anywhere in `exc`'s
+    chain, or None. Libraries written in Rust (tokenizers, safetensors) report an OS error as a
+    plain exception holding the OS's text, so that text is recognised too."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in SYSTEM_PROBLEMS:
+            where = f" ({exc.filename})" if exc.filename else ""
+            return f"{SYSTEM_PROBLEMS[exc.errno]}{where}: {exc.strerror}"
+        for code, sentence in SYSTEM_PROBLEMS.items():
+            if f"(os error {code})" in str(exc):
+                return f"{sentence}: {str(exc).strip().splitlines()[-1]}"
+        exc = exc.__cause__ or exc.__context__
+    return None

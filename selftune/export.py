@@ -17,14 +17,29 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
+import gguf
 import numpy as np
+import torch
+from huggingface_hub import HfApi
+from safetensors.torch import load_file
 
+from selftune.config.loading import dump_config
 from selftune.errors import SelftuneError
+from selftune.models import unload
+from selftune.run.files import atomic_dir
+from selftune.run.plan import stage_manifests
+
+# transformers is imported where a model is loaded back (a model class costs ~3 s to import).
 
 GGUF_ARCHITECTURES = ("llama", "mistral")  # written as llama.cpp's `llama` architecture
+
+
 QUANTS = ("f32", "f16", "q8_0")
+
+
 LAYER_TENSORS = {
     "input_layernorm": "attn_norm",
     "post_attention_layernorm": "ffn_norm",
@@ -36,6 +51,8 @@ LAYER_TENSORS = {
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
 }
+
+
 CHECK_PROMPTS = [
     "Write a haiku about the sea.",
     "List three fruits, all in lowercase.",
@@ -67,8 +84,6 @@ def run_model(run, name: str) -> tuple[str, Path]:
 def write_gguf(model_dir: Path, out: Path, quant: str = "f32", progress=None) -> Path:
     """Write a Llama-family safetensors checkpoint as one GGUF file (f32, f16 or q8_0);
     `progress(label, done, total)` follows the tensors."""
-    import gguf
-    from safetensors.torch import load_file
     from transformers import AutoConfig, AutoTokenizer
 
     if quant not in QUANTS:
@@ -161,7 +176,6 @@ def _rotary_permute(weight: np.ndarray, heads: int) -> np.ndarray:
 
 
 def _add_tokenizer(writer, tokenizer, model_dir: Path) -> None:
-    import gguf
 
     spec = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
     model = spec.get("model", {})
@@ -206,10 +220,7 @@ def check_gguf(
     """Load the GGUF file back with transformers, one model at a time, and compare its greedy
     answers to the merged model's on `prompts` (chat template applied); `progress(label, done,
     total)` follows the answers."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from selftune.models import unload
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     answers = []
@@ -241,7 +252,6 @@ def check_gguf(
 
 def write_hf(model_dir: Path, out: Path, card: str) -> Path:
     """The merged model as a clean Hugging Face folder plus its model card (README.md)."""
-    from selftune.runs import atomic_dir
 
     with atomic_dir(out) as scratch:
         for file in model_dir.iterdir():
@@ -253,7 +263,6 @@ def write_hf(model_dir: Path, out: Path, card: str) -> Path:
 
 def push_folder(folder: Path, repo_id: str) -> str:
     """Upload an exported folder to the Hub; a clear error offline or without a token."""
-    from huggingface_hub import HfApi
 
     api = HfApi()
     try:
@@ -271,10 +280,6 @@ def push_folder(folder: Path, repo_id: str) -> str:
 def model_card(run, name: str, model_dir: Path) -> str:
     """The Hub model card of an exported model: base model, recipe, data, evaluation with its
     intervals, lineage hashes and the selftune version that made it."""
-    from importlib import metadata
-
-    from selftune.config import dump_config
-    from selftune.pipeline import stage_manifests
 
     cfg = run.saved_config()
     round_number = int(name.rsplit("-r", 1)[1])

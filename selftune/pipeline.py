@@ -29,60 +29,35 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from selftune.config import PipelineConfig
 from selftune.errors import ConfigError
-from selftune.runs import Manifest, Run, StageEvent, readable_manifest
+from selftune.evaluation.runner import load_benchmarks
+from selftune.generation.types import PhaseCallback
+from selftune.models import check_model_spec
+from selftune.progress import configure_logging
+from selftune.run.folder import Run, StageEvent
+from selftune.run.plan import Step, plan, stage_manifests
+from selftune.stages.dpo import dpo_stage
+from selftune.stages.evaluate import evaluate_stage
+from selftune.stages.pairs import pairs_stage
+from selftune.stages.prompts import prompts_stage
+from selftune.stages.report import report_stage
+from selftune.stages.sample import sample_stage
+from selftune.stages.sft import sft_stage
+from selftune.stages.sft_data import sft_data_stage
 from selftune.tracking import Trackers, check_trackers, lineage
-
-if TYPE_CHECKING:
-    from selftune.generation import PhaseCallback
-
-ROUND_STAGES = ["sample", "sft-data", "sft", "pairs", "dpo"]
-STAGES = ["prompts", *ROUND_STAGES, "evaluate", "report"]
+from selftune.train.launch import check_accelerate_config
 
 
-@dataclass(frozen=True)
-class Step:
-    stage: str
-    round_number: int
-
-    @property
-    def label(self) -> str:
-        return f"round-{self.round_number}/{self.stage}"
-
-
-def plan(rounds: int, *, from_stage: str | None = None, until_stage: str | None = None) -> list[tuple[Step, bool]]:
-    """The steps to take, in order, each with `forced` (at or after `from_stage`: rerun whatever
-    its manifest says). `until_stage` stops after its last occurrence."""
-    for name in (from_stage, until_stage):
-        if name is not None and name not in STAGES:
-            raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-    steps = [Step("prompts", 1)]
-    steps += [Step(stage, r) for r in range(1, rounds + 1) for stage in ROUND_STAGES]
-    steps += [Step("evaluate", rounds), Step("report", rounds)]
-    if until_stage is not None:
-        last = max(k for k, step in enumerate(steps) if step.stage == until_stage)
-        steps = steps[: last + 1]
-    first_forced = next((k for k, step in enumerate(steps) if step.stage == from_stage), len(steps))
-    return [(step, k >= first_forced) for k, step in enumerate(steps)]
-
-
-def stage_manifests(run: Run, rounds: int) -> list[tuple[Step, Manifest | None]]:
-    """Each stage of the plan for `rounds` with its manifest (None when it has not run, or its
-    manifest cannot be read): the run's lineage as the report, the model card and the trackers
-    show it. Folders that are not stages of the plan are not read."""
-    return [(step, readable_manifest(run.stage_dir(step.stage, step.round_number))) for step, _ in plan(rounds)]
-
-
-def _policy(run: Run, cfg, round_number: int) -> str:
+def _policy(run: Run, cfg: PipelineConfig, round_number: int) -> str:
     """The model a round starts from: the base in round 1, else the previous round's DPO model."""
     return cfg.model.spec if round_number == 1 else str(run.output_of("dpo", "merged", round_number=round_number - 1))
 
 
 def run_step(
     run: Run,
-    cfg,
+    cfg: PipelineConfig,
     step: Step,
     *,
     progress_factory: Callable | None = None,
@@ -90,49 +65,32 @@ def run_step(
     phase_progress: PhaseCallback | None = None,
 ) -> Path:
     """Run (or reuse) one stage; returns its main output."""
-    from selftune import dpo, evaluate, pairs, prompts, report, sample, sft, sft_data
 
     r = step.round_number
     if step.stage == "prompts":
-        return prompts.prompts_stage(run, cfg)
+        return prompts_stage(run, cfg)
     if step.stage == "sample":
         with _progress(progress_factory, f"round {r}: sampling") as progress:
-            return sample.sample_stage(run, cfg, round_number=r, policy=_policy(run, cfg, r), progress=progress)
+            return sample_stage(run, cfg, round_number=r, policy=_policy(run, cfg, r), progress=progress)
     if step.stage == "sft-data":
-        return sft_data.sft_data_stage(run, cfg, round_number=r)
+        return sft_data_stage(run, cfg, round_number=r)
     if step.stage == "sft":
         progress = training_progress_factory(f"round {r}: SFT") if training_progress_factory else None
-        return sft.sft_stage(run, cfg, round_number=r, base=_policy(run, cfg, r), progress=progress)
+        return sft_stage(run, cfg, round_number=r, base=_policy(run, cfg, r), progress=progress)
     if step.stage == "pairs":
         with _progress(progress_factory, f"round {r}: sampling the SFT model") as progress:
-            return pairs.pairs_stage(run, cfg, round_number=r, progress=progress)
+            return pairs_stage(run, cfg, round_number=r, progress=progress)
     if step.stage == "dpo":
         progress = training_progress_factory(f"round {r}: DPO") if training_progress_factory else None
-        return dpo.dpo_stage(run, cfg, round_number=r, progress=progress, phase_progress=phase_progress)
+        return dpo_stage(run, cfg, round_number=r, progress=progress, phase_progress=phase_progress)
     if step.stage == "evaluate":
-        return evaluate.evaluate_stage(run, cfg, round_number=r, progress=phase_progress)
+        return evaluate_stage(run, cfg, round_number=r, progress=phase_progress)
     if step.stage == "report":
-        return report.report_stage(run, cfg, round_number=r)
+        return report_stage(run, cfg, round_number=r)
     raise ConfigError(f"unknown stage {step.stage!r}")
 
 
-def configure_logging(handler: logging.Handler | None = None) -> None:
-    """Show selftune's messages (a stage skipped or run and why, a resumed checkpoint, a drift
-    warning) at INFO: through `handler` when given (the CLI's rich handler), else through a plain
-    stream handler unless the application has configured logging itself."""
-    logger = logging.getLogger("selftune")
-    if handler is not None:
-        logger.handlers = [handler]
-    elif logger.handlers or logging.getLogger().handlers:
-        return
-    else:
-        logger.addHandler(logging.StreamHandler())
-    logger.setLevel(logging.INFO)
-
-
 def _progress(factory, label: str):
-    import contextlib
-
     return factory(label) if factory else contextlib.nullcontext(None)
 
 
@@ -147,7 +105,7 @@ class StepResult:
 
 def run_pipeline(
     run_dir: Path | str,
-    cfg=None,
+    cfg: PipelineConfig | None = None,
     *,
     from_stage: str | None = None,
     until_stage: str | None = None,
@@ -176,18 +134,14 @@ def run_pipeline(
     if not cfg.sft.merge:
         raise ConfigError("sft.merge: false leaves DPO no merged SFT model to start from; set sft.merge: true")
     # Every model the run names is checked before anything is written (config.yaml included).
-    from selftune.models import check_model_spec
 
     scorer = cfg.sample.scorer
     for spec in (cfg.model.spec, scorer.judge_model, scorer.reward_model, cfg.evaluate.judge_model):
         if spec:
             check_model_spec(spec, trust_remote_code=cfg.model.trust_remote_code)
-    from selftune.evaluate import load_benchmarks
 
     load_benchmarks(cfg)  # the benchmarks' files and checkers and the lm-eval tasks, not after hours of training
     if cfg.train.launcher == "accelerate":
-        from selftune.launch import check_accelerate_config
-
         check_accelerate_config(cfg.train.accelerate_config)
     decisions: list[StageEvent] = []
 

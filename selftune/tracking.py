@@ -25,6 +25,9 @@ from typing import Any
 
 from selftune.errors import MissingExtraError
 
+# The trackers are imported when a run uses them: TensorBoard's writer (2 s), and mlflow and wandb
+# (the optional `tracking` extra).
+
 EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 
 

@@ -6,13 +6,15 @@ config with random weights (seeded), so every test runs in seconds without netwo
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from selftune.generation import Completion, SamplingParams
+from selftune.generation.types import Completion, SamplingParams
 
 
 @pytest.fixture(autouse=True)
@@ -20,6 +22,33 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     """Every test gets its own SELFTUNE_HOME unless it asks for the shared converted builtin."""
     if "SELFTUNE_TEST_KEEP_HOME" not in os.environ:
         monkeypatch.setenv("SELFTUNE_HOME", str(tmp_path_factory.mktemp("home")))
+
+
+def selftune_modules() -> list:
+    """Every module of the selftune package, imported."""
+    import selftune
+
+    names = [info.name for info in pkgutil.walk_packages(selftune.__path__, "selftune.")]
+    return [selftune, *(importlib.import_module(name) for name in names)]
+
+
+@pytest.fixture
+def patch_everywhere(monkeypatch):
+    """`patch_everywhere(module, name, replacement)`: replace a selftune function in its own module
+    and in every selftune module that imported it by name (modules import at their top, so a
+    patch on the defining module alone would not reach them); undone after the test."""
+
+    def patch(module, name: str, replacement) -> int:
+        original = getattr(module, name)
+        places = 0
+        for candidate in selftune_modules():
+            for attribute, value in list(vars(candidate).items()):
+                if value is original:
+                    monkeypatch.setattr(candidate, attribute, replacement)
+                    places += 1
+        return places
+
+    return patch
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,8 @@ def arch_model(request, tmp_path_factory, smollm_tokenizer_dir):
 
 
 def test_masking_marks_exactly_the_answer_with_each_architectures_tokenizer(arch_model):
-    from selftune.masking import IGNORE_INDEX, tokenize_example
     from selftune.models import load_tokenizer
+    from selftune.train.masking import IGNORE_INDEX, tokenize_example
 
     _, model_dir = arch_model
     tokenizer = load_tokenizer(str(model_dir))
@@ -40,7 +40,9 @@ def test_masking_marks_exactly_the_answer_with_each_architectures_tokenizer(arch
 
 def test_greedy_answers_of_the_default_backend_equal_plain_generate(arch_model):
     """The continuous engine serves the model (its self-check passed) or the HF backend does."""
-    from selftune.generation import HFGenerator, SamplingParams, open_generator
+    from selftune.generation.factory import open_generator
+    from selftune.generation.hf import HFGenerator
+    from selftune.generation.types import SamplingParams
     from selftune.models import load_model, load_tokenizer
 
     _, model_dir = arch_model
@@ -54,9 +56,9 @@ def test_greedy_answers_of_the_default_backend_equal_plain_generate(arch_model):
 
 def test_sft_merge_pairs_and_dpo_run_and_prompt_sharing_is_proved_or_off(arch_model, tmp_path):
     import selftune
-    from selftune.logprobs import SHARING_TOLERANCE, PairCollator, prompt_sharing_mismatch, tokenize_pairs
+    from selftune.data.records import read_records
     from selftune.models import load_model, load_tokenizer
-    from selftune.records import read_records
+    from selftune.train.logprobs import SHARING_TOLERANCE, PairCollator, prompt_sharing_mismatch, tokenize_pairs
 
     arch, model_dir = arch_model
     cfg = selftune.load_config(

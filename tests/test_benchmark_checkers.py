@@ -8,7 +8,7 @@ side shows up here.
 
 import pytest
 
-from selftune.constraints import check
+from selftune.data.constraints.registry import check
 
 pytest.importorskip("if_verifiable")
 
@@ -121,7 +121,7 @@ DIFFER = [
 def reference(instruction: str, kwargs: dict, text: str) -> bool:
     import langdetect
 
-    from selftune.benchmarks import _registry
+    from selftune.data.benchmarks import _registry
 
     langdetect.DetectorFactory.seed = 0
     checker = _registry("ifeval")[instruction](instruction)

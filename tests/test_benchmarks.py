@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from selftune.benchmarks import load_benchmark, parse_benchmark, score_benchmark
+from selftune.data.benchmarks import load_benchmark, parse_benchmark, score_benchmark
 from selftune.errors import RecordError
 
 pytest.importorskip("if_verifiable")
@@ -109,13 +109,13 @@ def test_bad_benchmark_rows_name_file_line_and_field(tmp_path):
 
 
 def test_benchmark_runs_inside_the_one_at_a_time_evaluation(
-    tiny_model_dir, smollm_tokenizer_dir, tmp_path, fixture_file, monkeypatch
+    tiny_model_dir, smollm_tokenizer_dir, tmp_path, fixture_file, patch_everywhere
 ):
     """Each model answers the benchmark while it is the only model loaded, and is unloaded before
     the next one loads."""
     import selftune.models as models
-    from selftune import evaluate
-    from selftune.config import load_config
+    from selftune.config.loading import load_config
+    from selftune.evaluation import runner as evaluate
     from tests.conftest import build_tiny_model
 
     other = build_tiny_model(tmp_path / "other", smollm_tokenizer_dir, seed=3)
@@ -129,10 +129,10 @@ def test_benchmark_runs_inside_the_one_at_a_time_evaluation(
     )
     events = []
     original_load, original_unload = models.load_model, models.unload
-    monkeypatch.setattr(
+    patch_everywhere(
         models, "load_model", lambda spec, **kw: events.append(("load", spec)) or original_load(spec, **kw)
     )
-    monkeypatch.setattr(models, "unload", lambda model: events.append(("unload", None)) or original_unload(model))
+    patch_everywhere(models, "unload", lambda model: events.append(("unload", None)) or original_unload(model))
     results = evaluate.evaluate_models([("base", str(tiny_model_dir)), ("other", str(other))], [], [], cfg)
     assert [e for e, _ in events] == ["load", "unload", "load", "unload"]
     for name in ("base", "other"):
@@ -141,17 +141,19 @@ def test_benchmark_runs_inside_the_one_at_a_time_evaluation(
     assert "vs_base" in results["models"]["other"]["benchmarks"]["ifeval"]
 
 
-def test_missing_checker_dependencies_fail_before_any_model_loads(tiny_model_dir, fixture_file, monkeypatch):
+def test_missing_checker_dependencies_fail_before_any_model_loads(
+    tiny_model_dir, fixture_file, monkeypatch, patch_everywhere
+):
     import sys
 
     import selftune.models as models
-    from selftune import evaluate
-    from selftune.config import load_config
+    from selftune.config.loading import load_config
     from selftune.errors import MissingExtraError
+    from selftune.evaluation import runner as evaluate
 
     monkeypatch.setitem(sys.modules, "langdetect", None)  # installed without the checkers' own dependencies
     loaded = []
-    monkeypatch.setattr(models, "load_model", lambda spec, **kw: loaded.append(spec))
+    patch_everywhere(models, "load_model", lambda spec, **kw: loaded.append(spec))
     cfg = load_config("tiny", overrides=[f"evaluate.benchmarks=['ifeval={fixture_file}']"])
     with pytest.raises(MissingExtraError, match=r"selftune\[benchmarks\].*langdetect"):
         evaluate.evaluate_models([("base", str(tiny_model_dir))], [], [], cfg)

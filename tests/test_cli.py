@@ -164,7 +164,7 @@ def test_vllm_backend_without_vllm_names_the_extra(tiny_model_dir, monkeypatch):
     import importlib.util
 
     from selftune.errors import MissingExtraError
-    from selftune.generation import open_generator
+    from selftune.generation.factory import open_generator
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
@@ -184,7 +184,7 @@ def test_data_commands_through_the_run_lineage(tmp_path, tiny_model_dir):
     assert result.exit_code == 0, result.output
     assert "sample pass rate per constraint type" in result.output
     samples = run_dir / "round-1" / "sample" / "samples.jsonl"
-    from selftune.config import load_config
+    from selftune.config.loading import load_config
 
     tiny = load_config("tiny")
     assert len(samples.read_text().splitlines()) == tiny.prompts.n_train * tiny.sample.k
@@ -216,8 +216,8 @@ def test_inspect_masks_shows_trained_tokens(tmp_path, tiny_model_dir):
 def test_a_refused_second_writer_leaves_the_runs_config_untouched(tmp_path):
     """Bug: config.yaml was written before the run's lock was taken, so a refused second process
     still rewrote it, and a later plain `selftune run` used the refused process's settings."""
-    from selftune.config import load_config
-    from selftune.runs import Run
+    from selftune.config.loading import load_config
+    from selftune.run.folder import Run
 
     run = Run(tmp_path / "run")
     run.save_config(load_config("tiny"))
@@ -234,9 +234,10 @@ def test_a_refused_second_writer_leaves_the_runs_config_untouched(tmp_path):
 
 def test_an_unknown_model_name_is_refused_before_a_finished_evaluation_is_touched(tmp_path):
     """Bug: `evaluate RUN --models nosuch` exited 0 and rewrote results.json as no models."""
-    from selftune.config import load_config
-    from selftune.records import PromptRecord
-    from selftune.runs import Run, write_jsonl
+    from selftune.config.loading import load_config
+    from selftune.data.records import PromptRecord
+    from selftune.run.files import write_jsonl
+    from selftune.run.folder import Run
 
     run = Run(tmp_path / "run")
     run.save_config(load_config("tiny"))
@@ -272,14 +273,14 @@ def test_an_unknown_model_name_is_refused_before_a_finished_evaluation_is_touche
         (["--dtype", "float64"], "dtype must be"),
     ],
 )
-def test_generate_refuses_bad_options_by_name_before_loading_a_model(tmp_path, monkeypatch, args, named):
+def test_generate_refuses_bad_options_by_name_before_loading_a_model(tmp_path, patch_everywhere, args, named):
     """Issue 16 defect 6: these were tracebacks (some after the model had loaded)."""
-    import selftune.generation
+    import selftune.generation.factory
 
     def no_model(*a, **k):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(selftune.generation, "open_generator", no_model)
+    patch_everywhere(selftune.generation.factory, "open_generator", no_model)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"id": "a", "prompt": "hi"}\n')
     command = ["generate", "--model", "builtin:smollm2-135m-instruct", "--prompts", str(prompts)]
@@ -305,7 +306,7 @@ def test_training_progress_draws_steps_and_loss_on_a_terminal_and_nothing_elsewh
 
     from rich.console import Console
 
-    from selftune.cli import TrainingProgress
+    from selftune.progress import TrainingProgress
 
     for terminal in (True, False):
         out = io.StringIO()
@@ -330,7 +331,7 @@ def test_phase_progress_draws_a_bar_per_label_on_a_terminal_and_nothing_elsewher
 
     from rich.console import Console
 
-    from selftune.cli import PhaseProgress
+    from selftune.progress import PhaseProgress
 
     for terminal in (True, False):
         out = io.StringIO()

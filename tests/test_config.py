@@ -1,7 +1,8 @@
 import pytest
 from pydantic import BaseModel
 
-from selftune.config import PipelineConfig, load_config, preset_names
+from selftune.config.loading import load_config, preset_names
+from selftune.config.sections import PipelineConfig
 from selftune.errors import ConfigError
 
 
@@ -69,7 +70,7 @@ def test_every_field_has_a_default_and_a_description():
 
 
 def test_an_earlier_runs_config_with_the_unused_top_level_seed_still_loads(tmp_path):
-    from selftune.config import load_config
+    from selftune.config.loading import load_config
 
     path = tmp_path / "config.yaml"
     path.write_text("seed: 3\nrounds: 2\n")

@@ -1,6 +1,7 @@
 import pytest
 
-from selftune.constraints import CONSTRAINTS, check, check_loose, compatible, describe
+from selftune.data.constraints.registry import check, check_loose, compatible, describe
+from selftune.data.constraints.types import CONSTRAINTS
 
 # type -> (kwargs, passing texts, failing texts), all written by hand.
 CASES = {

@@ -2,15 +2,18 @@ import json
 
 import pytest
 
-from selftune.config import load_config
-from selftune.constraints import CONSTRAINTS
+from selftune.config.loading import load_config
+from selftune.data.constraints.types import CONSTRAINTS
+from selftune.data.prompts import FORMS, TOPICS, build_prompts, import_prompts
+from selftune.data.records import read_records
 from selftune.errors import ConfigError, NoTrainingDataError, RecordError
-from selftune.prompts import FORMS, TOPICS, build_prompts, import_prompts, prompts_stage
-from selftune.records import read_records
-from selftune.runs import Run
-from selftune.sample import sample_stage
-from selftune.scoring import ConstraintScorer, JudgeScorer, RewardModelScorer, parse_judge_score
-from selftune.sft_data import sft_data_stage
+from selftune.run.folder import Run
+from selftune.scoring.constraint import ConstraintScorer
+from selftune.scoring.judge import JudgeScorer, parse_judge_score
+from selftune.scoring.reward_model import RewardModelScorer
+from selftune.stages.prompts import prompts_stage
+from selftune.stages.sample import sample_stage
+from selftune.stages.sft_data import sft_data_stage
 from tests.conftest import MockGenerator
 
 # ---- prompts ------------------------------------------------------------------------------
@@ -53,7 +56,7 @@ def test_eval_tasks_and_constraint_values_never_occur_in_train():
 
 
 def test_no_eval_prompt_or_eval_wording_leaks_into_train():
-    from selftune.constraints import describe
+    from selftune.data.constraints.registry import describe
 
     records = build_prompts(600, 300, seed=0)
     train_text = "\n".join(r.messages[0].content for r in records if r.split == "train")
@@ -135,7 +138,7 @@ def test_prompt_file_with_bad_line_fails_and_leaves_run_untouched(tmp_path):
 
 
 def _prompt(constraints):
-    from selftune.records import PromptRecord
+    from selftune.data.records import PromptRecord
 
     return PromptRecord(id="p", messages=[{"role": "user", "content": "Write."}], constraints=constraints)
 
@@ -189,7 +192,7 @@ def test_judge_scorer_averages_samples_and_ignores_unreadable():
 
 
 def test_judge_scorer_with_a_tiny_model(tiny_model_dir):
-    from selftune.generation import HFGenerator
+    from selftune.generation.hf import HFGenerator
     from selftune.models import load_model, load_tokenizer
 
     generator = HFGenerator(load_model(str(tiny_model_dir), dtype="float32"), load_tokenizer(str(tiny_model_dir)))
@@ -216,7 +219,7 @@ def test_the_configured_reward_model_scorer_can_pass_an_answer(tmp_path, tiny_mo
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from selftune.scoring import make_scorer
+    from selftune.scoring.registry import make_scorer
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
     with torch.no_grad():
@@ -308,7 +311,7 @@ def test_sft_data_keeps_only_sampled_passing_answers(tmp_path):
 
 
 def test_sft_data_repairs_prompts_without_a_passing_answer(tmp_path):
-    from selftune.scoring import ConstraintScorer
+    from selftune.scoring.constraint import ConstraintScorer
 
     cfg = load_config("tiny", overrides=["sample.k=2", "prompts.n_train=40", "sample.scorer.pass_threshold=1.0"])
     run = Run(tmp_path / "run")
@@ -357,8 +360,8 @@ def test_a_changed_pass_threshold_reruns_sft_data(tmp_path):
 
 
 def test_tie_break_and_dedupe():
-    from selftune.records import PromptRecord, SampleRecord
-    from selftune.sft_data import select_examples
+    from selftune.data.records import PromptRecord, SampleRecord
+    from selftune.stages.sft_data import select_examples
 
     prompt = PromptRecord(id="p", messages=[{"role": "user", "content": "Hi"}], constraints=[{"type": "lowercase"}])
     twin = PromptRecord(id="q", messages=[{"role": "user", "content": "Hi"}], constraints=[{"type": "lowercase"}])
@@ -376,8 +379,8 @@ def test_tie_break_and_dedupe():
 
 
 def test_retry_rounds_sample_again_only_the_prompts_without_a_passing_answer(tmp_path):
-    from selftune.generation import Completion
-    from selftune.repair import repair_answer
+    from selftune.data.repair import repair_answer
+    from selftune.generation.types import Completion
 
     cfg = load_config(
         "tiny", overrides=["sample.k=2", "sample.retry_rounds=2", "sample.retry_k=3", "sample.early_rejection=false"]

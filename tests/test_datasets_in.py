@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from selftune.data.records import read_dataset
 from selftune.errors import RecordError
-from selftune.records import read_dataset
 
 USER = {"role": "user", "content": "Name a colour."}
 SYSTEM = {"role": "system", "content": "Be brief."}
@@ -98,7 +98,7 @@ def test_sft_and_dpo_commands_train_on_trl_files(tmp_path, tiny_model_dir):
     from typer.testing import CliRunner
 
     from selftune.cli import app
-    from selftune.runs import read_manifest
+    from selftune.run.manifest import read_manifest
 
     conversations = [
         {"messages": [{"role": "user", "content": f"Say the number {i}."}, {"role": "assistant", "content": str(i)}]}

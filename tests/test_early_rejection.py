@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selftune.constraints import CONSTRAINTS, EARLY_FAIL, check, fails_early
+from selftune.data.constraints.early import EARLY_FAIL
+from selftune.data.constraints.registry import check, fails_early
+from selftune.data.constraints.types import CONSTRAINTS
 
 # Characters the rules look at: cases, commas, sentence and paragraph breaks, bullets, quotes,
 # brackets, stars, digits, and the words and phrases the parameters use.
@@ -152,8 +154,8 @@ def test_types_without_a_rule_never_fail_early():
 
 
 def test_hook_keeps_whole_answers_whichever_sample_fails_first():
-    from selftune.records import PromptRecord
-    from selftune.sample import EarlyRejection
+    from selftune.data.early_rejection import EarlyRejection
+    from selftune.data.records import PromptRecord
 
     lower = PromptRecord(
         id="p", messages=[{"role": "user", "content": "x"}], constraints=[{"type": "lowercase", "kwargs": {}}]
@@ -171,9 +173,9 @@ def test_hook_keeps_whole_answers_whichever_sample_fails_first():
 
 
 def test_a_check_no_repair_fixes_is_cut_even_when_the_answer_would_be_kept_whole():
-    from selftune.records import PromptRecord
-    from selftune.repair import repairable
-    from selftune.sample import EarlyRejection
+    from selftune.data.early_rejection import EarlyRejection
+    from selftune.data.records import PromptRecord
+    from selftune.data.repair import repairable
 
     assert not repairable("letter_frequency") and repairable("lowercase")
     prompt = PromptRecord(

@@ -6,13 +6,17 @@ import logging
 import pytest
 import torch
 
-from selftune.constraints import check
-from selftune.engine import ENGINE_TOLERANCE, ContinuousGenerator, engine_supports, packed_linears
+from selftune.data.constraints.registry import check
+from selftune.data.early_rejection import EarlyRejection
+from selftune.data.records import PromptRecord
 from selftune.errors import ConfigError
-from selftune.generation import HFGenerator, SamplingParams, encode_prompt, make_generator
+from selftune.generation.engine import ENGINE_TOLERANCE, ContinuousGenerator, engine_supports
+from selftune.generation.hf import HFGenerator
+from selftune.generation.local import make_generator
+from selftune.generation.packing import packed_linears
+from selftune.generation.sampling import encode_prompt
+from selftune.generation.types import SamplingParams
 from selftune.models import load_model, load_tokenizer
-from selftune.records import PromptRecord
-from selftune.sample import EarlyRejection
 from tests.conftest import CHAT_PROMPTS
 
 CHAT_ONLY = [p for p in CHAT_PROMPTS if not isinstance(p, str)]

@@ -2,9 +2,10 @@ import json
 
 import pytest
 
-from selftune.config import load_config
-from selftune.evaluate import ModelLeakError, evaluate_models, instruction_following
-from selftune.records import PairRecord, PromptRecord
+from selftune.config.loading import load_config
+from selftune.data.records import PairRecord, PromptRecord
+from selftune.evaluation.metrics import instruction_following
+from selftune.evaluation.runner import ModelLeakError, evaluate_models
 from tests.conftest import build_tiny_model
 
 PROMPTS = [
@@ -102,10 +103,11 @@ def test_base_answers_do_not_depend_on_evaluation_order(tiny_model_dir, second_m
 
 @pytest.mark.parametrize("backend", ["hf", "continuous"])
 def test_a_surviving_model_reference_stops_the_loop(tiny_model_dir, monkeypatch, backend):
-    from selftune import engine, generation
+    from selftune.generation.engine import ContinuousGenerator
+    from selftune.generation.hf import HFGenerator
 
     kept = []
-    generator_class = generation.HFGenerator if backend == "hf" else engine.ContinuousGenerator
+    generator_class = HFGenerator if backend == "hf" else ContinuousGenerator
     original = generator_class.__init__
 
     def leaky_init(self, model, tokenizer, **kwargs):
@@ -151,9 +153,9 @@ def big_models(tmp_path_factory, smollm_tokenizer_dir):
 _PEAK_SCRIPT = """
 import gc, json, sys
 from selftune.config import load_config
-from selftune.evaluate import evaluate_models
+from selftune.data.records import PromptRecord
+from selftune.evaluation.runner import evaluate_models
 from selftune.models import peak_memory_bytes, reset_peak_memory
-from selftune.records import PromptRecord
 
 prompts = [PromptRecord.model_validate(json.loads(sys.argv[1]))]
 models = json.loads(sys.argv[2])
@@ -191,7 +193,7 @@ def test_three_models_peak_like_one(big_models):
 
 
 def test_paired_comparison_gives_the_gain_its_noise():
-    from selftune.evaluate import paired_comparison
+    from selftune.evaluation.metrics import paired_comparison
 
     theirs = [False] * 40 + [True] * 10
     ours = [True] * 10 + [False] * 30 + [True] * 10  # 10 prompts won, none lost
@@ -213,7 +215,7 @@ class _Judge:
         self.prefer, self.fixed = prefer, fixed
 
     def generate(self, prompts, params, progress=None):
-        from selftune.generation import Completion
+        from selftune.generation.types import Completion
 
         out = []
         for i, prompt in enumerate(prompts):
@@ -236,13 +238,13 @@ class _Judge:
     ],
 )
 def test_pairwise_verdict_parsing(text, verdict):
-    from selftune.scoring import parse_pairwise_verdict
+    from selftune.scoring.judge import parse_pairwise_verdict
 
     assert parse_pairwise_verdict(text) == verdict
 
 
 def test_judge_win_rate_swaps_positions():
-    from selftune.scoring import judge_win_rate
+    from selftune.scoring.judge import judge_win_rate
 
     requests = ["q1", "q2", "q3"]
     ours, theirs = ["good one", "good two", "meh"], ["bad", "bad", "good three"]
@@ -268,8 +270,9 @@ def test_each_rounds_dpo_model_is_measured_against_its_own_rounds_sft_model(tmp_
     """Bug: pair metrics used round 1's SFT model as the reference for every model, though round
     r's DPO model trained against round r's SFT model. Here round 2's DPO model equals round 2's
     SFT model, so against its own reference its margins are exactly zero."""
-    from selftune.evaluate import evaluate_stage
-    from selftune.runs import Run, write_jsonl
+    from selftune.run.files import write_jsonl
+    from selftune.run.folder import Run
+    from selftune.stages.evaluate import evaluate_stage
 
     run = Run(tmp_path / "run")
     for stage, name, rows, round_number in (("prompts", "prompts", PROMPTS, 1), ("pairs", "eval_pairs", _pairs(), 2)):
@@ -295,8 +298,8 @@ def test_pair_metrics_truncate_and_mask_as_dpo_trained(tiny_model_dir):
     and a pair whose response is truncated away is left out instead of failing the evaluation."""
     import torch
 
-    from selftune.logprobs import PairCollator, sequence_logps, tokenize_pair
     from selftune.models import load_model, load_tokenizer
+    from selftune.train.logprobs import PairCollator, sequence_logps, tokenize_pair
 
     long_answer = " ".join(["the waves roll in slowly under a grey sky"] * 12)
     pairs = [

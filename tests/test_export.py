@@ -63,7 +63,7 @@ def test_hf_export_has_a_model_card_with_the_eval_table_and_loads(finished_run, 
 
 def test_the_model_card_lineage_walks_the_run_plan_and_skips_what_it_cannot_read(finished_run, tmp_path):
     from selftune.export import model_card
-    from selftune.runs import Run
+    from selftune.run.folder import Run
 
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir, symlinks=True)

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from selftune.generation import HFGenerator, SamplingParams
+from selftune.generation.hf import HFGenerator
+from selftune.generation.types import SamplingParams
 from selftune.models import load_model, load_tokenizer
 from tests.conftest import CHAT_PROMPTS
 
@@ -80,8 +81,8 @@ def test_sampling_params_are_checked():
 def test_row_sampler_draws_from_the_truncated_distribution(top_p, stages, monkeypatch):
     import collections
 
-    from selftune import generation
-    from selftune.generation import _RowSampler
+    from selftune.generation import sampling
+    from selftune.generation.sampling import RowSampler
 
     torch.manual_seed(0)
     logits = torch.randn(1, 40) * 0.7
@@ -92,9 +93,9 @@ def test_row_sampler_draws_from_the_truncated_distribution(top_p, stages, monkey
     expected[order[keep]] = values[keep] / values[keep].sum()
     # Stages: (64, 512) exceed the 40 tokens (a full sort); (4, 39) find the nucleus in the
     # second shortlist; (2, 4) are too short for it and fall back to the full sort.
-    monkeypatch.setattr(generation, "NUCLEUS_STAGES", stages)
+    monkeypatch.setattr(sampling, "NUCLEUS_STAGES", stages)
     # 10,000 rows of the same logits, each with its own seed, drawn in one call.
-    sampler = _RowSampler(list(range(10000)), SamplingParams(temperature=0.8, top_p=top_p))
+    sampler = RowSampler(list(range(10000)), SamplingParams(temperature=0.8, top_p=top_p))
     draws = collections.Counter(sampler(None, logits.expand(10000, 40)).argmax(dim=-1).tolist())
     observed = torch.tensor([draws[i] / 10000 for i in range(40)])
     assert all(expected[token] > 0 for token in draws)

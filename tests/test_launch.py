@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selftune.config import ACCELERATE_CONFIGS, load_config
+from selftune.config.loading import load_config
+from selftune.config.sections import ACCELERATE_CONFIGS
 from selftune.errors import ConfigError
-from selftune.launch import accelerate_config_path, check_accelerate_config, launch_command, rank_digests
+from selftune.train.launch import accelerate_config_path, check_accelerate_config, launch_command, rank_digests
 
 SELFTUNE = [sys.executable, "-c", "from selftune.cli import main; main()"]
 # Enough steps for a loss curve: 3 SFT steps (2 of 4 examples), 2 DPO steps; no warm-up, so the

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from selftune.constraints import CONSTRAINTS
-from selftune.prompts import FORMS, TOPICS, build_prompts
+from selftune.data.constraints.types import CONSTRAINTS
+from selftune.data.prompts import FORMS, TOPICS, build_prompts
 
 FINGERPRINTS = Path(__file__).parent / "data" / "benchmark_sentences.txt"
 

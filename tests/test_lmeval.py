@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from selftune.cli import app
-from selftune.config import load_config
+from selftune.config.loading import load_config
 from selftune.errors import ConfigError
-from selftune.evaluate import evaluate_models
-from selftune.report import checker_note, summary_table
+from selftune.evaluation.runner import evaluate_models
+from selftune.reporting.tables import checker_note, summary_table
 
 QUESTIONS = [
     ("What color is the sky on a clear day?", ["blue", "green", "red"], 0),
@@ -116,24 +116,24 @@ def test_task_columns_reach_the_report_table_with_their_stderr(tiny_model_dir, t
     assert "few-shot: 0; documents per task: all; chat template: on" in checker_note(results)
 
 
-def test_an_unknown_task_is_named_before_any_model_loads(task_dir, monkeypatch):
-    import selftune.lmeval
+def test_an_unknown_task_is_named_before_any_model_loads(task_dir, monkeypatch, patch_everywhere):
+    import selftune.evaluation.lmeval
     import selftune.models
 
-    monkeypatch.setattr(selftune.models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    patch_everywhere(selftune.models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     # The harness's own ~15k task files take ~15 s to index; the local folder stands for them here.
-    local = selftune.lmeval._task_manager.__wrapped__
-    monkeypatch.setattr(selftune.lmeval, "_task_manager", lambda include, defaults: local(include, False))
+    local = selftune.evaluation.lmeval._task_manager.__wrapped__
+    monkeypatch.setattr(selftune.evaluation.lmeval, "_task_manager", lambda include, defaults: local(include, False))
     cfg = _config(task_dir)
     cfg.evaluate.lm_eval.tasks = ["tiny_mc", "tiny_mcq"]
     with pytest.raises(ConfigError, match="tiny_mcq is not a task"):
         evaluate_models([("base", "nosuch-model")], [], [], cfg)
 
 
-def test_a_task_whose_data_is_missing_is_named_before_any_model_loads(task_dir, monkeypatch):
+def test_a_task_whose_data_is_missing_is_named_before_any_model_loads(task_dir, monkeypatch, patch_everywhere):
     import selftune.models
 
-    monkeypatch.setattr(selftune.models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    patch_everywhere(selftune.models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     (task_dir.parent / "questions.jsonl").unlink()
     with pytest.raises(ConfigError, match="tiny_mc: its data could not be loaded"):
         evaluate_models([("base", "nosuch-model")], [], [], _config(task_dir, limit=0.5))
@@ -148,7 +148,7 @@ def test_a_limit_is_a_count_or_a_share(limit):
 
 
 def test_an_older_config_key_still_reads():
-    from selftune.config import EvaluateSection
+    from selftune.config.sections import EvaluateSection
 
     assert EvaluateSection.model_validate({"lm_eval_tasks": ["arc_easy"]}).lm_eval.tasks == ["arc_easy"]
 

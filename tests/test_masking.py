@@ -4,8 +4,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from selftune.masking import IGNORE_INDEX, MaskingError, ResponseTruncatedError, render_example, tokenize_example
 from selftune.models import end_of_turn_ids
+from selftune.train.masking import IGNORE_INDEX, MaskingError, ResponseTruncatedError, render_example, tokenize_example
 
 SPECIALS = [
     "<unk>",

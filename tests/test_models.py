@@ -5,7 +5,7 @@ import torch
 
 from selftune import models
 from selftune.errors import ModelSpecError
-from selftune.models import load_model, load_tokenizer, resolve_model_path, unload
+from selftune.models import load_model, load_tokenizer, resolve_model_path, specs, unload
 
 
 def test_builtin_is_converted_once(builtin_home, monkeypatch):
@@ -14,7 +14,7 @@ def test_builtin_is_converted_once(builtin_home, monkeypatch):
     def no_second_conversion(*args):
         raise AssertionError("converted again")
 
-    monkeypatch.setattr(models, "_convert_gguf", no_second_conversion)
+    monkeypatch.setattr(specs, "_convert_gguf", no_second_conversion)
     path = resolve_model_path("builtin:smollm2-135m-instruct")
     assert path == resolve_model_path("builtin:smollm2-135m-instruct")
     files = sorted(os.listdir(path))

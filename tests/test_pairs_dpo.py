@@ -5,13 +5,14 @@ import random
 import pytest
 import torch
 
-from selftune.config import load_config
-from selftune.constraints import check
+from selftune.config.loading import load_config
+from selftune.data.constraints.registry import check
+from selftune.data.pairs import CORRUPTIONS, Chosen, build_pairs, contrasts_for, similarity
+from selftune.data.records import PromptRecord, SampleRecord, read_records
 from selftune.errors import RecordError
-from selftune.negatives import CORRUPTIONS, Chosen, build_pairs, contrasts_for, similarity
-from selftune.records import PromptRecord, SampleRecord, read_records
-from selftune.runs import Run, read_manifest
-from selftune.scoring import ConstraintScorer
+from selftune.run.folder import Run
+from selftune.run.manifest import read_manifest
+from selftune.scoring.constraint import ConstraintScorer
 
 PROMPTS = [
     PromptRecord(
@@ -163,7 +164,7 @@ def test_bad_pair_files_name_file_line_field(tmp_path):
 
 def _upstream_run(tmp_path, sft_ids):
     """A run whose prompts, sample and sft-data stages hold PROMPTS (p3 is the eval prompt)."""
-    from selftune.runs import write_jsonl
+    from selftune.run.files import write_jsonl
 
     run = Run(tmp_path / "run")
     prompts = [p.model_copy(update={"split": "eval" if p.id == "p3" else "train"}) for p in PROMPTS]
@@ -190,7 +191,7 @@ def _upstream_run(tmp_path, sft_ids):
 
 
 def test_pairs_stage_without_held_out_pairs_warns_and_without_train_pairs_fails(tmp_path, caplog):
-    from selftune.pairs import NoPairsError, pairs_stage
+    from selftune.stages.pairs import NoPairsError, pairs_stage
     from tests.conftest import MockGenerator
 
     cfg = load_config("tiny", overrides=["sample.scorer.pass_threshold=1.0"])
@@ -242,7 +243,7 @@ class Snapshot:
 def test_dpo_trains_lora_only_starts_at_log2_and_learns_the_preference(tmp_path, tiny_model_dir):
     from transformers import TrainerCallback
 
-    from selftune.dpo import dpo_stage
+    from selftune.stages.dpo import dpo_stage
 
     class Capture(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -297,14 +298,14 @@ def test_dpo_trains_lora_only_starts_at_log2_and_learns_the_preference(tmp_path,
 def test_dpo_runs_whole_sequences_when_prompt_sharing_would_change_log_probs(
     tmp_path, tiny_model_dir, monkeypatch, caplog
 ):
-    import selftune.logprobs
-    from selftune.dpo import dpo_stage
+    import selftune.train.logprobs
+    from selftune.stages.dpo import dpo_stage
 
-    monkeypatch.setattr(selftune.logprobs, "prompt_sharing_mismatch", lambda model, rows, collator: 0.3)
+    monkeypatch.setattr(selftune.train.logprobs, "prompt_sharing_mismatch", lambda model, rows, collator: 0.3)
     shared_calls = []
-    real = selftune.logprobs._shared_prompt_logps
+    real = selftune.train.logprobs._shared_prompt_logps
     monkeypatch.setattr(
-        selftune.logprobs, "_shared_prompt_logps", lambda *a, **k: shared_calls.append(1) or real(*a, **k)
+        selftune.train.logprobs, "_shared_prompt_logps", lambda *a, **k: shared_calls.append(1) or real(*a, **k)
     )
     cfg = load_config("tiny", overrides=["dpo.epochs=1", "dpo.length_check_prompts=0"])
     run = Run(tmp_path / "run")
@@ -317,13 +318,13 @@ def test_dpo_runs_whole_sequences_when_prompt_sharing_would_change_log_probs(
 
 
 def test_dpo_batches_keep_a_prompts_pairs_together(tmp_path, tiny_model_dir, monkeypatch):
-    import selftune.dpo
-    from selftune.dpo import dpo_stage
+    from selftune.stages.dpo import dpo_stage
+    from selftune.train.logprobs import PairCollator
 
     seen = []  # prompt group of every training row, in the order the batches were built
-    collate = selftune.dpo.PairCollator.__call__
+    collate = PairCollator.__call__
     monkeypatch.setattr(
-        selftune.dpo.PairCollator,
+        PairCollator,
         "__call__",
         lambda self, rows: seen.extend(r["prompt_group"] for r in rows) or collate(self, rows),
     )
@@ -354,7 +355,7 @@ def test_dpo_batches_keep_a_prompts_pairs_together(tmp_path, tiny_model_dir, mon
 def test_dpo_resumed_from_a_checkpoint_replays_the_same_batches_and_losses(tmp_path, tiny_model_dir):
     from transformers import TrainerCallback
 
-    from selftune.dpo import dpo_stage
+    from selftune.stages.dpo import dpo_stage
 
     class StopAt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -383,7 +384,7 @@ def test_dpo_resumed_from_a_checkpoint_replays_the_same_batches_and_losses(tmp_p
 
 def full_pass_logps(model, batch):
     """Answer log-probs from one plain forward over the padded batch: what every saving must equal."""
-    from selftune.masking import IGNORE_INDEX
+    from selftune.train.masking import IGNORE_INDEX
 
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     targets = batch["labels"][:, 1:]
@@ -394,8 +395,8 @@ def full_pass_logps(model, batch):
 
 
 def varied_batch(tmp_path, tiny_model_dir):
-    from selftune.logprobs import PairCollator, tokenize_pairs
     from selftune.models import load_model, load_tokenizer
+    from selftune.train.logprobs import PairCollator, tokenize_pairs
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     model = load_model(str(tiny_model_dir), dtype="float32")
@@ -407,7 +408,7 @@ def varied_batch(tmp_path, tiny_model_dir):
 @pytest.mark.parametrize("max_padding", [0.0, 0.15, 10.0])
 @pytest.mark.parametrize("share_prompts", [False, True])
 def test_sequence_logps_savings_equal_the_full_pass(tmp_path, tiny_model_dir, max_padding, share_prompts):
-    from selftune.logprobs import _length_chunks, sequence_logps
+    from selftune.train.logprobs import _length_chunks, sequence_logps
 
     model, rows, batch = varied_batch(tmp_path, tiny_model_dir)
     expected, expected_counts = full_pass_logps(model, batch)
@@ -439,8 +440,8 @@ def test_sequence_logps_savings_equal_the_full_pass(tmp_path, tiny_model_dir, ma
 
 
 def test_prompt_sharing_runs_each_prompt_and_duplicate_answer_once(tmp_path, tiny_model_dir):
-    from selftune.logprobs import sequence_logps
-    from selftune.masking import IGNORE_INDEX
+    from selftune.train.logprobs import sequence_logps
+    from selftune.train.masking import IGNORE_INDEX
 
     model, _, batch = varied_batch(tmp_path, tiny_model_dir)
     fed = []  # real (unmasked) positions fed to each forward call
@@ -463,7 +464,7 @@ def test_prompt_sharing_runs_each_prompt_and_duplicate_answer_once(tmp_path, tin
 
 def test_prompt_sharing_is_off_under_gradient_checkpointing_with_gradients(tmp_path, tiny_model_dir):
     """Checkpointed layers drop the KV cache while gradients are on; the answers must still see their prompts."""
-    from selftune.logprobs import sequence_logps
+    from selftune.train.logprobs import sequence_logps
 
     model, _, batch = varied_batch(tmp_path, tiny_model_dir)
     expected, _ = full_pass_logps(model, batch)
@@ -474,7 +475,7 @@ def test_prompt_sharing_is_off_under_gradient_checkpointing_with_gradients(tmp_p
 
 
 def test_prompt_grouped_sampler_keeps_a_prompts_pairs_together_and_reshuffles_per_epoch():
-    from selftune.dpo import PromptGroupedSampler
+    from selftune.train.dpo import PromptGroupedSampler
 
     groups = [0, 1, 0, 2, 3, 1, 0, 4, 5, 5, 6, 7]
     sampler = PromptGroupedSampler(groups, seed=3)
@@ -513,7 +514,7 @@ def write_pairs_varied(path):
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge", "rpo"])
 def test_loss_types_at_equal_policy_and_reference(loss_type):
-    from selftune.dpo import dpo_loss
+    from selftune.train.dpo import dpo_loss
 
     policy = torch.tensor([-5.0, -7.0, -9.0, -8.0])  # chosen x2, rejected x2
     counts = torch.tensor([5, 7, 9, 8])
@@ -527,7 +528,7 @@ def test_loss_types_at_equal_policy_and_reference(loss_type):
 
 
 def test_collator_carries_pair_index_only_when_every_row_has_one():
-    from selftune.logprobs import PairCollator
+    from selftune.train.logprobs import PairCollator
 
     row = {
         "chosen_input_ids": [1, 2, 3],
@@ -545,8 +546,8 @@ def test_collator_carries_pair_index_only_when_every_row_has_one():
 
 def test_pairs_without_sampling_the_sft_model_use_base_failures_and_sft_repairs(tmp_path):
     """pairs.k=0: no model is loaded; the SFT data's repairs pair over the base answers they mend."""
-    from selftune.pairs import pairs_stage
-    from selftune.runs import write_jsonl
+    from selftune.run.files import write_jsonl
+    from selftune.stages.pairs import pairs_stage
 
     run = Run(tmp_path / "run")
     original = "The Sea Is Wide And Calm Today. The Waves Roll In."
@@ -598,7 +599,7 @@ def test_pairs_without_sampling_the_sft_model_use_base_failures_and_sft_repairs(
 
 def _prepared_pairs_run(tmp_path):
     """A run whose prompts, sample and sft-data stages are written by hand (no model)."""
-    from selftune.runs import write_jsonl
+    from selftune.run.files import write_jsonl
 
     run = Run(tmp_path / "run")
     prompts = [p.model_copy(update={"split": "train"}) for p in PROMPTS]
@@ -628,8 +629,8 @@ def _prepared_pairs_run(tmp_path):
 def test_pairs_with_a_self_judging_scorer_judge_with_the_policy(tmp_path):
     """Bug: with sample.scorer.kind=judge and no judge_model, pairs built its pairs with a judge that
     had no generator and died on `None.generate`; the policy (the SFT model) must judge."""
-    from selftune.generation import Completion
-    from selftune.pairs import pairs_stage
+    from selftune.generation.types import Completion
+    from selftune.stages.pairs import pairs_stage
 
     run = _prepared_pairs_run(tmp_path)
     cfg = load_config(
@@ -672,7 +673,7 @@ def test_pairs_with_a_self_judging_scorer_judge_with_the_policy(tmp_path):
 
 def test_a_self_judging_scorer_without_a_model_is_a_named_error():
     from selftune.errors import ConfigError
-    from selftune.scoring import make_scorer
+    from selftune.scoring.registry import make_scorer
 
     cfg = load_config("tiny", overrides=["sample.scorer.kind=judge"])
     with pytest.raises(ConfigError, match="judge_model"):

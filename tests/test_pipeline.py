@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from selftune.cli import app
-from selftune.pipeline import STAGES, plan
-from selftune.runs import read_manifest
-from selftune.training import prepare_checkpoints
+from selftune.run.manifest import read_manifest
+from selftune.run.plan import STAGES, plan
+from selftune.train.toolkit import prepare_checkpoints
 
 runner = CliRunner()
 

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from selftune.data.records import read_records
 from selftune.errors import RecordError
-from selftune.records import read_records
 
 USER = {"role": "user", "content": "Say hi"}
 ANSWER = {"role": "assistant", "content": "hi"}

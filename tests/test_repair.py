@@ -1,9 +1,10 @@
 import pytest
 
-from selftune.constraints import CONSTRAINTS, check
-from selftune.records import PromptRecord
-from selftune.repair import REPAIRS, repair_answer
-from selftune.scoring import ConstraintScorer
+from selftune.data.constraints.registry import check
+from selftune.data.constraints.types import CONSTRAINTS
+from selftune.data.records import PromptRecord
+from selftune.data.repair import REPAIRS, repair_answer
+from selftune.scoring.constraint import ConstraintScorer
 
 ANSWER = (
     "The ocean is deep and wide, and it covers most of the planet. Waves roll in every day. "

@@ -5,10 +5,11 @@ import os
 
 import pytest
 
+from selftune.data.early_rejection import EarlyRejection
 from selftune.errors import ConfigError, ModelSpecError
-from selftune.generation import SamplingParams, open_generator
-from selftune.replicas import GenerationError, ReplicaGenerator, replica_env, shard
-from selftune.sample import EarlyRejection
+from selftune.generation.factory import open_generator
+from selftune.generation.replicas import GenerationError, ReplicaGenerator, replica_env, shard
+from selftune.generation.types import SamplingParams
 from tests.conftest import CHAT_PROMPTS
 from tests.test_engine import PROMPTS
 
@@ -95,8 +96,8 @@ def test_sample_stage_and_evaluation_with_two_replicas_match_one_process(tmp_pat
     """`generation.replicas: 2` through `run_pipeline` writes the finished one-process run's
     samples; evaluation generates in the replicas and scores exactly as in-process."""
     import selftune
-    from selftune.evaluate import evaluate_one
-    from selftune.records import read_records
+    from selftune.data.records import read_records
+    from selftune.evaluation.runner import evaluate_one
 
     overrides = [f"model.spec={tiny_model_dir}", "pairs.k=1"]
     cfg = selftune.load_config("tiny", overrides=[*overrides, "generation.replicas=2"])

@@ -4,7 +4,8 @@ import subprocess
 
 import pytest
 
-from selftune.report import summary_rows, write_report
+from selftune.reporting.document import write_report
+from selftune.reporting.tables import summary_rows
 
 RESULTS = {
     "order": ["base", "sft", "dpo"],
@@ -142,7 +143,7 @@ def test_html_report_renders_in_headless_chromium(report, tmp_path):
 
 
 def test_a_metric_no_model_has_is_left_out_of_the_table():
-    from selftune.report import summary_table
+    from selftune.reporting.tables import summary_table
 
     header, _ = summary_table(RESULTS)
     assert "judge win rate" not in header and "IFEval-style prompt strict" in header

@@ -6,7 +6,9 @@ import textwrap
 import pytest
 
 from selftune.errors import LineageError
-from selftune.runs import Run, atomic_dir, atomic_write, config_hash, read_manifest
+from selftune.run.files import atomic_dir, atomic_write
+from selftune.run.folder import Run
+from selftune.run.manifest import config_hash, read_manifest
 
 
 def complete_stage(run, tmp_path, cfg=None):
@@ -48,15 +50,15 @@ def test_config_change_and_modified_output_make_stage_stale(tmp_path):
         run.output_of("sample", "samples")
 
 
-def test_rerun_after_changed_input_hashes_it_once_and_records_the_new_sha(tmp_path, monkeypatch):
-    import selftune.runs as runs
+def test_rerun_after_changed_input_hashes_it_once_and_records_the_new_sha(tmp_path, patch_everywhere):
+    import selftune.run.files as runs
 
     run = Run(tmp_path / "run", reuse=True)
     prompts = complete_stage(run, tmp_path)
     prompts.write_text('{"id": "b"}\n')
     hashed = []
     real = runs.sha256_path
-    monkeypatch.setattr(runs, "sha256_path", lambda path: hashed.append(path.resolve()) or real(path))
+    patch_everywhere(runs, "sha256_path", lambda path: hashed.append(path.resolve()) or real(path))
     assert not run.up_to_date("sample", config={"k": 4}, inputs={"prompts": prompts})
     complete_stage(run, tmp_path)
     assert hashed.count(prompts.resolve()) == 1
@@ -86,7 +88,8 @@ def test_sigkill_between_outputs_and_manifest_leaves_no_complete_stage(tmp_path)
     script = textwrap.dedent(
         f"""
         import os, signal
-        from selftune.runs import Run, atomic_write
+        from selftune.run.files import atomic_write
+        from selftune.run.folder import Run
         run = Run({str(tmp_path / "run")!r})
         with run.stage("sample", config={{"k": 4}}, inputs={{"prompts": {str(prompts)!r}}}) as stage:
             with atomic_write(stage.dir / "samples.jsonl") as handle:
@@ -119,7 +122,7 @@ def test_second_process_cannot_take_the_lock(tmp_path):
         f"""
         import sys
         from selftune.errors import RunLockedError
-        from selftune.runs import Run
+        from selftune.run.folder import Run
         try:
             with Run({str(tmp_path / "run")!r}).lock():
                 sys.exit(0)
@@ -160,7 +163,7 @@ def test_an_all_skip_rerun_reads_each_model_file_once(tmp_path, monkeypatch):
     import os
     from collections import Counter
 
-    import selftune.runs as runs
+    import selftune.run.files as runs
 
     run = Run(tmp_path / "run", reuse=True)
     with run.stage("sft", config={}) as stage:
@@ -198,8 +201,8 @@ def test_an_all_skip_rerun_reads_each_model_file_once(tmp_path, monkeypatch):
 def test_a_record_a_stage_builds_against_its_own_schema_is_a_named_error(tmp_path):
     """Bug: an empty answer reached `pairs`, which built a PairRecord its schema rejects, and the
     user saw a pydantic traceback. Any such record now fails its stage with a named error."""
+    from selftune.data.records import PairRecord
     from selftune.errors import SelftuneError, StageRecordError
-    from selftune.records import PairRecord
 
     run = Run(tmp_path / "run")
     with pytest.raises(
@@ -219,8 +222,8 @@ def test_a_record_a_stage_builds_against_its_own_schema_is_a_named_error(tmp_pat
 
 
 def test_a_stage_reads_only_what_it_declares_and_its_hash_covers_every_declared_read():
-    from selftune.config import load_config
-    from selftune.runs import StageSpec, UndeclaredConfigRead
+    from selftune.config.loading import load_config
+    from selftune.run.spec import StageSpec, UndeclaredConfigRead
 
     spec = StageSpec(
         "sft-data",
@@ -242,10 +245,10 @@ def test_a_stage_reads_only_what_it_declares_and_its_hash_covers_every_declared_
 
 
 def test_every_stage_declares_paths_that_exist():
-    from selftune import dpo, evaluate, pairs, prompts, report, sample, sft, sft_data
-    from selftune.config import load_config
-    from selftune.pipeline import STAGES
-    from selftune.runs import StageSpec
+    from selftune.config.loading import load_config
+    from selftune.run.plan import STAGES
+    from selftune.run.spec import StageSpec
+    from selftune.stages import dpo, evaluate, pairs, prompts, report, sample, sft, sft_data
 
     specs = [
         value
@@ -279,7 +282,7 @@ def test_scratch_left_by_a_killed_process_is_removed_and_a_live_ones_kept(tmp_pa
 
 
 def test_mean_train_loss_covers_every_logged_interval():
-    from selftune.training import mean_train_loss
+    from selftune.train.toolkit import mean_train_loss
 
     history = [{"loss": 4.0, "step": 2}, {"eval_loss": 9.0, "step": 2}, {"loss": 1.0, "step": 3}]
     assert mean_train_loss(history) == pytest.approx((4.0 * 2 + 1.0) / 3)

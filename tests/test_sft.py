@@ -4,11 +4,12 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from selftune.config import load_config
+from selftune.config.loading import load_config
 from selftune.errors import TooManyDroppedError
-from selftune.runs import Run, read_manifest
-from selftune.sft import sft_stage
-from selftune.training import NonFiniteLossError
+from selftune.run.folder import Run
+from selftune.run.manifest import read_manifest
+from selftune.stages.sft import sft_stage
+from selftune.train.toolkit import NonFiniteLossError
 
 ANSWERS = [
     "all lowercase words here",
@@ -141,8 +142,8 @@ def test_too_many_unmaskable_rows_fail_the_stage(tmp_path, tiny_model_dir):
 def test_merge_logits_match_base_plus_adapter(tmp_path, tiny_model_dir):
     from peft import PeftModel
 
-    from selftune.merge import merge_adapter
     from selftune.models import load_model, load_tokenizer
+    from selftune.train.merge import merge_adapter
 
     data = write_sft(tmp_path / "sft.jsonl")
     run = Run(tmp_path / "run")
@@ -167,9 +168,9 @@ def test_response_loss_with_the_head_on_answers_only_equals_the_models_own_loss(
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, TrainingArguments
 
-    from selftune.masking import tokenize_example
     from selftune.models import load_model, load_tokenizer
-    from selftune.training import make_sft_trainer_class
+    from selftune.train.masking import tokenize_example
+    from selftune.train.sft import ResponseTrainer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     tokenizer.padding_side = "right"
@@ -188,7 +189,7 @@ def test_response_loss_with_the_head_on_answers_only_equals_the_models_own_loss(
         load_model(str(tiny_model_dir), dtype="float32"),
         LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False),
     )
-    trainer = make_sft_trainer_class()(
+    trainer = ResponseTrainer(
         model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
     )
     items = (batch["labels"] != -100).sum()

@@ -11,20 +11,28 @@ from harness import OUTCOMES, ModelLoaded, Outcome
 
 
 @pytest.fixture
-def cli(monkeypatch, capsys):
+def cli(monkeypatch, capsys, patch_everywhere):
     """Run `selftune ARGS` in this process as the console script does (`selftune.cli.main`), with
     every model load forbidden; returns the exit status, the console text and any escaped error."""
     import transformers
 
     import selftune.models
 
-    def forbidden(*args, **kwargs):
-        raise ModelLoaded(f"a model was loaded: {args[:2]}")
+    def forbidden_by(who: str):
+        def forbidden(*args, **kwargs):
+            raise ModelLoaded(f"{who} loaded a model: {args[:2]}")
 
+        return forbidden
+
+    # selftune's own loaders, wherever a module bound them; transformers' behind them, in depth.
     for name in ("load_model", "load_tokenizer", "convert_gguf"):
-        monkeypatch.setattr(selftune.models, name, forbidden)
-    for cls in (transformers.AutoModelForCausalLM, transformers.AutoModelForSequenceClassification):
-        monkeypatch.setattr(cls, "from_pretrained", classmethod(forbidden))
+        patch_everywhere(selftune.models, name, forbidden_by("selftune"))
+    for cls in (
+        transformers.AutoModelForCausalLM,
+        transformers.AutoModelForSequenceClassification,
+        transformers.AutoTokenizer,
+    ):
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(forbidden_by("transformers")))
     monkeypatch.setenv("COLUMNS", "4000")  # no wrapped lines in rich's boxes
 
     def invoke(args: list[str]) -> Outcome:

@@ -17,14 +17,14 @@ current = {"stage": None}
 
 import transformers  # noqa: E402
 
-import selftune.runs  # noqa: E402
+import selftune.run.folder  # noqa: E402
 
 
 def fire() -> None:
     os.kill(os.getpid(), sig)
 
 
-enter = selftune.runs.StageStart.__enter__
+enter = selftune.run.folder.StageStart.__enter__
 
 
 def entered(self):
@@ -32,10 +32,10 @@ def entered(self):
     return enter(self)
 
 
-selftune.runs.StageStart.__enter__ = entered
+selftune.run.folder.StageStart.__enter__ = entered
 
 if point == "output":
-    add_output = selftune.runs.StageContext.add_output
+    add_output = selftune.run.folder.StageContext.add_output
 
     def added(self, name, path):
         result = add_output(self, name, path)
@@ -43,7 +43,7 @@ if point == "output":
             fire()
         return result
 
-    selftune.runs.StageContext.add_output = added
+    selftune.run.folder.StageContext.add_output = added
 else:
     wanted, saved = int(point.split("-")[1]), {"count": 0}
     save = transformers.Trainer._save_checkpoint

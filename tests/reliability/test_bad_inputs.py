@@ -534,3 +534,23 @@ def test_bad_input_is_a_clear_error_that_changes_nothing(
     OUTCOMES.append((case.id, outcome, lost))
     assert outcome == "clear error", f"{outcome}: exit {result.status}, {result.error!r}\n{result.output[-3000:]}"
     assert lost == 0 and set(after) == set(before), sorted(set(after) ^ set(before)) or "files changed"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["generate", "--model", "{model}", "--prompts", "{tmp}/in.jsonl", "--out", "{tmp}/out.jsonl"],
+        ["sft", "--run", "{run}"],
+        ["evaluate", "{run}", "--models", "base"],
+    ],
+    ids=["generate", "sft", "evaluate"],
+)
+def test_the_guard_stops_a_command_that_loads_a_model(command, cli, tmp_path, finished_run, tiny_model_dir):
+    """The guard behind "no model loaded" reaches every module that loads one: given good input,
+    these commands get as far as loading a model and are stopped there, not before and not after
+    (modules import their helpers at their top, so a guard that patched one module would miss it)."""
+    shutil.copytree(finished_run, tmp_path / "run", symlinks=True, copy_function=os.link)
+    (tmp_path / "in.jsonl").write_text(jsonl(GENERATE))
+    result = cli([arg.format(tmp=tmp_path, run=tmp_path / "run", model=tiny_model_dir) for arg in command])
+    assert isinstance(result.error, ModelLoaded), f"exit {result.status}, {result.error!r}\n{result.output[-2000:]}"
+    assert str(result.error).startswith("selftune loaded a model"), result.error  # not transformers' guard behind it

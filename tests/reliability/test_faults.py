@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from harness import OUTCOMES, snapshot
 
-from selftune.pipeline import STAGES
-from selftune.runs import read_manifest
+from selftune.run.manifest import read_manifest
+from selftune.run.plan import STAGES
 
 pytestmark = pytest.mark.faults
 DRIVER = Path(__file__).with_name("kill_driver.py")
@@ -172,7 +172,7 @@ def test_damaged_outputs_and_manifests_are_detected_and_rebuilt(damage, referenc
 
 
 def test_a_second_writer_is_refused_and_changes_nothing(reference, tmp_path, tiny_model_dir):
-    from selftune.runs import RunLock
+    from selftune.run.lock import RunLock
 
     run_dir = _finished_copy(reference, tmp_path)
     before = snapshot(run_dir)

@@ -1,0 +1,139 @@
+"""What the person at the terminal sees while work runs: the consoles, a generation bar (prompts,
+tokens/s), a training bar (optimizer steps, loss) and phase bars (evaluation, DPO's reference
+pass, export). Nothing is drawn when the console is not a terminal (CI logs).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+# No emoji codes: data such as the negative source "corrupt:repeat:" would print as an emoji.
+console = Console(emoji=False)
+
+
+err_console = Console(stderr=True, emoji=False)
+
+
+class GenerationProgress:
+    """A progress bar over prompts with a live tokens/s figure; used as a ProgressCallback."""
+
+    def __init__(self, total_prompts: int | None, label: str = "generating"):
+        self.tokens = 0
+        self.started = time.perf_counter()
+        self.progress = Progress(
+            TextColumn(f"[bold]{label}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("prompts"),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=False,
+            disable=not err_console.is_terminal,
+        )
+        self.task = self.progress.add_task(label, total=total_prompts, rate="")
+
+    def __enter__(self):
+        return self  # the bar starts with the first report: a stage that is skipped shows none
+
+    def __exit__(self, *exc):
+        if self.progress.live.is_started:
+            self.progress.stop()
+
+    def __call__(self, prompts_done: int, new_tokens: int) -> None:
+        if not self.progress.live.is_started:
+            self.progress.start()
+        self.tokens += new_tokens
+        elapsed = time.perf_counter() - self.started
+        self.progress.update(self.task, completed=prompts_done, rate=f"{self.tokens / elapsed:.0f} tok/s")
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / max(time.perf_counter() - self.started, 1e-9)
+
+
+class TrainingProgress:
+    """A transformers TrainerCallback drawing a progress bar over optimizer steps, with the
+    latest loss and the time left; nothing when the console is not a terminal (CI logs)."""
+
+    def __init__(self, label: str, console: Console | None = None):
+        self.console = console or err_console
+        self.progress = Progress(
+            TextColumn(f"[bold]{escape(label)}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("steps"),
+            TextColumn("{task.fields[loss]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.console.is_terminal,
+        )
+        self.task = None
+
+    # The TrainerCallback protocol: the Trainer calls every on_* event it knows on each callback.
+    def __getattr__(self, name: str):
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, loss="")
+        self.progress.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.progress.update(self.task, loss=f"loss {logs['loss']:.4f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.progress.update(self.task, completed=state.global_step)
+        self.progress.stop()
+
+
+class PhaseProgress:
+    """A `PhaseCallback` (label, done, total) drawing one bar per label with the time left:
+    evaluation per model and prompt set, DPO's reference pass, export. The display runs while a
+    bar is unfinished and stops when all are, so a training bar can follow; nothing when the
+    console is not a terminal."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or err_console
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.console.is_terminal,
+        )
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, label: str, done: int, total: int | None) -> None:
+        if label not in self.tasks:
+            self.tasks[label] = self.progress.add_task(escape(label), total=total)
+            if not self.progress.live.is_started:
+                self.progress.start()
+        self.progress.update(self.tasks[label], completed=done, total=total)
+        if all(task.finished for task in self.progress.tasks) and self.progress.live.is_started:
+            self.progress.stop()
+
+
+def configure_logging(handler: logging.Handler | None = None) -> None:
+    """Show selftune's messages (a stage skipped or run and why, a resumed checkpoint, a drift
+    warning) at INFO: through `handler` when given (the CLI's rich handler), else through a plain
+    stream handler unless the application has configured logging itself."""
+    logger = logging.getLogger("selftune")
+    if handler is not None:
+        logger.handlers = [handler]
+    elif logger.handlers or logging.getLogger().handlers:
+        return
+    else:
+        logger.addHandler(logging.StreamHandler())
+    logger.setLevel(logging.INFO)

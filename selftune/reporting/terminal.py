@@ -1,0 +1,100 @@
+"""Results printed on the terminal (rich): the results and noise tables, the yield per constraint
+type, one line per evaluated model, trained tokens highlighted, and the end of `selftune run`.
+What the commands print once their stage has written its files."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+from rich.table import Column, Table
+from rich.text import Text
+
+from selftune.config import PipelineConfig
+from selftune.progress import console
+from selftune.reporting.by_type import data_mix
+from selftune.reporting.document import evaluation_of, side_by_side
+from selftune.reporting.tables import noise_table, summary_table
+from selftune.run.folder import Run
+
+
+def print_table(header: list[str], rows: list[list[str]], title: str, transpose: bool = True) -> None:
+    if not transpose:
+        table = Table(*header, title=title)
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))
+        console.print(table)
+        return
+    # Metrics down, models across: fits a terminal however many metrics there are.
+    # The metric names stay on one line: a wrapped "IFEval-style prompt strict" is hard to read.
+    table = Table(Column("metric", no_wrap=True), *(escape(row[0]) for row in rows), title=title)
+    for k, metric in enumerate(header[1:], start=1):
+        table.add_row(escape(metric), *(escape(row[k]) for row in rows))
+    console.print(table)
+
+
+def print_results_table(results: dict, title: str) -> None:
+    print_table(*summary_table(results), title)
+    header, rows = noise_table(results)
+    if rows:
+        print_table(
+            header,
+            rows,
+            "prompt-level strict gain vs base, with its noise (IFEval-style eval prompts; benchmarks by name)",
+            transpose=False,
+        )
+
+
+def print_yield(metrics: dict) -> None:
+    table = Table("constraint type", "checks", "pass rate", title="sample pass rate per constraint type")
+    for name, rate in metrics["pass_rate_by_type"].items():
+        table.add_row(name, str(metrics["checks_by_type"][name]), f"{rate:.1%}")
+    console.print(table)
+    console.print(
+        f"prompts {metrics['prompts']}, samples {metrics['samples']}, sample pass rate "
+        f"{metrics['sample_pass_rate']:.1%}, yield (prompts with a passing sample) {metrics['yield']:.1%}; "
+        f"best score per prompt: {metrics['best_score_distribution']}"
+    )
+
+
+def print_model_line(name: str, metrics: dict) -> None:
+    """One evaluated model: its prompt-level strict scores, peak memory and time."""
+    scores = [
+        f"{label} prompt-level strict {values['prompt_strict']:.3f}"
+        for label, values in (
+            [("IFEval-style", metrics["instruction_following"])] if "instruction_following" in metrics else []
+        )
+        + list(metrics.get("benchmarks", {}).items())
+    ]
+    console.print(
+        f"{name}: "
+        + ", ".join(scores)
+        + ", "
+        + (f"peak {metrics['peak_memory_gib']:.2f} GiB, " if metrics["peak_memory_gib"] is not None else "")
+        + f"{metrics['seconds']:.0f}s"
+        + (" (answers from cache)" if metrics.get("answers_from_cache") else ""),
+        soft_wrap=True,
+    )
+
+
+def print_masks(tokenizer, record_id: str, input_ids: list[int], trained: list[bool]) -> None:
+    """One tokenized example, trained tokens highlighted (green) and masked ones dim."""
+    text = Text()
+    for token, learned in zip(input_ids, trained):
+        piece = tokenizer.decode([token], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        text.append(piece, style="bold black on green" if learned else "dim")
+    console.rule(f"{record_id}: {sum(trained)} of {len(input_ids)} tokens trained")
+    console.print(text)
+
+
+def print_run_end(run: Run, cfg: PipelineConfig, report_path) -> None:
+    """After `selftune run` reported: one held-out prompt answered by every model, the summary with
+    its noise, the data each round trained on, and where the report is."""
+    results, answers, prompts = evaluation_of(run, cfg.rounds)
+    for example in side_by_side(answers, prompts, count=1):
+        console.rule(f"held-out prompt {example['prompt_id']}")
+        console.print(escape(example["prompt"]), soft_wrap=True)
+        for name, answer in example["answers"].items():
+            console.print(f"[bold]{escape(name)}:[/bold] {escape(answer)}", soft_wrap=True)
+    print_results_table(results, "summary (eval split; deltas against base)")
+    for line in data_mix(run, cfg.rounds):
+        console.print(escape(line), soft_wrap=True)
+    console.print(f"report: {report_path}", soft_wrap=True)

@@ -1,0 +1,56 @@
+"""The stages of a run of N rounds, in order: what `selftune run` walks, and what the report, the
+model card and the trackers read back.
+
+    prompts ─► [round r: sample ─► sft-data ─► sft ─► pairs ─► dpo] x rounds ─► evaluate ─► report
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from selftune.errors import ConfigError
+from selftune.run.folder import Run
+from selftune.run.manifest import Manifest, readable_manifest
+
+if TYPE_CHECKING:
+    pass
+
+
+ROUND_STAGES = ["sample", "sft-data", "sft", "pairs", "dpo"]
+
+
+STAGES = ["prompts", *ROUND_STAGES, "evaluate", "report"]
+
+
+@dataclass(frozen=True)
+class Step:
+    stage: str
+    round_number: int
+
+    @property
+    def label(self) -> str:
+        return f"round-{self.round_number}/{self.stage}"
+
+
+def plan(rounds: int, *, from_stage: str | None = None, until_stage: str | None = None) -> list[tuple[Step, bool]]:
+    """The steps to take, in order, each with `forced` (at or after `from_stage`: rerun whatever
+    its manifest says). `until_stage` stops after its last occurrence."""
+    for name in (from_stage, until_stage):
+        if name is not None and name not in STAGES:
+            raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    steps = [Step("prompts", 1)]
+    steps += [Step(stage, r) for r in range(1, rounds + 1) for stage in ROUND_STAGES]
+    steps += [Step("evaluate", rounds), Step("report", rounds)]
+    if until_stage is not None:
+        last = max(k for k, step in enumerate(steps) if step.stage == until_stage)
+        steps = steps[: last + 1]
+    first_forced = next((k for k, step in enumerate(steps) if step.stage == from_stage), len(steps))
+    return [(step, k >= first_forced) for k, step in enumerate(steps)]
+
+
+def stage_manifests(run: Run, rounds: int) -> list[tuple[Step, Manifest | None]]:
+    """Each stage of the plan for `rounds` with its manifest (None when it has not run, or its
+    manifest cannot be read): the run's lineage as the report, the model card and the trackers
+    show it. Folders that are not stages of the plan are not read."""
+    return [(step, readable_manifest(run.stage_dir(step.stage, step.round_number))) for step, _ in plan(rounds)]

@@ -1,0 +1,41 @@
+"""The default scorer: the prompt's verifiable constraints (score = share passed, pass = all),
+plus the quality checks (complete, not looping).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from selftune.data.constraints.registry import check
+from selftune.data.records import PromptRecord
+from selftune.scoring.base import ScoreResult, is_complete, repetition_rate
+
+
+class ConstraintScorer:
+    """The prompt's constraints plus, when `quality_checks`, two checks every answer must pass:
+    `complete` (not cut off mid-sentence) and `no_repetition` (at most `max_repetition` of its
+    4-grams repeat). Without them a truncated or looping answer that happens to satisfy the
+    constraints would count as perfect."""
+
+    name = "constraints"
+
+    def __init__(self, quality_checks: bool = True, max_repetition: float = 0.2):
+        self.quality_checks = quality_checks
+        self.max_repetition = max_repetition
+
+    def score(self, prompt: PromptRecord, completions: Sequence[str]) -> list[ScoreResult]:
+        if not prompt.constraints:
+            raise ValueError(
+                f"prompt {prompt.id} has no constraints: the constraints scorer cannot check it; "
+                "use scorer kind judge or reward-model for prompts without constraints"
+            )
+        results = []
+        for text in completions:
+            # Keys carry the index so a prompt may hold two constraints of one type.
+            checks = {f"{c.type}#{i}": check(c.type, text, c.kwargs) for i, c in enumerate(prompt.constraints)}
+            if self.quality_checks:
+                checks["complete"] = is_complete(text)
+                checks["no_repetition"] = repetition_rate(text) <= self.max_repetition
+            passed = sum(checks.values())
+            results.append(ScoreResult(passed / len(checks), passed == len(checks), checks))
+        return results

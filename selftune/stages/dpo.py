@@ -1,0 +1,107 @@
+"""Stage `dpo`: a fresh LoRA on the merged SFT model, trained on preference pairs
+(`selftune.train.dpo`), then merged. The pairs are tokenized here, once; the training runs in this
+process or in `accelerate launch` children; the merge and the manifest stay here.
+
+Usage:
+    selftune dpo --run runs/demo [--pairs preferences.jsonl]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from selftune.config import PipelineConfig
+from selftune.data.records import read_dataset
+from selftune.run.folder import Run
+from selftune.run.spec import StageSpec
+from selftune.train.jobs import DPOJob
+from selftune.train.launch import run_training
+from selftune.train.logprobs import tokenize_pairs
+from selftune.train.toolkit import check_trainable, record_adapter, resume_point, training_tokenizer
+
+DPO_STAGE = StageSpec(
+    "dpo",
+    output="merged",
+    # DPO masks and truncates pairs with the SFT stage's separator and drop limit; the answer-length
+    # drift check samples with the generation settings.
+    reads=(
+        "dpo",
+        "model.dtype",
+        "model.load_in_4bit",
+        "sft.response_separator",
+        "sft.max_drop_share",
+        "generation.backend",
+        "generation.max_new_tokens",
+        "train.num_processes",  # the processes make the effective batch
+        "train.accelerate_config",
+    ),
+    # A load permission, a batch size that greedy answers do not depend on, and the launcher.
+    unhashed=("model.trust_remote_code", "generation.batch_size", "train.launcher"),
+)
+
+
+def dpo_stage(
+    run: Run,
+    cfg: PipelineConfig,
+    *,
+    round_number: int = 1,
+    pairs_path: Path | None = None,
+    eval_pairs_path: Path | None = None,
+    sft_model: str | None = None,
+    progress=None,
+    phase_progress=None,
+) -> Path:
+    """Train the DPO adapter on the merged SFT model and merge it; returns the merged DPO model dir.
+    `progress` is a TrainerCallback over the optimizer steps; `phase_progress(label, done, total)`
+    hears the reference pass before them. The pairs are tokenized here, once; the training runs
+    in this process or in the processes `train.launcher: accelerate` starts (`selftune.train.launch`)."""
+
+    cfg = DPO_STAGE.view(cfg)
+    if eval_pairs_path is None and pairs_path is None:  # the run's held-out pairs go with its own pairs
+        eval_pairs_path = run.optional_output("pairs", "eval_pairs", round_number=round_number)
+    pairs_path = Path(pairs_path) if pairs_path else run.output_of("pairs", "pairs", round_number=round_number)
+    sft_model = sft_model or str(run.output_of("sft", "merged", round_number=round_number))
+    # selftune's or TRL's preference formats; every row validated before anything loads
+    pairs = read_dataset(pairs_path, "pairs")
+    eval_pairs = read_dataset(eval_pairs_path, "pairs") if eval_pairs_path else []
+    inputs = {"pairs": pairs_path, "sft_model": Path(sft_model)}
+    if eval_pairs_path:
+        inputs["eval_pairs"] = Path(eval_pairs_path)
+    check_trainable(sft_model, cfg, "dpo")
+    start = run.begin(DPO_STAGE, cfg, inputs=inputs, round_number=round_number)
+    if start.reused:
+        return start.reused
+    with start as stage:
+        tokenizer, separator = training_tokenizer(sft_model, cfg)
+        rows, dropped = tokenize_pairs(
+            tokenizer,
+            pairs,
+            max_length=cfg.dpo.max_length,
+            response_separator=separator,
+            max_drop_share=cfg.sft.max_drop_share,
+            source=str(pairs_path),
+        )
+        eval_rows, _ = tokenize_pairs(
+            tokenizer,
+            eval_pairs,
+            max_length=cfg.dpo.max_length,
+            response_separator=separator,
+            max_drop_share=1.0,
+            source=str(eval_pairs_path),
+        )
+        for index, row in enumerate(eval_rows):
+            row["pair_index"] = index
+        resuming = resume_point(stage)
+        length_prompts = [
+            [m.model_dump() for m in p.prompt] for p in (eval_pairs or pairs)[: cfg.dpo.length_check_prompts]
+        ]
+        job = DPOJob(
+            sft_model=sft_model,
+            rows=rows,
+            eval_rows=eval_rows,
+            resuming=resuming,
+            length_prompts=length_prompts,
+        )
+        metrics = run_training(job, cfg, stage.dir, progress=progress, phase_progress=phase_progress)
+        counts = dict(pairs=len(pairs), dropped=dropped, eval_pairs=len(eval_rows), resumed=resuming)
+        return record_adapter(stage, sft_model, cfg, {**counts, **metrics})

@@ -1,0 +1,184 @@
+"""Stage `pairs`: the SFT model answers the train prompts (and some eval prompts); its passing
+answers, the SFT data and repairs give the chosen side, `selftune.data.pairs` the rejected one.
+Writes pairs.jsonl (and eval_pairs.jsonl for held-out reward statistics).
+
+Usage:
+    selftune pairs --run runs/demo
+    from selftune.stages.pairs import pairs_stage
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from selftune.config import PipelineConfig
+from selftune.data.pairs import Chosen, Contrast, build_pairs, contrasts_for, prompt_messages
+from selftune.data.records import SampleRecord, read_records
+from selftune.errors import NoTrainingDataError
+from selftune.generation.factory import UNHASHED_GENERATION_SETTINGS, open_configured, sampling_params
+from selftune.models import check_model_spec
+from selftune.run.files import write_jsonl
+from selftune.run.folder import Run
+from selftune.run.spec import StageSpec
+from selftune.scoring.registry import judges_with_policy, make_scorer, score_samples
+
+logger = logging.getLogger("selftune.pairs")
+
+
+class NoPairsError(NoTrainingDataError):
+    """No training pair could be built: nothing passing to use as the chosen side."""
+
+
+def group_samples(samples: list[SampleRecord], threshold: float) -> tuple[dict, dict]:
+    """(best passing sample per prompt, failed samples per prompt)."""
+    best: dict[str, SampleRecord] = {}
+    failed: dict[str, list[SampleRecord]] = defaultdict(list)
+    for sample in samples:
+        if sample.score >= threshold:
+            current = best.get(sample.prompt_id)
+            if current is None or (sample.score, -len(sample.completion)) > (current.score, -len(current.completion)):
+                best[sample.prompt_id] = sample
+        else:
+            failed[sample.prompt_id].append(sample)
+    return best, failed
+
+
+PAIRS_STAGE = StageSpec(
+    "pairs",
+    output="pairs",
+    # The sample section holds the scorer, its threshold and the sampling settings pairs reuse.
+    reads=("pairs", "sample", "model.dtype", "generation.backend", "generation.max_new_tokens"),
+    unhashed=UNHASHED_GENERATION_SETTINGS,
+)
+
+
+def pairs_stage(
+    run: Run, cfg: PipelineConfig, *, round_number: int = 1, policy: str | None = None, generator=None, progress=None
+) -> Path:
+    """Sample the SFT model on train and eval prompts, then write train and held-out pairs."""
+    cfg = PAIRS_STAGE.view(cfg)
+    prompts_path = run.output_of("prompts", "prompts", round_number=1)
+    sft_path = run.output_of("sft-data", "sft", round_number=round_number)
+    base_path = run.output_of("sample", "samples", round_number=1)
+    # The SFT model answers when pairs.k > 0, and judges when the scorer is a judge with no model of
+    # its own; otherwise no model is read (policy None).
+    needs_policy = bool(cfg.pairs.k) or judges_with_policy(cfg.sample.scorer)
+    policy = (policy or str(run.output_of("sft", "merged", round_number=round_number))) if needs_policy else None
+    all_prompts = read_records(prompts_path, "prompts")
+    # Held-out pairs come from the first `pairs.eval_prompts` eval prompts: sampling them all costs
+    # as much as the train prompts, for a diagnostic (held-out reward accuracy) that needs far fewer.
+    prompts = [p for p in all_prompts if p.split == "train"] + [p for p in all_prompts if p.split == "eval"][
+        : cfg.pairs.eval_prompts if cfg.pairs.k else 0
+    ]
+    sft_records = read_records(sft_path, "sft")
+    base_samples = read_records(base_path, "samples")
+    inputs = {"prompts": prompts_path, "sft": sft_path, "base_samples": base_path}
+    if policy and Path(policy).is_dir():
+        inputs["policy"] = Path(policy)
+    params = sampling_params(cfg, n=max(1, cfg.pairs.k), seed=cfg.pairs.seed + 1)
+    threshold = cfg.sample.scorer.pass_threshold
+    if policy and generator is None:
+        check_model_spec(policy, trust_remote_code=cfg.model.trust_remote_code)
+    start = run.begin(PAIRS_STAGE, cfg, inputs=inputs, round_number=round_number, facts={"policy": policy})
+    if start.reused:
+        return start.reused
+    with start as stage, contextlib.ExitStack() as models:
+        gen = None
+        if needs_policy:
+            gen = generator or models.enter_context(open_configured(policy, cfg))
+        # One scorer for the whole stage: a self-judging scorer judges with the SFT model.
+        scorer = models.enter_context(make_scorer(cfg, gen))
+        policy_samples: list[SampleRecord] = []
+        if cfg.pairs.k:  # on-policy: the SFT model answers every train prompt (and some eval prompts)
+            answers = gen.generate([prompt_messages(p) for p in prompts], params, progress=progress)
+            policy_samples = score_samples(prompts, answers, scorer, policy)
+            write_jsonl(stage.dir / "policy_samples.jsonl", policy_samples)
+            stage.add_output("policy_samples", stage.dir / "policy_samples.jsonl")
+        best, policy_failed = group_samples(policy_samples, threshold)
+        _, base_failed = group_samples(base_samples, threshold)
+        if not cfg.pairs.k:  # off-policy: the base samples' failures serve as the policy's
+            policy_failed, base_failed = base_failed, {}
+        use_contrasts = cfg.pairs.sources.get("original", 0) > 0 and cfg.sample.scorer.kind == "constraints"
+        for split in ("train", "eval"):
+            subset = [p for p in prompts if p.split == split]
+            # The SFT model's best passing sample, else (train) the SFT data's answer.
+            chosen = {pid: Chosen(s.completion, "policy") for pid, s in best.items()}
+            contrasts: dict[str, list[Contrast]] = {}
+            if split == "train":
+                for record in sft_records:
+                    source = getattr(record, "chosen_source", "sample")
+                    chosen.setdefault(
+                        record.id,
+                        Chosen(record.completion[0].content, source if source.startswith("repair:") else "sft-data"),
+                    )
+            if use_contrasts:
+                for prompt in subset:
+                    contrasts[prompt.id] = contrasts_for(
+                        prompt, policy_failed.get(prompt.id, []), cfg.pairs.pairs_per_prompt, cfg.pairs.seed
+                    )
+                by_id = {p.id: p for p in subset}
+                for record in sft_records:  # the SFT data's own repairs, over the base answers they mend
+                    original = getattr(record, "original", None)
+                    if (
+                        original
+                        and record.id in by_id
+                        and not any(c.original == original for c in contrasts[record.id])
+                    ):
+                        [score] = scorer.score(by_id[record.id], [original])
+                        contrasts[record.id].append(
+                            Contrast(record.completion[0].content, record.chosen_source, original, score.score)
+                        )
+            weights = dict(cfg.pairs.sources)
+            if split == "eval":
+                weights.pop("base", None)
+            pairs, counts = build_pairs(
+                subset,
+                chosen=chosen,
+                policy_failures=policy_failed,
+                base_failures=base_failed,
+                scorer=scorer,
+                weights=weights,
+                pairs_per_prompt=cfg.pairs.pairs_per_prompt,
+                max_similarity=cfg.pairs.max_similarity,
+                seed=cfg.pairs.seed,
+                contrasts=contrasts,
+            )
+            if split == "train" and cfg.pairs.max_pairs and len(pairs) > cfg.pairs.max_pairs:
+                keep = sorted(random.Random(cfg.pairs.seed).sample(range(len(pairs)), cfg.pairs.max_pairs))
+                pairs = [pairs[k] for k in keep]
+                counts = {
+                    **counts,
+                    "pairs": len(pairs),
+                    "by_source": dict(Counter(p.negative_source for p in pairs)),
+                    "by_chosen_source": dict(Counter(p.chosen_source.split(":")[0] for p in pairs)),
+                    "before_max_pairs": counts["pairs"],
+                }
+            stage.metrics[split] = counts
+            if not pairs and split == "train":
+                raise NoPairsError(
+                    f"pairs: no training pair from {len(subset)} train prompts ({counts}); "
+                    "the SFT model and the SFT data gave no passing answer to build on"
+                )
+            if not pairs:  # DPO then trains without held-out reward statistics, and says so
+                if not subset:
+                    logger.info("pairs: no held-out pairs: pairs.eval_prompts is 0")
+                elif cfg.pairs.k == 0:
+                    logger.info(
+                        "pairs: no held-out pairs: they need the SFT model's answers to eval prompts (pairs.k > 0)"
+                    )
+                else:
+                    logger.warning(
+                        "pairs: no held-out pair from %d eval prompts: the SFT model passed none of them", len(subset)
+                    )
+                continue
+            name = "pairs" if split == "train" else "eval_pairs"
+            write_jsonl(stage.dir / f"{name}.jsonl", pairs)
+            stage.add_output(name, stage.dir / f"{name}.jsonl")
+        if policy_samples:  # none when pairs.k is 0
+            passed = sum(s.score >= threshold for s in policy_samples)
+            stage.metrics["policy_sample_pass_rate"] = float(f"{passed / len(policy_samples):.4f}")
+    return stage.dir / "pairs.jsonl"

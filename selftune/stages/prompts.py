@@ -1,0 +1,46 @@
+"""Stage `prompts`: the run's prompt set, built in (`selftune.data.prompts`) or imported.
+
+Usage:
+    selftune prompts build --run runs/demo [--source my.jsonl]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from selftune.config import PipelineConfig
+from selftune.data.prompts import build_prompts, import_prompts
+from selftune.run.files import write_jsonl
+from selftune.run.folder import Run
+from selftune.run.spec import StageSpec
+
+PROMPTS_STAGE = StageSpec("prompts", output="prompts", reads=("prompts",))
+
+
+def prompts_stage(run: Run, cfg: PipelineConfig, *, source: Path | None = None) -> Path:
+    """Stage `prompts`: write the run's prompt set (built-in, or imported from `source` /
+    `cfg.prompts.source`) to round-1/prompts/prompts.jsonl."""
+
+    cfg = PROMPTS_STAGE.view(cfg)
+    source = Path(source) if source else (None if cfg.prompts.source == "builtin" else Path(cfg.prompts.source))
+    # An imported file is read and validated in full before the stage starts: a bad row leaves
+    # the run's earlier prompts (and their manifest) as they were.
+    imported = import_prompts(source) if source else None
+    inputs = {"source": source} if source else {}
+    start = run.begin(PROMPTS_STAGE, cfg, inputs=inputs)
+    if start.reused:
+        return start.reused
+    with start as stage:
+        if imported is not None:
+            records = imported
+        else:
+            p = cfg.prompts
+            records = build_prompts(p.n_train, p.n_eval, p.max_constraints, p.seed, p.type_weights)
+        out = stage.dir / "prompts.jsonl"
+        write_jsonl(out, records)
+        stage.add_output("prompts", out)
+        stage.metrics.update(
+            train=sum(r.split == "train" for r in records),
+            eval=sum(r.split == "eval" for r in records),
+        )
+    return out

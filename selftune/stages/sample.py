@@ -1,0 +1,170 @@
+"""Stage `sample`: the policy writes K answers per train prompt; a scorer checks each.
+
+In round 1 the policy is the base model, so the first SFT data is written by the real model
+(rejection sampling), never by templates. Output `samples.jsonl` (one row per answer) and a
+manifest with yield statistics: pass rate per constraint type, prompt-level pass rate, share of
+prompts with at least one passing answer, and the distribution of per-prompt best scores.
+
+Usage:
+    selftune sample --run runs/demo                 # prompts from the run's lineage
+    selftune sample --run runs/x --prompts p.jsonl --model path/to/model
+
+    from selftune.stages.sample import sample_stage
+    path = sample_stage(run, cfg)                    # generator= to inject a mock in tests
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from selftune.config import PipelineConfig
+from selftune.data.early_rejection import EarlyRejection
+from selftune.data.records import PromptRecord, SampleRecord, read_records
+from selftune.errors import RecordError
+from selftune.generation.factory import UNHASHED_GENERATION_SETTINGS, open_configured, sampling_params
+from selftune.generation.types import Generator, ProgressCallback
+from selftune.models import check_model_spec
+from selftune.run.files import write_jsonl
+from selftune.run.folder import Run
+from selftune.run.spec import StageSpec
+from selftune.scoring.base import Scorer
+from selftune.scoring.registry import make_scorer, score_samples
+
+
+def retry_unsolved(
+    gen: Generator,
+    scorer: Scorer,
+    prompts: list[PromptRecord],
+    rows: list[SampleRecord],
+    cfg,
+    model_name: str,
+    metrics: dict,
+    progress: ProgressCallback | None = None,
+) -> list[SampleRecord]:
+    """Difficulty-aware sampling: in each of `sample.retry_rounds` rounds, only the prompts with no
+    passing answer yet get `sample.retry_k` more answers (new seeds, sample indices after the ones
+    already drawn), so the budget goes where data is missing rather than to prompts already solved.
+    Early rejection applies to every retry answer: a repair can already use the first whole one."""
+    threshold = cfg.sample.scorer.pass_threshold
+    solved = {r.prompt_id for r in rows if r.score >= threshold}
+    next_index = cfg.sample.k
+    added: list[SampleRecord] = []
+    per_round = []
+    for extra in range(1, cfg.sample.retry_rounds + 1):
+        todo = [p for p in prompts if p.id not in solved]
+        if not todo:
+            break
+        params = sampling_params(cfg, n=cfg.sample.retry_k, seed=cfg.sample.seed + 7919 * extra)
+        stop_when = (
+            EarlyRejection(todo, 0) if cfg.sample.early_rejection and cfg.sample.scorer.kind == "constraints" else None
+        )
+        answers = gen.generate(
+            [[m.model_dump() for m in p.messages] for p in todo], params, progress=progress, stop_when=stop_when
+        )
+        answers = [[dataclasses.replace(c, sample_index=next_index + c.sample_index) for c in row] for row in answers]
+        new = score_samples(todo, answers, scorer, model_name)
+        newly = {r.prompt_id for r in new if r.score >= threshold}
+        per_round.append({"prompts": len(todo), "newly_solved": len(newly)})
+        solved |= newly
+        added += new
+        next_index += cfg.sample.retry_k
+    metrics["retry_rounds"] = per_round
+    return added
+
+
+def yield_stats(prompts: list[PromptRecord], rows: list[SampleRecord], threshold: float = 1.0) -> dict:
+    """Pass rate per constraint type, prompt-level pass rate, yield and best-score distribution."""
+    by_type: dict[str, list[bool]] = defaultdict(list)
+    best: dict[str, float] = {}
+    passing: set[str] = set()
+    for row in rows:
+        for key, value in row.checks.items():
+            if isinstance(value, bool):
+                by_type[key.split("#")[0]].append(value)
+        best[row.prompt_id] = max(best.get(row.prompt_id, 0.0), row.score)
+        if row.score >= threshold:
+            passing.add(row.prompt_id)
+    bins = {"0": 0, "(0,0.5)": 0, "[0.5,1)": 0, "1": 0}
+    for prompt in prompts:
+        value = best.get(prompt.id, 0.0)
+        bins["0" if value == 0 else "(0,0.5)" if value < 0.5 else "[0.5,1)" if value < 1 else "1"] += 1
+    return {
+        "prompts": len(prompts),
+        "samples": len(rows),
+        "sample_pass_rate": round(sum(r.score >= threshold for r in rows) / max(len(rows), 1), 4),
+        "yield": round(len(passing) / max(len(prompts), 1), 4),
+        "pass_rate_by_type": {k: round(sum(v) / len(v), 4) for k, v in sorted(by_type.items())},
+        "checks_by_type": {k: len(v) for k, v in sorted(by_type.items())},
+        "best_score_distribution": bins,
+        "truncated": sum(getattr(r, "finish_reason", None) == "length" for r in rows),
+        "rejected_early": sum(getattr(r, "finish_reason", None) == "rejected" for r in rows),
+        "completion_tokens": sum(getattr(r, "completion_tokens", 0) or 0 for r in rows),
+    }
+
+
+SAMPLE_STAGE = StageSpec(
+    "sample",
+    output="samples",
+    reads=("sample", "model.spec", "model.dtype", "generation.backend", "generation.max_new_tokens"),
+    unhashed=UNHASHED_GENERATION_SETTINGS,
+)
+
+
+def sample_stage(
+    run: Run,
+    cfg: PipelineConfig,
+    *,
+    round_number: int = 1,
+    prompts_path: Path | None = None,
+    policy: str | None = None,
+    generator: Generator | None = None,
+    progress: ProgressCallback | None = None,
+) -> Path:
+    """Write `samples.jsonl` (answers to the train prompts) for one round; returns its path."""
+    cfg = SAMPLE_STAGE.view(cfg)
+    prompts_path = Path(prompts_path) if prompts_path else run.output_of("prompts", "prompts", round_number=1)
+    prompts = [r for r in read_records(prompts_path, "prompts") if r.split == "train"]
+    if not prompts:
+        raise RecordError([f"{prompts_path}: no prompts with split 'train'"])
+    if cfg.sample.scorer.kind == "constraints":
+        missing = [
+            f"{prompts_path}: prompt {p.id}: constraints: empty (the constraints scorer needs at least one)"
+            for p in prompts
+            if not p.constraints
+        ]
+        if missing:
+            raise RecordError(missing)
+    policy = policy or cfg.model.spec
+    inputs = {"prompts": prompts_path}
+    if Path(policy).is_dir():
+        inputs["policy"] = Path(policy)
+    params = sampling_params(cfg, n=cfg.sample.k, seed=cfg.sample.seed)
+    if generator is None:
+        check_model_spec(policy, trust_remote_code=cfg.model.trust_remote_code)
+    start = run.begin(SAMPLE_STAGE, cfg, inputs=inputs, round_number=round_number, facts={"policy": policy})
+    if start.reused:
+        return start.reused
+    with start as stage:
+        opened = contextlib.nullcontext(generator) if generator else open_configured(policy, cfg)
+        stop_when = None
+        if cfg.sample.early_rejection and cfg.sample.scorer.kind == "constraints":
+            stop_when = EarlyRejection(prompts, cfg.sample.full_samples, cfg.sample.k)
+        with opened as gen:
+            started = time.perf_counter()
+            answers = gen.generate(
+                [[m.model_dump() for m in p.messages] for p in prompts], params, progress=progress, stop_when=stop_when
+            )
+            with make_scorer(cfg, gen) as scorer:
+                rows = score_samples(prompts, answers, scorer, policy)
+                if cfg.sample.retry_rounds:
+                    rows += retry_unsolved(gen, scorer, prompts, rows, cfg, policy, stage.metrics, progress)
+            stage.metrics["generation_seconds"] = round(time.perf_counter() - started, 1)
+        out = stage.dir / "samples.jsonl"
+        write_jsonl(out, rows)
+        stage.add_output("samples", out)
+        stage.metrics.update(yield_stats(prompts, rows, cfg.sample.scorer.pass_threshold))
+    return out

@@ -1,0 +1,149 @@
+"""Stage `sft-data`: per prompt, the best passing sample becomes an SFT example.
+
+Prompts with no passing sample are left out and counted; ties between equally good passing
+answers are broken by `sft_data.tie_break`; repeated (prompt, answer) pairs are dropped when
+`sft_data.dedupe` is on. Output in TRL's conversational prompt/completion format.
+
+Usage:
+    selftune sft-data --run runs/demo
+
+    from selftune.stages.sft_data import sft_data_stage, select_examples
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from selftune.config import PipelineConfig
+from selftune.data.records import PromptRecord, SampleRecord, SFTRecord, read_records
+from selftune.data.repair import repair_answer, repair_candidates
+from selftune.errors import NoTrainingDataError
+from selftune.run.files import write_jsonl
+from selftune.run.folder import Run
+from selftune.run.spec import StageSpec
+
+
+def repaired_example(prompt: PromptRecord, samples: list[SampleRecord], seed: int = 0):
+    """(repaired answer, the sample it came from) for the first failing sample a repair fixes, or None."""
+
+    texts = [s.completion for s in samples]
+    for sample in repair_candidates(samples):
+        fixed = repair_answer(
+            prompt, sample.completion, siblings=[t for t in texts if t != sample.completion], seed=seed
+        )
+        if fixed is not None:
+            return fixed, sample
+    return None
+
+
+def select_examples(
+    prompts: list[PromptRecord],
+    samples: list[SampleRecord],
+    *,
+    tie_break: str = "shortest",
+    dedupe: bool = True,
+    threshold: float = 1.0,
+    repair: bool = False,
+) -> tuple[list[SFTRecord], dict]:
+    """Per prompt, the best passing sample (`chosen_source: sample`); with `repair`, a prompt with
+    none gets its best repairable failing sample repaired (`chosen_source: repair:<checks>`)."""
+    by_prompt: dict[str, list[SampleRecord]] = defaultdict(list)
+    for sample in samples:
+        by_prompt[sample.prompt_id].append(sample)
+    unknown = sorted(set(by_prompt) - {p.id for p in prompts})
+    if unknown:
+        raise ValueError(f"samples refer to prompts missing from the prompt file: {', '.join(unknown[:5])}")
+    tie_key = {
+        "shortest": lambda s: (len(s.completion), s.sample_index),
+        "longest": lambda s: (-len(s.completion), s.sample_index),
+        "first": lambda s: s.sample_index,
+    }[tie_break]
+    examples, seen = [], set()
+    no_passing = duplicates = 0
+    sources: dict[str, int] = defaultdict(int)
+    for prompt in prompts:
+        passing = [s for s in by_prompt.get(prompt.id, []) if s.score >= threshold]
+        if passing:
+            top = max(s.score for s in passing)
+            best = min((s for s in passing if s.score == top), key=tie_key)
+            text, source, origin = best.completion, "sample", best
+        else:
+            fixed = repaired_example(prompt, by_prompt.get(prompt.id, [])) if repair else None
+            if fixed is None:
+                no_passing += 1
+                continue
+            text, source, origin = fixed[0].text, fixed[0].source, fixed[1]
+        key = (tuple(m.content for m in prompt.messages), text.strip())
+        if dedupe and key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        sources["sample" if source == "sample" else "repair"] += 1
+        examples.append(
+            SFTRecord(
+                id=prompt.id,
+                prompt=[m.model_dump() for m in prompt.messages],
+                completion=[{"role": "assistant", "content": text}],
+                chosen_source=source,
+                sample_index=origin.sample_index,
+                source_model=origin.model,
+                **({"score": origin.score} if source == "sample" else {"original": origin.completion}),
+            )
+        )
+    sampled = sum(1 for p in prompts if by_prompt.get(p.id))
+    stats = {
+        "prompts": sampled,
+        "examples": len(examples),
+        "no_passing": no_passing,
+        "duplicates_dropped": duplicates,
+        "yield": round(len(examples) / max(sampled, 1), 4),
+        "by_source": dict(sources),
+    }
+    return examples, stats
+
+
+# The pass threshold and the scorer kind decide which samples count as passing (a changed
+# threshold used to leave stale SFT data "up to date").
+SFT_DATA_STAGE = StageSpec(
+    "sft-data", output="sft", reads=("sft_data", "sample.scorer.pass_threshold", "sample.scorer.kind")
+)
+
+
+def sft_data_stage(
+    run: Run,
+    cfg: PipelineConfig,
+    *,
+    round_number: int = 1,
+    samples_path: Path | None = None,
+    prompts_path: Path | None = None,
+) -> Path:
+    cfg = SFT_DATA_STAGE.view(cfg)
+    samples_path = Path(samples_path) if samples_path else run.output_of("sample", "samples", round_number=round_number)
+    prompts_path = Path(prompts_path) if prompts_path else run.output_of("prompts", "prompts", round_number=1)
+    samples = read_records(samples_path, "samples")  # validate both inputs before writing anything
+    prompts = [p for p in read_records(prompts_path, "prompts") if p.split == "train"]
+    inputs = {"samples": samples_path, "prompts": prompts_path}
+    start = run.begin(SFT_DATA_STAGE, cfg, inputs=inputs, round_number=round_number)
+    if start.reused:
+        return start.reused
+    with start as stage:
+        examples, stats = select_examples(
+            prompts,
+            samples,
+            tie_break=cfg.sft_data.tie_break,
+            dedupe=cfg.sft_data.dedupe,
+            threshold=cfg.sample.scorer.pass_threshold,
+            repair=cfg.sft_data.repair and cfg.sample.scorer.kind == "constraints",
+        )
+        if not examples:
+            raise NoTrainingDataError(
+                f"no prompt in {samples_path} has a passing sample: nothing to train on; "
+                "sample more answers (sample.k, sample.retry_rounds) or lower "
+                "sample.scorer.pass_threshold"
+            )
+        out = stage.dir / "sft.jsonl"
+        write_jsonl(out, examples)
+        stage.add_output("sft", out)
+        stage.metrics.update(stats)
+    return out
