@@ -16,8 +16,8 @@ the ratios against the HF backend; then the engine with early rejection in `--re
 processes (`generation.replicas`), the CPU threads split between them.
 
     python bench/generation.py [--model builtin:smollm2-135m-instruct] [--prompts 32]
-        [--max-new-tokens 96] [--batch-size 64] [--workload demo] [--workload-prompts N]
-        [--replicas 2] [--skip-backends] [--skip-workload]
+        [--max-new-tokens 96] [--batch-size 64] [--dtype float32 --dtype bfloat16] [--workload demo]
+        [--workload-prompts N] [--replicas 2] [--skip-backends] [--skip-workload]
 """
 
 from __future__ import annotations
@@ -222,18 +222,28 @@ def main() -> None:
     parser.add_argument(
         "--replicas", type=int, default=2, help="Also run the workload in this many replicas (1 = skip that row)."
     )
+    parser.add_argument(
+        "--dtype",
+        action="append",
+        choices=["float32", "bfloat16"],
+        help="Weights dtype of part 1 (repeatable: each runs side by side in this process); default float32. "
+        "Part 2 runs in the first.",
+    )
     parser.add_argument("--skip-backends", action="store_true")
     parser.add_argument("--skip-workload", action="store_true")
     args = parser.parse_args()
 
     tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, dtype="float32")
-    print(f"model {args.model} float32, {torch.get_num_threads()} threads")
-    if not args.skip_backends:
+    dtypes = args.dtype or ["float32"]
+    for dtype in dtypes if not args.skip_backends else []:
+        model = load_model(args.model, dtype=dtype)
+        print(f"model {args.model} {dtype}, {torch.get_num_threads()} threads")
         part_backends(args, model, tokenizer)
+        unload(model)
     if not args.skip_workload:
+        model = load_model(args.model, dtype=dtypes[0])
         part_workload(args, model, tokenizer)
-    unload(model)
+        unload(model)
 
 
 if __name__ == "__main__":

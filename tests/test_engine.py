@@ -1,6 +1,7 @@
 """The continuous-batching engine: same answers as the HF backend, refilled slots, a shared
 prefix, early rejection that never cuts a passing answer, and the self-check that guards it."""
 
+import copy
 import logging
 
 import pytest
@@ -10,7 +11,7 @@ from selftune.data.constraints.registry import check
 from selftune.data.early_rejection import EarlyRejection
 from selftune.data.records import PromptRecord
 from selftune.errors import ConfigError
-from selftune.generation.engine import ENGINE_TOLERANCE, ContinuousGenerator, engine_supports
+from selftune.generation.engine import ENGINE_TOLERANCE, ContinuousGenerator, engine_supports, engine_tolerance
 from selftune.generation.hf import HFGenerator
 from selftune.generation.local import make_generator
 from selftune.generation.packing import packed_linears
@@ -175,14 +176,30 @@ def test_self_check_passes_for_llama_and_catches_a_broken_engine(tiny):
     assert engine.self_check(CHAT_ONLY) < 1e-4
     assert engine_supports(engine, CHAT_ONLY) is None
 
-    class OffByOne(ContinuousGenerator):
-        def _causal_mask(self, lengths, q, prefix, width, device):  # hides the previous token from each query
-            mask = super()._causal_mask(lengths, q, prefix, width, device)
-            return mask & ~torch.eye(q, width, dtype=torch.bool, device=device).roll(prefix - 1, 1)[None, None]
-
     broken = OffByOne(model, tokenizer)
     assert broken.self_check(CHAT_ONLY) > ENGINE_TOLERANCE
     assert "differ" in engine_supports(broken, CHAT_ONLY)
+    # In bf16 the engine's own rounding passes its wider tolerance (the broken engine's failing it is
+    # shown on the real model, below: this random model's near-flat logits hide a shifted position).
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    assert engine_supports(ContinuousGenerator(half, tokenizer), CHAT_ONLY) is None
+
+
+class OffByOne(ContinuousGenerator):
+    def _causal_mask(self, lengths, q, prefix, width, device):  # hides the previous token from each query
+        mask = super()._causal_mask(lengths, q, prefix, width, device)
+        return mask & ~torch.eye(q, width, dtype=torch.bool, device=device).roll(prefix - 1, 1)[None, None]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_on_the_real_model_the_check_passes_the_engine_and_fails_a_broken_one(dtype):
+    """SmolLM2-135M measured: correct engine 0.0 (fp32) and 0.026 (bf16), off by one 0.85 and 0.84."""
+    spec = "builtin:smollm2-135m-instruct"
+    model, tokenizer = load_model(spec, dtype=dtype), load_tokenizer(spec)
+    tolerance = engine_tolerance(next(model.parameters()).dtype)
+    assert ContinuousGenerator(model, tokenizer).self_check(CHAT_ONLY) < tolerance / 2
+    assert OffByOne(model, tokenizer).self_check(CHAT_ONLY) > 4 * tolerance
 
 
 def test_auto_backend_falls_back_to_hf_when_the_check_fails(tiny, monkeypatch, caplog):
