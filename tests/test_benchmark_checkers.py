@@ -1,9 +1,10 @@
-"""selftune's IFEval-style checkers against the IFEval reference checkers (if-verifiable), on
-hand-written edge cases for every type they share.
+"""selftune's checkers of IFEval's types against the IFEval reference checkers (if-verifiable), on
+hand-written edge cases for every type they share (tests/test_checkers_reference.py adds thousands
+of generated texts).
 
-`AGREE` cases must get the same verdict from both. `DIFFER` cases pin each deliberate difference
-(docs/data.md names them): the reference verdict and ours are both asserted, so a change on either
-side shows up here.
+`AGREE` cases must get the same verdict from both. `FORMERLY_DIFFERENT` are the cases where
+selftune's checkers used to read a text otherwise than the reference (before they took IFEval's
+semantics): both verdicts are pinned, and they now match.
 """
 
 import pytest
@@ -79,42 +80,24 @@ AGREE = {
     "two_answers": ["First.\n******\nSecond.", "Only one.", "Same.\n******\nSame.", ""],
 }
 
-# Deliberate differences: (our type, text, reference verdict, our verdict, why).
-DIFFER = [
-    ("no_commas", "One，two.", True, False, "selftune also forbids the full-width comma"),
-    ("bullet_count", "*one\n*two", True, False, "selftune needs a space after the bullet marker"),
-    ("bullet_count", "---\n- one", True, False, "the reference counts any line starting with '-' (a rule) as a bullet"),
-    ("title", "<<a <b> c>>", True, False, "selftune's title may not hold angle brackets"),
-    ("title", "<< !! >>", True, False, "selftune's title needs a word character"),
-    ("quoted", '""', True, False, "selftune needs text between the quotes"),
-    ("end_phrase", EN + ". that is all.", True, False, "the reference ignores case; selftune wants the exact phrase"),
-    ("end_phrase", EN + '. That is all."', True, False, "the reference strips closing quotes first"),
-    ("include_keywords", "Rivers everywhere.", True, False, "the reference matches a substring; selftune a whole word"),
-    ("keyword_frequency", "boats and boats", True, False, "the reference counts substrings; selftune whole words"),
-    ("placeholders", "[] and []", True, False, "selftune's placeholder must hold text"),
-    (
-        "postscript",
-        EN + ".\n\nP. S. later",
-        True,
-        False,
-        "the reference accepts 'P. S.'; selftune wants the marker as given",
-    ),
-    (
-        "numbered_sections",
-        "SECTION 1\nA\nSECTION 2\nB\nSECTION 3\nC",
-        True,
-        False,
-        "the reference wants at least N sections; selftune exactly SECTION 1..N in order",
-    ),
-    ("numbered_sections", "SECTION 2\nA\nSECTION 1\nB", True, False, "selftune wants the sections numbered in order"),
-    (
-        "two_answers",
-        "a ****** b ******",
-        True,
-        False,
-        "the reference ignores an empty last part; selftune wants exactly two",
-    ),
-    ("word_count_at_most", "one two three four five six", False, False, "(agree) six words fail both"),
+# (our type, text, the reference's verdict (ours is now the same), what selftune read otherwise before).
+FORMERLY_DIFFERENT = [
+    ("no_commas", "One，two.", True, "selftune also forbade the full-width comma"),
+    ("bullet_count", "*one\n*two", True, "selftune needed a space after the bullet marker"),
+    ("bullet_count", "---\n- one", True, "selftune did not count a line of dashes as a bullet"),
+    ("title", "<<a <b> c>>", True, "selftune's title could not hold angle brackets"),
+    ("title", "<< !! >>", True, "selftune's title needed a word character"),
+    ("quoted", '""', True, "selftune needed text between the quotes"),
+    ("end_phrase", EN + ". that is all.", True, "selftune wanted the phrase's exact case"),
+    ("end_phrase", EN + '. That is all."', True, "selftune did not drop a closing quote first"),
+    ("include_keywords", "Rivers everywhere.", True, "selftune matched whole words only"),
+    ("keyword_frequency", "boats and boats", True, "selftune counted whole words only"),
+    ("placeholders", "[] and []", True, "selftune's placeholder had to hold text"),
+    ("postscript", EN + ".\n\nP. S. later", True, "selftune wanted the marker as given, not 'P. S.'"),
+    ("numbered_sections", "SECTION 1\nA\nSECTION 2\nB\nSECTION 3\nC", True, "selftune wanted exactly N sections"),
+    ("numbered_sections", "SECTION 2\nA\nSECTION 1\nB", True, "selftune wanted the sections numbered in order"),
+    ("two_answers", "a ****** b ******", True, "selftune did not allow an empty last part"),
+    ("word_count_at_most", "one two three four five six", False, "(always agreed) six words fail both"),
 ]
 
 
@@ -141,11 +124,11 @@ def test_selftune_agrees_with_the_reference(name):
         assert ours(name, text) == reference(instruction, kwargs, text), (name, text)
 
 
-@pytest.mark.parametrize("name,text,theirs,mine,why", DIFFER)
-def test_deliberate_differences_are_pinned(name, text, theirs, mine, why):
+@pytest.mark.parametrize("name,text,theirs,before", FORMERLY_DIFFERENT)
+def test_former_differences_now_agree_with_the_reference(name, text, theirs, before):
     instruction, _, kwargs = SHARED[name]
-    assert reference(instruction, kwargs, text) is theirs, why
-    assert ours(name, text) is mine, why
+    assert reference(instruction, kwargs, text) is theirs, before
+    assert ours(name, text) is theirs, before
 
 
 def test_every_shared_type_has_cases():

@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from selftune.data.constraints.early import EARLY_FAIL
-from selftune.data.constraints.registry import check, fails_early
-from selftune.data.constraints.types import CONSTRAINTS
+from selftune.data.constraints.registry import CONSTRAINTS, check, fails_early
 
 # Characters the rules look at: cases, commas, sentence and paragraph breaks, bullets, quotes,
 # brackets, stars, digits, and the words and phrases the parameters use.
@@ -42,6 +41,19 @@ PIECES = [
     "SECTION 2",
     "SECTION 3",
     "******",
+    "***",
+    "<answer>",
+    "</answer>",
+    "1. ",
+    "2. ",
+    "3) ",
+    "finally",
+    "Finally",
+    "Write a poem.",
+    "Write",
+    "write a",
+    "Sure thing.",
+    "supercalifragilistic",
     "today",
     "Today",
     "water",
@@ -69,14 +81,25 @@ PARAMS["word_count"] += [{"relation": "at most", "n": 1}, {"relation": "at most"
 PARAMS["sentence_count"] += [{"relation": "at most", "n": 1}, {"relation": "at most", "n": 2}]
 PARAMS["paragraph_count"] += [{"n": 1}, {"n": 2}]
 PARAMS["bullet_count"] += [{"n": 1}, {"n": 2}]
-PARAMS["numbered_sections"] += [{"n": 1}, {"n": 2}, {"n": 3}]
 PARAMS["start_phrase"] += [{"phrase": "Sure thing."}]
 PARAMS["first_word"] += [{"paragraph": 1, "word": "today"}]
 PARAMS["forbidden_words"] += [{"keywords": ["the"]}]
 PARAMS["keyword_frequency"] += [{"relation": "at most", "n": 1, "keyword": "water"}]
 PARAMS["letter_frequency"] += [{"relation": "at most", "n": 2, "letter": "z"}]
 PARAMS["capital_words"] += [{"relation": "at most", "n": 1}]
-PARAMS["fixed_options"] += [{"options": ["I agree.", "I disagree."]}]
+PARAMS["divided_paragraphs"] += [{"n": 1}, {"n": 2}]
+PARAMS["nth_paragraph_first_word"] += [
+    {"num_paragraphs": 1, "nth_paragraph": 1, "first_word": "finally"},
+    {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "today"},
+]
+PARAMS["repeat_prompt"] = [{"prompt_to_repeat": "Write a poem."}, {"prompt_to_repeat": "write a"}]
+PARAMS["tag_wrapped"] += [{"tag": "answer"}]
+PARAMS["numbered_list"] += [{"n": 1}, {"n": 2}]
+PARAMS["max_sentence_words"] += [{"n": 1}, {"n": 2}]
+PARAMS["word_length_limit"] += [{"n": 3}, {"n": 5}]
+PARAMS["line_count"] += [{"n": 1}, {"n": 2}]
+PARAMS["headline"] += [{"n": 1}, {"n": 2}]
+PARAMS["paragraph_max_sentences"] += [{"n": 1}]
 
 
 @pytest.mark.parametrize("name", sorted(EARLY_FAIL))
@@ -117,9 +140,22 @@ DOOMED = {
     "keyword_frequency": ({"relation": "at most", "n": 1, "keyword": "water"}, "water and water."),
     "letter_frequency": ({"relation": "at most", "n": 1, "letter": "z"}, "zz"),
     "capital_words": ({"relation": "at most", "n": 1}, "VERY VERY "),
-    "numbered_sections": ({"n": 3}, "SECTION 2\n"),
-    "fixed_options": ({"options": ["I agree.", "I disagree."]}, "I agree. I disagree."),
-    "two_answers": ({}, "a ****** b ******"),
+    "two_answers": ({}, "a ****** b ****** c ******"),
+    "divided_paragraphs": ({"n": 1}, "One.\n***\nTwo.\n***"),
+    "nth_paragraph_first_word": (
+        {"num_paragraphs": 2, "nth_paragraph": 1, "first_word": "finally"},
+        "At last.\n\nMore",
+    ),
+    "repeat_prompt": ({"prompt_to_repeat": "Write a poem."}, "Here is"),
+    "no_exclamation": ({}, "Wow!"),
+    "tag_wrapped": ({"tag": "answer"}, "Yes"),
+    "numbered_list": ({"n": 2}, "1. a\n3. b"),
+    "max_sentence_words": ({"n": 2}, "One two three. Next"),
+    "word_length_limit": ({"n": 3}, "extraordinary "),
+    "line_count": ({"n": 1}, "a\nb\n"),
+    "headline": ({"n": 2}, "A very long headline\n"),
+    "paragraph_max_sentences": ({"n": 1}, "One. Two.\n\nThree"),
+    "all_sentences_end_with_period": ({}, "Why? Because"),
 }
 # ...and does not fire on a prefix that can still pass.
 ALIVE = {
@@ -127,7 +163,9 @@ ALIVE = {
     "start_phrase": ({"phrase": "Sure thing."}, "  Sure th"),
     "first_word": ({"paragraph": 1, "word": "today"}, "Today"),  # may still become "Todays"? no: a word ends at a space
     "forbidden_words": ({"keywords": ["the"]}, "In the"),  # "theatre" may follow
-    "numbered_sections": ({"n": 3}, "SECTION 1\nSECTION 2"),
+    "two_answers": ({}, "a ****** b ******"),  # an empty last part is allowed
+    "repeat_prompt": ({"prompt_to_repeat": "Write a poem."}, "  write a po"),
+    "tag_wrapped": ({"tag": "answer"}, " <ans"),
     "json_format": ({}, "```json\n"),
 }
 

@@ -1,14 +1,13 @@
 import pytest
 
-from selftune.data.constraints.registry import check
-from selftune.data.constraints.types import CONSTRAINTS
+from selftune.data.constraints.registry import CONSTRAINTS, check
 from selftune.data.records import PromptRecord
 from selftune.data.repair import REPAIRS, repair_answer
 from selftune.scoring.constraint import ConstraintScorer
 
 ANSWER = (
     "The ocean is deep and wide, and it covers most of the planet. Waves roll in every day. "
-    "Sailors have crossed it for centuries. Fish of every color live in it. It still hides many secrets."
+    "Sailors have crossed it for centuries. Fish of every color live in it. It still hides many secrets!"
 )
 
 
@@ -43,6 +42,29 @@ CASES = {
     "fixed_options": {"options": ["I agree.", "I disagree."]},
     "two_answers": {},
     "capital_words": {"relation": "at least", "n": 3},
+    "divided_paragraphs": {"n": 3},
+    "nth_paragraph_first_word": {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "finally"},
+    "repeat_prompt": {"prompt_to_repeat": "Write about the ocean."},
+    "numbered_list": {"n": 3},
+    "line_count": {"n": 2},
+    "max_sentence_words": {"n": 6},
+    "word_length_limit": {"n": 8},
+    "paragraph_max_sentences": {"n": 2},
+    "table_rows": {"n": 3},
+    "markdown_headers": {"n": 2},
+    "headline": {"n": 4},
+    "blockquote": {},
+    "semicolons": {"n": 2},
+    "end_with_question": {},
+    "bold_words": {"n": 2},
+    "hashtags": {"n": 2},
+    "sign_off": {"phrase": "Cheers,"},
+    "bracketed_word": {"word": "ocean"},
+    "keyword_in_title": {"word": "guide"},
+    "no_exclamation": {},
+    "code_block": {},
+    "tag_wrapped": {"tag": "answer"},
+    "all_sentences_end_with_period": {},
 }
 
 

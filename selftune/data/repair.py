@@ -13,6 +13,11 @@ failing original (`negative_source: original`).
 Types whose repair would mostly produce odd text (letter counts, keyword counts, keywords to
 include) have none; their examples come from sampling only.
 
+The edits themselves live in `repair_layout` (what regroups or cuts the text: sentences,
+paragraphs, lists, sections, word and line limits) and `repair_marks` (what adds or rewrites marks
+on it: phrases, titles, case, punctuation, wrappers); this module holds the order they run in and
+the loop that applies them.
+
 Usage:
     from selftune.data.repair import repair_answer
     fixed = repair_answer(prompt_record, "The Sea Is Blue.", siblings=[...])
@@ -21,20 +26,18 @@ Usage:
 
 from __future__ import annotations
 
-import json
 import random
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from selftune.data import repair_layout as layout
+from selftune.data import repair_marks as marks
 from selftune.data.constraints.registry import check, validated_params
-from selftune.data.constraints.text import bullet_lines, paragraphs, sentences, words
+from selftune.data.constraints.text import words
 from selftune.data.records import PromptRecord, SampleRecord
 from selftune.scoring.base import is_complete, repetition_rate
-from selftune.scoring.constraint import ConstraintScorer
-
-_SENTENCE_END = re.compile(r"[.!?][\"')\]*]*(?=\s|$)")
+from selftune.scoring.constraint import ConstraintScorer, ends_answer
 
 
 @dataclass(frozen=True)
@@ -47,265 +50,54 @@ class Repaired:
         return "repair:" + "+".join(self.repaired)
 
 
-# ---------------------------------------------------------------------------------------------
-# Text helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def _cut_to_sentences(text: str) -> str | None:
-    """`text` up to the end of its last full sentence, or None when it has none."""
-    ends = list(_SENTENCE_END.finditer(text))
-    return text[: ends[-1].end()].rstrip() if ends else None
-
-
-def _sentence_list(text: str) -> list[str]:
-    """Sentences of a flat reading of `text` (markup lines kept as they are)."""
-    return [s.strip() for s in sentences(text) if s.strip()]
-
-
-def _groups(items: list[str], count: int) -> list[list[str]]:
-    """`items` in `count` consecutive groups of near-equal size (each non-empty)."""
-    size, extra = divmod(len(items), count)
-    out, start = [], 0
-    for k in range(count):
-        end = start + size + (1 if k < extra else 0)
-        out.append(items[start:end])
-        start = end
-    return out
-
-
-def _strip_markers(text: str) -> str:
-    text = re.sub(r"SECTION\s+\d+\s*", "", text)
-    return re.sub(r"^\s*[*-]\s+", "", text, flags=re.MULTILINE)
-
-
-# ---------------------------------------------------------------------------------------------
-# Repairs: (text, params, context) -> repaired text or None
-# ---------------------------------------------------------------------------------------------
-
-
-def _complete(text: str, p, context) -> str | None:
-    return text if is_complete(text) else _cut_to_sentences(text)
-
-
-def _word_count(text: str, p, context) -> str | None:
-    if p.relation != "at most":
-        return None
-    kept, total = [], 0
-    for sentence in _sentence_list(text):
-        count = len(words(sentence))
-        if total + count > p.n:
-            break
-        kept.append(sentence)
-        total += count
-    if not kept:
-        return None
-    return " ".join(kept)
-
-
-def _sentence_count(text: str, p, context) -> str | None:
-    found = _sentence_list(text)
-    if p.relation != "at most" or not found:
-        return None
-    return " ".join(found[: p.n])
-
-
-def _paragraph_count(text: str, p, context) -> str | None:
-    found = paragraphs(text)
-    if len(found) > p.n:
-        return "\n\n".join(found[: p.n])
-    items = _sentence_list(_strip_markers(text))
-    if len(items) < p.n:
-        return None
-    return "\n\n".join(" ".join(group) for group in _groups(items, p.n))
-
-
-def _bullet_count(text: str, p, context) -> str | None:
-    if len(bullet_lines(text)) > p.n:
-        kept, seen = [], 0
-        for line in text.splitlines():
-            if re.match(r"^\s*[*-]\s+\S", line):
-                seen += 1
-                if seen > p.n:
-                    continue
-            kept.append(line)
-        return "\n".join(kept)
-    items = _sentence_list(_strip_markers(text))
-    if len(items) < p.n:
-        return None
-    return "\n".join("* " + " ".join(group) for group in _groups(items, p.n))
-
-
-def _numbered_sections(text: str, p, context) -> str | None:
-    items = _sentence_list(_strip_markers(text))
-    if len(items) < p.n:
-        return None
-    return "\n\n".join(f"SECTION {k}\n" + " ".join(group) for k, group in enumerate(_groups(items, p.n), start=1))
-
-
-def _two_answers(text: str, p, context) -> str | None:
-    first = text.split("******")[0].strip()
-    others = [s.strip() for s in context["siblings"] if "******" not in s and s.strip() and s.strip() != first]
-    others = [o for o in (_cut_to_sentences(s) for s in others) if o]
-    if not first or not others:
-        return None
-    return f"{first}\n******\n{others[0]}"
-
-
-def _title(text: str, p, context) -> str | None:
-    head = words(text.split("\n")[0])[:5]
-    if not head:
-        return None
-    title = " ".join(head)
-    return f"<<{title[0].upper() + title[1:]}>>\n\n{text}"
-
-
-def _lower_first(text: str) -> str:
-    first = words(text)[:1]
-    if first and (first[0] == "I" or first[0].isupper()) or not text:
-        return text
-    return text[0].lower() + text[1:]
-
-
-def _first_word(text: str, p, context) -> str | None:
-    if p.paragraph != 1:
-        return None
-    return f"{p.word.capitalize()} {_lower_first(text.lstrip())}"
-
-
-def _start_phrase(text: str, p, context) -> str | None:
-    return f"{p.phrase} {text.lstrip()}"
-
-
-def _end_phrase(text: str, p, context) -> str | None:
-    return f"{text.rstrip()} {p.phrase}"
-
-
-def _postscript(text: str, p, context) -> str | None:
-    return f"{text.rstrip()}\n\n{p.phrase} More on this soon."
-
-
-_PLACEHOLDERS = ["[name]", "[place]", "[date]", "[time]", "[address]"]
-
-
-def _placeholders(text: str, p, context) -> str | None:
-    return f"{text.rstrip()}\n\nDetails: {' '.join(_PLACEHOLDERS[: p.n])}."
-
-
-def _highlighted(text: str, p, context) -> str | None:
-    chosen: list[str] = []
-    for word in words(text):
-        if len(word) >= 5 and word.isalpha() and word not in chosen:
-            chosen.append(word)
-        if len(chosen) == p.n:
-            break
-    if len(chosen) < p.n:
-        return None
-    for word in chosen:
-        text = re.sub(rf"(?<![*\w]){re.escape(word)}(?![*\w])", f"*{word}*", text, count=1)
-    return text
-
-
-def _capital_words(text: str, p, context) -> str | None:
-    if p.relation != "at least":
-        return None
-    chosen: list[str] = []
-    for word in words(text):
-        if len(word) >= 4 and word.isalpha() and not word.isupper() and word.lower() not in chosen:
-            chosen.append(word.lower())
-        if len(chosen) >= p.n:
-            break
-    if len(chosen) < p.n:
-        return None
-    for word in chosen:
-        text = re.sub(rf"\b{re.escape(word)}\b", word.upper(), text, count=1, flags=re.IGNORECASE)
-    return text
-
-
-def _fixed_options(text: str, p, context) -> str | None:
-    for option in p.options:
-        text = text.replace(option, "")
-    rest = text.strip()
-    option = context["rng"].choice(p.options)
-    return f"{option} {rest}" if rest else option
-
-
-# A common-word synonym that keeps the sentence readable, where one exists; otherwise the word goes.
-_SYNONYMS = {
-    "the": "this",
-    "is": "seems",
-    "and": "plus",
-    "very": "really",
-    "good": "fine",
-    "great": "fine",
-    "you": "one",
-    "this": "it",
-    "that": "it",
-}
-
-
-def _forbidden_words(text: str, p, context) -> str | None:
-    banned = {k.lower() for k in p.keywords}
-    for keyword in p.keywords:
-        substitute = _SYNONYMS.get(keyword.lower(), "")
-        if substitute in banned:
-            substitute = ""
-
-        def replace(match, substitute=substitute):
-            word = match.group()
-            if not substitute:
-                return ""
-            return substitute.capitalize() if word[0].isupper() else substitute
-
-        text = re.sub(rf"\b{re.escape(keyword)}\b", replace, text, flags=re.IGNORECASE)
-    return re.sub(r"[ \t]{2,}", " ", re.sub(r" +([.,!?;:])", r"\1", text)).strip()
-
-
-def _no_commas(text: str, p, context) -> str | None:
-    return re.sub(r"[,，]\s*", " ", text).replace(" \n", "\n").strip()
-
-
-def _lowercase(text: str, p, context) -> str | None:
-    return text.lower()
-
-
-def _uppercase(text: str, p, context) -> str | None:
-    return text.upper()
-
-
-def _quoted(text: str, p, context) -> str | None:
-    return '"' + text.strip().strip('"').replace('"', "'") + '"'
-
-
-def _json_format(text: str, p, context) -> str | None:
-    return json.dumps({"answer": text.strip()}, ensure_ascii=False)
-
-
 # Order matters: first what shortens or regroups the text, then what adds to it, then what
 # rewrites every character, then what wraps the whole answer.
 REPAIRS: dict[str, Callable[[str, Any, dict], str | None]] = {
-    "complete": _complete,
-    "word_count": _word_count,
-    "sentence_count": _sentence_count,
-    "paragraph_count": _paragraph_count,
-    "bullet_count": _bullet_count,
-    "numbered_sections": _numbered_sections,
-    "two_answers": _two_answers,
-    "fixed_options": _fixed_options,
-    "highlighted_sections": _highlighted,
-    "capital_words": _capital_words,
-    "placeholders": _placeholders,
-    "postscript": _postscript,
-    "first_word": _first_word,
-    "start_phrase": _start_phrase,
-    "title": _title,
-    "end_phrase": _end_phrase,
-    "forbidden_words": _forbidden_words,
-    "no_commas": _no_commas,
-    "lowercase": _lowercase,
-    "uppercase": _uppercase,
-    "quoted": _quoted,
-    "json_format": _json_format,
+    "complete": layout.complete,
+    "word_count": layout.word_count,
+    "sentence_count": layout.sentence_count,
+    "max_sentence_words": layout.max_sentence_words,
+    "word_length_limit": layout.word_length_limit,
+    "paragraph_count": layout.paragraph_count,
+    "divided_paragraphs": layout.divided_paragraphs,
+    "nth_paragraph_first_word": layout.nth_paragraph_first_word,
+    "paragraph_max_sentences": layout.paragraph_max_sentences,
+    "bullet_count": layout.bullet_count,
+    "numbered_list": layout.numbered_list,
+    "line_count": layout.line_count,
+    "table_rows": layout.table_rows,
+    "numbered_sections": layout.numbered_sections,
+    "markdown_headers": layout.markdown_headers,
+    "two_answers": layout.two_answers,
+    "fixed_options": marks.fixed_options,
+    "semicolons": marks.semicolons,
+    "highlighted_sections": marks.highlighted,
+    "bold_words": marks.bold_words,
+    "bracketed_word": marks.bracketed_word,
+    "capital_words": marks.capital_words,
+    "placeholders": marks.placeholders,
+    "blockquote": marks.blockquote,
+    "end_with_question": marks.end_with_question,
+    "hashtags": marks.hashtags,
+    "postscript": marks.postscript,
+    "sign_off": marks.sign_off,
+    "first_word": marks.first_word,
+    "start_phrase": marks.start_phrase,
+    "headline": layout.headline,
+    "title": marks.title,
+    "keyword_in_title": marks.keyword_in_title,
+    "end_phrase": marks.end_phrase,
+    "forbidden_words": marks.forbidden_words,
+    "no_commas": marks.no_commas,
+    "no_exclamation": marks.no_exclamation,
+    "all_sentences_end_with_period": marks.all_sentences_end_with_period,
+    "lowercase": marks.lowercase,
+    "uppercase": marks.uppercase,
+    "repeat_prompt": marks.repeat_prompt,
+    "quoted": marks.quoted,
+    "code_block": marks.code_block,
+    "tag_wrapped": marks.tag_wrapped,
+    "json_format": marks.json_format,
 }
 
 
@@ -315,7 +107,7 @@ def repairable(constraint_type: str) -> bool:
 
 def _failing(prompt: PromptRecord, text: str) -> set[str]:
     failing = {c.type for c in prompt.constraints if not check(c.type, text, c.kwargs)}
-    if not is_complete(text):
+    if not ends_answer(prompt) and not is_complete(text):
         failing.add("complete")
     return failing
 

@@ -34,7 +34,9 @@ def is_complete(text: str) -> bool:
     if not stripped:
         return False
     last_line = stripped.splitlines()[-1]
-    return stripped.endswith(_TERMINAL) or re.match(r"^\s*([*-]|\d+[.)])\s+\S", last_line) is not None
+    if stripped.endswith(_TERMINAL) or re.match(r"^\s*\|.*\|$", last_line):  # punctuation, markup, a table row
+        return True
+    return re.match(r"^\s*([*-]|\d+[.)])\s+\S", last_line) is not None
 
 
 def repetition_rate(text: str, n: int = 4) -> float:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from selftune.data.constraints.registry import check
+from selftune.data.constraints.types import ENDS_ANSWER
 from selftune.data.records import PromptRecord
 from selftune.scoring.base import ScoreResult, is_complete, repetition_rate
 
@@ -34,8 +35,16 @@ class ConstraintScorer:
             # Keys carry the index so a prompt may hold two constraints of one type.
             checks = {f"{c.type}#{i}": check(c.type, text, c.kwargs) for i, c in enumerate(prompt.constraints)}
             if self.quality_checks:
-                checks["complete"] = is_complete(text)
-                checks["no_repetition"] = repetition_rate(text) <= self.max_repetition
+                if not ends_answer(prompt):
+                    checks["complete"] = is_complete(text)
+                # An answer that says nothing passes nothing (it does not loop, but it is no answer).
+                checks["no_repetition"] = bool(text.strip()) and repetition_rate(text) <= self.max_repetition
             passed = sum(checks.values())
             results.append(ScoreResult(passed / len(checks), passed == len(checks), checks))
         return results
+
+
+def ends_answer(prompt: PromptRecord) -> bool:
+    """Whether one of the prompt's constraints fixes how the answer ends (`ENDS_ANSWER`): then it,
+    not the completeness check, judges the ending."""
+    return any(c.type in ENDS_ANSWER for c in prompt.constraints)

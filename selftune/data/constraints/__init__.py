@@ -20,6 +20,7 @@ when a prefix can fail for good, and a repair in `selftune.data.repair` when one
 
 from selftune.data.constraints.early import EARLY_FAIL
 from selftune.data.constraints.registry import (
+    CONSTRAINTS,
     check,
     check_loose,
     compatible,
@@ -28,7 +29,7 @@ from selftune.data.constraints.registry import (
     loose_variants,
     validated_params,
 )
-from selftune.data.constraints.types import CONSTRAINTS, ConstraintType
+from selftune.data.constraints.types import ConstraintType
 
 __all__ = [
     "CONSTRAINTS",

@@ -9,7 +9,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from selftune.data.constraints.early import EARLY_FAIL
-from selftune.data.constraints.types import CONSTRAINTS, ConstraintType
+from selftune.data.constraints.ifeval_types import IFEVAL_TYPES
+from selftune.data.constraints.training_types import TRAINING_TYPES
+from selftune.data.constraints.types import ConstraintType
+
+# Every constraint type by name: IFEval's 25, then the training-only ones.
+CONSTRAINTS: dict[str, ConstraintType] = {t.name: t for t in IFEVAL_TYPES + TRAINING_TYPES}
 
 
 def _lookup(name: str) -> ConstraintType:

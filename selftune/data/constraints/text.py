@@ -1,22 +1,34 @@
-"""How the checkers read a text: words, sentences, paragraphs, bullet lines, counts."""
+"""How the checkers read a text: words, sentences, paragraphs, lines, bullets, counts.
+
+Where IFEval's reference checker reads a text a certain way, so do these: `ifeval_words` is its
+word tokenisation (`\\w+`, as nltk's RegexpTokenizer), `bullet_lines` its two bullet patterns,
+`strip_code_fence` its removal of markdown code fences around JSON.
+"""
 
 from __future__ import annotations
 
 import re
 
-# ---------------------------------------------------------------------------------------------
-# Text helpers
-# ---------------------------------------------------------------------------------------------
-
 WORD = re.compile(r"\b[\w'-]+\b")
 
 
 def words(text: str) -> list[str]:
+    """Words as people count them: "don't" and "well-known" are one word each."""
     return WORD.findall(text)
+
+
+def ifeval_words(text: str) -> list[str]:
+    """Words as IFEval counts them (runs of letters, digits and underscores)."""
+    return re.findall(r"\w+", text)
 
 
 def paragraphs(text: str) -> list[str]:
     return [p for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
+
+
+def lines(text: str) -> list[str]:
+    """The non-empty lines."""
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def sentences(text: str) -> list[str]:
@@ -26,7 +38,13 @@ def sentences(text: str) -> list[str]:
 
 
 def bullet_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if re.match(r"^\s*[*-]\s+\S", line)]
+    """IFEval's bullets: lines starting with `*` (not `**`) or with `-`."""
+    return re.findall(r"^\s*\*[^\*].*$", text, flags=re.MULTILINE) + re.findall(r"^\s*-.*$", text, flags=re.MULTILINE)
+
+
+def numbered_items(text: str) -> list[int]:
+    """The numbers of the lines that start a numbered list item (`1. `, `2) `), in order."""
+    return [int(found) for found in re.findall(r"^\s*(\d+)[.)] \S", text, flags=re.MULTILINE)]
 
 
 def compare(count: int, relation: str, n: int) -> bool:
@@ -39,5 +57,6 @@ def count_word(text: str, word: str) -> int:
 
 def strip_code_fence(text: str) -> str:
     stripped = text.strip()
-    match = re.fullmatch(r"```(?:json|JSON)?\s*\n?(.*?)\n?```", stripped, flags=re.DOTALL)
-    return match.group(1) if match else stripped
+    for fence in ("```json", "```Json", "```JSON", "```"):
+        stripped = stripped.removeprefix(fence)
+    return stripped.removesuffix("```").strip()
