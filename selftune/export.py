@@ -30,7 +30,7 @@ from selftune.config.loading import dump_config
 from selftune.errors import SelftuneError
 from selftune.models import unload
 from selftune.run.files import atomic_dir
-from selftune.run.plan import stage_manifests
+from selftune.run.plan import fresh_prompts, stage_manifests
 
 # transformers is imported where a model is loaded back (a model class costs ~3 s to import).
 
@@ -297,7 +297,7 @@ def model_card(run, name: str, model_dir: Path) -> str:
         "## Data",
         "",
     ]
-    plan = stage_manifests(run, cfg.rounds)  # an unreadable manifest counts as absent
+    plan = stage_manifests(run, cfg.rounds, fresh=fresh_prompts(cfg))  # an unreadable manifest counts as absent
     manifests = {(step.stage, step.round_number): manifest for step, manifest in plan}
     for stage, keys in (("sample", ("prompts", "samples", "yield")), ("sft-data", ("examples", "by_source"))):
         manifest = manifests.get((stage, round_number))

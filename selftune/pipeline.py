@@ -37,7 +37,7 @@ from selftune.generation.types import PhaseCallback
 from selftune.models import check_model_spec
 from selftune.progress import configure_logging
 from selftune.run.folder import Run, StageEvent
-from selftune.run.plan import Step, plan, stage_manifests
+from selftune.run.plan import Step, fresh_prompts, plan, stage_manifests
 from selftune.stages.dpo import dpo_stage
 from selftune.stages.evaluate import evaluate_stage
 from selftune.stages.pairs import pairs_stage
@@ -68,7 +68,7 @@ def run_step(
 
     r = step.round_number
     if step.stage == "prompts":
-        return prompts_stage(run, cfg)
+        return prompts_stage(run, cfg, round_number=r)
     if step.stage == "sample":
         with _progress(progress_factory, f"round {r}: sampling") as progress:
             return sample_stage(run, cfg, round_number=r, policy=_policy(run, cfg, r), progress=progress)
@@ -156,7 +156,9 @@ def run_pipeline(
     with run.lock(), contextlib.closing(Trackers(run, cfg)) as trackers:
         run.save_config(cfg)  # later stages and commands read it (rounds, base model)
         trackers.params(cfg.model_dump(mode="json"))
-        for index, (step, forced) in enumerate(plan(cfg.rounds, from_stage=from_stage, until_stage=until_stage)):
+        for index, (step, forced) in enumerate(
+            plan(cfg.rounds, fresh=fresh_prompts(cfg), from_stage=from_stage, until_stage=until_stage)
+        ):
             decisions.clear()
             run.reuse = not forced
             if forced:
@@ -177,5 +179,5 @@ def run_pipeline(
             if not skipped:
                 on_event(f"{step.label}: done in {seconds:.0f}s")
             trackers.stage(run, step.stage, step.round_number, index)
-        trackers.params(lineage(stage_manifests(run, cfg.rounds)))
+        trackers.params(lineage(stage_manifests(run, cfg.rounds, fresh=fresh_prompts(cfg))))
     return results

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from selftune.config.loading import load_config
-from selftune.data.constraints.types import CONSTRAINTS
+from selftune.data.constraints.registry import CONSTRAINTS
 from selftune.data.prompts import FORMS, TOPICS, build_prompts, import_prompts
 from selftune.data.records import read_records
 from selftune.errors import ConfigError, NoTrainingDataError, RecordError
@@ -23,7 +23,7 @@ def test_builtin_prompts_are_deterministic_and_sized():
     a, b = build_prompts(300, 100, seed=1), build_prompts(300, 100, seed=1)
     assert [r.model_dump() for r in a] == [r.model_dump() for r in b]
     assert sum(r.split == "train" for r in a) == 300 and sum(r.split == "eval" for r in a) == 100
-    assert all(1 <= len(r.constraints) <= 3 for r in a)
+    assert all(1 <= len(r.constraints) <= (5 if r.split == "train" else 3) for r in a)
     assert build_prompts(10, 5, seed=2)[0].model_dump() != a[0].model_dump()
 
 
@@ -56,6 +56,8 @@ def test_eval_tasks_and_constraint_values_never_occur_in_train():
 
 
 def test_no_eval_prompt_or_eval_wording_leaks_into_train():
+    import random
+
     from selftune.data.constraints.registry import describe
 
     records = build_prompts(600, 300, seed=0)
@@ -68,7 +70,7 @@ def test_no_eval_prompt_or_eval_wording_leaks_into_train():
             assert c.wording.startswith("eval-")
             # The eval sentence, rendered with train values too, never appears in a train prompt.
             kind = CONSTRAINTS[c.type]
-            for kwargs in [c.kwargs] + [{k: v["train"][0] for k, v in kind.pools.items()}]:
+            for kwargs in [c.kwargs, kind.sample_kwargs(random.Random(0), "train", request="A request.")]:
                 assert describe(c.type, kwargs, c.wording) not in train_text, (c.type, c.wording)
     assert all(c.wording.startswith("train-") for r in records if r.split == "train" for c in r.constraints)
 
@@ -146,7 +148,12 @@ def _prompt(constraints):
 def test_constraint_scorer_fraction_and_pass():
     prompt = _prompt([{"type": "lowercase"}, {"type": "no_commas"}])
     full, half, none = ConstraintScorer(quality_checks=False).score(
-        prompt, ["all good here", "all good, mostly", "Bad, bad"]
+        prompt,
+        [
+            "all good here and the weather is fine today so we walk home",  # lowercase English (IFEval's rule)
+            "all good here, the weather is fine today so we walk home",
+            "Bad, bad",
+        ],
     )
     assert (full.score, full.passed) == (1.0, True)
     assert (half.score, half.passed) == (0.5, False) and half.checks == {"lowercase#0": True, "no_commas#1": False}
@@ -398,7 +405,7 @@ def test_retry_rounds_sample_again_only_the_prompts_without_a_passing_answer(tmp
 
         def generate(self, prompts, params, progress=None, stop_when=None):
             self.calls.append(([m[0]["content"] for m in prompts], params))
-            first = len(self.calls) == 1
+            first = params.seed == cfg.sample.seed  # the first pass (retries draw with other seeds)
             out = []
             for i, messages in enumerate(prompts):
                 fixed = None if first or i % 2 else repair_answer(records[messages[0]["content"]], base)
@@ -410,7 +417,12 @@ def test_retry_rounds_sample_again_only_the_prompts_without_a_passing_answer(tmp
     sample_stage(run, cfg, generator=gen)
     rows = read_records(run.output_of("sample", "samples"), "samples")
     passed = lambda rs: {r.prompt_id for r in rs if r.score >= 1.0}  # noqa: E731
-    first, second, third = gen.calls
+    # A pass asks once per answer budget (prompts asking for a length get more tokens): its calls
+    # share the pass's seed.
+    passes: dict[int, tuple[list, object]] = {}
+    for texts, params in gen.calls:
+        passes.setdefault(params.seed, ([], params))[0].extend(texts)
+    first, second, third = (passes[seed] for seed in sorted(passes))
     assert len(first[0]) == cfg.prompts.n_train and first[1].n == 2
     ids = {r.messages[0].content: r.id for r in records.values()}
     # Round 2 asks only what round 1 left unsolved (all), round 3 only what round 2 left unsolved.

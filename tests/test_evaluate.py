@@ -132,7 +132,7 @@ def test_cached_answers_are_reused_only_for_the_same_weights_prompts_and_setting
     assert not again["models"]["other"]["answers_from_cache"]  # other weights: generated
     assert again["models"]["base"]["peak_memory_gib"] is None  # no pairs: the model was not even loaded
     assert [a["answer"] for a in again["answers"] if a["model"] == "base"] == [a["answer"] for a in first["answers"]]
-    longer = load_config("tiny", overrides=["evaluate.max_new_tokens=9"])
+    longer = load_config("tiny", overrides=["evaluate.max_new_tokens=9", "evaluate.max_new_tokens_cap=9"])
     assert not evaluate_models([("base", str(tiny_model_dir))], PROMPTS, [], longer)["models"]["base"][
         "answers_from_cache"
     ]

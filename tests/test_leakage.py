@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from selftune.data.constraints.types import CONSTRAINTS
+from selftune.data.constraints.registry import CONSTRAINTS
 from selftune.data.prompts import FORMS, TOPICS, build_prompts
 
 FINGERPRINTS = Path(__file__).parent / "data" / "benchmark_sentences.txt"
@@ -90,6 +90,55 @@ def test_no_eval_prompt_text_occurs_in_train():
                 assert sentence not in train, (record.id, sentence)
     for kind in CONSTRAINTS.values():
         assert not set(kind.wordings["train"]) & set(kind.wordings["eval"]), kind.name
+
+
+# The training-only types closest to an IFBench test instruction, reviewed: each asks for something
+# else, so IFBench stays a test of what training did not show.
+IFBENCH_NEAREST = {
+    "numbered_list": (
+        "format:list",
+        "IFBench: a list whose items are separated by a given symbol; ours: items numbered 1..n",
+    ),
+    "colon_lines": (
+        "format:output_template",
+        "IFBench: one fixed three-label template; ours: any n 'Label: text' lines",
+    ),
+    "question_count": (
+        "ratio:sentence_type",
+        "IFBench: a 2:1 ratio of statements to questions; ours: at least n questions",
+    ),
+    "semicolons": ("count:punctuation", "IFBench: every punctuation mark at least once; ours: n semicolons"),
+    "word_length_limit": ("words:prime_lengths", "IFBench: every word of a prime length; ours: no word over n letters"),
+    "max_sentence_words": (
+        "sentence:increment",
+        "IFBench: each sentence n words longer than the last; ours: a ceiling",
+    ),
+    "bold_words": ("format:thesis", "IFBench: an italic HTML thesis opening each section; ours: n bold markdown spans"),
+}
+
+
+def ifbench_ids() -> set[str]:
+    """IFBench's test instructions: its reference registry's, and its test file's when given."""
+    ids = set(pytest.importorskip("if_verifiable.ifbench.instructions_registry").INSTRUCTION_DICT)
+    for path in filter(None, os.environ.get("SELFTUNE_BENCHMARK_FILES", "").split(os.pathsep)):
+        if "ifbench" in Path(path).name.lower():
+            rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+            ids |= {instruction for row in rows for instruction in row["instruction_id_list"]}
+    return ids
+
+
+def test_no_builtin_type_implements_an_ifbench_test_instruction():
+    ifbench = ifbench_ids()
+    assert len(ifbench) >= 58
+    ifeval = set(pytest.importorskip("if_verifiable.ifeval.instructions_registry").INSTRUCTION_DICT)
+    names = {i.split(":", 1)[1] for i in ifbench}
+    for name, kind in CONSTRAINTS.items():
+        # IFEval's types name the IFEval instruction they implement; none is an IFBench one.
+        assert kind.ifeval is None or (kind.ifeval in ifeval and kind.ifeval not in ifbench), name
+        if kind.ifeval is None:
+            assert name not in names, f"training-only type {name} is named like an IFBench instruction"
+    for name, (instruction, why) in IFBENCH_NEAREST.items():
+        assert name in CONSTRAINTS and CONSTRAINTS[name].ifeval is None and instruction in ifbench and why
 
 
 @pytest.mark.skipif(not os.environ.get("SELFTUNE_BENCHMARK_FILES"), reason="benchmark files not given")

@@ -52,7 +52,15 @@ class GenerationSection(Section):
         "(hf where it cannot serve the model).",
     )
     batch_size: int = Field(64, ge=1, description="Sequences in flight (prompts x samples) per forward pass.")
-    max_new_tokens: int = Field(256, ge=1, description="Longest answer, in tokens.")
+    max_new_tokens: int = Field(
+        256, ge=1, description="Answer budget, in tokens, of a prompt that asks for no particular length."
+    )
+    max_new_tokens_cap: int = Field(
+        768,
+        ge=1,
+        description="Most tokens for a prompt that asks for a length (a word count, paragraphs, sections): "
+        "its budget is about 1.4 tokens per word asked, between max_new_tokens and this.",
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine.")
     replicas: int = Field(
         1,
@@ -71,7 +79,20 @@ class PromptsSection(Section):
     n_eval: int = Field(
         200, ge=1, description="Held-out eval prompts (tasks, topics, constraint values and wordings unseen in train)."
     )
-    max_constraints: int = Field(3, ge=1, le=3, description="Most constraints per builtin prompt (1 to 3; mostly 1).")
+    max_constraints: int = Field(
+        5, ge=1, le=5, description="Most constraints per builtin train prompt (1 to 5); eval prompts have 1 to 3."
+    )
+    long_form_share: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Share of builtin train prompts that are long-form tasks asking for 150 to 600 words.",
+    )
+    fresh_each_round: bool = Field(
+        True,
+        description="Each round after the first samples new builtin train prompts (never seen in an earlier "
+        "round); off: every round reuses round 1's.",
+    )
     seed: int = Field(0, description="Seed of the builtin prompt set.")
     # The types SmolLM2-135M-Instruct passed in under 10% of 640 samples (K=8, 80 train prompts,
     # 128 tokens): lowercase 0, capital_words 0, letter_frequency 0, uppercase 2%, quoted 4%,
@@ -339,7 +360,15 @@ class EvaluateSection(Section):
             raise ValueError(f"unknown model name(s) {unknown}; choose from {', '.join(EVALUATED_MODELS)}")
         return value
 
-    max_new_tokens: int = Field(256, ge=1, description="Longest eval answer.")
+    max_new_tokens: int = Field(
+        256, ge=1, description="Eval answer budget of a prompt that asks for no particular length."
+    )
+    max_new_tokens_cap: int = Field(
+        256,
+        ge=1,
+        description="Most tokens for an eval prompt that asks for a length (about 1.4 tokens per word asked); "
+        "at max_new_tokens, every eval answer has the same budget, as benchmarks are run.",
+    )
     judge: bool = Field(False, description="Also compute a judge win-rate against the base (positions swapped).")
     judge_model: str | None = Field(
         None,

@@ -20,8 +20,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from selftune.data.constraints.registry import compatible, describe
-from selftune.data.constraints.types import CONSTRAINTS
+from selftune.data.constraints.registry import CONSTRAINTS, compatible, describe, validated_params
 from selftune.data.records import PromptRecord, RowProblem, convert_rows, with_id
 
 FORMS = {
@@ -193,27 +192,62 @@ TOPICS = {
 }
 
 
-# How many constraints a prompt gets: mostly one, so a small model still passes often enough for
-# rejection sampling to keep data; harder combinations are rarer.
-CONSTRAINT_COUNT_WEIGHTS = {1: 0.6, 2: 0.3, 3: 0.1}
+# Long-form tasks: each asks for at least `LONG_WORDS` words (a word_count constraint), so the
+# model learns to write the length a request asks for, as many real requests (and IFEval's) do.
+LONG_FORMS = {
+    "train": [
+        "Write an essay about {}.",
+        "Write a letter to a friend about {}.",
+        "Write a story about {}.",
+        "Write a report on {}.",
+        "Write a detailed guide to {}.",
+        "Write an article about {}.",
+    ],
+    "eval": ["Write a magazine feature about {}.", "Write a long open letter to your town about {}."],
+}
+LONG_WORDS = {"train": [150, 200, 300, 400, 500, 600], "eval": [250, 350]}
+
+# How many constraints a train prompt gets (up to `prompts.max_constraints`): several constraints
+# per prompt teach combining them (the IFBench paper found up to 5-6 per training prompt better than
+# up to 3, on IFEval too); one-constraint prompts keep the yield up. The eval split has IFEval's
+# shape: one to three constraints, mostly one.
+CONSTRAINT_COUNT_WEIGHTS = {1: 0.3, 2: 0.3, 3: 0.2, 4: 0.1, 5: 0.1}
+EVAL_COUNT_WEIGHTS = {1: 0.55, 2: 0.35, 3: 0.1}
+EVAL_LONG_FORM_SHARE = 0.25
 
 
-def _draw_constraints(rng: random.Random, split: str, count: int, type_weights: dict[str, float]) -> list[dict]:
-    """`count` compatible constraints, each with its parameters and one of its split's wordings."""
-    names: list[str] = []
-    for _ in range(count):
-        options = [n for n in CONSTRAINTS if compatible(names, n) and type_weights.get(n, 1.0) > 0]
+def _draw_constraints(
+    rng: random.Random, split: str, count: int, type_weights: dict[str, float], types: list[str], given: list[dict]
+) -> list[dict]:
+    """`count` compatible constraints (`given` first), each with its parameters and one of its
+    split's wordings; a type that repeats the request comes last, its parameter left to fill."""
+    names = [c["type"] for c in given]
+    while len(names) < count:
+        options = [n for n in types if compatible(names, n) and type_weights.get(n, 1.0) > 0]
         if not options:
             break
         names.append(rng.choices(options, [type_weights.get(n, 1.0) for n in options])[0])
+    names.sort(key=lambda n: CONSTRAINTS[n].repeats_request)  # stable: the repeat goes last
+    drawn = {c["type"]: c for c in given}
     return [
-        {
+        drawn.get(n)
+        or {
             "type": n,
             "kwargs": CONSTRAINTS[n].sample_kwargs(rng, split),
             "wording": rng.choice(CONSTRAINTS[n].wording_ids(split)),
         }
         for n in names
     ]
+
+
+def _prompt_text(task: str, constraints: list[dict]) -> str:
+    """The task and each constraint's instruction; a repeated request is everything before it."""
+    parts = [task]
+    for constraint in constraints:
+        if CONSTRAINTS[constraint["type"]].repeats_request:
+            constraint["kwargs"] = {"prompt_to_repeat": " ".join(parts)}
+        parts.append(describe(constraint["type"], constraint["kwargs"], constraint["wording"]))
+    return " ".join(parts)
 
 
 def check_type_weights(weights: dict[str, float]) -> dict[str, float]:
@@ -228,45 +262,107 @@ def check_type_weights(weights: dict[str, float]) -> dict[str, float]:
     return weights
 
 
+def _prompts(
+    rng: random.Random,
+    split: str,
+    total: int,
+    counts: dict[int, float],
+    long_share: float,
+    type_weights: dict[str, float],
+    types: list[str],
+) -> list[tuple[str, list[dict]]]:
+    """`total` (prompt text, constraints) of `split`, tasks in a seeded order cycled through."""
+    tasks = {
+        False: [form.format(topic) for form in FORMS[split] for topic in TOPICS[split]],
+        True: [form.format(topic) for form in LONG_FORMS[split] for topic in TOPICS[split]],
+    }
+    for pool in tasks.values():
+        rng.shuffle(pool)
+    taken = {False: 0, True: 0}
+    out = []
+    for _ in range(total):
+        long = rng.random() < long_share
+        task = tasks[long][taken[long] % len(tasks[long])]
+        taken[long] += 1
+        given = []
+        if long:
+            kwargs = {"relation": "at least", "n": rng.choice(LONG_WORDS[split])}
+            given = [
+                {
+                    "type": "word_count",
+                    "kwargs": kwargs,
+                    "wording": rng.choice(CONSTRAINTS["word_count"].wording_ids(split)),
+                }
+            ]
+        count = max(len(given), rng.choices(list(counts), list(counts.values()))[0])
+        constraints = _draw_constraints(rng, split, count, type_weights, types, given)
+        out.append((_prompt_text(task, constraints), constraints))
+    return out
+
+
 def build_prompts(
     n_train: int = 300,
     n_eval: int = 200,
-    max_constraints: int = 3,
+    max_constraints: int = 5,
     seed: int = 0,
     type_weights: dict[str, float] | None = None,
+    long_form_share: float = 0.25,
+    round_number: int = 1,
 ) -> list[PromptRecord]:
     """Deterministic train and eval prompts (see the module docstring for how eval is held out).
 
-    `type_weights` (constraint type -> relative weight, 1 when absent, 0 = never) shapes the
-    *train* mix only: the eval split draws every type evenly, so a score on it is not tilted
-    towards the types training favoured.
+    Train prompts draw from every constraint type, 1 to `max_constraints` per prompt, a
+    `long_form_share` of them long-form; `type_weights` (type -> relative weight, 1 when absent,
+    0 = never) shapes that mix. The eval split has IFEval's shape whatever the train settings:
+    IFEval's types only, 1 to 3 per prompt, a quarter long-form.
 
     Each split draws from its own random stream, so the eval prompts depend only on `seed` and
-    `n_eval`: runs that differ in their train mix or size are scored on the same eval set."""
+    `n_eval`. `round_number` r > 1 gives that round's fresh train prompts only: the train stream
+    continues where round r-1 stopped (its tasks come next in the same seeded order), so no round
+    repeats an earlier round's prompt."""
     check_type_weights(type_weights or {})
-    streams = {"train": random.Random(seed), "eval": random.Random(f"eval-{seed}")}
-    counts = [c for c in CONSTRAINT_COUNT_WEIGHTS if c <= max_constraints]
-    weights = [CONSTRAINT_COUNT_WEIGHTS[c] for c in counts]
-    records = []
-    for split, total in (("train", n_train), ("eval", n_eval)):
-        rng = streams[split]
-        tasks = [form.format(topic) for form in FORMS[split] for topic in TOPICS[split]]
-        rng.shuffle(tasks)
-        for i in range(total):
-            task = tasks[i % len(tasks)]
-            constraints = _draw_constraints(
-                rng, split, rng.choices(counts, weights)[0], (type_weights or {}) if split == "train" else {}
-            )
-            text = " ".join([task] + [describe(c["type"], c["kwargs"], c["wording"]) for c in constraints])
-            records.append(
-                PromptRecord(
-                    id=f"{split}-{i:04d}",
-                    messages=[{"role": "user", "content": text}],
-                    constraints=constraints,
-                    split=split,
-                )
-            )
+    counts = {c: w for c, w in CONSTRAINT_COUNT_WEIGHTS.items() if c <= max_constraints}
+    train = _prompts(
+        random.Random(seed),
+        "train",
+        n_train * round_number,
+        counts,
+        long_form_share,
+        type_weights or {},
+        list(CONSTRAINTS),
+    )[n_train * (round_number - 1) :]
+    prefix = "train" if round_number == 1 else f"train-r{round_number}"
+    records = [
+        PromptRecord(id=f"{prefix}-{i:04d}", messages=[{"role": "user", "content": text}], constraints=c, split="train")
+        for i, (text, c) in enumerate(train)
+    ]
+    if round_number > 1:
+        return records
+    ifeval_types = [name for name, kind in CONSTRAINTS.items() if kind.ifeval]
+    held_out = _prompts(
+        random.Random(f"eval-{seed}"), "eval", n_eval, EVAL_COUNT_WEIGHTS, EVAL_LONG_FORM_SHARE, {}, ifeval_types
+    )
+    records += [
+        PromptRecord(id=f"eval-{i:04d}", messages=[{"role": "user", "content": text}], constraints=c, split="eval")
+        for i, (text, c) in enumerate(held_out)
+    ]
     return records
+
+
+def answer_tokens(prompt: PromptRecord, base: int, cap: int) -> int:
+    """The answer budget a prompt needs: `base` tokens, or more where a constraint asks for a length
+    (about 1.4 tokens per word, plus room to finish), at most `cap`."""
+    asked = 0
+    for constraint in prompt.constraints:
+        kind = CONSTRAINTS.get(constraint.type)
+        if kind is not None and kind.words_asked is not None:
+            asked = max(asked, kind.words_asked(validated_params(constraint.type, constraint.kwargs)))
+    return min(cap, max(base, int(asked * 1.4) + 64))
+
+
+def answer_budgets(prompts: list[PromptRecord], base: int, cap: int) -> list[int]:
+    """`answer_tokens` of each prompt, in order."""
+    return [answer_tokens(prompt, base, cap) for prompt in prompts]
 
 
 def import_prompts(path: Path | str, split: str = "train") -> list[PromptRecord]:

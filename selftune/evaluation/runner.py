@@ -33,10 +33,12 @@ from pathlib import Path
 import torch
 
 from selftune.data.benchmarks import load_benchmark, parse_benchmark, require_checkers, score_benchmark
+from selftune.data.prompts import answer_budgets
 from selftune.data.records import PairRecord, PromptRecord, message_text, read_records
 from selftune.errors import SelftuneError
 from selftune.evaluation.lmeval import check_tasks, run_tasks
 from selftune.evaluation.metrics import answer_stats, instruction_following, pair_metrics, paired_comparison
+from selftune.generation.budget import generate_with_budgets
 from selftune.generation.factory import generates_in_children, open_configured
 from selftune.generation.local import make_generator
 from selftune.generation.types import SamplingParams, phase_progress
@@ -92,7 +94,7 @@ def pair_log_probs(
     return out
 
 
-def answers_cache_path(spec: str, messages: list[list[dict]], max_new_tokens: int, cfg) -> Path:
+def answers_cache_path(spec: str, messages: list[list[dict]], max_new_tokens: int | list[int], cfg) -> Path:
     """Where a model's greedy answers to a prompt set are kept: keyed by the model's weights
     (sha256 of its checkpoint), the prompts' text and every setting that shapes an answer. A later
     evaluation of the same model on the same prompts (a run whose DPO changed, another run with the
@@ -102,7 +104,11 @@ def answers_cache_path(spec: str, messages: list[list[dict]], max_new_tokens: in
         {
             "model": sha256_path(Path(resolve_model_path(spec))),
             "prompts": messages,
-            "max_new_tokens": max_new_tokens,
+            # One budget for every prompt is keyed as that number (as answers cached before budgets were
+            # per prompt), several as the list.
+            "max_new_tokens": max_new_tokens
+            if isinstance(max_new_tokens, int) or len(set(max_new_tokens)) > 1
+            else max_new_tokens[0],
             "dtype": cfg.model.dtype,
             "backend": cfg.generation.backend,
             "engine": 1,  # bump when generation changes in a way that changes greedy answers
@@ -112,10 +118,10 @@ def answers_cache_path(spec: str, messages: list[list[dict]], max_new_tokens: in
     return selftune_home() / "cache" / "answers" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
 
-def _answers(generator, messages: list[list[dict]], max_new_tokens: int, progress=None) -> list[dict]:
-    """Greedy answers, as the fields evaluation keeps of them."""
-
-    answers = generator.generate(messages, SamplingParams(max_new_tokens=max_new_tokens), progress=progress)
+def _answers(generator, messages: list[list[dict]], budgets: int | list[int], progress=None) -> list[dict]:
+    """Greedy answers within each prompt's token budget, as the fields evaluation keeps of them."""
+    budgets = [budgets] * len(messages) if isinstance(budgets, int) else budgets
+    answers = generate_with_budgets(generator, messages, SamplingParams(), budgets, progress=progress)
     return [
         {"text": a[0].text, "completion_tokens": a[0].completion_tokens, "finish_reason": a[0].finish_reason}
         for a in answers
@@ -142,7 +148,13 @@ def evaluate_one(
 
     started = time.perf_counter()
     sets = (
-        [("eval", [[m.model_dump() for m in p.messages] for p in prompts], cfg.evaluate.max_new_tokens)]
+        [
+            (
+                "eval",
+                [[m.model_dump() for m in p.messages] for p in prompts],
+                answer_budgets(prompts, cfg.evaluate.max_new_tokens, cfg.evaluate.max_new_tokens_cap),
+            )
+        ]
         if prompts
         else []
     )
@@ -296,24 +308,39 @@ def evaluate_models(
         results["judge"] = judge_models(answers, prompts, baseline, cfg)
         for name, outcome in results["judge"]["vs_" + baseline].items():
             results["models"][name]["judge_win_rate"] = outcome["win_rate"]
+    passed = defaultdict(list)  # model -> prompt-level strict pass per prompt, in prompt order
+    for row in answers:
+        passed[row["model"]].append(all(row["strict"]))
     if baseline in results["models"]:
-        passed = defaultdict(list)  # model -> prompt-level strict pass per prompt, in prompt order
-        for row in answers:
-            passed[row["model"]].append(all(row["strict"]))
         for name in results["models"]:
-            if name != baseline and prompts:
-                results["models"][name]["vs_" + baseline] = paired_comparison(passed[name], passed[baseline])
-        for bench, _ in benchmarks:
-            ours = results["models"][baseline]["benchmarks"][bench]["per_prompt"]
-            for name, metrics in results["models"].items():
-                theirs = metrics["benchmarks"][bench]["per_prompt"]
-                if name != baseline and set(theirs) == set(ours):
-                    keys = sorted(ours)
-                    metrics["benchmarks"][bench]["vs_" + baseline] = paired_comparison(
-                        [theirs[k] for k in keys], [ours[k] for k in keys]
-                    )
+            if name != baseline:
+                _compare(results, passed, benchmarks, name, baseline, "vs_" + baseline)
+    for name in results["models"]:  # each round's final model against the round before's
+        previous = previous_round(name)
+        if previous in results["models"]:
+            _compare(results, passed, benchmarks, name, previous, "vs_previous")
     results["answers"] = answers
     return results
+
+
+def previous_round(name: str) -> str | None:
+    """The previous round's final model of a round's final model (`dpo-r3` -> `dpo-r2`), else None."""
+    kind, _, suffix = name.partition("-r")
+    return f"{kind}-r{int(suffix) - 1}" if kind == "dpo" and suffix.isdigit() and int(suffix) > 1 else None
+
+
+def _compare(results: dict, passed: dict, benchmarks: list, name: str, other: str, key: str) -> None:
+    """Model `name` against model `other`, paired: on the eval prompts and on each benchmark."""
+    if passed.get(name) and passed.get(other):
+        results["models"][name][key] = paired_comparison(passed[name], passed[other])
+    for bench, _ in benchmarks:
+        ours = results["models"][name]["benchmarks"][bench]["per_prompt"]
+        theirs = results["models"][other]["benchmarks"][bench]["per_prompt"]
+        if set(theirs) == set(ours):
+            keys = sorted(ours)
+            results["models"][name]["benchmarks"][bench][key] = paired_comparison(
+                [ours[k] for k in keys], [theirs[k] for k in keys]
+            )
 
 
 def write_results(out_dir: Path, results: dict) -> Path:

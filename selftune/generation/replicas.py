@@ -41,7 +41,7 @@ import torch
 
 from selftune.errors import ConfigError, SelftuneError
 from selftune.generation.local import open_local
-from selftune.generation.types import Completion, ProgressCallback, Prompt, SamplingParams, StopWhen
+from selftune.generation.types import Completion, ProgressCallback, Prompt, Remapped, SamplingParams, StopWhen
 
 logger = logging.getLogger("selftune.replicas")
 
@@ -88,16 +88,6 @@ def shard(count: int, replicas: int) -> list[list[int]]:
     return [list(range(r, count, replicas)) for r in range(replicas)]
 
 
-class _Remapped:
-    """A replica's view of the parent's `stop_when`: shard-local prompt indices mapped back."""
-
-    def __init__(self, stop_when: StopWhen, index: list[int]):
-        self.stop_when, self.index = stop_when, index
-
-    def __call__(self, prompt_index: int, sample_index: int, text: str) -> str | None:
-        return self.stop_when(self.index[prompt_index], sample_index, text)
-
-
 def _serve(rank: int, spec: str, options: dict, requests, replies) -> None:
     """A replica's main loop: load the model once, answer each request, stop on None. Its
     environment (`replica_env`) was set by the parent before the start."""
@@ -112,7 +102,7 @@ def _serve(rank: int, spec: str, options: dict, requests, replies) -> None:
                 def progress(done: int, tokens: int) -> None:
                     replies.put((rank, "progress", (done, tokens)))
 
-                hook = _Remapped(stop_when, index) if stop_when is not None else None
+                hook = Remapped(stop_when, index) if stop_when is not None else None
                 answers = generator.generate(prompts, params, progress=progress, stop_when=hook)
                 replies.put((rank, "done", answers))
     except BaseException as exc:  # noqa: BLE001 - everything a child hits is reported to the parent

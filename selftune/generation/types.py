@@ -89,3 +89,15 @@ class Generator(Protocol):
     ) -> list[list[Completion]]:
         """One list of `params.n` completions per prompt, in the order of `prompts`."""
         ...
+
+
+class Remapped:
+    """A `stop_when` for a subset of the prompts: the subset's prompt indices mapped back to the
+    caller's (a generation replica's shard, one answer budget's prompts). A class, not a closure:
+    replicas receive it pickled."""
+
+    def __init__(self, stop_when: StopWhen, index: list[int]):
+        self.stop_when, self.index = stop_when, index
+
+    def __call__(self, prompt_index: int, sample_index: int, text: str) -> str | None:
+        return self.stop_when(self.index[prompt_index], sample_index, text)

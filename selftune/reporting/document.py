@@ -17,7 +17,7 @@ import jinja2
 
 from selftune.data.records import read_records
 from selftune.reporting.plots import plot_lengths, plot_pass_rates, plot_training, plot_trend
-from selftune.reporting.tables import checker_note, markdown_table, noise_table, summary_table
+from selftune.reporting.tables import checker_note, markdown_table, noise_table, round_table, summary_table
 from selftune.run.plan import stage_manifests
 
 
@@ -40,12 +40,12 @@ def _template(name: str, *, autoescape: bool):
 # ---------------------------------------------------------------------------------------------
 
 
-def lineage_rows(run, rounds: int) -> list[list[str]]:
-    """One row per stage of the run's plan (the stages `selftune run` takes for `rounds`), from
-    their manifests; folders that are not stages of the plan are not read."""
+def lineage_rows(run, rounds: int, *, fresh: bool = False) -> list[list[str]]:
+    """One row per stage of the run's plan (the stages `selftune run` takes for `rounds`, with each
+    round's prompts when `fresh`), from their manifests; folders not in the plan are not read."""
 
     rows = []
-    for step, manifest in stage_manifests(run, rounds):
+    for step, manifest in stage_manifests(run, rounds, fresh=fresh):
         if step.stage == "report":
             continue
         if manifest is None:
@@ -116,6 +116,7 @@ def write_report(
     images = {k: v for k, v in images.items() if v is not None}
     header, rows = summary_table(results)
     noise_header, noise_rows = noise_table(results)
+    round_header, round_rows = round_table(results)
     if "reference" in results or "references" not in results:
         reference_note = f"Pair metrics use the {results.get('reference', 'SFT')} model as the reference."
     else:
@@ -128,6 +129,8 @@ def write_report(
         "title": title,
         "models": {"header": header, "rows": rows},
         "noise": {"header": noise_header, "rows": noise_rows},
+        # Shown from two rounds on: does each round beat the one before it?
+        "rounds": {"header": round_header, "rows": round_rows if len(round_rows) > 1 else []},
         "checker_note": checker_note(results),
         "reference_note": reference_note,
         "noise_note": "Paired over the same eval prompts: the interval resamples prompts; McNemar's exact test uses "

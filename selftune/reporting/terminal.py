@@ -12,7 +12,7 @@ from selftune.config import PipelineConfig
 from selftune.progress import console
 from selftune.reporting.by_type import data_mix
 from selftune.reporting.document import evaluation_of, side_by_side
-from selftune.reporting.tables import noise_table, summary_table
+from selftune.reporting.tables import noise_table, round_table, summary_table
 from selftune.run.folder import Run
 
 
@@ -95,6 +95,11 @@ def print_run_end(run: Run, cfg: PipelineConfig, report_path) -> None:
         for name, answer in example["answers"].items():
             console.print(f"[bold]{escape(name)}:[/bold] {escape(answer)}", soft_wrap=True)
     print_results_table(results, "summary (eval split; deltas against base)")
+    header, rows = round_table(results)
+    if len(rows) > 1:
+        print_table(
+            header, rows, "round by round: each round's final model against the round before's", transpose=False
+        )
     for line in data_mix(run, cfg.rounds):
         console.print(escape(line), soft_wrap=True)
     console.print(f"report: {report_path}", soft_wrap=True)

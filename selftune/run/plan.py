@@ -7,15 +7,11 @@ model card and the trackers read back.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from selftune.config import PipelineConfig
 from selftune.errors import ConfigError
 from selftune.run.folder import Run
 from selftune.run.manifest import Manifest, readable_manifest
-
-if TYPE_CHECKING:
-    pass
-
 
 ROUND_STAGES = ["sample", "sft-data", "sft", "pairs", "dpo"]
 
@@ -33,14 +29,33 @@ class Step:
         return f"round-{self.round_number}/{self.stage}"
 
 
-def plan(rounds: int, *, from_stage: str | None = None, until_stage: str | None = None) -> list[tuple[Step, bool]]:
+def fresh_prompts(cfg: PipelineConfig) -> bool:
+    """Whether each round after the first has train prompts of its own (built-in prompts only)."""
+    return cfg.prompts.fresh_each_round and cfg.prompts.source == "builtin"
+
+
+def prompts_round(cfg: PipelineConfig, round_number: int) -> int:
+    """The round whose prompts stage holds round `round_number`'s train prompts."""
+    return round_number if fresh_prompts(cfg) else 1
+
+
+def plan(
+    rounds: int,
+    *,
+    fresh: bool = False,
+    from_stage: str | None = None,
+    until_stage: str | None = None,
+) -> list[tuple[Step, bool]]:
     """The steps to take, in order, each with `forced` (at or after `from_stage`: rerun whatever
-    its manifest says). `until_stage` stops after its last occurrence."""
+    its manifest says). `fresh`: rounds after the first build prompts of their own first.
+    `until_stage` stops after its last occurrence."""
     for name in (from_stage, until_stage):
         if name is not None and name not in STAGES:
             raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     steps = [Step("prompts", 1)]
-    steps += [Step(stage, r) for r in range(1, rounds + 1) for stage in ROUND_STAGES]
+    for r in range(1, rounds + 1):
+        steps += [Step("prompts", r)] if fresh and r > 1 else []
+        steps += [Step(stage, r) for stage in ROUND_STAGES]
     steps += [Step("evaluate", rounds), Step("report", rounds)]
     if until_stage is not None:
         last = max(k for k, step in enumerate(steps) if step.stage == until_stage)
@@ -49,8 +64,9 @@ def plan(rounds: int, *, from_stage: str | None = None, until_stage: str | None 
     return [(step, k >= first_forced) for k, step in enumerate(steps)]
 
 
-def stage_manifests(run: Run, rounds: int) -> list[tuple[Step, Manifest | None]]:
-    """Each stage of the plan for `rounds` with its manifest (None when it has not run, or its
-    manifest cannot be read): the run's lineage as the report, the model card and the trackers
-    show it. Folders that are not stages of the plan are not read."""
-    return [(step, readable_manifest(run.stage_dir(step.stage, step.round_number))) for step, _ in plan(rounds)]
+def stage_manifests(run: Run, rounds: int, *, fresh: bool = False) -> list[tuple[Step, Manifest | None]]:
+    """Each stage of the plan for `rounds` (`fresh`: with each round's prompts) with its manifest
+    (None when it has not run, or its manifest cannot be read): the run's lineage as the report,
+    the model card and the trackers show it. Folders that are not stages of the plan are not read."""
+    steps = plan(rounds, fresh=fresh)
+    return [(step, readable_manifest(run.stage_dir(step.stage, step.round_number))) for step, _ in steps]

@@ -17,12 +17,15 @@ from pathlib import Path
 
 from selftune.config import PipelineConfig
 from selftune.data.pairs import Chosen, Contrast, build_pairs, contrasts_for, prompt_messages
+from selftune.data.prompts import answer_budgets
 from selftune.data.records import SampleRecord, read_records
 from selftune.errors import NoTrainingDataError
+from selftune.generation.budget import generate_with_budgets
 from selftune.generation.factory import UNHASHED_GENERATION_SETTINGS, open_configured, sampling_params
 from selftune.models import check_model_spec
 from selftune.run.files import write_jsonl
 from selftune.run.folder import Run
+from selftune.run.plan import prompts_round
 from selftune.run.spec import StageSpec
 from selftune.scoring.registry import judges_with_policy, make_scorer, score_samples
 
@@ -51,8 +54,16 @@ PAIRS_STAGE = StageSpec(
     "pairs",
     output="pairs",
     # The sample section holds the scorer, its threshold and the sampling settings pairs reuse.
-    reads=("pairs", "sample", "model.dtype", "generation.backend", "generation.max_new_tokens"),
-    unhashed=UNHASHED_GENERATION_SETTINGS,
+    reads=(
+        "pairs",
+        "sample",
+        "model.dtype",
+        "generation.backend",
+        "generation.max_new_tokens",
+        "generation.max_new_tokens_cap",
+    ),
+    # Which round's prompts are read is recorded with them (the inputs' sha256).
+    unhashed=(*UNHASHED_GENERATION_SETTINGS, "prompts.fresh_each_round", "prompts.source"),
 )
 
 
@@ -61,22 +72,27 @@ def pairs_stage(
 ) -> Path:
     """Sample the SFT model on train and eval prompts, then write train and held-out pairs."""
     cfg = PAIRS_STAGE.view(cfg)
-    prompts_path = run.output_of("prompts", "prompts", round_number=1)
+    prompts_path = run.output_of("prompts", "prompts", round_number=prompts_round(cfg, round_number))
+    eval_prompts_path = run.output_of("prompts", "prompts", round_number=1)  # the held-out split is round 1's
     sft_path = run.output_of("sft-data", "sft", round_number=round_number)
     base_path = run.output_of("sample", "samples", round_number=1)
+    # This round's samples: its policy's own answers to its prompts (round 1's are the base's).
+    round_path = run.output_of("sample", "samples", round_number=round_number)
     # The SFT model answers when pairs.k > 0, and judges when the scorer is a judge with no model of
     # its own; otherwise no model is read (policy None).
     needs_policy = bool(cfg.pairs.k) or judges_with_policy(cfg.sample.scorer)
     policy = (policy or str(run.output_of("sft", "merged", round_number=round_number))) if needs_policy else None
-    all_prompts = read_records(prompts_path, "prompts")
+    train_prompts = [p for p in read_records(prompts_path, "prompts") if p.split == "train"]
     # Held-out pairs come from the first `pairs.eval_prompts` eval prompts: sampling them all costs
     # as much as the train prompts, for a diagnostic (held-out reward accuracy) that needs far fewer.
-    prompts = [p for p in all_prompts if p.split == "train"] + [p for p in all_prompts if p.split == "eval"][
-        : cfg.pairs.eval_prompts if cfg.pairs.k else 0
-    ]
+    held_out = [p for p in read_records(eval_prompts_path, "prompts") if p.split == "eval"]
+    prompts = train_prompts + held_out[: cfg.pairs.eval_prompts if cfg.pairs.k else 0]
     sft_records = read_records(sft_path, "sft")
     base_samples = read_records(base_path, "samples")
+    round_samples = read_records(round_path, "samples")
     inputs = {"prompts": prompts_path, "sft": sft_path, "base_samples": base_path}
+    if round_number > 1:  # round 1's prompts and samples are the ones above
+        inputs.update(eval_prompts=eval_prompts_path, round_samples=round_path)
     if policy and Path(policy).is_dir():
         inputs["policy"] = Path(policy)
     params = sampling_params(cfg, n=max(1, cfg.pairs.k), seed=cfg.pairs.seed + 1)
@@ -94,14 +110,21 @@ def pairs_stage(
         scorer = models.enter_context(make_scorer(cfg, gen))
         policy_samples: list[SampleRecord] = []
         if cfg.pairs.k:  # on-policy: the SFT model answers every train prompt (and some eval prompts)
-            answers = gen.generate([prompt_messages(p) for p in prompts], params, progress=progress)
+            answers = generate_with_budgets(
+                gen,
+                [prompt_messages(p) for p in prompts],
+                params,
+                answer_budgets(prompts, cfg.generation.max_new_tokens, cfg.generation.max_new_tokens_cap),
+                progress=progress,
+            )
             policy_samples = score_samples(prompts, answers, scorer, policy)
             write_jsonl(stage.dir / "policy_samples.jsonl", policy_samples)
             stage.add_output("policy_samples", stage.dir / "policy_samples.jsonl")
         best, policy_failed = group_samples(policy_samples, threshold)
         _, base_failed = group_samples(base_samples, threshold)
-        if not cfg.pairs.k:  # off-policy: the base samples' failures serve as the policy's
-            policy_failed, base_failed = base_failed, {}
+        if not cfg.pairs.k:  # off-policy: this round's samples' failures serve as the policy's
+            policy_failed = group_samples(round_samples, threshold)[1]
+            base_failed = {} if round_number == 1 else base_failed
         use_contrasts = cfg.pairs.sources.get("original", 0) > 0 and cfg.sample.scorer.kind == "constraints"
         for split in ("train", "eval"):
             subset = [p for p in prompts if p.split == split]

@@ -17,9 +17,10 @@ from selftune.run.spec import StageSpec
 PROMPTS_STAGE = StageSpec("prompts", output="prompts", reads=("prompts",))
 
 
-def prompts_stage(run: Run, cfg: PipelineConfig, *, source: Path | None = None) -> Path:
+def prompts_stage(run: Run, cfg: PipelineConfig, *, source: Path | None = None, round_number: int = 1) -> Path:
     """Stage `prompts`: write the run's prompt set (built-in, or imported from `source` /
-    `cfg.prompts.source`) to round-1/prompts/prompts.jsonl."""
+    `cfg.prompts.source`) to round-1/prompts/prompts.jsonl; in a later round, that round's fresh
+    built-in train prompts (`prompts.fresh_each_round`) to round-R/prompts/prompts.jsonl."""
 
     cfg = PROMPTS_STAGE.view(cfg)
     source = Path(source) if source else (None if cfg.prompts.source == "builtin" else Path(cfg.prompts.source))
@@ -27,7 +28,7 @@ def prompts_stage(run: Run, cfg: PipelineConfig, *, source: Path | None = None) 
     # the run's earlier prompts (and their manifest) as they were.
     imported = import_prompts(source) if source else None
     inputs = {"source": source} if source else {}
-    start = run.begin(PROMPTS_STAGE, cfg, inputs=inputs)
+    start = run.begin(PROMPTS_STAGE, cfg, inputs=inputs, round_number=round_number)
     if start.reused:
         return start.reused
     with start as stage:
@@ -35,7 +36,15 @@ def prompts_stage(run: Run, cfg: PipelineConfig, *, source: Path | None = None) 
             records = imported
         else:
             p = cfg.prompts
-            records = build_prompts(p.n_train, p.n_eval, p.max_constraints, p.seed, p.type_weights)
+            records = build_prompts(
+                p.n_train,
+                p.n_eval,
+                p.max_constraints,
+                p.seed,
+                p.type_weights,
+                long_form_share=p.long_form_share,
+                round_number=round_number,
+            )
         out = stage.dir / "prompts.jsonl"
         write_jsonl(out, records)
         stage.add_output("prompts", out)

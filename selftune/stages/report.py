@@ -15,9 +15,12 @@ from pathlib import Path
 from selftune.config import PipelineConfig
 from selftune.reporting.document import evaluation_of, lineage_rows, write_report
 from selftune.run.folder import Run
+from selftune.run.plan import fresh_prompts
 from selftune.run.spec import StageSpec
 
-REPORT_STAGE = StageSpec("report", output="html", reads=())  # everything it shows comes from its inputs
+# Everything it shows comes from its inputs, but for which stages the lineage table lists: the
+# plan, which the prompts settings shape (each round's own prompts).
+REPORT_STAGE = StageSpec("report", output="html", reads=("prompts.fresh_each_round", "prompts.source"))
 
 
 def report_stage(run: Run, cfg: PipelineConfig, *, round_number: int = 1) -> Path:
@@ -47,7 +50,7 @@ def report_stage(run: Run, cfg: PipelineConfig, *, round_number: int = 1) -> Pat
             answers=answers,
             prompts=prompts,
             history_by_stage=history,
-            lineage=lineage_rows(run, round_number),
+            lineage=lineage_rows(run, round_number, fresh=fresh_prompts(cfg)),
         )
         stage.add_output("html", files["html"])
         stage.add_output("md", files["md"])

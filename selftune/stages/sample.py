@@ -23,13 +23,17 @@ from pathlib import Path
 
 from selftune.config import PipelineConfig
 from selftune.data.early_rejection import EarlyRejection
+from selftune.data.pairs import prompt_messages
+from selftune.data.prompts import answer_budgets
 from selftune.data.records import PromptRecord, SampleRecord, read_records
 from selftune.errors import RecordError
+from selftune.generation.budget import generate_with_budgets
 from selftune.generation.factory import UNHASHED_GENERATION_SETTINGS, open_configured, sampling_params
 from selftune.generation.types import Generator, ProgressCallback
 from selftune.models import check_model_spec
 from selftune.run.files import write_jsonl
 from selftune.run.folder import Run
+from selftune.run.plan import prompts_round
 from selftune.run.spec import StageSpec
 from selftune.scoring.base import Scorer
 from selftune.scoring.registry import make_scorer, score_samples
@@ -62,8 +66,8 @@ def retry_unsolved(
         stop_when = (
             EarlyRejection(todo, 0) if cfg.sample.early_rejection and cfg.sample.scorer.kind == "constraints" else None
         )
-        answers = gen.generate(
-            [[m.model_dump() for m in p.messages] for p in todo], params, progress=progress, stop_when=stop_when
+        answers = generate_with_budgets(
+            gen, [prompt_messages(p) for p in todo], params, budgets(todo, cfg), progress=progress, stop_when=stop_when
         )
         answers = [[dataclasses.replace(c, sample_index=next_index + c.sample_index) for c in row] for row in answers]
         new = score_samples(todo, answers, scorer, model_name)
@@ -109,9 +113,22 @@ def yield_stats(prompts: list[PromptRecord], rows: list[SampleRecord], threshold
 SAMPLE_STAGE = StageSpec(
     "sample",
     output="samples",
-    reads=("sample", "model.spec", "model.dtype", "generation.backend", "generation.max_new_tokens"),
-    unhashed=UNHASHED_GENERATION_SETTINGS,
+    reads=(
+        "sample",
+        "model.spec",
+        "model.dtype",
+        "generation.backend",
+        "generation.max_new_tokens",
+        "generation.max_new_tokens_cap",
+    ),
+    # Which round's prompts are read is recorded with them (the inputs' sha256).
+    unhashed=(*UNHASHED_GENERATION_SETTINGS, "prompts.fresh_each_round", "prompts.source"),
 )
+
+
+def budgets(prompts: list[PromptRecord], cfg) -> list[int]:
+    """Each prompt's answer budget (the length it asks for, within the generation settings)."""
+    return answer_budgets(prompts, cfg.generation.max_new_tokens, cfg.generation.max_new_tokens_cap)
 
 
 def sample_stage(
@@ -126,8 +143,9 @@ def sample_stage(
 ) -> Path:
     """Write `samples.jsonl` (answers to the train prompts) for one round; returns its path."""
     cfg = SAMPLE_STAGE.view(cfg)
-    prompts_path = Path(prompts_path) if prompts_path else run.output_of("prompts", "prompts", round_number=1)
-    prompts = [r for r in read_records(prompts_path, "prompts") if r.split == "train"]
+    if prompts_path is None:
+        prompts_path = run.output_of("prompts", "prompts", round_number=prompts_round(cfg, round_number))
+    prompts = [r for r in read_records(Path(prompts_path), "prompts") if r.split == "train"]
     if not prompts:
         raise RecordError([f"{prompts_path}: no prompts with split 'train'"])
     if cfg.sample.scorer.kind == "constraints":
@@ -155,8 +173,9 @@ def sample_stage(
             stop_when = EarlyRejection(prompts, cfg.sample.full_samples, cfg.sample.k)
         with opened as gen:
             started = time.perf_counter()
-            answers = gen.generate(
-                [[m.model_dump() for m in p.messages] for p in prompts], params, progress=progress, stop_when=stop_when
+            messages = [prompt_messages(p) for p in prompts]
+            answers = generate_with_budgets(
+                gen, messages, params, budgets(prompts, cfg), progress=progress, stop_when=stop_when
             )
             with make_scorer(cfg, gen) as scorer:
                 rows = score_samples(prompts, answers, scorer, policy)

@@ -21,6 +21,7 @@ from selftune.data.repair import repair_answer, repair_candidates
 from selftune.errors import NoTrainingDataError
 from selftune.run.files import write_jsonl
 from selftune.run.folder import Run
+from selftune.run.plan import prompts_round
 from selftune.run.spec import StageSpec
 
 
@@ -106,7 +107,11 @@ def select_examples(
 # The pass threshold and the scorer kind decide which samples count as passing (a changed
 # threshold used to leave stale SFT data "up to date").
 SFT_DATA_STAGE = StageSpec(
-    "sft-data", output="sft", reads=("sft_data", "sample.scorer.pass_threshold", "sample.scorer.kind")
+    "sft-data",
+    output="sft",
+    reads=("sft_data", "sample.scorer.pass_threshold", "sample.scorer.kind"),
+    # Which round's prompts are read is recorded with them (the inputs' sha256).
+    unhashed=("prompts.fresh_each_round", "prompts.source"),
 )
 
 
@@ -120,7 +125,9 @@ def sft_data_stage(
 ) -> Path:
     cfg = SFT_DATA_STAGE.view(cfg)
     samples_path = Path(samples_path) if samples_path else run.output_of("sample", "samples", round_number=round_number)
-    prompts_path = Path(prompts_path) if prompts_path else run.output_of("prompts", "prompts", round_number=1)
+    if prompts_path is None:
+        prompts_path = run.output_of("prompts", "prompts", round_number=prompts_round(cfg, round_number))
+    prompts_path = Path(prompts_path)
     samples = read_records(samples_path, "samples")  # validate both inputs before writing anything
     prompts = [p for p in read_records(prompts_path, "prompts") if p.split == "train"]
     inputs = {"samples": samples_path, "prompts": prompts_path}

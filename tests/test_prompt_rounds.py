@@ -1,0 +1,85 @@
+"""Prompts as users write them and rounds that see new ones: 1 to 5 constraints per train prompt,
+long-form tasks with their word count, an eval split of IFEval's shape, a request repeated word for
+word, answer budgets that follow the length asked, and each round's fresh train prompts."""
+
+from __future__ import annotations
+
+import collections
+
+from selftune.data.constraints.registry import CONSTRAINTS, check
+from selftune.data.prompts import LONG_FORMS, answer_tokens, build_prompts
+from selftune.generation.budget import generate_with_budgets
+from selftune.generation.types import SamplingParams
+from tests.conftest import MockGenerator
+
+
+def test_train_prompts_carry_one_to_five_constraints_and_eval_prompts_one_to_three():
+    records = build_prompts(400, 200, max_constraints=5, seed=0)
+    train = collections.Counter(len(r.constraints) for r in records if r.split == "train")
+    held_out = collections.Counter(len(r.constraints) for r in records if r.split == "eval")
+    assert set(train) == {1, 2, 3, 4, 5} and set(held_out) == {1, 2, 3}
+    assert all(len(r.constraints) <= 2 for r in build_prompts(100, 0, max_constraints=2, seed=0))
+    # The held-out split uses IFEval's types only: it is the measure that should predict IFEval.
+    assert {c.type for r in records if r.split == "eval" for c in r.constraints} == {
+        name for name, kind in CONSTRAINTS.items() if kind.ifeval
+    }
+
+
+def test_long_form_tasks_ask_for_their_length_and_get_the_budget_for_it():
+    records = build_prompts(300, 0, seed=0, long_form_share=0.5)
+    long = [r for r in records if any(r.messages[0].content.startswith(f.split("{")[0]) for f in LONG_FORMS["train"])]
+    assert 0.35 < len(long) / len(records) < 0.65
+    for record in long:
+        [asked] = [c.kwargs["n"] for c in record.constraints if c.type == "word_count"]
+        assert 150 <= asked <= 600
+        # The word count's need at least (another constraint may ask for more), never past the cap.
+        assert min(768, int(asked * 1.4) + 64) <= answer_tokens(record, 256, 768) <= 768
+    short = [r for r in records if r not in long and all(c.type != "word_count" for c in r.constraints)]
+    assert short and all(answer_tokens(r, 256, 768) in range(256, 769) for r in short)
+    assert all(answer_tokens(r, 128, 128) == 128 for r in records)  # a cap at the base: one budget for all
+
+
+def test_a_repeated_request_is_everything_before_its_instruction():
+    records = [r for r in build_prompts(1000, 0, seed=3) if any(c.type == "repeat_prompt" for c in r.constraints)]
+    assert records
+    for record in records:
+        assert record.constraints[-1].type == "repeat_prompt"  # placed last
+        request = record.constraints[-1].kwargs["prompt_to_repeat"]
+        text = record.messages[0].content
+        assert text.startswith(request + " ") and len(request) < len(text)
+        assert check("repeat_prompt", f"{request}\n\nThe answer.", record.constraints[-1].kwargs)
+
+
+def test_each_round_gets_fresh_train_prompts_and_the_stream_is_stable():
+    rounds = {r: build_prompts(120, 50, seed=0, round_number=r) for r in (1, 2, 3)}
+    texts = {r: {p.messages[0].content for p in records if p.split == "train"} for r, records in rounds.items()}
+    assert not texts[1] & texts[2] and not texts[2] & texts[3] and not texts[1] & texts[3]
+    assert all(p.split == "train" and p.id.startswith(f"train-r{r}-") for r in (2, 3) for p in rounds[r])
+    # Round r's prompts are the same whatever the number of rounds asked for (the stream continues).
+    again = build_prompts(120, 50, seed=0, round_number=2)
+    assert [p.model_dump() for p in again] == [p.model_dump() for p in rounds[2]]
+    # Tasks do not repeat across rounds until the task pool is used up.
+    tasks = {r: {p.messages[0].content.split(". ")[0] for p in rounds[r]} for r in (1, 2)}
+    assert len(tasks[1] & tasks[2]) < 5
+
+
+def test_eval_prompts_do_not_depend_on_the_train_settings():
+    base = [r.model_dump() for r in build_prompts(50, 80, seed=0) if r.split == "eval"]
+    other = build_prompts(300, 80, max_constraints=2, seed=0, long_form_share=0.9, type_weights={"title": 0})
+    assert [r.model_dump() for r in other if r.split == "eval"] == base
+
+
+def test_budgets_group_prompts_and_keep_the_callers_order_and_indices():
+    seen = []
+
+    def stop_when(prompt_index, sample_index, text):
+        seen.append(prompt_index)
+        return None
+
+    generator = MockGenerator(lambda i: [f"answer {i}"])
+    prompts = ["a", "b", "c", "d"]
+    answers = generate_with_budgets(generator, prompts, SamplingParams(n=1), [300, 100, 300, 200], stop_when=stop_when)
+    assert [call[1].max_new_tokens for call in generator.calls] == [100, 200, 300]
+    assert [call[0] for call in generator.calls] == [["b"], ["d"], ["a", "c"]]
+    assert [a[0].prompt_index for a in answers] == [0, 1, 2, 3]
+    assert sorted(seen) == [0, 1, 2, 3]  # early rejection hears the caller's indices
