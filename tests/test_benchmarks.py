@@ -89,6 +89,35 @@ def test_a_prompt_whose_only_instruction_is_not_scored_leaves_the_denominators(f
     )
 
 
+def test_the_same_answers_score_the_same_whatever_the_random_state(tmp_path):
+    # A letter the reference cannot use ("ab") makes its checker draw one at random; selftune
+    # seeds each check by benchmark, prompt and instruction, so scores repeat, and restores the
+    # caller's random state.
+    import random
+
+    rows = [
+        {
+            "key": k,
+            "prompt": "Use the letter ab a lot.",
+            "instruction_id_list": ["keywords:letter_frequency"],
+            "kwargs": [{"letter": "ab", "let_frequency": 4, "let_relation": "at least"}],
+        }
+        for k in range(40)
+    ]
+    path = tmp_path / "input_data.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    prompts = load_benchmark("ifeval", path)
+    answers = ["the quick brown fox jumps over the lazy dog, twice: the quick brown fox"] * len(rows)
+    verdicts = []
+    for seed in range(4):
+        random.seed(seed)
+        before = random.getstate()
+        verdicts.append(score_benchmark("ifeval", prompts, answers)["per_prompt"])
+        assert random.getstate() == before
+    assert all(v == verdicts[0] for v in verdicts)
+    assert 0 < sum(verdicts[0].values()) < len(rows)  # the drawn letters differ between prompts
+
+
 def test_bad_benchmark_rows_name_file_line_and_field(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import collections
 
 from selftune.data.constraints.registry import CONSTRAINTS, check
-from selftune.data.prompts import LONG_FORMS, answer_tokens, build_prompts
+from selftune.data.prompts import LONG_FORMS, answer_tokens, build_prompts, words_asked, words_fitting
 from selftune.generation.budget import generate_with_budgets
 from selftune.generation.types import SamplingParams
 from tests.conftest import MockGenerator
@@ -31,12 +31,51 @@ def test_long_form_tasks_ask_for_their_length_and_get_the_budget_for_it():
     assert 0.35 < len(long) / len(records) < 0.65
     for record in long:
         [asked] = [c.kwargs["n"] for c in record.constraints if c.type == "word_count"]
-        assert 150 <= asked <= 600
+        assert 100 <= asked <= 600
         # The word count's need at least (another constraint may ask for more), never past the cap.
         assert min(768, int(asked * 1.4) + 64) <= answer_tokens(record, 256, 768) <= 768
     short = [r for r in records if r not in long and all(c.type != "word_count" for c in r.constraints)]
     assert short and all(answer_tokens(r, 256, 768) in range(256, 769) for r in short)
     assert all(answer_tokens(r, 128, 128) == 128 for r in records)  # a cap at the base: one budget for all
+
+
+def test_no_train_prompt_asks_for_more_words_than_its_answer_cap_holds():
+    for cap in (128, 256, 640):
+        records = build_prompts(400, 100, seed=0, long_form_share=0.5, answer_cap=cap)
+        train = [r for r in records if r.split == "train"]
+        # No stated length is longer than the cap holds: no answer is cut short of the length asked.
+        stated = [
+            words_asked(c.type, c.kwargs) for r in train for c in r.constraints if CONSTRAINTS[c.type].asks_length
+        ]
+        assert max(stated) <= words_fitting(cap) and max(stated) > words_fitting(cap) * 0.6
+        # Types that only need room for their structure (paragraphs, sections) are still drawn.
+        assert {"nth_paragraph_first_word", "paragraph_count", "numbered_sections"} <= {
+            c.type for r in train for c in r.constraints
+        }
+        long = [r for r in train if any(r.messages[0].content.startswith(f.split("{")[0]) for f in LONG_FORMS["train"])]
+        asked = {c.kwargs["n"] for r in long for c in r.constraints if c.type == "word_count"}
+        # At 128 tokens no long form's length fits; at 256 only the shortest (100 words); at 640 up to 400.
+        assert (len(long) > 150, asked) == {
+            128: (False, set()),
+            256: (True, {100}),
+            640: (True, {100, 150, 200, 300, 400}),
+        }[cap]
+    # The eval split does not depend on the train cap: only on its own (the evaluation's answer cap).
+    held_out = {
+        caps: [
+            r for r in build_prompts(10, 100, seed=0, answer_cap=caps[0], eval_answer_cap=caps[1]) if r.split == "eval"
+        ]
+        for caps in ((128, None), (None, None), (128, 256))
+    }
+    assert [r.model_dump() for r in held_out[128, None]] == [r.model_dump() for r in held_out[None, None]]
+    assert max(answer_tokens(r, 0, 10_000) for r in held_out[None, None]) > 256
+    stated = [
+        words_asked(c.type, c.kwargs)
+        for r in held_out[128, 256]
+        for c in r.constraints
+        if CONSTRAINTS[c.type].asks_length
+    ]
+    assert max(stated) <= words_fitting(256)
 
 
 def test_a_repeated_request_is_everything_before_its_instruction():

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import typer
 
+from selftune.config.loading import preset_names
 from selftune.run.folder import open_run
 
 # Options shared by several commands, each defined once.
-PresetOption = typer.Option(None, "--preset", help="Preset name: tiny, demo, recipe-32b.")
+PresetOption = typer.Option(None, "--preset", help=f"Preset name: {', '.join(preset_names())}.")
 
 
 ConfigOption = typer.Option([], "--config", help="YAML override files, applied in order.")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import random
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -204,6 +205,19 @@ def _missing_resource(exc: LookupError) -> str:
     return f"nltk data '{found.group(1)}'" if found else f"{type(exc).__name__}: {str(exc).strip()[:80]}"
 
 
+@contextlib.contextmanager
+def _seeded(key: str):
+    """Python's `random` seeded by `key` inside the block, its state restored after: a reference
+    checker given an argument it cannot use draws one at random (IFEval's letter_frequency does for
+    a letter that is not one ASCII letter), which would make the same answers score differently."""
+    state = random.getstate()
+    random.seed(key)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 def score_benchmark(name: str, prompts: list[BenchmarkPrompt], answers: list[str]) -> dict:
     """IFEval-defined metrics of `answers` (one per prompt, in order) with the reference checkers."""
     registry = _registry(name)
@@ -224,7 +238,10 @@ def score_benchmark(name: str, prompts: list[BenchmarkPrompt], answers: list[str
             if instruction in unavailable:
                 continue
             try:
-                outcome, _ = evaluate_instructions(answer, [instruction], [instruction_kwargs], prompt.prompt, registry)
+                with _seeded(f"{name}:{prompt.key}:{instruction}"):
+                    outcome, _ = evaluate_instructions(
+                        answer, [instruction], [instruction_kwargs], prompt.prompt, registry
+                    )
             except LookupError as exc:  # nltk data not installed
                 unavailable[instruction] = _missing_resource(exc)
                 continue

@@ -205,39 +205,59 @@ LONG_FORMS = {
     ],
     "eval": ["Write a magazine feature about {}.", "Write a long open letter to your town about {}."],
 }
-LONG_WORDS = {"train": [150, 200, 300, 400, 500, 600], "eval": [250, 350]}
+LONG_WORDS = {"train": [100, 150, 200, 300, 400, 500, 600], "eval": [120, 250, 350]}
 
 # How many constraints a train prompt gets (up to `prompts.max_constraints`): several constraints
 # per prompt teach combining them (the IFBench paper found up to 5-6 per training prompt better than
 # up to 3, on IFEval too); one-constraint prompts keep the yield up. The eval split has IFEval's
-# shape: one to three constraints, mostly one.
+# shape: one to three constraints, mostly one, a tenth long-form (each long form carries a word
+# count, so a larger share would make the length check a third of the eval, as it once did).
 CONSTRAINT_COUNT_WEIGHTS = {1: 0.3, 2: 0.3, 3: 0.2, 4: 0.1, 5: 0.1}
 EVAL_COUNT_WEIGHTS = {1: 0.55, 2: 0.35, 3: 0.1}
-EVAL_LONG_FORM_SHARE = 0.25
+EVAL_LONG_FORM_SHARE = 0.1
 
 
 def _draw_constraints(
-    rng: random.Random, split: str, count: int, type_weights: dict[str, float], types: list[str], given: list[dict]
+    rng: random.Random,
+    split: str,
+    count: int,
+    type_weights: dict[str, float],
+    types: list[str],
+    given: list[dict],
+    max_words: int | None = None,
 ) -> list[dict]:
     """`count` compatible constraints (`given` first), each with its parameters and one of its
-    split's wordings; a type that repeats the request comes last, its parameter left to fill."""
+    split's wordings; a type that repeats the request comes last, its parameter left to fill.
+    `max_words`: no constraint that states a length (`asks_length`) asks for more words than that
+    (a few redraws of its parameters, then the type is passed over for this prompt)."""
     names = [c["type"] for c in given]
+    drawn = {c["type"]: c for c in given}
+    passed_over: set[str] = set()
     while len(names) < count:
-        options = [n for n in types if compatible(names, n) and type_weights.get(n, 1.0) > 0]
+        options = [n for n in types if compatible(names, n) and type_weights.get(n, 1.0) > 0 and n not in passed_over]
         if not options:
             break
-        names.append(rng.choices(options, [type_weights.get(n, 1.0) for n in options])[0])
+        name = rng.choices(options, [type_weights.get(n, 1.0) for n in options])[0]
+        kind = CONSTRAINTS[name]
+        for _ in range(8):
+            kwargs = kind.sample_kwargs(rng, split)
+            if max_words is None or not kind.asks_length or words_asked(name, kwargs) <= max_words:
+                break
+        else:
+            passed_over.add(name)
+            continue
+        names.append(name)
+        drawn[name] = {"type": name, "kwargs": kwargs, "wording": rng.choice(kind.wording_ids(split))}
     names.sort(key=lambda n: CONSTRAINTS[n].repeats_request)  # stable: the repeat goes last
-    drawn = {c["type"]: c for c in given}
-    return [
-        drawn.get(n)
-        or {
-            "type": n,
-            "kwargs": CONSTRAINTS[n].sample_kwargs(rng, split),
-            "wording": rng.choice(CONSTRAINTS[n].wording_ids(split)),
-        }
-        for n in names
-    ]
+    return [drawn[n] for n in names]
+
+
+def words_asked(name: str, kwargs: dict) -> int:
+    """How many words a constraint asks the answer to run to at least (0 when it asks no length)."""
+    kind = CONSTRAINTS.get(name)
+    if kind is None or kind.words_asked is None:
+        return 0
+    return kind.words_asked(validated_params(name, kwargs))
 
 
 def _prompt_text(task: str, constraints: list[dict]) -> str:
@@ -270,8 +290,12 @@ def _prompts(
     long_share: float,
     type_weights: dict[str, float],
     types: list[str],
+    max_words: int | None = None,
 ) -> list[tuple[str, list[dict]]]:
-    """`total` (prompt text, constraints) of `split`, tasks in a seeded order cycled through."""
+    """`total` (prompt text, constraints) of `split`, tasks in a seeded order cycled through;
+    `max_words`: none asks for more words than that (no long forms when none of theirs fits)."""
+    long_words = [n for n in LONG_WORDS[split] if max_words is None or n <= max_words]
+    long_share = long_share if long_words else 0.0
     tasks = {
         False: [form.format(topic) for form in FORMS[split] for topic in TOPICS[split]],
         True: [form.format(topic) for form in LONG_FORMS[split] for topic in TOPICS[split]],
@@ -286,7 +310,7 @@ def _prompts(
         taken[long] += 1
         given = []
         if long:
-            kwargs = {"relation": "at least", "n": rng.choice(LONG_WORDS[split])}
+            kwargs = {"relation": "at least", "n": rng.choice(long_words)}
             given = [
                 {
                     "type": "word_count",
@@ -295,7 +319,7 @@ def _prompts(
                 }
             ]
         count = max(len(given), rng.choices(list(counts), list(counts.values()))[0])
-        constraints = _draw_constraints(rng, split, count, type_weights, types, given)
+        constraints = _draw_constraints(rng, split, count, type_weights, types, given, max_words)
         out.append((_prompt_text(task, constraints), constraints))
     return out
 
@@ -308,13 +332,19 @@ def build_prompts(
     type_weights: dict[str, float] | None = None,
     long_form_share: float = 0.25,
     round_number: int = 1,
+    answer_cap: int | None = None,
+    eval_answer_cap: int | None = None,
 ) -> list[PromptRecord]:
     """Deterministic train and eval prompts (see the module docstring for how eval is held out).
 
     Train prompts draw from every constraint type, 1 to `max_constraints` per prompt, a
     `long_form_share` of them long-form; `type_weights` (type -> relative weight, 1 when absent,
-    0 = never) shapes that mix. The eval split has IFEval's shape whatever the train settings:
-    IFEval's types only, 1 to 3 per prompt, a quarter long-form.
+    0 = never) shapes that mix. With `answer_cap` (the most tokens a train answer may take), no train
+    prompt asks for more words than fit in it, since an answer cut short of its length teaches
+    nothing (long forms whose lengths all exceed it are left out); `eval_answer_cap` does the same
+    for the eval split, whose answers are measured at that cap (a prompt no answer within it can
+    pass measures nothing). The eval split has IFEval's shape whatever the train settings:
+    IFEval's types only, 1 to 3 per prompt, a tenth long-form.
 
     Each split draws from its own random stream, so the eval prompts depend only on `seed` and
     `n_eval`. `round_number` r > 1 gives that round's fresh train prompts only: the train stream
@@ -330,6 +360,7 @@ def build_prompts(
         long_form_share,
         type_weights or {},
         list(CONSTRAINTS),
+        None if answer_cap is None else words_fitting(answer_cap),
     )[n_train * (round_number - 1) :]
     prefix = "train" if round_number == 1 else f"train-r{round_number}"
     records = [
@@ -340,7 +371,14 @@ def build_prompts(
         return records
     ifeval_types = [name for name, kind in CONSTRAINTS.items() if kind.ifeval]
     held_out = _prompts(
-        random.Random(f"eval-{seed}"), "eval", n_eval, EVAL_COUNT_WEIGHTS, EVAL_LONG_FORM_SHARE, {}, ifeval_types
+        random.Random(f"eval-{seed}"),
+        "eval",
+        n_eval,
+        EVAL_COUNT_WEIGHTS,
+        EVAL_LONG_FORM_SHARE,
+        {},
+        ifeval_types,
+        None if eval_answer_cap is None else words_fitting(eval_answer_cap),
     )
     records += [
         PromptRecord(id=f"eval-{i:04d}", messages=[{"role": "user", "content": text}], constraints=c, split="eval")
@@ -349,15 +387,21 @@ def build_prompts(
     return records
 
 
+# About 1.4 tokens per English word, plus room to finish the answer.
+TOKENS_PER_WORD = 1.4
+FINISH_TOKENS = 64
+
+
 def answer_tokens(prompt: PromptRecord, base: int, cap: int) -> int:
     """The answer budget a prompt needs: `base` tokens, or more where a constraint asks for a length
-    (about 1.4 tokens per word, plus room to finish), at most `cap`."""
-    asked = 0
-    for constraint in prompt.constraints:
-        kind = CONSTRAINTS.get(constraint.type)
-        if kind is not None and kind.words_asked is not None:
-            asked = max(asked, kind.words_asked(validated_params(constraint.type, constraint.kwargs)))
-    return min(cap, max(base, int(asked * 1.4) + 64))
+    (`TOKENS_PER_WORD` per word, plus `FINISH_TOKENS`), at most `cap`."""
+    asked = max((words_asked(c.type, c.kwargs) for c in prompt.constraints), default=0)
+    return min(cap, max(base, int(asked * TOKENS_PER_WORD) + FINISH_TOKENS))
+
+
+def words_fitting(cap: int) -> int:
+    """The most words a prompt may ask for so that its answer budget stays within `cap` tokens."""
+    return max(0, int((cap - FINISH_TOKENS) / TOKENS_PER_WORD))
 
 
 def answer_budgets(prompts: list[PromptRecord], base: int, cap: int) -> list[int]:

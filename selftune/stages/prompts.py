@@ -14,7 +14,10 @@ from selftune.run.files import write_jsonl
 from selftune.run.folder import Run
 from selftune.run.spec import StageSpec
 
-PROMPTS_STAGE = StageSpec("prompts", output="prompts", reads=("prompts",))
+# The answer caps decide which lengths a prompt may ask for (none longer than its answer holds).
+PROMPTS_STAGE = StageSpec(
+    "prompts", output="prompts", reads=("prompts", "generation.max_new_tokens_cap", "evaluate.max_new_tokens_cap")
+)
 
 
 def prompts_stage(run: Run, cfg: PipelineConfig, *, source: Path | None = None, round_number: int = 1) -> Path:
@@ -44,6 +47,8 @@ def prompts_stage(run: Run, cfg: PipelineConfig, *, source: Path | None = None, 
                 p.type_weights,
                 long_form_share=p.long_form_share,
                 round_number=round_number,
+                answer_cap=cfg.generation.max_new_tokens_cap,
+                eval_answer_cap=cfg.evaluate.max_new_tokens_cap,
             )
         out = stage.dir / "prompts.jsonl"
         write_jsonl(out, records)

@@ -164,6 +164,7 @@ IFEVAL_TYPES = [
         ifeval="length_constraints:number_words",
         reference_kwargs=lambda p: dict(zip(("relation", "num_words"), below(p.relation, p.n))),
         words_asked=lambda p: p.n if p.relation == "at least" else 0,
+        asks_length=True,
     ),
     ConstraintType(
         "sentence_count",
@@ -187,6 +188,7 @@ IFEVAL_TYPES = [
         ifeval="length_constraints:number_sentences",
         reference_kwargs=lambda p: dict(zip(("relation", "num_sentences"), below(p.relation, p.n))),
         words_asked=lambda p: 15 * p.n if p.relation == "at least" else 0,
+        asks_length=True,
     ),
     ConstraintType(
         "divided_paragraphs",

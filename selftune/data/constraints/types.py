@@ -68,6 +68,9 @@ class ConstraintType:
     reference_kwargs: Callable[[Any], dict[str, Any]] | None = None
     # Answer length the constraint asks for, in words (a per-prompt answer cap follows from it).
     words_asked: Callable[[Any], int] | None = None
+    # The instruction states the length itself (a word or sentence count), so a run whose answers
+    # cannot hold it never asks for it; the others' `words_asked` is room for their structure only.
+    asks_length: bool = False
     # Its parameter is the request itself (what precedes the instruction): the prompt builder
     # fills it and places the instruction last.
     repeats_request: bool = False
