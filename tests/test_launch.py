@@ -22,11 +22,16 @@ from selftune.errors import ConfigError
 from selftune.train.launch import accelerate_config_path, check_accelerate_config, launch_command, rank_digests
 
 SELFTUNE = [sys.executable, "-c", "from selftune.cli import main; main()"]
-# Enough steps for a loss curve: 3 SFT steps (2 of 4 examples), 2 DPO steps; no warm-up, so the
-# first step already moves the adapter.
+# Enough steps for a loss curve: 3 SFT epochs, 2 DPO epochs; no warm-up, so the first step
+# already moves the adapter. bf16 autocast off: whether 'auto' turns it on depends on the CPU, and
+# the one- against two-process comparison is made in fp32.
 COMMON = [
     "--preset",
     "tiny",
+    "--set",
+    "sft.bf16=false",
+    "--set",
+    "dpo.bf16=false",
     "--set",
     "sft.epochs=3",
     "--set",
@@ -124,19 +129,39 @@ def test_two_processes_train_sft_and_dpo_like_one_process_with_the_same_effectiv
     assert manifests == [f"round-1/{s}" for s in ("dpo", "pairs", "prompts", "sample", "sft", "sft-data")]
     assert rank_digests(two / "round-1" / "sft")[0] != rank_digests(two / "round-1" / "dpo")[0]
 
-    # The same stages in one process, on the same inputs (the two-process run's SFT data, and its
-    # merged SFT model for DPO), with the same effective batch. DPO trains on 16 pairs in both: with a pair count
-    # that the global batch does not divide, DDP pads its last batch by repeating pairs
+    # The same stages in one process, on the same inputs, with the same effective batch: SFT on 9
+    # examples (8 train, 1 held out; equal lengths, so the length-grouped sampler orders them alike
+    # in any number of processes), DPO on 16 pairs from the same merged SFT model. Counts the
+    # global batch of 4 divides: otherwise DDP pads its last batch by repeating examples
     # (accelerate's even_batches), and that step differs from one process's.
     from tests.test_pairs_dpo import write_pairs
 
     pairs = write_pairs(tmp_path / "pairs.jsonl", count=16)
+    sft_data = tmp_path / "sft.jsonl"
+    sft_data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"Question {i}: name a colour."},
+                        {"role": "assistant", "content": f"Answer {i}: blue, green and a little red."},
+                    ]
+                }
+            )
+            + "\n"
+            for i in range(9)
+        )
+    )
     one = tmp_path / "one"
     shutil.copytree(two, one)
     _selftune(["dpo", "--run", two, "--pairs", pairs, *COMMON[2:], *TWO_PROCESSES])
+    _selftune(["sft", "--run", two, "--data", sft_data, *COMMON[2:], *TWO_PROCESSES])
     settings = [*COMMON[2:], *ONE_PROCESS, "--set", "train.launcher=inline", "--set", "train.num_processes=1"]
     _selftune(["dpo", "--run", one, "--pairs", pairs, *settings])  # from the same merged SFT model
-    _selftune(["sft", "--run", one, *settings])
+    _selftune(["sft", "--run", one, "--data", sft_data, *settings])
+    assert json.loads((two / "round-1" / "sft" / "manifest.json").read_text())["metrics"]["train_examples"] == 8
+    digests = rank_digests(two / "round-1" / "sft")
+    assert digests[0] == digests[1]  # the same adapter on both ranks after DDP
     for stage, tolerance in (("sft", 1e-3), ("dpo", 1e-3)):
         ours, theirs = _train_losses(one / "round-1" / stage), _train_losses(two / "round-1" / stage)
         assert len(ours) == len(theirs) >= 2
@@ -196,10 +221,11 @@ def test_a_killed_two_process_training_stage_resumes_from_its_checkpoint(tmp_pat
     assert (sft / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
     _selftune([*args, "--run-dir", killed, "--until", "sft"])
     metrics = json.loads((sft / "manifest.json").read_text())["metrics"]
-    assert metrics["resumed"] is True and metrics["steps"] == 3
 
     whole = tmp_path / "whole"
     _selftune([*args, "--run-dir", whole, "--until", "sft"])
+    uninterrupted = json.loads((whole / "round-1" / "sft" / "manifest.json").read_text())["metrics"]
+    assert metrics["resumed"] is True and metrics["steps"] == uninterrupted["steps"] > 2
     assert _train_losses(sft) == pytest.approx(_train_losses(whole / "round-1" / "sft"), rel=1e-4)
     assert rank_digests(sft) == rank_digests(whole / "round-1" / "sft")
     print(f"killed, resumed and compared in {time.perf_counter() - started:.0f}s")

@@ -21,6 +21,7 @@ from selftune.train.toolkit import (
     as_dataset,
     evaluation_seconds,
     final_evaluation,
+    initial_evaluation,
     launch_facts,
     launch_state,
     log_history,
@@ -76,7 +77,15 @@ def train_sft(cfg: PipelineConfig, out: Path, job: SFTJob, *, progress=None, pha
     tokenizer = load_tokenizer(base, trust_remote_code=cfg.model.trust_remote_code)
     tokenizer.padding_side = "right"
     # Before the model loads: DeepSpeed ZeRO-3 shards the weights as they load when it knows its config.
-    args = training_arguments(cfg.sft, out, has_eval=bool(eval_rows), device=device)
+    # The held-out loss before training comes from the Trainer's own evaluation at step 0
+    # (eval_on_start), not from trainer.evaluate() before train(): that call prepares the model for
+    # evaluation, accelerate marks it prepared, and train() then skips the DDP wrap, so each of
+    # several processes trained its own adapter on its share of the data. A resumed run evaluates
+    # at its start too (the same random draws as the uninterrupted run: dropout losses stay equal)
+    # and reads the step-0 value from the checkpoint's restored log history.
+    args = training_arguments(
+        cfg.sft, out, has_eval=bool(eval_rows), device=device, eval_on_start=bool(eval_rows)
+    )
     model = lora_model(base, cfg, cfg.sft, device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trainer = ResponseTrainer(
@@ -88,9 +97,9 @@ def train_sft(cfg: PipelineConfig, out: Path, job: SFTJob, *, progress=None, pha
         processing_class=tokenizer,
         callbacks=tracker_callbacks(cfg.sft, out) + ([progress] if progress else []),
     )
-    initial_eval = trainer.evaluate()["eval_loss"] if eval_rows else None
     started, started_step = time.perf_counter(), trainer.state.global_step
     result = trainer.train(resume_from_checkpoint=True if resuming else None)
+    initial_eval = initial_evaluation(trainer).get("eval_loss") if eval_rows else None
     evaluating = evaluation_seconds(trainer, started_step)
     seconds = time.perf_counter() - started - evaluating
     final_eval = None

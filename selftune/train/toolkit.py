@@ -195,13 +195,23 @@ def final_evaluation(trainer, started_step: int) -> dict | None:
     return None
 
 
+def initial_evaluation(trainer) -> dict:
+    """The held-out evaluation at step 0 (`eval_on_start`; after a resume, from the restored log
+    history of the interrupted run); empty when the log holds none (a checkpoint written before
+    training evaluated at step 0)."""
+    for entry in trainer.state.log_history:
+        if "eval_loss" in entry and entry.get("step") == 0:
+            return {k: v for k, v in entry.items() if k.startswith("eval_")}
+    return {}
+
+
 def evaluation_seconds(trainer, started_step: int) -> float:
-    """Seconds spent in held-out evaluations during this `train()` call (logged as eval_runtime),
-    so the training throughput counts training only."""
+    """Seconds spent in held-out evaluations during this `train()` call (logged as eval_runtime;
+    the step-0 one of a fresh start included), so the training throughput counts training only."""
     return sum(
         entry.get("eval_runtime", 0.0)
         for entry in trainer.state.log_history
-        if "eval_loss" in entry and entry.get("step", 0) > started_step
+        if "eval_loss" in entry and (entry.get("step", 0) > started_step or entry.get("step") == started_step == 0)
     )
 
 
