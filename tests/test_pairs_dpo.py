@@ -295,6 +295,26 @@ def test_dpo_trains_lora_only_starts_at_log2_and_learns_the_preference(tmp_path,
     assert metrics["share_prompts"] is True  # the tiny Llama passes the sharing check
 
 
+def test_dpo_length_check_after_bf16_training_generates_in_the_models_own_dtype(tmp_path, tiny_model_dir, caplog):
+    """Training under bf16 autocast wraps model.forward; the length check after it must not see bf16
+    activations against the fp32 engine cache (the engine then fell back to the HF backend)."""
+    from selftune.stages.dpo import dpo_stage
+
+    cfg = load_config("tiny", overrides=["dpo.bf16=true", "dpo.length_check_prompts=2", "generation.backend=auto"])
+    run = Run(tmp_path / "run")
+    with caplog.at_level("WARNING", logger="selftune.generation"):
+        dpo_stage(
+            run,
+            cfg,
+            pairs_path=write_pairs(tmp_path / "pairs.jsonl"),
+            eval_pairs_path=write_pairs(tmp_path / "eval.jsonl", count=6),
+            sft_model=str(tiny_model_dir),
+        )
+    metrics = read_manifest(run.stage_dir("dpo")).metrics
+    assert metrics["bf16"] is True and "length_dpo" in metrics
+    assert not [r for r in caplog.records if "continuous engine off" in r.getMessage()]
+
+
 def test_dpo_runs_whole_sequences_when_prompt_sharing_would_change_log_probs(
     tmp_path, tiny_model_dir, monkeypatch, caplog
 ):

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate.utils import gather_object
+from accelerate.utils import extract_model_from_parallel, gather_object
 
 from selftune.config import PipelineConfig
 from selftune.generation.local import make_generator
@@ -366,6 +366,10 @@ def train_dpo(cfg: PipelineConfig, out: Path, job: DPOJob, *, progress=None, pha
     if job.length_prompts and state.is_main_process:
         length_prompts = job.length_prompts
         model.eval()
+        # Training under bf16 autocast left accelerate's autocast wrapper on model.forward: answers
+        # for the length check are generated in the model's own dtype, as evaluation generates them
+        # (under the wrapper the engine's fp32 cache received bf16 keys and the engine fell back to HF).
+        extract_model_from_parallel(model, keep_fp32_wrapper=False)
         generator = make_generator(
             model, tokenizer, backend=cfg.generation.backend, batch_size=cfg.generation.batch_size
         )
