@@ -103,6 +103,17 @@ def test_two_rounds_start_round_two_from_round_one_dpo_and_evaluate_every_model(
     results = json.loads((run_dir / "round-2" / "evaluate" / "results.json").read_text())
     assert list(results["models"]) == ["base", "sft-r1", "dpo-r1", "sft-r2", "dpo-r2"]
     assert (run_dir / "report" / "plots" / "trend.png").is_file()
+    # Round 2 sampled fresh train prompts of its own, read through its manifest.
+    round_two_prompts = read_manifest(run_dir / "round-2" / "sample").inputs["prompts"].path
+    assert (run_dir / round_two_prompts).resolve() == (run_dir / "round-2" / "prompts" / "prompts.jsonl").resolve()
+    ids = {json.loads(line)["id"] for line in (run_dir / "round-2" / "prompts" / "prompts.jsonl").open()}
+    assert ids and all(i.startswith("train-r2-") for i in ids)
+    # Each round's final model is compared with the round before's, and the report shows it.
+    compared = results["models"]["dpo-r2"]["vs_previous"]
+    assert compared["prompts"] == results["models"]["dpo-r2"]["vs_base"]["prompts"]
+    assert "vs_previous" not in results["models"]["dpo-r1"]
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "2 (dpo-r2)" in report and f"{compared['delta']:+.3f}" in report
 
 
 @pytest.mark.faults  # one of the fault suite's kills (tests/reliability/test_faults.py kills every stage)

@@ -86,7 +86,8 @@ class PromptsSection(Section):
         0.25,
         ge=0,
         le=1,
-        description="Share of builtin train prompts that are long-form tasks asking for 150 to 600 words.",
+        description="Share of builtin train prompts that are long-form tasks asking for 100 to 600 words "
+        "(only lengths that fit generation.max_new_tokens_cap).",
     )
     fresh_each_round: bool = Field(
         True,
