@@ -104,7 +104,20 @@ def test_sample_stage_and_evaluation_with_two_replicas_match_one_process(tmp_pat
     steps = selftune.run_pipeline(tmp_path / "run", cfg, until_stage="sample", on_event=lambda line: None)
     assert [s.action for s in steps] == ["ran", "ran"]
     sample = "round-1/sample/samples.jsonl"
-    assert _samples(tmp_path / "run" / sample) == _samples(finished_run / sample)
+    ours, theirs = _samples(tmp_path / "run" / sample), _samples(finished_run / sample)
+    key = ("prompt_id", "sample_index", "seed")
+    assert [[r[k] for k in key] for r in ours] == [[r[k] for k in key] for r in theirs]
+    # Each sample draws from its own seeded generator, so the replicas' split of the prompts
+    # changes no draw. The logits may still differ in the last bits, because a batch of other rows
+    # multiplies in another blocking: on the tiny random model's flat distributions a near tie then
+    # flips one token and the text goes its own way (on this AVX-512 CPU one of 48 samples, after
+    # 20 equal words).
+    # A seeding fault would change the samples from their first token.
+    same = sum(a == b for a, b in zip(ours, theirs))
+    assert same >= 0.9 * len(theirs), f"{same} of {len(theirs)} samples equal"
+    for a, b in zip(ours, theirs):
+        if a != b:
+            assert os.path.commonprefix([a["completion"], b["completion"]]).count(" ") >= 3, (a, b)
 
     prompts = [p for p in read_records(finished_run / "round-1/prompts/prompts.jsonl", "prompts") if p.split == "eval"]
     one = selftune.load_config("tiny", overrides=overrides)
