@@ -65,6 +65,29 @@ def test_summary_rows_show_deltas_against_base():
     assert rows["sft"][5] == "0.500 (+0.100)"
 
 
+def test_the_terminal_summary_of_five_models_keeps_every_delta_whole_in_80_columns(monkeypatch):
+    import copy
+
+    from selftune.progress import console
+    from selftune.reporting.terminal import print_results_table
+
+    results = copy.deepcopy(RESULTS)
+    for name in ("sft-r1", "dpo-r1", "sft-r2", "dpo-r2"):
+        results["models"][name] = copy.deepcopy(RESULTS["models"]["dpo"])
+        results["models"][name]["mean_length_tokens"] = 120.25
+    results["order"] = ["base", "sft-r1", "dpo-r1", "sft-r2", "dpo-r2"]
+    for name in ("sft", "dpo"):
+        del results["models"][name]
+    monkeypatch.setattr(console, "width", 80)
+    with console.capture() as captured:
+        print_results_table(results, "summary")
+    text = captured.get()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    assert text.count("(+0.250)") == 4 * 4  # prompt and instruction, strict and loose, of each tuned model
+    assert text.count("(+80.250)") == 4  # mean length, whole
+
+
 @pytest.fixture
 def report(tmp_path):
     files = write_report(
