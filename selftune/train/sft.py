@@ -83,9 +83,7 @@ def train_sft(cfg: PipelineConfig, out: Path, job: SFTJob, *, progress=None, pha
     # several processes trained its own adapter on its share of the data. A resumed run evaluates
     # at its start too (the same random draws as the uninterrupted run: dropout losses stay equal)
     # and reads the step-0 value from the checkpoint's restored log history.
-    args = training_arguments(
-        cfg.sft, out, has_eval=bool(eval_rows), device=device, eval_on_start=bool(eval_rows)
-    )
+    args = training_arguments(cfg.sft, out, has_eval=bool(eval_rows), device=device, eval_on_start=bool(eval_rows))
     model = lora_model(base, cfg, cfg.sft, device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trainer = ResponseTrainer(
