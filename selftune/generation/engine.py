@@ -173,12 +173,14 @@ class ContinuousGenerator:
         stop_ids: list[int] | None = None,
         admit_share: float = 0.25,
         pack_weights: bool = True,
+        trained: bool = False,
     ):
         self.model = model
         # fp32 on the CPU: Linear weights prepacked for oneDNN while generating (`pack_linears`).
         # Packed on the first call and kept: a judge calls generate once per prompt, and packing
         # a 135M model takes ~0.5 s.
         self.pack_weights = pack_weights
+        self.trained = trained  # the weights that require grad change between calls: never packed
         self._swaps: list[Swap] | None = None
         self.tokenizer = tokenizer
         self.slots = max(1, batch_size)
@@ -201,7 +203,7 @@ class ContinuousGenerator:
         if not prompts:
             return []
         if self._swaps is None:
-            self._swaps = pack_linears(self.model, self.slots) if self.pack_weights else []
+            self._swaps = pack_linears(self.model, self.slots, trained=self.trained) if self.pack_weights else []
         with swapped_in(self._swaps) as packed:
             results = self._generate(prompts, params, progress, stop_when)
         self.stats["packed_linears"] = packed
@@ -266,6 +268,7 @@ class ContinuousGenerator:
                 completion_tokens=len(tokens),
                 seed=row.seed,
                 rejected_by=rejected_by,
+                token_ids=tuple(tokens),
             )
             remaining[row.prompt_index] -= 1
             if remaining[row.prompt_index] == 0:

@@ -104,6 +104,7 @@ class HFGenerator:
                 completion_tokens=length,
                 seed=seed,
                 rejected_by=check,
+                token_ids=tuple(int(t) for t in tokens[:length]),
             )
         stop = next((k for k, t in enumerate(tokens) if t in self.stop_ids), None)
         kept = tokens if stop is None else tokens[:stop]
@@ -115,6 +116,7 @@ class HFGenerator:
             prompt_tokens=prompt_tokens,
             completion_tokens=len(tokens) if stop is None else stop + 1,
             seed=seed,
+            token_ids=tuple(int(t) for t in (tokens if stop is None else tokens[: stop + 1])),
         )
 
 

@@ -33,15 +33,18 @@ _CHECK_PROMPTS = [
 ]
 
 
-def make_generator(model, tokenizer, *, backend: str = "auto", batch_size: int = 32) -> Generator:
+def make_generator(
+    model, tokenizer, *, backend: str = "auto", batch_size: int = 32, trained: bool = False
+) -> Generator:
     """A generator around an already loaded transformers model: 'hf' (`model.generate`) or
     'continuous' (`selftune.generation.engine`); 'auto' picks the continuous engine when its logits match a
-    plain forward of this model (checked on two prompts), else the HF backend with a warning."""
+    plain forward of this model (checked on two prompts), else the HF backend with a warning.
+    `trained`: the model's trainable weights change between calls (online RL)."""
     check_backend(backend)
     if backend == "hf":
         return HFGenerator(model, tokenizer, batch_size=batch_size)
 
-    engine = ContinuousGenerator(model, tokenizer, batch_size=batch_size)
+    engine = ContinuousGenerator(model, tokenizer, batch_size=batch_size, trained=trained)
     reason = engine_supports(
         engine, _CHECK_PROMPTS if getattr(tokenizer, "chat_template", None) else ["Name three colors:", "The sea is"]
     )

@@ -53,17 +53,22 @@ def can_pack(model) -> bool:
 Swap = tuple[torch.nn.Module, str, torch.nn.Linear, _PackedLinear]  # parent, name, original, stand-in
 
 
-def pack_linears(model, rows_hint: int = 128) -> list[Swap]:
+def pack_linears(model, rows_hint: int = 128, *, trained: bool = False) -> list[Swap]:
     """A prepacked stand-in for every fp32 `nn.Linear` of `model` (fp32, CPU), not yet swapped in
     (`swapped_in`); empty where packing does not apply or fails. Holds one extra copy of the
-    Linear weights for as long as the list lives."""
+    Linear weights for as long as the list lives. `trained`: the model trains between generations
+    (GRPO's rollouts), so Linears whose weights require grad (its LoRA adapter) stay as they are;
+    a pack kept from an earlier call would hold their old values. (Checking the weights' version
+    counters does not work: fused AdamW updates them without counting.)"""
     if not can_pack(model):
         return []
     found = [
         (parent, name, child)
         for parent in list(model.modules())
         for name, child in list(parent.named_children())
-        if type(child) is torch.nn.Linear and child.weight.dtype == torch.float32
+        if type(child) is torch.nn.Linear
+        and child.weight.dtype == torch.float32
+        and not (trained and child.weight.requires_grad)
     ]
     try:
         return [(parent, name, child, _PackedLinear(child, rows_hint)) for parent, name, child in found]

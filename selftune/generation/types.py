@@ -73,6 +73,9 @@ class Completion:
     completion_tokens: int  # includes the stop token when finish_reason == "stop"
     seed: int | None  # the row's own sampling seed; None when greedy
     rejected_by: str | None = None  # the failed check when finish_reason == "rejected"
+    # The generated token ids (the stop token included when finish_reason == "stop"): what online RL
+    # trains on, exactly as sampled, rather than a re-tokenization of `text`.
+    token_ids: tuple[int, ...] = ()
 
 
 class Generator(Protocol):

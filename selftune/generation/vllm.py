@@ -70,6 +70,7 @@ class VLLMGenerator:
                     prompt_tokens=len(out.prompt_token_ids),
                     completion_tokens=len(choice.token_ids),
                     seed=seed,
+                    token_ids=tuple(choice.token_ids),
                 )
             )
         if progress:
