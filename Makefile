@@ -67,7 +67,6 @@ test-floors:
 
 # bench/sft.py and bench/dpo.py take their data from the demo run: `make demo` first.
 bench: $(VENV)/.installed
-	$(PIP) install -q -e ".[bench]"
 	$(PY) bench/generation.py
 	$(PY) bench/sft.py --data runs/demo/round-1/sft-data/sft.jsonl
 	$(PY) bench/dpo.py --model runs/demo/round-1/sft/merged --pairs runs/demo/round-1/pairs/pairs.jsonl \

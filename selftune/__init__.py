@@ -29,6 +29,7 @@ _EXPORTS = {
     "sft_stage": "selftune.stages.sft",
     "pairs_stage": "selftune.stages.pairs",
     "dpo_stage": "selftune.stages.dpo",
+    "grpo_stage": "selftune.stages.grpo",
     "evaluate_stage": "selftune.stages.evaluate",
     "report_stage": "selftune.stages.report",
 }

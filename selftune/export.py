@@ -72,12 +72,12 @@ class GGUFCheck:
 
 
 def run_model(run, name: str) -> tuple[str, Path]:
-    """The merged model a run recorded under `name`: dpo or sft (its last round), or ROUND/NAME."""
+    """The merged model a run recorded under `name`: sft, dpo or grpo (its last round), or ROUND/NAME."""
     cfg = run.saved_config()
     round_number, _, stage = name.rpartition("/")
     round_number = int(round_number.removeprefix("round-")) if round_number else cfg.rounds
-    if stage not in ("sft", "dpo"):
-        raise ExportError(f"--model must be sft, dpo or ROUND/sft, ROUND/dpo, not {name!r}")
+    if stage not in ("sft", "dpo", "grpo"):
+        raise ExportError(f"--model must be sft, dpo, grpo or ROUND/NAME (ROUND/dpo, ...), not {name!r}")
     return f"{stage}-r{round_number}", run.output_of(stage, "merged", round_number=round_number)
 
 
@@ -297,7 +297,8 @@ def model_card(run, name: str, model_dir: Path) -> str:
         "## Data",
         "",
     ]
-    plan = stage_manifests(run, cfg.rounds, fresh=fresh_prompts(cfg))  # an unreadable manifest counts as absent
+    # An unreadable manifest counts as absent.
+    plan = stage_manifests(run, cfg.rounds, fresh=fresh_prompts(cfg), grpo=cfg.grpo.enabled)
     manifests = {(step.stage, step.round_number): manifest for step, manifest in plan}
     for stage, keys in (("sample", ("prompts", "samples", "yield")), ("sft-data", ("examples", "by_source"))):
         manifest = manifests.get((stage, round_number))

@@ -1,7 +1,8 @@
 """`selftune run`: the whole loop, stage by stage through the run's lineage.
 
-    prompts ─► [round r: sample ─► sft-data ─► sft (+merge) ─► pairs ─► dpo (+merge)] x rounds
-            ─► evaluate (base and every round's SFT and DPO models, one at a time) ─► report
+    prompts ─► [round r: sample ─► sft-data ─► sft (+merge) ─► pairs ─► dpo (+merge)
+                         (─► grpo (+merge), when grpo.enabled)] x rounds
+            ─► evaluate (base and every round's SFT, DPO (and grpo) models, one at a time) ─► report
 
 Every stage function checks its own manifest first (`Run.up_to_date`): a stage that is complete
 and whose config hash and input sha256s still match is skipped, and the run says so; any other
@@ -11,7 +12,7 @@ downstream. A stage that was interrupted left no complete manifest and runs agai
 resumes from its last checkpoint.
 
 Round 1 samples from the base model. Round r+1 samples from, and trains SFT on top of, round r's
-DPO model; the `base` negatives of every round are round 1's failed base samples.
+final model (DPO, or grpo when enabled); the `base` negatives of every round are round 1's failed base samples.
 
 Usage:
     selftune run --preset demo
@@ -40,6 +41,7 @@ from selftune.run.folder import Run, StageEvent
 from selftune.run.plan import Step, fresh_prompts, plan, stage_manifests
 from selftune.stages.dpo import dpo_stage
 from selftune.stages.evaluate import evaluate_stage
+from selftune.stages.grpo import grpo_stage
 from selftune.stages.pairs import pairs_stage
 from selftune.stages.prompts import prompts_stage
 from selftune.stages.report import report_stage
@@ -51,8 +53,12 @@ from selftune.train.launch import check_accelerate_config
 
 
 def _policy(run: Run, cfg: PipelineConfig, round_number: int) -> str:
-    """The model a round starts from: the base in round 1, else the previous round's DPO model."""
-    return cfg.model.spec if round_number == 1 else str(run.output_of("dpo", "merged", round_number=round_number - 1))
+    """The model a round starts from: the base in round 1, else the previous round's final model
+    (its grpo model when grpo is enabled, else its DPO model)."""
+    if round_number == 1:
+        return cfg.model.spec
+    final = "grpo" if cfg.grpo.enabled else "dpo"
+    return str(run.output_of(final, "merged", round_number=round_number - 1))
 
 
 def run_step(
@@ -83,6 +89,9 @@ def run_step(
     if step.stage == "dpo":
         progress = training_progress_factory(f"round {r}: DPO") if training_progress_factory else None
         return dpo_stage(run, cfg, round_number=r, progress=progress, phase_progress=phase_progress)
+    if step.stage == "grpo":
+        progress = training_progress_factory(f"round {r}: GRPO") if training_progress_factory else None
+        return grpo_stage(run, cfg, round_number=r, progress=progress)
     if step.stage == "evaluate":
         return evaluate_stage(run, cfg, round_number=r, progress=phase_progress)
     if step.stage == "report":
@@ -157,7 +166,13 @@ def run_pipeline(
         run.save_config(cfg)  # later stages and commands read it (rounds, base model)
         trackers.params(cfg.model_dump(mode="json"))
         for index, (step, forced) in enumerate(
-            plan(cfg.rounds, fresh=fresh_prompts(cfg), from_stage=from_stage, until_stage=until_stage)
+            plan(
+                cfg.rounds,
+                fresh=fresh_prompts(cfg),
+                grpo=cfg.grpo.enabled,
+                from_stage=from_stage,
+                until_stage=until_stage,
+            )
         ):
             decisions.clear()
             run.reuse = not forced
@@ -179,5 +194,5 @@ def run_pipeline(
             if not skipped:
                 on_event(f"{step.label}: done in {seconds:.0f}s")
             trackers.stage(run, step.stage, step.round_number, index)
-        trackers.params(lineage(stage_manifests(run, cfg.rounds, fresh=fresh_prompts(cfg))))
+        trackers.params(lineage(stage_manifests(run, cfg.rounds, fresh=fresh_prompts(cfg), grpo=cfg.grpo.enabled)))
     return results

@@ -90,7 +90,13 @@ class TrainingProgress:
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
-            self.progress.update(self.task, loss=f"loss {logs['loss']:.4f}")
+            shown = [f"loss {logs['loss']:.4f}"]
+            # GRPO logs its reward and, with a KL term, the KL to its reference: both on the bar.
+            if "reward" in logs:
+                shown.append(f"reward {logs['reward']:.3f}")
+            if "kl" in logs:
+                shown.append(f"kl {logs['kl']:.4f}")
+            self.progress.update(self.task, loss="  ".join(shown))
 
     def on_train_end(self, args, state, control, **kwargs):
         self.progress.update(self.task, completed=state.global_step)

@@ -106,7 +106,7 @@ class Trackers:
             return
         prefix = f"round-{round_number}/{stage}"
         self.scalars(flatten(manifest.metrics, prefix), step)
-        if stage in ("sft", "dpo") and "log_history" in manifest.outputs:
+        if stage in ("sft", "dpo", "grpo") and "log_history" in manifest.outputs:
             curves: dict[int, dict[str, float]] = {}
             for entry in json.loads(run.output_of(stage, "log_history", round_number).read_text()):
                 if "step" in entry:

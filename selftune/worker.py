@@ -18,11 +18,12 @@ from selftune.config import PipelineConfig
 from selftune.errors import SelftuneError
 from selftune.progress import TrainingProgress
 from selftune.stages.dpo import DPO_STAGE
+from selftune.stages.grpo import GRPO_STAGE
 from selftune.stages.sft import SFT_STAGE
 from selftune.train.jobs import LaunchedJob
 from selftune.train.launch import train_here
 
-SPECS = {"sft": SFT_STAGE, "dpo": DPO_STAGE}
+SPECS = {"sft": SFT_STAGE, "dpo": DPO_STAGE, "grpo": GRPO_STAGE}
 
 
 def main(job_file: str) -> None:

@@ -262,3 +262,19 @@ def test_fsdp_in_two_cpu_processes_trains_sft_like_ddp(tmp_path, tiny_model_dir)
         f"FSDP vs DDP: {len(ours)} steps, largest relative loss difference "
         f"{max(abs(a - b) / abs(b) for a, b in zip(ours, theirs)):.1e}"
     )
+
+
+@pytest.mark.launch
+def test_two_processes_train_grpo_with_groups_split_between_them(tmp_path, tiny_model_dir):
+    # 2 answers per device x 2 accumulation x 2 processes: each group of 4 answers spans both
+    # processes, the second continuing the first's sample indices.
+    run_dir = tmp_path / "two"
+    grpo = ["grpo.enabled=true", "grpo.bf16=false", "grpo.per_device_batch_size=2", "grpo.learning_rate=1e-2"]
+    settings = [item for s in (f"model.spec={tiny_model_dir}", *grpo) for item in ("--set", s)]
+    _selftune(["run", *COMMON, *TWO_PROCESSES, *settings, "--run-dir", str(run_dir), "--until", "grpo"])
+    folder = run_dir / "round-1" / "grpo"
+    metrics = json.loads((folder / "manifest.json").read_text())["metrics"]
+    assert metrics["processes"] == 2 and metrics["effective_batch"] == 8 and metrics["steps"] == 2
+    digests = rank_digests(folder)
+    assert sorted(digests) == [0, 1] and len(set(digests.values())) == 1  # one adapter in both processes
+    assert (folder / "merged").is_dir()

@@ -246,17 +246,17 @@ def test_a_stage_reads_only_what_it_declares_and_its_hash_covers_every_declared_
 
 def test_every_stage_declares_paths_that_exist():
     from selftune.config.loading import load_config
-    from selftune.run.plan import STAGES
+    from selftune.run.plan import OPTIONAL_STAGES, STAGES
     from selftune.run.spec import StageSpec
-    from selftune.stages import dpo, evaluate, pairs, prompts, report, sample, sft, sft_data
+    from selftune.stages import dpo, evaluate, grpo, pairs, prompts, report, sample, sft, sft_data
 
     specs = [
         value
-        for module in (dpo, evaluate, pairs, prompts, report, sample, sft, sft_data)
+        for module in (dpo, evaluate, grpo, pairs, prompts, report, sample, sft, sft_data)
         for value in vars(module).values()
         if isinstance(value, StageSpec)
     ]
-    assert sorted(spec.name for spec in specs) == sorted(STAGES)
+    assert sorted(spec.name for spec in specs) == sorted(STAGES + OPTIONAL_STAGES)
     cfg = load_config("demo")
     for spec in specs:
         spec.config(cfg)  # every declared read resolves

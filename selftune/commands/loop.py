@@ -1,5 +1,5 @@
 """`selftune run` (the whole loop) and one command per stage: `prompts build`, `sample`,
-`sft-data`, `sft`, `pairs`, `dpo`."""
+`sft-data`, `sft`, `pairs`, `dpo`, `grpo`."""
 
 from __future__ import annotations
 
@@ -171,6 +171,23 @@ def dpo(
     console.print(f"DPO: {m['steps']} steps, {m['tokens_per_second']} tokens/s; model: {out}", soft_wrap=True)
 
 
+@app.command(epilog="Example: `selftune grpo --run runs/demo --set grpo.enabled=true`")
+@stage_command()
+def grpo(run, cfg, round_number: int):
+    """GRPO (online RL): a fresh LoRA on the merged DPO model, trained on answers it writes while it
+    trains, each rewarded by the run's scorer; merged like DPO."""
+    from selftune.stages.grpo import grpo_stage
+
+    out = grpo_stage(run, cfg, round_number=round_number, progress=TrainingProgress("GRPO"))
+    m = run.manifest("grpo", round_number).metrics
+    console.print(
+        f"GRPO: {m['steps']} steps on {m['prompts']} prompts; reward {m.get('reward_first', 0):.3f} -> "
+        f"{m.get('reward_last', 0):.3f}, pass rate {m.get('pass_rate_first') or 0:.3f} -> "
+        f"{m.get('pass_rate_last') or 0:.3f}; model: {out}",
+        soft_wrap=True,
+    )
+
+
 @app.command("run", epilog="Example: `selftune run --preset demo`")
 def run_command(
     preset: str | None = PresetOption,
@@ -178,12 +195,12 @@ def run_command(
     set_: list[str] = SetOption,
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Run directory; default: runs/<config name>."),
     rounds: int | None = typer.Option(
-        None, "--rounds", help="Self-training rounds (round r+1 starts from round r's DPO model)."
+        None, "--rounds", help="Self-training rounds (round r+1 starts from round r's final model)."
     ),
     from_stage: str | None = typer.Option(None, "--from", help="Rerun from this stage on, whatever its manifest says."),
     until_stage: str | None = typer.Option(None, "--until", help="Stop after this stage."),
 ):
-    """The whole loop: prompts, sample, sft-data, sft (+merge), pairs, dpo, evaluate, report.
+    """The whole loop: prompts, sample, sft-data, sft (+merge), pairs, dpo (+ grpo), evaluate, report.
 
     Stages that are complete and still valid for their inputs and config are skipped (and said
     so); a changed option reruns the stages it affects and everything downstream; an interrupted

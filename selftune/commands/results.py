@@ -23,7 +23,7 @@ app = typer.Typer()
 def evaluate(
     run_dir: Path | None = typer.Argument(None, help="Run directory: its eval prompts, held-out pairs and models."),
     models: str | None = typer.Option(
-        None, "--models", help="Which of the run's models, comma-separated: base,sft,dpo."
+        None, "--models", help="Which of the run's models, comma-separated: base,sft,dpo,grpo."
     ),
     model: list[str] = typer.Option(
         [], "--model", help="NAME=SPEC of a model to evaluate instead (repeatable), e.g. from another run."

@@ -195,7 +195,7 @@ def inspect_masks(
 @app.command(epilog="Example: `selftune export runs/demo --to gguf --quant q8_0`")
 def export(
     run_dir: Path = typer.Argument(..., help="Run directory with a trained model."),
-    model: str = typer.Option("dpo", "--model", help="dpo or sft (the last round's), or ROUND/NAME, e.g. 1/sft."),
+    model: str = typer.Option("dpo", "--model", help="dpo, sft or grpo (the last round's), or ROUND/NAME, e.g. 1/sft."),
     to: str = typer.Option(..., "--to", help="gguf (one file for llama.cpp, ollama, LM Studio) or hf (a folder)."),
     out: Path | None = typer.Option(
         None, "--out", help="Output file or folder; default: RUN/export/NAME.gguf or NAME-hf."

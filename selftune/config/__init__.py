@@ -12,6 +12,7 @@ Usage:
     selftune config show --preset recipe-32b
 """
 
+from selftune.config.base import Section
 from selftune.config.loading import (
     PRESETS_DIR,
     dump_config,
@@ -24,24 +25,20 @@ from selftune.config.sections import (
     ACCELERATE_CONFIGS,
     DEFAULT_PASS_THRESHOLD,
     EVALUATED_MODELS,
-    DPOSection,
     EvaluateSection,
     GenerationSection,
     LaunchSection,
     LmEvalSection,
-    LoraSection,
     ModelSection,
     PairsSection,
     PipelineConfig,
     PromptsSection,
     SampleSection,
     ScorerSection,
-    Section,
     SFTDataSection,
-    SFTSection,
     TrackingSection,
-    TrainSection,
 )
+from selftune.config.training import DPOSection, GRPOSection, LoraSection, SFTSection, TrainSection
 
 __all__ = [
     "ACCELERATE_CONFIGS",
@@ -51,6 +48,7 @@ __all__ = [
     "DPOSection",
     "EvaluateSection",
     "GenerationSection",
+    "GRPOSection",
     "LaunchSection",
     "LmEvalSection",
     "LoraSection",

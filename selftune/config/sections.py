@@ -1,4 +1,5 @@
-"""The config schema: one pydantic section per stage, and `PipelineConfig` holding them all.
+"""The config schema: one pydantic section per stage (the training stages' in `training`), and
+`PipelineConfig` holding them all.
 
 Every field has a default and a one-line description; unknown keys and booleans given for
 numbers are errors. Checks that need the data registries (constraint types, negative sources,
@@ -10,29 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from selftune.config.base import Section
+from selftune.config.training import DPOSection, GRPOSection, SFTSection
 from selftune.data.benchmarks import parse_benchmark
 from selftune.data.pairs import check_sources
 from selftune.data.prompts import check_type_weights
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors; assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_booleans_for_numbers(cls, data):
-        # pydantic reads `true` as 1 for a number field; in a config that is always a mistake.
-        if isinstance(data, dict):
-            for name, field in cls.model_fields.items():
-                if field.annotation in (int, float) and isinstance(data.get(name), bool):
-                    raise ValueError(f"{name}: a number is needed, not {str(data[name]).lower()}")
-        return data
 
 
 class ModelSection(Section):
@@ -196,51 +183,6 @@ class SFTDataSection(Section):
     )
 
 
-class LoraSection(Section):
-    r: int = Field(16, ge=1, description="LoRA rank.")
-    alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
-    # No dropout by default. On the development CPU, dropout's random masks took 13% of an SFT step
-    # (py-spy) and SFT with dropout 0 ran 1.28x the tokens/s of 0.05 with the same held-out loss
-    # (1.6609 against 1.6612 and 1.6614 for two seeds; bench/sft.py --dropout-rows, docs/performance.md).
-    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (0 = none).")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Modules to adapt; all-linear = every linear layer but the head."
-    )
-
-
-class TrainSection(Section):
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
-    epochs: float = Field(2.0, gt=0, description="Passes over the training data.")
-    per_device_batch_size: int = Field(8, ge=1, description="Examples per device per micro-batch.")
-    gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up.")
-    scheduler: Literal["cosine", "linear", "constant"] = Field(
-        "cosine", description="Learning-rate schedule after warm-up."
-    )
-    max_length: int = Field(1024, ge=16, description="Longest tokenized example; longer ones are truncated.")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
-    bf16: Literal["auto", True, False] = Field(
-        "auto", description="bf16 autocast; auto = where the hardware runs it fast."
-    )
-    save_steps: int = Field(50, ge=1, description="Checkpoint every this many optimizer steps.")
-    eval_steps: int = Field(25, ge=1, description="Held-out loss every this many optimizer steps.")
-    logging_steps: int = Field(5, ge=1, description="Log every this many optimizer steps.")
-    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
-        default_factory=lambda: ["tensorboard"], description="Experiment trackers."
-    )
-    seed: int = Field(0, description="Training seed.")
-
-
-class SFTSection(TrainSection):
-    lora: LoraSection = Field(default_factory=LoraSection, description="Adapter shape.")
-    validation_share: float = Field(0.1, ge=0, lt=1, description="Share of SFT examples held out for validation loss.")
-    max_drop_share: float = Field(
-        0.05, ge=0, le=1, description="Fail when more than this share of rows cannot be masked."
-    )
-    response_separator: str = Field("\nResponse:", description="Separator for raw-text models with no chat template.")
-    merge: bool = Field(True, description="Merge the adapter into the base after training (DPO needs it).")
-
-
 class PairsSection(Section):
     k: int = Field(
         4,
@@ -279,33 +221,7 @@ class PairsSection(Section):
     seed: int = Field(0, description="Seed of source choice and corruptions.")
 
 
-class DPOSection(TrainSection):
-    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate.")
-    epochs: float = Field(1.0, gt=0, description="Passes over the pairs.")
-    beta: float = Field(0.1, gt=0, description="DPO temperature: strength of the pull towards the reference.")
-    loss_type: Literal["sigmoid", "ipo", "hinge", "rpo"] = Field("sigmoid", description="Preference loss.")
-    rpo_alpha: float = Field(1.0, ge=0, description="Weight of the NLL term on chosen when loss_type is rpo.")
-    precompute_ref_log_probs: bool = Field(True, description="Compute reference log-probs once before training.")
-    share_prompts: bool = Field(
-        True, description="Run each prompt once for all its answers in a batch (exact; checked on the model first)."
-    )
-    displacement_warn_nats: float = Field(
-        0.5, gt=0, description="Warn when chosen log-prob per token falls this far below its start."
-    )
-    length_check_prompts: int = Field(
-        16, ge=0, description="Held-out prompts answered by SFT and DPO to check length drift (0 = off)."
-    )
-    length_drift_warn: float = Field(1.5, gt=1, description="Warn when DPO/SFT mean answer length leaves [1/x, x].")
-    # No dropout by default: the implicit reward compares the policy's log-probs with the reference's,
-    # which are computed without dropout, so dropout in the policy pass only adds noise to every
-    # margin (TRL's DPOTrainer disables dropout for the same reason). It also saved ~20% of a step.
-    lora: LoraSection = Field(
-        default_factory=lambda: LoraSection(dropout=0.0),
-        description="Shape of the fresh DPO adapter (dropout 0: see above).",
-    )
-
-
-EVALUATED_MODELS = ("base", "sft", "dpo")
+EVALUATED_MODELS = ("base", "sft", "dpo", "grpo")
 
 
 class LmEvalSection(Section):
@@ -350,7 +266,8 @@ class LmEvalSection(Section):
 class EvaluateSection(Section):
     models: list[str] = Field(
         default_factory=lambda: ["base", "sft", "dpo"],
-        description="Models evaluated, one at a time: any of base, sft, dpo (every round's).",
+        description="Models evaluated, one at a time: any of base, sft, dpo, grpo (every round's; "
+        "grpo when grpo.enabled).",
     )
 
     @field_validator("models")
@@ -464,10 +381,11 @@ class PipelineConfig(Section):
     sft: SFTSection = Field(default_factory=SFTSection, description="Stage sft.")
     pairs: PairsSection = Field(default_factory=PairsSection, description="Stage pairs.")
     dpo: DPOSection = Field(default_factory=DPOSection, description="Stage dpo.")
+    grpo: GRPOSection = Field(default_factory=GRPOSection, description="Stage grpo (optional, after dpo).")
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection, description="Stage evaluate.")
     tracking: TrackingSection = Field(default_factory=TrackingSection, description="Experiment trackers.")
     train: LaunchSection = Field(
-        default_factory=LaunchSection, description="How the training stages (sft, dpo) are launched."
+        default_factory=LaunchSection, description="How the training stages (sft, dpo, grpo) are launched."
     )
 
     @model_validator(mode="before")
@@ -478,3 +396,16 @@ class PipelineConfig(Section):
         if isinstance(data, dict) and "seed" in data:
             data = {k: v for k, v in data.items() if k != "seed"}
         return data
+
+    @model_validator(mode="after")
+    def _grpo_fits_the_run(self):
+        if "grpo" in self.evaluate.models and not self.grpo.enabled:
+            raise ValueError("evaluate.models lists grpo, but grpo.enabled is false: there is no grpo model")
+        scorer = self.sample.scorer
+        if self.grpo.enabled and scorer.kind == "judge" and scorer.judge_model is None:
+            # The policy cannot judge its own rollouts while it trains: the reward needs a model of its own.
+            raise ValueError(
+                "grpo.enabled with sample.scorer.kind judge needs sample.scorer.judge_model: the model "
+                "being trained cannot also judge its own answers"
+            )
+        return self

@@ -316,17 +316,31 @@ def evaluate_models(
             if name != baseline:
                 _compare(results, passed, benchmarks, name, baseline, "vs_" + baseline)
     for name in results["models"]:  # each round's final model against the round before's
-        previous = previous_round(name)
+        previous = previous_round(name, list(results["models"]))
         if previous in results["models"]:
             _compare(results, passed, benchmarks, name, previous, "vs_previous")
+        dpo = same_round_dpo(name)  # a grpo model against the DPO model it started from
+        if dpo in results["models"]:
+            _compare(results, passed, benchmarks, name, dpo, "vs_dpo")
     results["answers"] = answers
     return results
 
 
-def previous_round(name: str) -> str | None:
-    """The previous round's final model of a round's final model (`dpo-r3` -> `dpo-r2`), else None."""
+def previous_round(name: str, names: list[str] | None = None) -> str | None:
+    """The previous round's final model of a round's DPO or grpo model (`dpo-r3` -> `dpo-r2`),
+    else None. With grpo in the run (`names` holds `grpo-r2`), round 3 started from `grpo-r2`: that
+    is the previous model of both `dpo-r3` and `grpo-r3`."""
     kind, _, suffix = name.partition("-r")
-    return f"{kind}-r{int(suffix) - 1}" if kind == "dpo" and suffix.isdigit() and int(suffix) > 1 else None
+    if kind not in ("dpo", "grpo") or not suffix.isdigit() or int(suffix) < 2:
+        return None
+    before = int(suffix) - 1
+    return f"grpo-r{before}" if f"grpo-r{before}" in (names or []) else f"dpo-r{before}"
+
+
+def same_round_dpo(name: str) -> str | None:
+    """The DPO model a grpo model was trained from (`grpo-r2` -> `dpo-r2`, `grpo` -> `dpo`), else None."""
+    kind, dash, suffix = name.partition("-")
+    return f"dpo{dash}{suffix}" if kind == "grpo" else None
 
 
 def _compare(results: dict, passed: dict, benchmarks: list, name: str, other: str, key: str) -> None:

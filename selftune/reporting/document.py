@@ -40,12 +40,12 @@ def _template(name: str, *, autoescape: bool):
 # ---------------------------------------------------------------------------------------------
 
 
-def lineage_rows(run, rounds: int, *, fresh: bool = False) -> list[list[str]]:
+def lineage_rows(run, rounds: int, *, fresh: bool = False, grpo: bool = False) -> list[list[str]]:
     """One row per stage of the run's plan (the stages `selftune run` takes for `rounds`, with each
     round's prompts when `fresh`), from their manifests; folders not in the plan are not read."""
 
     rows = []
-    for step, manifest in stage_manifests(run, rounds, fresh=fresh):
+    for step, manifest in stage_manifests(run, rounds, fresh=fresh, grpo=grpo):
         if step.stage == "report":
             continue
         if manifest is None:

@@ -79,11 +79,19 @@ _CURVES = {
         ("rewards/margins", "reward margin"),
         ("eval_rewards/accuracies", "held-out accuracy"),
     ],
+    "grpo": [
+        ("reward", "reward"),
+        ("rewards/passed/mean", "pass rate"),
+        ("frac_reward_zero_std", "zero-variance groups"),
+        ("kl", "KL"),
+    ],
 }
+_TITLES = {"sft": "SFT", "dpo": "DPO", "grpo": "GRPO"}
 
 
 def plot_training(history_by_stage: dict[str, list[dict]], path: Path) -> Path | None:
-    """SFT curves on the left, DPO on the right; keys are `sft`, `dpo`, or `sft-r2` for later rounds."""
+    """One panel per training stage (SFT, DPO, and GRPO when it ran); keys are `sft`, `dpo`,
+    `grpo`, or `sft-r2` for later rounds."""
     found = {}
     for name, history in history_by_stage.items():
         stage = name.split("-")[0]
@@ -93,14 +101,14 @@ def plot_training(history_by_stage: dict[str, list[dict]], path: Path) -> Path |
                 found[(stage, f"{name} {label}")] = points
     if not found:
         return None
+    panels = [stage for stage in _TITLES if stage == "sft" or stage == "dpo" or any(s == stage for s, _ in found)]
     plt = _figure()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8))
     for (stage, label), points in found.items():
-        ax = axes[0] if stage == "sft" else axes[1]
+        ax = axes[panels.index(stage)]
         ax.plot([s for s, _ in points], [v for _, v in points], marker=".", label=label)
-    axes[0].set_title("SFT")
-    axes[1].set_title("DPO")
-    for ax in axes:
+    for ax, stage in zip(axes, panels):
+        ax.set_title(_TITLES[stage])
         ax.set_xlabel("optimizer step")
         ax.legend(fontsize=8)
     return _save(plt, fig, path)

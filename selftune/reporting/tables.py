@@ -180,25 +180,29 @@ def compare_table(runs: list) -> tuple[list[str], list[list[str]]]:
 
 
 def round_table(results: dict) -> tuple[list[str], list[list[str]]]:
-    """Whether rounds keep paying: each round's final model (`dpo-rK`, or `dpo` for one round) with
-    its prompt-level strict accuracy on the eval prompts and each benchmark, and its paired gain over
-    the previous round's final model (the base for round 1), interval, won / lost and McNemar p."""
-    finals = [name for name in results["models"] if name == "dpo" or name.startswith("dpo-r")]
+    """Whether rounds keep paying: each round's DPO model (`dpo-rK`, or `dpo` for one round) and,
+    when the run trains one, its grpo model, with its prompt-level strict accuracy on the eval
+    prompts and each benchmark, and its paired gain (interval, won / lost, McNemar p) over the
+    previous round's final model (the base for round 1); a grpo model's gain is over its round's DPO model."""
+    names = list(results["models"])
+    finals = [name for name in names if name in ("dpo", "grpo") or name.startswith(("dpo-r", "grpo-r"))]
     benches = sorted({bench for name in finals for bench in results["models"][name].get("benchmarks", {})})
     measures = [("eval prompts", None)] + [(bench.upper(), bench) for bench in benches]
     header = ["round"]
     for label, _ in measures:
         header += [f"{label} strict", f"{label} vs previous [95% CI] won/lost p"]
     rows = []
-    for number, name in enumerate(finals, start=1):
+    for name in finals:
         metrics = results["models"][name]
-        row = [f"{number} ({name})"]
+        number = name.partition("-r")[2] or "1"
+        # A grpo model is compared with the DPO model it started from (the round's previous step).
+        row = [f"{number} ({name}{', vs dpo' if name.startswith('grpo') else ''})"]
         for _, bench in measures:
             # The eval prompts' accuracy sits under instruction_following, their comparisons beside
             # it; a benchmark holds both.
             compared = metrics["benchmarks"].get(bench, {}) if bench else metrics
             values = compared if bench else metrics.get("instruction_following", {})
-            versus = compared.get("vs_previous") or compared.get("vs_base")
+            versus = compared.get("vs_dpo") or compared.get("vs_previous") or compared.get("vs_base")
             row.append(f"{values['prompt_strict']:.3f}" if "prompt_strict" in values else "-")
             row.append(
                 f"{versus['delta']:+.3f} [{versus['ci95'][0]:+.3f}, {versus['ci95'][1]:+.3f}] "

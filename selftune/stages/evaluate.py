@@ -1,4 +1,4 @@
-"""Stage `evaluate`: the base model and every round's SFT and DPO models, side by side, one model
+"""Stage `evaluate`: the base model and every round's SFT and DPO (and grpo) models, side by side, one model
 in memory at a time (`selftune.evaluation.runner`), on the held-out eval prompts, the held-out pairs
 and any configured benchmarks and lm-eval tasks.
 
@@ -21,14 +21,15 @@ from selftune.run.spec import StageSpec
 
 
 def run_models(run, base: str, round_number: int) -> list[tuple[str, str]]:
-    """`base`, then each round's SFT and DPO merged models, as recorded in the run's manifests."""
+    """`base`, then each round's SFT, DPO and grpo merged models, as recorded in the run's manifests."""
     models = [("base", base)]
     for r in range(1, round_number + 1):
         suffix = "" if round_number == 1 else f"-r{r}"
         if run.manifest("sft", r) and "merged" in run.manifest("sft", r).outputs:
             models.append((f"sft{suffix}", str(run.output_of("sft", "merged", round_number=r))))
-        if run.manifest("dpo", r):
-            models.append((f"dpo{suffix}", str(run.output_of("dpo", "merged", round_number=r))))
+        for stage in ("dpo", "grpo"):
+            if run.manifest(stage, r):
+                models.append((f"{stage}{suffix}", str(run.output_of(stage, "merged", round_number=r))))
     return models
 
 
@@ -38,6 +39,7 @@ EVALUATE_STAGE = StageSpec(
     # Pair rewards use DPO's beta and are masked and truncated as DPO trained (max_length, separator).
     reads=(
         "evaluate",
+        "grpo.enabled",
         "dpo.beta",
         "dpo.max_length",
         "sft.response_separator",
@@ -66,7 +68,9 @@ def evaluate_stage(
     pairs_path = run.optional_output("pairs", "eval_pairs", round_number=round_number)
     pairs = read_records(pairs_path, "pairs") if pairs_path else []
     models = models or run_models(run, cfg.model.spec, round_number)
-    wanted = [m for m in models if m[0].split("-")[0] in cfg.evaluate.models]
+    # The grpo models of a run with grpo enabled are evaluated like the others.
+    kinds = set(cfg.evaluate.models) | ({"grpo"} if cfg.grpo.enabled else set())
+    wanted = [m for m in models if m[0].split("-")[0] in kinds]
     inputs = {"prompts": prompts_path, **({"eval_pairs": pairs_path} if pairs_path else {})}
 
     for item in cfg.evaluate.benchmarks:  # a changed benchmark file reruns the evaluation

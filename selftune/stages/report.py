@@ -20,7 +20,7 @@ from selftune.run.spec import StageSpec
 
 # Everything it shows comes from its inputs, but for which stages the lineage table lists: the
 # plan, which the prompts settings shape (each round's own prompts).
-REPORT_STAGE = StageSpec("report", output="html", reads=("prompts.fresh_each_round", "prompts.source"))
+REPORT_STAGE = StageSpec("report", output="html", reads=("prompts.fresh_each_round", "prompts.source", "grpo.enabled"))
 
 
 def report_stage(run: Run, cfg: PipelineConfig, *, round_number: int = 1) -> Path:
@@ -31,7 +31,7 @@ def report_stage(run: Run, cfg: PipelineConfig, *, round_number: int = 1) -> Pat
     inputs = {"results": results_path, "answers": answers_path}
     histories = {}  # training curves, found through the training stages' manifests
     for r in range(1, round_number + 1):
-        for stage in ("sft", "dpo"):
+        for stage in ("sft", "dpo", "grpo"):
             path = run.optional_output(stage, "log_history", round_number=r)
             if path is not None:
                 histories[stage if r == 1 else f"{stage}-r{r}"] = path
@@ -50,7 +50,7 @@ def report_stage(run: Run, cfg: PipelineConfig, *, round_number: int = 1) -> Pat
             answers=answers,
             prompts=prompts,
             history_by_stage=history,
-            lineage=lineage_rows(run, round_number, fresh=fresh_prompts(cfg)),
+            lineage=lineage_rows(run, round_number, fresh=fresh_prompts(cfg), grpo=cfg.grpo.enabled),
         )
         stage.add_output("html", files["html"])
         stage.add_output("md", files["md"])

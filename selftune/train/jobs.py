@@ -70,8 +70,29 @@ class DPOJob:
             raise ValueError(f"dpo job: eval_rows[{unnumbered[0]}] has no pair_index")
 
 
-TrainingJob = SFTJob | DPOJob
-JOBS: dict[str, type[SFTJob] | type[DPOJob]] = {"sft": SFTJob, "dpo": DPOJob}
+@dataclass
+class GRPOJob:
+    """GRPO with a fresh LoRA on the merged DPO model `dpo_model`: the prompts it writes answers to
+    (prompt records as JSON: id, messages, constraints), each answer's token budget, and whether
+    training resumes."""
+
+    stage: ClassVar[str] = "grpo"
+    dpo_model: str
+    prompts: list[dict[str, Any]]
+    budgets: list[int]
+    resuming: bool = False
+
+    def __post_init__(self):
+        if len(self.budgets) != len(self.prompts):
+            raise ValueError(f"grpo job: {len(self.prompts)} prompts but {len(self.budgets)} budgets")
+        for index, prompt in enumerate(self.prompts):
+            missing = [key for key in ("id", "messages") if key not in prompt]
+            if missing:
+                raise ValueError(f"grpo job: prompts[{index}] has no {', '.join(missing)}")
+
+
+TrainingJob = SFTJob | DPOJob | GRPOJob
+JOBS: dict[str, type[SFTJob] | type[DPOJob] | type[GRPOJob]] = {"sft": SFTJob, "dpo": DPOJob, "grpo": GRPOJob}
 
 
 @dataclass

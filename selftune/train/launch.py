@@ -32,7 +32,7 @@ import torch
 
 from selftune.config.sections import ACCELERATE_CONFIGS
 from selftune.errors import ConfigError, SelftuneError
-from selftune.train.jobs import LaunchedJob, SFTJob, TrainingJob
+from selftune.train.jobs import GRPOJob, LaunchedJob, SFTJob, TrainingJob
 
 # accelerate (1.6 s) is imported where a launch config is checked or a child process started.
 
@@ -107,6 +107,10 @@ def train_here(job: TrainingJob, cfg, out: Path, *, progress=None, phase_progres
         from selftune.train.sft import train_sft
 
         return train_sft(cfg, out, job, progress=progress, phase_progress=phase_progress)
+    if isinstance(job, GRPOJob):
+        from selftune.train.grpo import train_grpo
+
+        return train_grpo(cfg, out, job, progress=progress)
     from selftune.train.dpo import train_dpo
 
     return train_dpo(cfg, out, job, progress=progress, phase_progress=phase_progress)

@@ -68,10 +68,12 @@ def lora_config(cfg):
     )
 
 
-def training_arguments(train_cfg, out_dir: Path, *, has_eval: bool, device: str, **extra):
+def training_arguments(train_cfg, out_dir: Path, *, has_eval: bool, device: str, arguments_class=None, **extra):
+    """`train_cfg` as transformers' TrainingArguments, or as `arguments_class` (a subclass such as
+    TRL's GRPOConfig, its own settings in `extra`)."""
     from transformers import TrainingArguments
 
-    return TrainingArguments(
+    return (arguments_class or TrainingArguments)(
         output_dir=str(out_dir / "checkpoints"),
         per_device_train_batch_size=train_cfg.per_device_batch_size,
         per_device_eval_batch_size=train_cfg.per_device_batch_size,

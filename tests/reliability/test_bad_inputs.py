@@ -362,6 +362,33 @@ CASES = [
         args=["dpo", "--run", "{run}", "--set", "dpo.lora.target_modules=[attn]"],
         expect=["dpo.lora.target_modules: 'attn' match no module"],
     ),
+    # ---- grpo settings (the stage command refuses them before anything loads) ----
+    Case(
+        "grpo-group-of-one",
+        args=["grpo", "--run", "{run}", "--set", "grpo.num_generations=1"],
+        expect=["grpo.num_generations"],
+    ),
+    Case(
+        "grpo-kl-not-finite",
+        args=["grpo", "--run", "{run}", "--set", "grpo.beta=nan"],
+        expect=["grpo.beta"],
+    ),
+    Case(
+        "grpo-partial-groups",
+        args=["grpo", "--run", "{run}", "--set", "grpo.num_generations=5"],
+        expect=["must be a multiple of num_generations (5)"],
+    ),
+    Case(
+        "grpo-judged-by-itself",
+        args=["run", "--preset", "tiny", "--run-dir", "{tmp}/r", "--set", "grpo.enabled=true"]
+        + ["--set", "sample.scorer.kind=judge"],
+        expect=["sample.scorer.judge_model"],
+    ),
+    Case(
+        "grpo-model-not-enabled",
+        args=["run", "--preset", "tiny", "--run-dir", "{tmp}/r", "--set", "evaluate.models=[base,grpo]"],
+        expect=["grpo.enabled is false"],
+    ),
     Case(
         "batch-size-zero",
         args=["run", "--preset", "tiny", "--run-dir", "{tmp}/r", "--set", "sft.per_device_batch_size=0"],

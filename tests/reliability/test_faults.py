@@ -110,6 +110,40 @@ def test_sigkill_in_each_stage_then_rerun_equals_an_uninterrupted_run(stage, ref
     OUTCOMES.append((f"sigkill-{stage}", "recovered", 0))
 
 
+GRPO_SETTINGS = [
+    item for s in ("grpo.enabled=true", "grpo.epochs=2", "grpo.learning_rate=1e-2") for item in ("--set", s)
+]
+
+
+@pytest.fixture(scope="module")
+def grpo_reference(tmp_path_factory, tiny_model_dir) -> Path:
+    """The uninterrupted run with the grpo stage on."""
+    root = tmp_path_factory.mktemp("grpo-reference") / "run"
+    result = selftune(command(root, tiny_model_dir, *GRPO_SETTINGS))
+    assert result.returncode == 0, console(result)[-3000:]
+    return root
+
+
+def test_sigkill_in_grpo_then_rerun_equals_an_uninterrupted_run(grpo_reference, tmp_path, tiny_model_dir):
+    run_dir = tmp_path / "run"
+    killed = selftune(command(run_dir, tiny_model_dir, *GRPO_SETTINGS), driver=["grpo", "checkpoint-2", "SIGKILL"])
+    assert killed.returncode == -signal.SIGKILL, console(killed)[-2000:]
+    assert read_manifest(run_dir / "round-1" / "grpo") is None
+    assert list((run_dir / "round-1" / "grpo" / "checkpoints").glob("checkpoint-*"))
+    rerun = selftune(command(run_dir, tiny_model_dir, *GRPO_SETTINGS))
+    assert rerun.returncode == 0, console(rerun)[-3000:]
+    log = console(rerun)
+    assert all(f"round-1/{s}: up to date, skipped" in log for s in ("sample", "sft", "dpo")), log[-2000:]
+    assert "grpo: resuming from" in log and metrics(run_dir, "grpo")["resumed"] is True
+    ours, theirs = metrics(run_dir, "grpo"), metrics(grpo_reference, "grpo")
+    assert ours["steps"] == theirs["steps"] == 4
+    for key in ("train_loss", "reward_mean", "reward_last"):  # the same rollouts and updates after the resume
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), key
+    answers = "round-1/evaluate/answers.jsonl"
+    assert (run_dir / answers).read_bytes() == (grpo_reference / answers).read_bytes(), "eval answers differ"
+    OUTCOMES.append(("sigkill-grpo", "recovered", 0))
+
+
 def test_ctrl_c_in_training_leaves_a_resumable_run(reference, tmp_path, tiny_model_dir):
     run_dir = tmp_path / "run"
     stopped = selftune(command(run_dir, tiny_model_dir), driver=["sft", "checkpoint-1", "SIGINT"])

@@ -1,0 +1,93 @@
+"""Stage `grpo` (optional, `grpo.enabled`): online RL after DPO. A fresh LoRA on the merged DPO
+model, trained with TRL's GRPOTrainer on answers it writes while it trains, rewarded by the run's
+scorer (`selftune.train.grpo`), then merged. The prompts are a seeded draw of the round's train
+prompts, validated here before anything loads; the training runs in this process or in
+`accelerate launch` children; the merge and the manifest stay here.
+
+Usage:
+    selftune grpo --run runs/demo --set grpo.enabled=true
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from selftune.config import PipelineConfig
+from selftune.data.prompts import answer_budgets
+from selftune.data.records import read_records
+from selftune.errors import RecordError
+from selftune.run.folder import Run
+from selftune.run.plan import prompts_round
+from selftune.run.spec import StageSpec
+from selftune.train.jobs import GRPOJob
+from selftune.train.launch import run_training
+from selftune.train.toolkit import check_trainable, record_adapter, resume_point
+
+GRPO_STAGE = StageSpec(
+    "grpo",
+    output="merged",
+    # The rollouts are capped like every sampled answer; the reward is the run's scorer.
+    reads=(
+        "grpo",
+        "model.dtype",
+        "model.load_in_4bit",
+        "generation.backend",
+        "generation.max_new_tokens",
+        "generation.max_new_tokens_cap",
+        "sample.scorer",
+        "train.num_processes",
+        "train.accelerate_config",
+    ),
+    # Which round's prompts are read is recorded with them (the inputs' sha256).
+    unhashed=(
+        "model.trust_remote_code",
+        "generation.batch_size",
+        "train.launcher",
+        "prompts.fresh_each_round",
+        "prompts.source",
+    ),
+)
+
+
+def grpo_stage(
+    run: Run,
+    cfg: PipelineConfig,
+    *,
+    round_number: int = 1,
+    prompts_path: Path | None = None,
+    dpo_model: str | None = None,
+    progress=None,
+) -> Path:
+    """Train the GRPO adapter on the round's merged DPO model and merge it; returns the merged model dir."""
+    cfg = GRPO_STAGE.view(cfg)
+    if prompts_path is None:
+        prompts_path = run.output_of("prompts", "prompts", round_number=prompts_round(cfg, round_number))
+    dpo_model = dpo_model or str(run.output_of("dpo", "merged", round_number=round_number))
+    prompts = [p for p in read_records(Path(prompts_path), "prompts") if p.split == "train"]
+    if not prompts:
+        raise RecordError([f"{prompts_path}: no prompts with split 'train'"])
+    if cfg.sample.scorer.kind == "constraints":
+        unrewardable = [
+            f"{prompts_path}: prompt {p.id}: constraints: empty (the constraints scorer cannot reward its answers)"
+            for p in prompts
+            if not p.constraints
+        ]
+        if unrewardable:
+            raise RecordError(unrewardable)
+    if cfg.grpo.prompts and cfg.grpo.prompts < len(prompts):
+        prompts = random.Random(f"grpo-{cfg.grpo.seed}-{round_number}").sample(prompts, cfg.grpo.prompts)
+    check_trainable(dpo_model, cfg, "grpo")
+    inputs = {"prompts": Path(prompts_path), "dpo_model": Path(dpo_model)}
+    start = run.begin(GRPO_STAGE, cfg, inputs=inputs, round_number=round_number)
+    if start.reused:
+        return start.reused
+    with start as stage:
+        job = GRPOJob(
+            dpo_model=dpo_model,
+            prompts=[p.model_dump(mode="json") for p in prompts],
+            budgets=answer_budgets(prompts, cfg.generation.max_new_tokens, cfg.generation.max_new_tokens_cap),
+            resuming=resume_point(stage),
+        )
+        metrics = run_training(job, cfg, stage.dir, progress=progress)
+        return record_adapter(stage, dpo_model, cfg, {"prompts": len(prompts), "resumed": job.resuming, **metrics})
