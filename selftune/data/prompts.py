@@ -21,7 +21,8 @@ import random
 from pathlib import Path
 
 from selftune.data.constraints.registry import CONSTRAINTS, compatible, describe, validated_params
-from selftune.data.records import PromptRecord, RowProblem, convert_rows, with_id
+from selftune.data.records import PromptRecord, RowProblem, convert_rows, read_records, with_id
+from selftune.errors import RecordError
 
 FORMS = {
     "train": [
@@ -402,6 +403,24 @@ def answer_tokens(prompt: PromptRecord, base: int, cap: int) -> int:
 def words_fitting(cap: int) -> int:
     """The most words a prompt may ask for so that its answer budget stays within `cap` tokens."""
     return max(0, int((cap - FINISH_TOKENS) / TOKENS_PER_WORD))
+
+
+def scorable_train_prompts(path: Path, scorer_kind: str) -> list[PromptRecord]:
+    """The train split of the prompts file at `path`, every prompt checked for what the scorer
+    needs (the constraints scorer: at least one constraint); a RecordError names each one that
+    fails, or says there is no train prompt at all. What the sample and grpo stages answer."""
+    prompts = [p for p in read_records(Path(path), "prompts") if p.split == "train"]
+    if not prompts:
+        raise RecordError([f"{path}: no prompts with split 'train'"])
+    if scorer_kind == "constraints":
+        missing = [
+            f"{path}: prompt {p.id}: constraints: empty (the constraints scorer needs at least one)"
+            for p in prompts
+            if not p.constraints
+        ]
+        if missing:
+            raise RecordError(missing)
+    return prompts
 
 
 def answer_budgets(prompts: list[PromptRecord], base: int, cap: int) -> list[int]:

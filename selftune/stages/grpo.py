@@ -14,9 +14,7 @@ import random
 from pathlib import Path
 
 from selftune.config import PipelineConfig
-from selftune.data.prompts import answer_budgets
-from selftune.data.records import read_records
-from selftune.errors import RecordError
+from selftune.data.prompts import answer_budgets, scorable_train_prompts
 from selftune.run.folder import Run
 from selftune.run.plan import prompts_round
 from selftune.run.spec import StageSpec
@@ -64,17 +62,7 @@ def grpo_stage(
     if prompts_path is None:
         prompts_path = run.output_of("prompts", "prompts", round_number=prompts_round(cfg, round_number))
     dpo_model = dpo_model or str(run.output_of("dpo", "merged", round_number=round_number))
-    prompts = [p for p in read_records(Path(prompts_path), "prompts") if p.split == "train"]
-    if not prompts:
-        raise RecordError([f"{prompts_path}: no prompts with split 'train'"])
-    if cfg.sample.scorer.kind == "constraints":
-        unrewardable = [
-            f"{prompts_path}: prompt {p.id}: constraints: empty (the constraints scorer cannot reward its answers)"
-            for p in prompts
-            if not p.constraints
-        ]
-        if unrewardable:
-            raise RecordError(unrewardable)
+    prompts = scorable_train_prompts(prompts_path, cfg.sample.scorer.kind)  # each one rewardable
     if cfg.grpo.prompts and cfg.grpo.prompts < len(prompts):
         prompts = random.Random(f"grpo-{cfg.grpo.seed}-{round_number}").sample(prompts, cfg.grpo.prompts)
     check_trainable(dpo_model, cfg, "grpo")

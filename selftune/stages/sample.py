@@ -24,9 +24,8 @@ from pathlib import Path
 from selftune.config import PipelineConfig
 from selftune.data.early_rejection import EarlyRejection
 from selftune.data.pairs import prompt_messages
-from selftune.data.prompts import answer_budgets
-from selftune.data.records import PromptRecord, SampleRecord, read_records
-from selftune.errors import RecordError
+from selftune.data.prompts import answer_budgets, scorable_train_prompts
+from selftune.data.records import PromptRecord, SampleRecord
 from selftune.generation.budget import generate_with_budgets
 from selftune.generation.factory import UNHASHED_GENERATION_SETTINGS, open_configured, sampling_params
 from selftune.generation.types import Generator, ProgressCallback
@@ -145,17 +144,7 @@ def sample_stage(
     cfg = SAMPLE_STAGE.view(cfg)
     if prompts_path is None:
         prompts_path = run.output_of("prompts", "prompts", round_number=prompts_round(cfg, round_number))
-    prompts = [r for r in read_records(Path(prompts_path), "prompts") if r.split == "train"]
-    if not prompts:
-        raise RecordError([f"{prompts_path}: no prompts with split 'train'"])
-    if cfg.sample.scorer.kind == "constraints":
-        missing = [
-            f"{prompts_path}: prompt {p.id}: constraints: empty (the constraints scorer needs at least one)"
-            for p in prompts
-            if not p.constraints
-        ]
-        if missing:
-            raise RecordError(missing)
+    prompts = scorable_train_prompts(prompts_path, cfg.sample.scorer.kind)
     policy = policy or cfg.model.spec
     inputs = {"prompts": prompts_path}
     if Path(policy).is_dir():
