@@ -126,18 +126,19 @@ class EngineRollouts:
 
     def __init__(self, cfg, tokenizer, prompts: list[PromptRecord], budgets: list[int]):
         self.cfg, self.tokenizer = cfg, tokenizer
-        self.records = {prompt_key([m.model_dump() for m in p.messages]): (p, b) for p, b in zip(prompts, budgets)}
+        # Each prompt's answer budget, by its messages (what GRPOTrainer hands over).
+        self.budgets = {prompt_key([m.model_dump() for m in p.messages]): b for p, b in zip(prompts, budgets)}
         self.generator = None
         self.seconds = 0.0
-        self.answers = 0
 
     def __call__(self, prompts: list, trainer) -> dict:
         started = time.perf_counter()
         group = self.cfg.grpo.num_generations
         offset = trainer.accelerator.process_index * len(prompts)
+        keys = [prompt_key(messages) for messages in prompts]
         runs: list[tuple[int, int]] = []  # (first position, copies) of each run of one prompt
-        for position, messages in enumerate(prompts):
-            if runs and prompt_key(messages) == prompt_key(prompts[runs[-1][0]]) and (offset + position) % group:
+        for position, key in enumerate(keys):
+            if runs and key == keys[runs[-1][0]] and (offset + position) % group:
                 runs[-1] = (runs[-1][0], runs[-1][1] + 1)
             else:
                 runs.append((position, 1))
@@ -167,16 +168,17 @@ class EngineRollouts:
                     # The same step, prompt and sample index give the same answer, also after a resume.
                     seed=self.cfg.grpo.seed + 1_000_003 * trainer.state.global_step + 7919 * first_sample,
                 )
-                records = [self.records[prompt_key(prompts[first])] for first in firsts]
                 answers = generate_with_budgets(
-                    self.generator, [prompts[first] for first in firsts], params, [b for _, b in records]
+                    self.generator,
+                    [prompts[first] for first in firsts],
+                    params,
+                    [self.budgets[keys[first]] for first in firsts],
                 )
                 for first, row in zip(firsts, answers):
                     for k, completion in enumerate(row):
                         completion_ids[first + k] = list(completion.token_ids)
         model.train(was_training)
         self.seconds += time.perf_counter() - started
-        self.answers += len(prompts)
         return {
             "prompt_ids": [encode_prompt(self.tokenizer, messages) for messages in prompts],
             "completion_ids": completion_ids,
