@@ -150,7 +150,11 @@ def test_a_byte_order_mark_is_accepted_and_non_utf8_or_a_folder_is_a_named_error
     path.write_bytes(b"\xef\xbb\xbf" + _prompt_line([{"type": "lowercase"}]).encode() + b"\n")
     assert [r.id for r in read_records(path, "prompts")] == ["p1"]
     path.write_bytes(_prompt_line([{"type": "lowercase"}]).encode() + b"\n\xff\xfe broken\n")
-    with pytest.raises(RecordError, match="not UTF-8 text"):
+    with pytest.raises(RecordError, match=rf"{path}:2: not UTF-8 text \(byte 0xff at column 1,"):
+        read_records(path, "prompts")
+    # A bad byte mid-line, after a byte-order mark: the line and column an editor shows.
+    path.write_bytes(b"\xef\xbb\xbf" + _prompt_line([{"type": "lowercase"}]).encode() + b'\n{"id": "\xd1x"}\n')
+    with pytest.raises(RecordError, match=rf"{path}:2: not UTF-8 text \(byte 0xd1 at column 9,"):
         read_records(path, "prompts")
     with pytest.raises(RecordError, match="is a folder"):
         read_records(tmp_path, "prompts")

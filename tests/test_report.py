@@ -88,6 +88,54 @@ def test_the_terminal_summary_of_five_models_keeps_every_delta_whole_in_80_colum
     assert text.count("(+80.250)") == 4  # mean length, whole
 
 
+def _many_models_with_benchmarks() -> dict:
+    """Five models of a two-round run with IFEval and IFBench results, every figure distinct, one
+    delta as wide as a perplexity's can be."""
+    import copy
+
+    results = {"order": ["base", "sft-r1", "dpo-r1", "sft-r2", "dpo-r2"], "reference": "sft-r1", "models": {}}
+    for k, name in enumerate(results["order"]):
+        metrics = copy.deepcopy(RESULTS["models"]["dpo" if k else "base"])
+        metrics["pairs"]["chosen_perplexity"] = 3.0 + 111.111 * k * k
+        metrics["mean_length_tokens"] = 100 + 7.25 * k
+        benches = {}
+        for b, bench in enumerate(("ifeval", "ifbench")):
+            benches[bench] = {"prompt_strict": 0.1 + 0.0111 * k + 0.3 * b}
+            if k:
+                versus = {"delta": 0.0123 * k + b / 100, "ci95": [-0.0101 * k, 0.0301 * k + b / 10]}
+                versus |= {"wins": 40 + k + 10 * b, "losses": 20 + k, "prompts": 541, "p_value": 0.0123 * k + b / 7}
+                benches[bench]["vs_base"] = versus
+                benches[bench]["vs_previous"] = versus
+        metrics["benchmarks"] = benches
+        results["models"][name] = metrics
+    return results
+
+
+def _figures(rows: list[list[str]]) -> set[str]:
+    return {f for row in rows for cell in row[1:] for f in re.findall(r"[+-]?\d+(?:\.\d+)?(?:/\d+)?", cell)}
+
+
+def test_the_terminal_tables_of_a_two_round_run_with_benchmarks_print_every_figure_whole_in_80_columns(monkeypatch):
+    from selftune.progress import console
+    from selftune.reporting.tables import noise_table, round_table, summary_table
+    from selftune.reporting.terminal import print_results_table, print_table
+
+    results = _many_models_with_benchmarks()
+    monkeypatch.setattr(console, "width", 80)
+    with console.capture() as captured:
+        print_results_table(results, "summary")
+        print_table(*round_table(results), "rounds", transpose=False)
+    text = captured.get()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    tokens = set(re.findall(r"[+-]?\d+(?:\.\d+)?(?:/\d+)?", text))
+    figures = set()
+    for table in (summary_table(results), noise_table(results), round_table(results)):
+        figures |= _figures(table[1])
+    assert "+444.444" in figures  # the widest delta (dpo-r2's chosen perplexity) is among them
+    assert figures - tokens == set()
+
+
 @pytest.fixture
 def report(tmp_path):
     files = write_report(

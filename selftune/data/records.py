@@ -221,10 +221,20 @@ def read_text(path: Path, what: str) -> str:
         raise RecordError([f"{path}: is a folder, not {what}"])
     if not path.is_file():
         raise RecordError([f"{path}: file not found"])
+    raw = path.read_bytes()
     try:
-        return path.read_text(encoding="utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise RecordError([f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})"]) from None
+        # The line and column an editor shows, beside the byte's value and offset in the file.
+        start = exc.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+        line = raw.count(b"\n", 0, start) + 1
+        column = start - (raw.rfind(b"\n", 0, start) + 1) + 1
+        raise RecordError(
+            [
+                f"{path}:{line}: not UTF-8 text (byte 0x{raw[start]:02x} at column {column}, "
+                f"offset {start} of the file: {exc.reason})"
+            ]
+        ) from None
 
 
 DATA_FORMATS = ".jsonl, .json (an array of objects), .csv, .parquet or a `datasets` folder (save_to_disk)"

@@ -26,19 +26,35 @@ def print_table(header: list[str], rows: list[list[str]], title: str, transpose:
         return
     # Metrics down, models across: fits a terminal however many metrics there are.
     # The metric names stay on one line: a wrapped "IFEval-style prompt strict" is hard to read.
-    # A value's delta goes on a line of its own, without vertical rules: five models of a two-round
-    # run fit 80 columns (boxed, their deltas were cut to "(+0.04…"); a column still too narrow
-    # folds rather than cutting.
+    # A value's delta goes on a line of its own, without vertical rules. Models that do not fit
+    # the console's width side by side (80 columns off a terminal: a CI log, `| tee`) are printed
+    # in several tables of fewer models each, so that no figure is ever cut or folded.
+    columns = [[cell.replace(" (", "\n(", 1) for cell in row[1:]] for row in rows]
+    widest = [max((len(line) for cell in column for line in cell.split("\n")), default=0) for column in columns]
+    metric_width = max(len("metric"), *(len(m) for m in header[1:]))
+    chunk: list[int] = []
+    width = metric_width
+    for k, column_width in enumerate(widest):
+        if chunk and width + 2 + max(column_width, len(rows[k][0])) > console.width:
+            _print_models(header, rows, columns, chunk, title)
+            chunk, width, title = [], metric_width, None
+        chunk.append(k)
+        width += 2 + max(column_width, len(rows[k][0]))
+    if chunk:
+        _print_models(header, rows, columns, chunk, title)
+
+
+def _print_models(header: list[str], rows: list[list[str]], columns: list[list[str]], chunk: list[int], title):
     table = Table(
         Column("metric", no_wrap=True),
-        *(Column(escape(row[0]), overflow="fold") for row in rows),
+        *(Column(escape(rows[k][0]), no_wrap=True) for k in chunk),
         title=title,
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         collapse_padding=True,
     )
-    for k, metric in enumerate(header[1:], start=1):
-        table.add_row(escape(metric), *(escape(row[k]).replace(" (", "\n(", 1) for row in rows))
+    for m, metric in enumerate(header[1:]):
+        table.add_row(escape(metric), *(escape(columns[k][m]) for k in chunk))
     console.print(table)
 
 
