@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     interrupt or a machine failure (disk full) ends in one sentence and a non-zero exit status."""
     # Stage modules log what people should see (a resumed checkpoint, a drift warning) under "selftune".
     configure_logging(RichHandler(console=err_console, show_time=False, show_path=False))
+    widen_help_off_a_terminal()
     try:
         app(args=argv, prog_name="selftune")
     except SelftuneError as exc:
@@ -54,6 +55,19 @@ def main(argv: list[str] | None = None) -> None:
         if problem is None:
             raise
         fail(f"{problem}. Finished stages are kept; fix it and run the same command again.")
+
+
+def widen_help_off_a_terminal() -> None:
+    """Off a terminal (a CI log, `| tee`, a notebook) rich assumes 80 columns, and `--help` squeezed
+    the descriptions of commands with long option names into a column a word wide, their names cut
+    ("--benchmark-max-…"). A log does not wrap, so help there is 120 columns wide, unless
+    TERMINAL_WIDTH or COLUMNS says otherwise."""
+    import os
+
+    import typer.rich_utils
+
+    if not sys.stdout.isatty() and not os.environ.get("TERMINAL_WIDTH") and not os.environ.get("COLUMNS"):
+        typer.rich_utils.MAX_WIDTH = 120
 
 
 def fail(message: str, status: int = 1) -> None:

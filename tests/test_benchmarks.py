@@ -187,3 +187,38 @@ def test_missing_checker_dependencies_fail_before_any_model_loads(
     with pytest.raises(MissingExtraError, match=r"selftune\[benchmarks\].*langdetect"):
         evaluate.evaluate_models([("base", str(tiny_model_dir))], [], [], cfg)
     assert loaded == []
+
+
+def test_evaluate_with_out_keeps_every_benchmark_answer_and_rescoring_them_gives_the_reported_figure(
+    tiny_model_dir, tmp_path, fixture_file
+):
+    """`selftune evaluate --model ... --benchmark ifeval=FILE --out DIR` leaves the answers in DIR
+    (not only in the answer cache), and the reference checkers give the same prompt-level strict
+    from them."""
+    from typer.testing import CliRunner
+
+    from selftune.cli import app
+
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--model",
+            f"base={tiny_model_dir}",
+            "--benchmark",
+            f"ifeval={fixture_file}",
+            "--out",
+            str(out),
+            "--benchmark-max-new-tokens",
+            "8",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "benchmark_answers.jsonl").read_text().splitlines()]
+    assert [(r["benchmark"], r["key"], r["model"]) for r in rows] == [("ifeval", str(k), "base") for k in (1, 2, 3, 4)]
+    assert all(r["finish_reason"] in ("stop", "length") and r["completion_tokens"] <= 8 for r in rows)
+    reported = json.loads((out / "results.json").read_text())["models"]["base"]["benchmarks"]["ifeval"]
+    rescored = score_benchmark("ifeval", load_benchmark("ifeval", fixture_file), [r["response"] for r in rows])
+    assert rescored["prompt_strict"] == reported["prompt_strict"]
+    assert [r["strict"] for r in rows] == [rescored["per_prompt"][str(k)] for k in (1, 2, 3, 4)]

@@ -347,3 +347,36 @@ def test_phase_progress_draws_a_bar_per_label_on_a_terminal_and_nothing_elsewher
             assert "base: eval" in text and "3/3" in text and "8/8" in text
         else:
             assert text == ""
+
+
+def test_help_off_a_terminal_shows_every_option_of_every_command_whole(monkeypatch):
+    """Piped into a log, `--help` used to cut long option names ("--benchmark-max-…") and squeeze
+    descriptions into a column a word wide."""
+    import typer.main
+    import typer.rich_utils
+
+    from selftune.cli import widen_help_off_a_terminal
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("TERMINAL_WIDTH", raising=False)
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", None)
+    widen_help_off_a_terminal()
+
+    def commands(group, path):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                yield from commands(command, [*path, name])
+            else:
+                yield [*path, name], command
+
+    checked = 0
+    for path, command in commands(typer.main.get_command(app), []):
+        result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": None, "TERMINAL_WIDTH": None})
+        assert result.exit_code == 0, result.output
+        assert "…" not in result.output, (path, result.output)
+        for param in command.params:
+            for option in param.opts + param.secondary_opts:
+                if option.startswith("--"):
+                    assert option in result.output, (path, option)
+        checked += 1
+    assert checked >= 20

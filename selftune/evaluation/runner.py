@@ -236,7 +236,23 @@ def evaluate_one(
         {"prompt_id": p.id, "model": name, "answer": t, **{k: v for k, v in d.items() if k != "prompt_id"}}
         for p, t, d in zip(prompts, texts, details)
     ]
-    return {"metrics": metrics, "log_probs": log_probs}, per_prompt
+    # Every benchmark answer as it was scored, so a user can read and rescore it (lm-eval's
+    # --log_samples); `strict` is None for a prompt none of whose instructions could be checked.
+    bench_answers = [
+        {
+            "benchmark": bench,
+            "key": prompt.key,
+            "model": name,
+            "prompt": prompt.prompt,
+            "response": answer["text"],
+            "completion_tokens": answer["completion_tokens"],
+            "finish_reason": answer["finish_reason"],
+            "strict": metrics["benchmarks"][bench]["per_prompt"].get(prompt.key),
+        }
+        for bench, bench_prompts in benchmarks
+        for prompt, answer in zip(bench_prompts, generated[bench])
+    ]
+    return {"metrics": metrics, "log_probs": log_probs, "benchmark_answers": bench_answers}, per_prompt
 
 
 def load_benchmarks(cfg) -> list[tuple[str, list]]:
@@ -288,12 +304,14 @@ def evaluate_models(
     benchmarks = load_benchmarks(cfg) if benchmarks is None else benchmarks
     results: dict = {"models": {}, "order": [name for name, _ in models]}
     answers: list[dict] = []
+    bench_answers: list[dict] = []
     log_probs: dict[str, list] = {}
     for name, spec in models:
         outcome, per_prompt = evaluate_one(name, spec, prompts, pairs, cfg, benchmarks, progress=progress)
         results["models"][name] = outcome["metrics"]
         log_probs[name] = outcome["log_probs"]
         answers += per_prompt
+        bench_answers += outcome["benchmark_answers"]
         if on_model:
             on_model(name, outcome["metrics"])
     references = reference if isinstance(reference, dict) else {name: reference for name, _ in models}
@@ -323,6 +341,7 @@ def evaluate_models(
         if dpo in results["models"]:
             _compare(results, passed, benchmarks, name, dpo, "vs_dpo")
     results["answers"] = answers
+    results["benchmark_answers"] = bench_answers
     return results
 
 
@@ -357,11 +376,19 @@ def _compare(results: dict, passed: dict, benchmarks: list, name: str, other: st
             )
 
 
+BENCHMARK_ANSWERS = "benchmark_answers.jsonl"
+
+
 def write_results(out_dir: Path, results: dict) -> Path:
-    """results.json (metrics per model) and answers.jsonl (every answer) in `out_dir`."""
+    """results.json (metrics per model), answers.jsonl (every answer to the eval prompts) and, when
+    benchmarks ran, benchmark_answers.jsonl (every benchmark answer: benchmark, key, model, prompt,
+    response, completion_tokens, finish_reason, strict) in `out_dir`."""
 
     results = dict(results)
     write_jsonl(Path(out_dir) / "answers.jsonl", results.pop("answers"))
+    bench_answers = results.pop("benchmark_answers", [])
+    if bench_answers:
+        write_jsonl(Path(out_dir) / BENCHMARK_ANSWERS, bench_answers)
     write_json(Path(out_dir) / "results.json", results)
     return Path(out_dir) / "results.json"
 

@@ -13,7 +13,14 @@ from pathlib import Path
 from selftune.config import PipelineConfig
 from selftune.data.benchmarks import parse_benchmark
 from selftune.data.records import read_records
-from selftune.evaluation.runner import eval_prompts, evaluate_models, load_benchmarks, round_references, write_results
+from selftune.evaluation.runner import (
+    BENCHMARK_ANSWERS,
+    eval_prompts,
+    evaluate_models,
+    load_benchmarks,
+    round_references,
+    write_results,
+)
 from selftune.generation.factory import UNHASHED_GENERATION_SETTINGS
 from selftune.models import check_model_spec
 from selftune.run.folder import Run
@@ -102,6 +109,8 @@ def evaluate_stage(
         )
         stage.add_output("results", write_results(stage.dir, results))
         stage.add_output("answers", stage.dir / "answers.jsonl")
+        if (stage.dir / BENCHMARK_ANSWERS).is_file():
+            stage.add_output("benchmark_answers", stage.dir / BENCHMARK_ANSWERS)
         stage.metrics["prompt_strict"] = {
             n: m["instruction_following"]["prompt_strict"] for n, m in results["models"].items()
         }
