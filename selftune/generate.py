@@ -16,6 +16,7 @@ from pathlib import Path
 from selftune.data.records import read_records
 from selftune.generation.factory import open_generator
 from selftune.generation.local import check_backend
+from selftune.generation.preflight import ContextCheck, check_prompts
 from selftune.generation.types import ProgressCallback, SamplingParams
 from selftune.models import check_model_spec, resolve_dtype
 from selftune.run.files import write_jsonl
@@ -37,10 +38,12 @@ def answer_file(
     trust_remote_code: bool = False,
     tensor_parallel_size: int = 1,
     replicas: int = 1,
+    over_context: str = "error",
     progress: Callable[[int], contextlib.AbstractContextManager[ProgressCallback]] | None = None,
-) -> list[dict]:
-    """Answer every row of `prompts` with `model` and write the answers to `out`; returns them.
-    `progress(prompt count)` gives the progress callback, made once the model has loaded."""
+) -> tuple[list[dict], ContextCheck]:
+    """Answer every row of `prompts` with `model` and write the answers to `out`; returns them and
+    which prompts fit the model's context window (`over_context`: a prompt over it is an error, or
+    skipped). `progress(prompt count)` gives the progress callback, made once the model has loaded."""
     check_backend(backend)
     if dtype != "auto":
         resolve_dtype(dtype, "cpu")
@@ -49,6 +52,18 @@ def answer_file(
     rows = read_records(prompts, "generate")
     check_model_spec(model, trust_remote_code=trust_remote_code)
     inputs = [row.prompt if row.prompt is not None else [m.model_dump() for m in row.messages] for row in rows]
+    fit = check_prompts(
+        model,
+        inputs,
+        [row.id for row in rows],
+        [params.max_new_tokens] * len(rows),
+        where=str(prompts),
+        budget_setting="--max-new-tokens",
+        over_context=over_context,
+        option="--over-context skip",
+        trust_remote_code=trust_remote_code,
+    )
+    rows, inputs = [rows[k] for k in fit.kept], [inputs[k] for k in fit.kept]
     with open_generator(
         model,
         backend=backend,
@@ -76,4 +91,4 @@ def answer_file(
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(out, records)
-    return records
+    return records, fit

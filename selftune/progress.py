@@ -1,6 +1,7 @@
 """What the person at the terminal sees while work runs: the consoles, a generation bar (prompts,
 tokens/s), a training bar (optimizer steps, loss) and phase bars (evaluation, DPO's reference
-pass, export). Nothing is drawn when the console is not a terminal (CI logs).
+pass, export). No bar is drawn when the console is not a terminal (CI logs): generation then
+prints a plain line of its progress at most every 30 seconds, so a long job in a log is never silent.
 """
 
 from __future__ import annotations
@@ -10,13 +11,23 @@ import time
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 # No emoji codes: data such as the negative source "corrupt:repeat:" would print as an emoji.
 console = Console(emoji=False)
 
 
 err_console = Console(stderr=True, emoji=False)
+
+# Off a terminal, generation prints one line of progress at most this often.
+LOG_LINE_SECONDS = 30.0
 
 
 class GenerationProgress:
@@ -31,26 +42,44 @@ class GenerationProgress:
             MofNCompleteColumn(),
             TextColumn("prompts"),
             TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),  # ticks while a long prefill or decode step reports nothing
             TimeRemainingColumn(),
             console=err_console,
             transient=False,
             disable=not err_console.is_terminal,
         )
+        self.label, self.total = label, total_prompts
         self.task = self.progress.add_task(label, total=total_prompts, rate="")
+        self.last_line = time.perf_counter()
 
     def __enter__(self):
-        return self  # the bar starts with the first report: a stage that is skipped shows none
+        return self  # the bar starts with the first report (or `begin`): a stage that is skipped shows none
 
     def __exit__(self, *exc):
         if self.progress.live.is_started:
             self.progress.stop()
 
+    def begin(self) -> None:
+        """Start the bar (and its clock) now, before the first prompt is done."""
+        self.started = time.perf_counter()
+        if not self.progress.live.is_started:
+            self.progress.start()
+
     def __call__(self, prompts_done: int, new_tokens: int) -> None:
         if not self.progress.live.is_started:
             self.progress.start()
         self.tokens += new_tokens
-        elapsed = time.perf_counter() - self.started
+        now = time.perf_counter()
+        elapsed = now - self.started
         self.progress.update(self.task, completed=prompts_done, rate=f"{self.tokens / elapsed:.0f} tok/s")
+        if self.progress.disable and now - self.last_line >= LOG_LINE_SECONDS:
+            self.last_line = now
+            err_console.print(
+                f"{self.label}: {prompts_done}/{self.total or '?'} prompts, {self.tokens} tokens, "
+                f"{self.tokens / elapsed:.0f} tok/s, {elapsed:.0f}s",
+                soft_wrap=True,
+                highlight=False,
+            )
 
     @property
     def tokens_per_second(self) -> float:

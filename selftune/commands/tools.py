@@ -57,6 +57,12 @@ def generate(
         "GPU (--tensor-parallel-size GPUs each with vLLM), or the CPU cores split between them.",
     ),
     tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", min=1, help="GPUs per vLLM engine."),
+    over_context: str = typer.Option(
+        "error",
+        "--over-context",
+        help="A prompt whose tokens plus --max-new-tokens exceed the model's context window: error "
+        "(before any weights load) or skip (left out and counted).",
+    ),
     show: bool = typer.Option(False, "--show", help="Also print the answers."),
     trust_remote_code: bool = TrustRemoteCodeOption,
 ):
@@ -72,12 +78,26 @@ def generate(
     change low-order bits, so its answers may differ between batch sizes.
     """
     from selftune.generate import OutputIsAFolderError, answer_file
+    from selftune.generation.preflight import OVER_CONTEXT
     from selftune.generation.types import SamplingParams
 
+    if over_context not in OVER_CONTEXT:
+        raise typer.BadParameter(f"must be one of {', '.join(OVER_CONTEXT)}", param_hint="--over-context")
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     bars: list[GenerationProgress] = []  # made once the model has loaded, as its tokens/s should be
+
+    def started(total: int) -> GenerationProgress:
+        # Said off a terminal too, where the bar is not drawn: a long job is never silent.
+        console.print(
+            f"generating {total * n} answers to {total} prompts with {model} (up to {max_new_tokens} new tokens each)",
+            soft_wrap=True,
+        )
+        bars.append(GenerationProgress(total))
+        bars[-1].begin()
+        return bars[-1]
+
     try:
-        records = answer_file(
+        records, fit = answer_file(
             model,
             prompts,
             out,
@@ -88,7 +108,8 @@ def generate(
             trust_remote_code=trust_remote_code,
             tensor_parallel_size=tensor_parallel_size,
             replicas=replicas,
-            progress=lambda total: bars.append(GenerationProgress(total)) or bars[-1],
+            over_context=over_context,
+            progress=started,
         )
     except OutputIsAFolderError as exc:
         raise typer.BadParameter(str(exc), param_hint="--out") from None
@@ -98,7 +119,14 @@ def generate(
             table.add_row(record["id"], record["response"], record["finish_reason"])
         console.print(table)
     tokens, rate = (bars[0].tokens, bars[0].tokens_per_second) if bars else (0, 0.0)
-    console.print(f"wrote {len(records)} answers to {out} ({tokens} tokens, {rate:.0f} tokens/s)")
+    if fit.skipped:
+        console.print(
+            f"skipped {len(fit.skipped)} prompts over the model's context window with their answer budget: "
+            + ", ".join(f"{name} ({tokens_in} tokens)" for name, tokens_in, _ in fit.skipped[:10])
+            + (", ..." if len(fit.skipped) > 10 else ""),
+            soft_wrap=True,
+        )
+    console.print(f"wrote {len(records)} answers to {out} ({tokens} tokens, {rate:.0f} tokens/s)", soft_wrap=True)
 
 
 @app.command(epilog="Example: `selftune validate data/pairs.jsonl --kind pairs`")

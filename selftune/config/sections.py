@@ -48,6 +48,11 @@ class GenerationSection(Section):
         description="Most tokens for a prompt that asks for a length (a word count, paragraphs, sections): "
         "its budget is about 1.4 tokens per word asked, between max_new_tokens and this.",
     )
+    over_context: Literal["error", "skip"] = Field(
+        "error",
+        description="A prompt whose tokens plus its answer budget exceed the model's context window: error "
+        "(named, before any weights load) or skip (left out, counted in the stage's manifest).",
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine.")
     replicas: int = Field(
         1,

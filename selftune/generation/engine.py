@@ -46,6 +46,7 @@ from selftune.generation.packing import Swap, pack_linears, swapped_in
 from selftune.generation.sampling import draw_tokens, encode_prompt, render_prompt, row_seed
 from selftune.generation.types import Completion, ProgressCallback, Prompt, SamplingParams, StopWhen
 from selftune.models import end_of_turn_ids
+from selftune.models.limits import fitting_slots
 
 logger = logging.getLogger("selftune.engine")
 
@@ -229,6 +230,7 @@ class ContinuousGenerator:
                 f"sequences of up to {capacity} tokens exceed this model's sliding window ({window}); "
                 "use generation.backend: hf"
             )
+        slots = fitting_slots(self.model, slots, params.n, capacity, memory := {})
         cache = _SlotCache(self.model.config.num_hidden_layers, slots, capacity)
         results: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
         remaining = [params.n] * len(prompts)
@@ -336,7 +338,7 @@ class ContinuousGenerator:
                 progress(finished_prompts, counters["generated"] - reported)
                 reported = counters["generated"]
         seconds = time.perf_counter() - started
-        self.stats = {**counters, "shared_prefix": prefix, "seconds": round(seconds, 3)}
+        self.stats = {**counters, "shared_prefix": prefix, "seconds": round(seconds, 3), **memory}
         return results  # type: ignore[return-value]
 
     # ---------------------------------------------------------------------------------------------

@@ -81,6 +81,10 @@ UNHASHED_GENERATION_SETTINGS = (
     "generation.tensor_parallel_size",
     "generation.replicas",
     "model.trust_remote_code",
+    # Which prompts are answered, not how: with `error` (the default) a prompt over the context
+    # window stops the stage before it writes anything, and with `skip` the skipped prompts are
+    # counted in the manifest; the check runs again whenever the stage is reached, reused or not.
+    "generation.over_context",
 )
 
 

@@ -11,6 +11,7 @@ import torch
 from selftune.generation.sampling import RowSampler, encode_prompt, render_prompt, row_seed
 from selftune.generation.types import Completion, ProgressCallback, Prompt, SamplingParams, StopWhen
 from selftune.models import end_of_turn_ids
+from selftune.models.limits import fitting_slots
 
 # transformers is imported where a generation config is built (its model classes cost ~3 s).
 
@@ -42,11 +43,15 @@ class HFGenerator:
         rejected row keeps its place in the batch until the batch ends: no time is saved here."""
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
+        if not prompts:
+            return []
         texts = [render_prompt(self.tokenizer, p) for p in prompts]
         encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
         # Sorting by length keeps padding (wasted compute) small inside each batch.
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-        prompts_per_batch = max(1, self.batch_size // params.n)
+        capacity = max(len(e) for e in encoded) + params.max_new_tokens
+        rows_per_batch = fitting_slots(self.model, max(self.batch_size, params.n), params.n, capacity)
+        prompts_per_batch = max(1, rows_per_batch // params.n)
         results: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
         device = next(self.model.parameters()).device
         config = GenerationConfig(

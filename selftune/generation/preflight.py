@@ -1,0 +1,54 @@
+"""Before a model generates, from its config and tokenizer only (no weights): every prompt, with its
+answer budget, within the model's context window. A prompt over it is an error naming it, or, where
+the user asks for it (`generation.over_context: skip`, `selftune generate --over-context skip`), it
+is skipped and counted. A model given more than its context window does not fail: it grows its KV
+cache until the machine runs out of memory, or spends minutes on a prompt it cannot read.
+
+    fit = check_prompts(spec, messages, ids, budgets, where="sample", budget_setting="generation.max_new_tokens")
+    kept = [prompts[k] for k in fit.kept]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from selftune.generation.sampling import encode_prompt
+from selftune.generation.types import Prompt
+from selftune.models.limits import ContextCheck, LimitError, check_prompts_fit, model_shape
+from selftune.models.loading import load_tokenizer
+
+OVER_CONTEXT = ("error", "skip")
+
+
+def check_prompts(
+    spec: str,
+    prompts: Sequence[Prompt],
+    ids: Sequence[str],
+    budgets: Sequence[int],
+    *,
+    where: str,
+    budget_setting: str,
+    over_context: str = "error",
+    option: str = "generation.over_context: skip",
+    trust_remote_code: bool = False,
+) -> ContextCheck:
+    """Which of `prompts` fit `spec`'s context window with their answer budgets (`ContextCheck`).
+    An answer budget that alone leaves no room for a prompt is an error whatever `over_context`
+    says: it names `budget_setting`, the setting that gave it."""
+    shape = model_shape(spec, trust_remote_code=trust_remote_code)
+    if not prompts or shape is None or shape.context is None:
+        return ContextCheck(list(range(len(prompts))), [])
+    longest = max(budgets)
+    if longest >= shape.context:
+        raise LimitError(
+            f"{where}: {budget_setting} allows answers of {longest} tokens, which leaves no room for a prompt "
+            f"in the {shape.context}-token context window of {spec}; set it below {shape.context}"
+        )
+    tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
+    counts = [len(encode_prompt(tokenizer, prompt)) for prompt in prompts]
+    return check_prompts_fit(
+        shape, list(ids), counts, list(budgets), where=where, over_context=over_context, option=option
+    )
+
+
+__all__ = ["OVER_CONTEXT", "ContextCheck", "LimitError", "check_prompts"]

@@ -1,0 +1,110 @@
+"""Limits checked before the work: the context window (prompts and answer budgets, training
+lengths) before any weights load, and memory (generation lowers its sequences in flight, training
+refuses with its estimate), with the estimates recorded beside the measured peaks."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import selftune.models as models
+from selftune.cli import app
+from selftune.models.limits import LimitError, model_shape
+
+TINY_CONTEXT = 1024  # tests/conftest.py builds the tiny model with this many positions
+
+
+def _prompts(tmp_path, words: int):
+    path = tmp_path / "prompts.jsonl"
+    rows = [
+        {"id": "short", "messages": [{"role": "user", "content": "Name three colors."}]},
+        {"id": "long-one", "messages": [{"role": "user", "content": "Summarize: " + "word " * words}]},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def no_weights(patch_everywhere):
+    """Records every model load; a test asserts none happened before its error."""
+    loaded = []
+    original = models.load_model
+    patch_everywhere(models, "load_model", lambda spec, **kw: loaded.append(spec) or original(spec, **kw))
+    return loaded
+
+
+def test_the_shape_comes_from_the_config_and_the_safetensors_headers(tiny_model_dir):
+    shape = model_shape(str(tiny_model_dir))
+    assert shape.context == TINY_CONTEXT and shape.layers == 2 and shape.kv_heads == 2 and shape.head_dim == 16
+    from safetensors.torch import load_file
+
+    assert shape.parameters == sum(t.numel() for t in load_file(tiny_model_dir / "model.safetensors").values())
+
+
+def test_an_answer_budget_beyond_the_context_is_an_error_before_any_weights_load(tiny_model_dir, tmp_path, no_weights):
+    out = tmp_path / "answers.jsonl"
+    result = CliRunner().invoke(
+        app,
+        ["generate", "--model", str(tiny_model_dir), "--prompts", str(_prompts(tmp_path, 5)), "--out", str(out)]
+        + ["--max-new-tokens", "100000"],
+    )
+    assert result.exit_code == 1
+    assert isinstance(result.exception, LimitError)
+    assert "--max-new-tokens allows answers of 100000 tokens" in str(result.exception)
+    assert f"{TINY_CONTEXT}-token context window" in str(result.exception)
+    assert no_weights == [] and not out.exists()
+
+
+def test_a_prompt_over_the_context_is_named_with_its_tokens_or_skipped_and_counted(
+    tiny_model_dir, tmp_path, no_weights
+):
+    prompts, out = _prompts(tmp_path, 1500), tmp_path / "answers.jsonl"
+    command = ["generate", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--out", str(out)]
+    command += ["--max-new-tokens", "4"]
+    result = CliRunner().invoke(app, command)
+    assert isinstance(result.exception, LimitError)
+    message = str(result.exception)
+    assert f"{prompts}: prompt long-one has " in message and "4-token answer budget" in message
+    assert "(1 of 2 prompts do)" in message and "--over-context skip" in message
+    tokens = int(message.split("long-one has ")[1].split()[0])
+    assert tokens > TINY_CONTEXT
+    assert no_weights == [] and not out.exists()
+
+    result = CliRunner().invoke(app, command + ["--over-context", "skip"])
+    assert result.exit_code == 0, result.output
+    assert (
+        f"skipped 1 prompts over the model's context window with their answer budget: long-one ({tokens} tokens)"
+        in (result.output)
+    )
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["short"]
+
+
+def test_the_engine_lowers_its_sequences_in_flight_to_the_memory_available_and_answers_the_same(
+    tiny_model_dir, monkeypatch, caplog
+):
+    import selftune.models.limits as limits
+    from selftune.generation.engine import ContinuousGenerator
+    from selftune.generation.types import SamplingParams
+
+    model = models.load_model(str(tiny_model_dir), dtype="float32")
+    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    engine = ContinuousGenerator(model, tokenizer, batch_size=16)
+    prompts = [f"Count to {k}:" for k in range(12)]
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=12, seed=3)
+    free = [c.text for row in engine.generate(prompts, params) for c in row]
+    assert engine.stats["slots"] == 16
+    shape = model_shape(str(tiny_model_dir))
+    capacity = max(len(tokenizer(p)["input_ids"]) for p in prompts) + params.max_new_tokens + 1
+    one_slot = shape.kv_bytes(1, capacity, 4) * limits.KV_OVERHEAD
+    # Room for 5 sequences: the engine runs 5 at a time, says so, and answers as with 16.
+    monkeypatch.setattr(limits, "available_bytes", lambda device: int(5.5 * one_slot / limits.USABLE_SHARE))
+    with caplog.at_level("WARNING", logger="selftune.generation"):
+        squeezed = [c.text for row in engine.generate(prompts, params) for c in row]
+    assert engine.stats["slots"] == 5
+    assert "16 sequences of up to" in caplog.text and "5 in flight at a time instead" in caplog.text
+    assert squeezed == free
+    # Not even one prompt's two samples fit: a named error, not an allocation that kills the machine.
+    monkeypatch.setattr(limits, "available_bytes", lambda device: int(1.5 * one_slot / limits.USABLE_SHARE))
+    with pytest.raises(LimitError, match=r"generation: 2 sequences of up to \d+ tokens .* need"):
+        engine.generate(prompts, params)
+    models.unload(model)
