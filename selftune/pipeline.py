@@ -36,6 +36,7 @@ from selftune.errors import ConfigError
 from selftune.evaluation.runner import load_benchmarks
 from selftune.generation.types import PhaseCallback
 from selftune.models import check_model_spec
+from selftune.models.limits import check_length_setting, model_shape
 from selftune.progress import configure_logging
 from selftune.run.folder import Run, StageEvent
 from selftune.run.plan import Step, fresh_prompts, plan, stage_manifests
@@ -59,6 +60,27 @@ def _policy(run: Run, cfg: PipelineConfig, round_number: int) -> str:
         return cfg.model.spec
     final = "grpo" if cfg.grpo.enabled else "dpo"
     return str(run.output_of(final, "merged", round_number=round_number - 1))
+
+
+def check_context_settings(cfg: PipelineConfig) -> None:
+    """Every token budget and training length of the run within the base model's context window,
+    before anything is written (each stage checks its own prompts again before it generates)."""
+    shape = model_shape(cfg.model.spec, trust_remote_code=cfg.model.trust_remote_code)
+    budgets = {
+        "generation.max_new_tokens": cfg.generation.max_new_tokens,
+        "generation.max_new_tokens_cap": cfg.generation.max_new_tokens_cap,
+        "evaluate.max_new_tokens": cfg.evaluate.max_new_tokens,
+        "evaluate.max_new_tokens_cap": cfg.evaluate.max_new_tokens_cap,
+    }
+    if cfg.evaluate.benchmarks:
+        budgets["evaluate.benchmark_max_new_tokens"] = cfg.evaluate.benchmark_max_new_tokens
+    lengths = {"sft.max_length": cfg.sft.max_length, "dpo.max_length": cfg.dpo.max_length}
+    if cfg.grpo.enabled:
+        lengths["grpo.max_length"] = cfg.grpo.max_length
+    for setting, value in budgets.items():  # an answer needs room for its prompt too
+        check_length_setting(shape, value + 1, setting, value)
+    for setting, value in lengths.items():
+        check_length_setting(shape, value, setting)
 
 
 def run_step(
@@ -149,6 +171,7 @@ def run_pipeline(
         if spec:
             check_model_spec(spec, trust_remote_code=cfg.model.trust_remote_code)
 
+    check_context_settings(cfg)
     load_benchmarks(cfg)  # the benchmarks' files and checkers and the lm-eval tasks, not after hours of training
     if cfg.train.launcher == "accelerate":
         check_accelerate_config(cfg.train.accelerate_config)

@@ -108,3 +108,59 @@ def test_the_engine_lowers_its_sequences_in_flight_to_the_memory_available_and_a
     with pytest.raises(LimitError, match=r"generation: 2 sequences of up to \d+ tokens .* need"):
         engine.generate(prompts, params)
     models.unload(model)
+
+
+def test_training_that_would_not_fit_is_refused_with_its_estimate_and_the_stage_keeps_its_outputs(
+    tmp_path, tiny_model_dir, no_weights
+):
+    from selftune.run.folder import Run
+    from selftune.stages.sft import sft_stage
+    from tests.test_sft import tiny_cfg, write_sft
+
+    data, run = write_sft(tmp_path / "sft.jsonl"), Run(tmp_path / "run")
+    sft_stage(run, tiny_cfg(tiny_model_dir, "sft.merge=false"), data_path=data)
+    manifest = run.stage_dir("sft") / "manifest.json"
+    before, loads = manifest.read_bytes(), len(no_weights)
+    recorded = json.loads(before)["metrics"]["memory"]
+    assert recorded["estimate_gib"] > 0 and recorded["peak_gib"] > 0
+
+    huge = tiny_cfg(tiny_model_dir, "sft.merge=false", "sft.per_device_batch_size=200000")
+    with pytest.raises(LimitError) as caught:
+        sft_stage(run, huge, data_path=data)
+    message = str(caught.value)
+    assert message.startswith("sft: a step of 200000 sequences of up to ") and " GiB (runtime " in message
+    assert "activations" in message and "logits" in message
+    assert "lower sft.per_device_batch_size (raise sft.gradient_accumulation" in message
+    assert "sft.gradient_checkpointing: true" in message
+    assert len(no_weights) == loads and manifest.read_bytes() == before  # nothing loaded, nothing lost
+
+    with pytest.raises(LimitError, match=r"sft.max_length is 4096 tokens, beyond what the 1024-token context window"):
+        sft_stage(run, tiny_cfg(tiny_model_dir, "sft.merge=false", "sft.max_length=4096"), data_path=data)
+    assert len(no_weights) == loads and manifest.read_bytes() == before
+
+
+def test_a_run_whose_budgets_exceed_the_context_stops_before_it_writes_anything(tmp_path, tiny_model_dir, no_weights):
+    from selftune.config import load_config
+    from selftune.pipeline import run_pipeline
+
+    for setting, value in (("generation.max_new_tokens", 100000), ("dpo.max_length", 2048)):
+        cfg = load_config("tiny", overrides=[f"model.spec={tiny_model_dir}", f"{setting}={value}"])
+        with pytest.raises(LimitError, match=rf"{setting} is {value} tokens, beyond what the 1024-token context"):
+            run_pipeline(tmp_path / "run", cfg)
+        assert not (tmp_path / "run").exists() and no_weights == []
+
+
+def test_the_estimates_stay_within_a_factor_of_two_of_the_measured_peaks(tmp_path, tiny_model_dir):
+    """In a process of its own, as a user runs it (a test process's memory would inflate the peaks)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    selftune = Path(sys.executable).parent / "selftune"
+    command = [str(selftune), "run", "--preset", "tiny", "--run-dir", str(tmp_path / "run"), "--until", "dpo"]
+    command += ["--set", f"model.spec={tiny_model_dir}"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    for stage in ("sample", "sft", "dpo"):
+        memory = json.loads((tmp_path / "run" / "round-1" / stage / "manifest.json").read_text())["metrics"]["memory"]
+        assert 0.5 <= memory["estimate_gib"] / memory["peak_gib"] <= 2.0, (stage, memory)

@@ -29,6 +29,7 @@ import time
 import weakref
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,6 +42,7 @@ from selftune.evaluation.metrics import answer_stats, instruction_following, pai
 from selftune.generation.budget import generate_with_budgets
 from selftune.generation.factory import generates_in_children, open_configured
 from selftune.generation.local import make_generator
+from selftune.generation.preflight import check_prompts
 from selftune.generation.types import SamplingParams, phase_progress
 from selftune.models import load_model, load_tokenizer, resolve_model_path, selftune_home, unload
 from selftune.run.files import sha256_path, write_json, write_jsonl
@@ -128,6 +130,48 @@ def _answers(generator, messages: list[list[dict]], budgets: int | list[int], pr
     ]
 
 
+def prompt_sets(prompts: list[PromptRecord], benchmarks: list[tuple[str, list]], cfg) -> list[tuple[str, list, Any]]:
+    """The prompt sets a model answers: (label, messages, answer budget: one for all or one per
+    prompt), the eval prompts' labelled `eval`, each benchmark's by its name."""
+    sets: list[tuple[str, list, Any]] = []
+    if prompts:
+        budgets = answer_budgets(prompts, cfg.evaluate.max_new_tokens, cfg.evaluate.max_new_tokens_cap)
+        sets.append(("eval", [[m.model_dump() for m in p.messages] for p in prompts], budgets))
+    sets += [
+        (bench, [p.messages() for p in bench_prompts], cfg.evaluate.benchmark_max_new_tokens)
+        for bench, bench_prompts in benchmarks
+    ]
+    return sets
+
+
+def fit_context(
+    models: list[tuple[str, str]], prompts: list[PromptRecord], benchmarks: list[tuple[str, list]], cfg
+) -> tuple[list[PromptRecord], list[tuple[str, list]], dict]:
+    """Before any model loads: every prompt of every set, with its answer budget, within each
+    model's context window (`selftune.generation.preflight`). With `generation.over_context: skip`
+    the prompts over it are left out for every model, so that the models stay compared on the same
+    prompts; returns the prompts kept and what was skipped, per set."""
+    skipped: dict[str, set[str]] = defaultdict(set)
+    for _, spec in models:
+        for label, messages, budgets in prompt_sets(prompts, benchmarks, cfg):
+            ids = [p.id for p in prompts] if label == "eval" else [p.key for p in dict(benchmarks)[label]]
+            setting = "evaluate.max_new_tokens_cap" if label == "eval" else "evaluate.benchmark_max_new_tokens"
+            fit = check_prompts(
+                spec,
+                messages,
+                ids,
+                budgets if isinstance(budgets, list) else [budgets] * len(messages),
+                where=f"evaluate: {spec} on {label}",
+                budget_setting=setting,
+                over_context=cfg.generation.over_context,
+                trust_remote_code=cfg.model.trust_remote_code,
+            )
+            skipped[label] |= {name for name, _, _ in fit.skipped}
+    kept_prompts = [p for p in prompts if p.id not in skipped["eval"]]
+    kept_benchmarks = [(name, [p for p in items if p.key not in skipped[name]]) for name, items in benchmarks]
+    return kept_prompts, kept_benchmarks, {label: sorted(ids) for label, ids in skipped.items() if ids}
+
+
 def evaluate_one(
     name: str,
     spec: str,
@@ -147,21 +191,7 @@ def evaluate_one(
     each prompt set, the pairs and the lm-eval tasks (a `PhaseCallback`)."""
 
     started = time.perf_counter()
-    sets = (
-        [
-            (
-                "eval",
-                [[m.model_dump() for m in p.messages] for p in prompts],
-                answer_budgets(prompts, cfg.evaluate.max_new_tokens, cfg.evaluate.max_new_tokens_cap),
-            )
-        ]
-        if prompts
-        else []
-    )
-    sets += [
-        (bench, [p.messages() for p in bench_prompts], cfg.evaluate.benchmark_max_new_tokens)
-        for bench, bench_prompts in benchmarks
-    ]
+    sets = prompt_sets(prompts, benchmarks, cfg)
     caches = {
         label: answers_cache_path(spec, messages, tokens, cfg) if cfg.evaluate.cache_answers else None
         for label, messages, tokens in sets
@@ -302,7 +332,11 @@ def evaluate_models(
     `progress(label, done, total)` follows each model's prompt sets, pairs and lm-eval tasks.
     `benchmarks`: from `load_benchmarks(cfg)` when the caller has them already."""
     benchmarks = load_benchmarks(cfg) if benchmarks is None else benchmarks
+    prompts, benchmarks, over_context = fit_context(models, prompts, benchmarks, cfg)
     results: dict = {"models": {}, "order": [name for name, _ in models]}
+    if over_context:
+        results["over_context_skipped"] = {label: len(ids) for label, ids in over_context.items()}
+        results["over_context_ids"] = over_context
     answers: list[dict] = []
     bench_answers: list[dict] = []
     log_probs: dict[str, list] = {}

@@ -14,8 +14,15 @@ from collections.abc import Sequence
 
 from selftune.generation.sampling import encode_prompt
 from selftune.generation.types import Prompt
-from selftune.models.limits import ContextCheck, LimitError, check_prompts_fit, model_shape
-from selftune.models.loading import load_tokenizer
+from selftune.models.limits import (
+    ContextCheck,
+    LimitError,
+    MemoryEstimate,
+    check_prompts_fit,
+    generation_memory,
+    model_shape,
+)
+from selftune.models.loading import default_device, load_tokenizer, resolve_dtype
 
 OVER_CONTEXT = ("error", "skip")
 
@@ -51,4 +58,36 @@ def check_prompts(
     )
 
 
-__all__ = ["OVER_CONTEXT", "ContextCheck", "LimitError", "check_prompts"]
+def check_stage_prompts(
+    policy: str, messages: list, ids: list[str], budgets: list[int], cfg, stage: str
+) -> ContextCheck:
+    """`check_prompts` with a run's settings, for a stage about to generate with `policy`: the
+    budget setting named is the cap when a prompt's budget comes from it."""
+    return check_prompts(
+        policy,
+        messages,
+        ids,
+        budgets,
+        where=stage,
+        budget_setting="generation.max_new_tokens_cap"
+        if max(budgets, default=0) > cfg.generation.max_new_tokens
+        else "generation.max_new_tokens",
+        over_context=cfg.generation.over_context,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+
+
+def generation_estimate(spec: str, cfg, fit: ContextCheck, n: int) -> MemoryEstimate | None:
+    """The estimated peak of a process generating `n` answers per prompt for the prompts `fit`
+    kept, with a run's settings (`selftune.models.limits.generation_memory`); None where the
+    model's shape is unknown offline."""
+    shape = model_shape(spec, trust_remote_code=cfg.model.trust_remote_code)
+    if shape is None or not fit.kept:
+        return None
+    device = default_device()
+    dtype_bytes = resolve_dtype(cfg.model.dtype, device).itemsize
+    slots = max(cfg.generation.batch_size, n)
+    return generation_memory(shape, slots=slots, capacity=fit.longest + 1, dtype_bytes=dtype_bytes, device=device)
+
+
+__all__ = ["OVER_CONTEXT", "ContextCheck", "LimitError", "check_prompts", "check_stage_prompts", "generation_estimate"]

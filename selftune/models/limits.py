@@ -184,13 +184,17 @@ def model_shape(spec: str, *, trust_remote_code: bool = False) -> ModelShape | N
 # ---------------------------------------------------------------------------------------------
 
 
-def check_length_setting(shape: ModelShape | None, value: int, setting: str) -> None:
-    """A token count setting (an answer budget, a training max_length) within the context window."""
-    if shape is not None and shape.context is not None and value > shape.context:
-        raise LimitError(
-            f"{setting} is {value} tokens, beyond the {shape.context}-token context window of "
-            f"{shape.spec}; set it to at most {shape.context}"
-        )
+def check_length_setting(shape: ModelShape | None, needed: int, setting: str, value: int | None = None) -> None:
+    """A token count setting (a training max_length; an answer budget, which `needed` one token of
+    prompt beyond its `value`) within the context window."""
+    if shape is None or shape.context is None or needed <= shape.context:
+        return
+    value = needed if value is None else value
+    bound = f"below {shape.context}" if value != needed else f"to at most {shape.context}"
+    raise LimitError(
+        f"{setting} is {value} tokens, beyond what the {shape.context}-token context window of {shape.spec} "
+        f"allows; set it {bound}"
+    )
 
 
 @dataclass
@@ -200,6 +204,7 @@ class ContextCheck:
 
     kept: list[int]
     skipped: list[tuple[str, int, int]]
+    longest: int = 0  # the most tokens of a kept prompt with its answer budget
 
     def record(self) -> dict:
         return {"over_context_skipped": len(self.skipped), "over_context_ids": [s[0] for s in self.skipped[:20]]}
@@ -233,7 +238,7 @@ def check_prompts_fit(
                 f"prompts do); shorten them, lower the budget, or skip them and count them with {option}"
             )
         skipped.append((name, tokens, budget))
-    return ContextCheck(kept, skipped)
+    return ContextCheck(kept, skipped, max((prompt_tokens[k] + budgets[k] for k in kept), default=0))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,13 @@ from selftune.run.spec import StageSpec
 from selftune.train.jobs import DPOJob
 from selftune.train.launch import run_training
 from selftune.train.logprobs import tokenize_pairs
-from selftune.train.toolkit import check_trainable, record_adapter, resume_point, training_tokenizer
+from selftune.train.toolkit import (
+    check_trainable,
+    check_training_memory,
+    record_adapter,
+    resume_point,
+    training_tokenizer,
+)
 
 DPO_STAGE = StageSpec(
     "dpo",
@@ -71,24 +77,29 @@ def dpo_stage(
     start = run.begin(DPO_STAGE, cfg, inputs=inputs, round_number=round_number)
     if start.reused:
         return start.reused
+    # Tokenized before the stage starts: pairs that cannot be masked, or a batch that would not fit
+    # in memory, stop it with its previous outputs and manifest untouched.
+    tokenizer, separator = training_tokenizer(sft_model, cfg)
+    rows, dropped = tokenize_pairs(
+        tokenizer,
+        pairs,
+        max_length=cfg.dpo.max_length,
+        response_separator=separator,
+        max_drop_share=cfg.sft.max_drop_share,
+        source=str(pairs_path),
+    )
+    eval_rows, _ = tokenize_pairs(
+        tokenizer,
+        eval_pairs,
+        max_length=cfg.dpo.max_length,
+        response_separator=separator,
+        max_drop_share=1.0,
+        source=str(eval_pairs_path),
+    )
+    # A step runs each pair's chosen and rejected answers: two sequences per pair.
+    longest = max((len(row[side]) for row in rows for side in ("chosen_input_ids", "rejected_input_ids")), default=0)
+    estimate = check_training_memory(sft_model, cfg, "dpo", sequences=2 * cfg.dpo.per_device_batch_size, length=longest)
     with start as stage:
-        tokenizer, separator = training_tokenizer(sft_model, cfg)
-        rows, dropped = tokenize_pairs(
-            tokenizer,
-            pairs,
-            max_length=cfg.dpo.max_length,
-            response_separator=separator,
-            max_drop_share=cfg.sft.max_drop_share,
-            source=str(pairs_path),
-        )
-        eval_rows, _ = tokenize_pairs(
-            tokenizer,
-            eval_pairs,
-            max_length=cfg.dpo.max_length,
-            response_separator=separator,
-            max_drop_share=1.0,
-            source=str(eval_pairs_path),
-        )
         for index, row in enumerate(eval_rows):
             row["pair_index"] = index
         resuming = resume_point(stage)
@@ -104,4 +115,5 @@ def dpo_stage(
         )
         metrics = run_training(job, cfg, stage.dir, progress=progress, phase_progress=phase_progress)
         counts = dict(pairs=len(pairs), dropped=dropped, eval_pairs=len(eval_rows), resumed=resuming)
-        return record_adapter(stage, sft_model, cfg, {**counts, **metrics})
+        memory = {"memory": {**estimate.record(), "peak_gib": metrics.get("peak_memory_gib")}} if estimate else {}
+        return record_adapter(stage, sft_model, cfg, {**counts, **metrics, **memory})

@@ -115,4 +115,6 @@ def evaluate_stage(
             n: m["instruction_following"]["prompt_strict"] for n, m in results["models"].items()
         }
         stage.metrics["peak_memory_gib"] = {n: m["peak_memory_gib"] for n, m in results["models"].items()}
+        if "over_context_skipped" in results:
+            stage.metrics["over_context_skipped"] = results["over_context_skipped"]
     return stage.dir / "results.json"

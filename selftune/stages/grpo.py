@@ -14,13 +14,15 @@ import random
 from pathlib import Path
 
 from selftune.config import PipelineConfig
+from selftune.data.pairs import prompt_messages
 from selftune.data.prompts import answer_budgets, scorable_train_prompts
+from selftune.generation.preflight import check_stage_prompts
 from selftune.run.folder import Run
 from selftune.run.plan import prompts_round
 from selftune.run.spec import StageSpec
 from selftune.train.jobs import GRPOJob
 from selftune.train.launch import run_training
-from selftune.train.toolkit import check_trainable, record_adapter, resume_point
+from selftune.train.toolkit import check_trainable, check_training_memory, record_adapter, resume_point
 
 GRPO_STAGE = StageSpec(
     "grpo",
@@ -41,6 +43,7 @@ GRPO_STAGE = StageSpec(
     unhashed=(
         "model.trust_remote_code",
         "generation.batch_size",
+        "generation.over_context",  # which prompts train, not how: see UNHASHED_GENERATION_SETTINGS
         "train.launcher",
         "prompts.fresh_each_round",
         "prompts.source",
@@ -66,6 +69,14 @@ def grpo_stage(
     if cfg.grpo.prompts and cfg.grpo.prompts < len(prompts):
         prompts = random.Random(f"grpo-{cfg.grpo.seed}-{round_number}").sample(prompts, cfg.grpo.prompts)
     check_trainable(dpo_model, cfg, "grpo")
+    budgets = answer_budgets(prompts, cfg.generation.max_new_tokens, cfg.generation.max_new_tokens_cap)
+    messages = [prompt_messages(p) for p in prompts]
+    fit = check_stage_prompts(dpo_model, messages, [p.id for p in prompts], budgets, cfg, "grpo")
+    prompts, budgets = [prompts[k] for k in fit.kept], [budgets[k] for k in fit.kept]
+    # A step trains per_device_batch_size answers, each with its prompt.
+    estimate = check_training_memory(
+        dpo_model, cfg, "grpo", sequences=cfg.grpo.per_device_batch_size, length=fit.longest
+    )
     inputs = {"prompts": Path(prompts_path), "dpo_model": Path(dpo_model)}
     start = run.begin(GRPO_STAGE, cfg, inputs=inputs, round_number=round_number)
     if start.reused:
@@ -74,8 +85,13 @@ def grpo_stage(
         job = GRPOJob(
             dpo_model=dpo_model,
             prompts=[p.model_dump(mode="json") for p in prompts],
-            budgets=answer_budgets(prompts, cfg.generation.max_new_tokens, cfg.generation.max_new_tokens_cap),
+            budgets=budgets,
             resuming=resume_point(stage),
         )
         metrics = run_training(job, cfg, stage.dir, progress=progress)
-        return record_adapter(stage, dpo_model, cfg, {"prompts": len(prompts), "resumed": job.resuming, **metrics})
+        extra = {"memory": {**estimate.record(), "peak_gib": metrics.get("peak_memory_gib")}} if estimate else {}
+        if fit.skipped:
+            extra.update(fit.record())
+        return record_adapter(
+            stage, dpo_model, cfg, {"prompts": len(prompts), "resumed": job.resuming, **metrics, **extra}
+        )

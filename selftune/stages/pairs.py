@@ -22,6 +22,7 @@ from selftune.data.records import SampleRecord, read_records
 from selftune.errors import NoTrainingDataError
 from selftune.generation.budget import generate_with_budgets
 from selftune.generation.factory import UNHASHED_GENERATION_SETTINGS, open_configured, sampling_params
+from selftune.generation.preflight import check_stage_prompts
 from selftune.models import check_model_spec
 from selftune.run.files import write_jsonl
 from selftune.run.folder import Run
@@ -97,12 +98,25 @@ def pairs_stage(
         inputs["policy"] = Path(policy)
     params = sampling_params(cfg, n=max(1, cfg.pairs.k), seed=cfg.pairs.seed + 1)
     threshold = cfg.sample.scorer.pass_threshold
+    fit = None
     if policy and generator is None:
         check_model_spec(policy, trust_remote_code=cfg.model.trust_remote_code)
+        if cfg.pairs.k:
+            fit = check_stage_prompts(
+                policy,
+                [prompt_messages(p) for p in prompts],
+                [p.id for p in prompts],
+                answer_budgets(prompts, cfg.generation.max_new_tokens, cfg.generation.max_new_tokens_cap),
+                cfg,
+                "pairs",
+            )
+            prompts = [prompts[k] for k in fit.kept]
     start = run.begin(PAIRS_STAGE, cfg, inputs=inputs, round_number=round_number, facts={"policy": policy})
     if start.reused:
         return start.reused
     with start as stage, contextlib.ExitStack() as models:
+        if fit and fit.skipped:
+            stage.metrics.update(fit.record())
         gen = None
         if needs_policy:
             gen = generator or models.enter_context(open_configured(policy, cfg))

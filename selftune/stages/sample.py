@@ -27,9 +27,15 @@ from selftune.data.pairs import prompt_messages
 from selftune.data.prompts import answer_budgets, scorable_train_prompts
 from selftune.data.records import PromptRecord, SampleRecord
 from selftune.generation.budget import generate_with_budgets
-from selftune.generation.factory import UNHASHED_GENERATION_SETTINGS, open_configured, sampling_params
+from selftune.generation.factory import (
+    UNHASHED_GENERATION_SETTINGS,
+    generates_in_children,
+    open_configured,
+    sampling_params,
+)
+from selftune.generation.preflight import check_stage_prompts, generation_estimate
 from selftune.generation.types import Generator, ProgressCallback
-from selftune.models import check_model_spec
+from selftune.models import check_model_spec, default_device, peak_memory_bytes, reset_peak_memory
 from selftune.run.files import write_jsonl
 from selftune.run.folder import Run
 from selftune.run.plan import prompts_round
@@ -150,12 +156,20 @@ def sample_stage(
     if Path(policy).is_dir():
         inputs["policy"] = Path(policy)
     params = sampling_params(cfg, n=cfg.sample.k, seed=cfg.sample.seed)
+    fit = None
     if generator is None:
         check_model_spec(policy, trust_remote_code=cfg.model.trust_remote_code)
+        messages = [prompt_messages(p) for p in prompts]
+        fit = check_stage_prompts(policy, messages, [p.id for p in prompts], budgets(prompts, cfg), cfg, "sample")
+        prompts = [prompts[k] for k in fit.kept]
     start = run.begin(SAMPLE_STAGE, cfg, inputs=inputs, round_number=round_number, facts={"policy": policy})
     if start.reused:
         return start.reused
+    estimate = generation_estimate(policy, cfg, fit, cfg.sample.k) if fit and not generates_in_children(cfg) else None
     with start as stage:
+        if fit and fit.skipped:
+            stage.metrics.update(fit.record())
+        reset_peak_memory(default_device())
         opened = contextlib.nullcontext(generator) if generator else open_configured(policy, cfg)
         stop_when = None
         if cfg.sample.early_rejection and cfg.sample.scorer.kind == "constraints":
@@ -171,6 +185,9 @@ def sample_stage(
                 if cfg.sample.retry_rounds:
                     rows += retry_unsolved(gen, scorer, prompts, rows, cfg, policy, stage.metrics, progress)
             stage.metrics["generation_seconds"] = round(time.perf_counter() - started, 1)
+        if estimate:  # the estimate beside this process's measured peak
+            peak = round(peak_memory_bytes(default_device()) / 2**30, 3)
+            stage.metrics["memory"] = {**estimate.record(), "peak_gib": peak}
         out = stage.dir / "samples.jsonl"
         write_jsonl(out, rows)
         stage.add_output("samples", out)

@@ -38,6 +38,7 @@ from selftune.train.launch import run_training
 from selftune.train.masking import tokenize_dataset
 from selftune.train.toolkit import (
     check_trainable,
+    check_training_memory,
     record_adapter,
     resume_point,
     training_tokenizer,
@@ -91,16 +92,20 @@ def sft_stage(
     start = run.begin(SFT_STAGE, cfg, inputs=inputs, round_number=round_number, facts={"base": base})
     if start.reused:
         return start.reused
+    # Tokenized before the stage starts: rows that cannot be masked, or a batch that would not fit
+    # in memory, stop it with its previous outputs and manifest untouched.
+    tokenizer, separator = training_tokenizer(base, cfg)
+    rows, dropped = tokenize_dataset(
+        tokenizer,
+        records,
+        max_length=cfg.sft.max_length,
+        response_separator=separator,
+        max_drop_share=cfg.sft.max_drop_share,
+        source=str(data_path),
+    )
+    longest = max((len(row["input_ids"]) for row in rows), default=0)
+    estimate = check_training_memory(base, cfg, "sft", sequences=cfg.sft.per_device_batch_size, length=longest)
     with start as stage:
-        tokenizer, separator = training_tokenizer(base, cfg)
-        rows, dropped = tokenize_dataset(
-            tokenizer,
-            records,
-            max_length=cfg.sft.max_length,
-            response_separator=separator,
-            max_drop_share=cfg.sft.max_drop_share,
-            source=str(data_path),
-        )
         train_rows, eval_rows = split_validation(rows, cfg.sft.validation_share, cfg.sft.seed)
         resuming = resume_point(stage)
         job = SFTJob(base=base, train_rows=train_rows, eval_rows=eval_rows, resuming=resuming)
@@ -112,4 +117,5 @@ def sft_stage(
             dropped=dropped,
             resumed=resuming,
         )
-        return record_adapter(stage, base, cfg, {**counts, **metrics}, merge=cfg.sft.merge)
+        memory = {"memory": {**estimate.record(), "peak_gib": metrics.get("peak_memory_gib")}} if estimate else {}
+        return record_adapter(stage, base, cfg, {**counts, **metrics, **memory}, merge=cfg.sft.merge)

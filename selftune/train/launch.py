@@ -32,6 +32,7 @@ import torch
 
 from selftune.config.sections import ACCELERATE_CONFIGS
 from selftune.errors import ConfigError, SelftuneError
+from selftune.models import default_device, peak_memory_bytes, reset_peak_memory
 from selftune.train.jobs import GRPOJob, LaunchedJob, SFTJob, TrainingJob
 
 # accelerate (1.6 s) is imported where a launch config is checked or a child process started.
@@ -103,17 +104,22 @@ def train_here(job: TrainingJob, cfg, out: Path, *, progress=None, phase_progres
     # The training modules subclass transformers' Trainer at module level, and importing it takes
     # ~6 s (measured on the development CPU): they load here, when a stage trains, so that
     # `import selftune`, `selftune --help` and the stages that do not train never pay for it.
+    # This process's peak while it trains, beside the stage's estimate (`check_training_memory`).
+    device = default_device()
+    reset_peak_memory(device)
     if isinstance(job, SFTJob):
         from selftune.train.sft import train_sft
 
-        return train_sft(cfg, out, job, progress=progress, phase_progress=phase_progress)
-    if isinstance(job, GRPOJob):
+        metrics = train_sft(cfg, out, job, progress=progress, phase_progress=phase_progress)
+    elif isinstance(job, GRPOJob):
         from selftune.train.grpo import train_grpo
 
-        return train_grpo(cfg, out, job, progress=progress)
-    from selftune.train.dpo import train_dpo
+        metrics = train_grpo(cfg, out, job, progress=progress)
+    else:
+        from selftune.train.dpo import train_dpo
 
-    return train_dpo(cfg, out, job, progress=progress, phase_progress=phase_progress)
+        metrics = train_dpo(cfg, out, job, progress=progress, phase_progress=phase_progress)
+    return {**metrics, "peak_memory_gib": round(peak_memory_bytes(device) / 2**30, 3)}
 
 
 def run_training(job: TrainingJob, cfg, out: Path, *, progress=None, phase_progress=None) -> dict:

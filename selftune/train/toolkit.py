@@ -28,6 +28,13 @@ from selftune.models import (
     load_model,
     load_tokenizer,
 )
+from selftune.models.limits import (
+    MemoryEstimate,
+    check_fits,
+    check_length_setting,
+    model_shape,
+    training_memory,
+)
 from selftune.run.folder import StageContext
 from selftune.train.masking import response_separator
 from selftune.train.merge import merge_adapter
@@ -306,6 +313,40 @@ def check_trainable(model: str, cfg, section: str) -> None:
     `dpo`) name modules it has."""
     check_model_spec(model, trust_remote_code=cfg.model.trust_remote_code)
     check_lora_targets(model, getattr(cfg, section).lora.target_modules, f"{section}.lora.target_modules")
+
+
+def check_training_memory(model: str, cfg, section: str, *, sequences: int, length: int) -> MemoryEstimate | None:
+    """Before `model` loads for training: its `max_length` within the context window, and the
+    estimated peak of a step over `sequences` sequences of `length` tokens (`selftune.models.limits`)
+    within the memory available: per GPU on a GPU machine; on the CPU the processes of
+    `train.launcher: accelerate` share the RAM, one model each. Returns the estimate (None where the
+    model's shape cannot be known offline)."""
+    settings = getattr(cfg, section)
+    shape = model_shape(model, trust_remote_code=cfg.model.trust_remote_code)
+    if shape is None:
+        return None
+    check_length_setting(shape, settings.max_length, f"{section}.max_length")
+    device = default_device()
+    estimate = training_memory(
+        shape,
+        sequences=sequences,
+        length=length,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        lora_rank=settings.lora.r,
+        device=device,
+        quantized=cfg.model.load_in_4bit,
+    )
+    processes = cfg.train.num_processes if cfg.train.launcher == "accelerate" and device == "cpu" else 1
+    needed = MemoryEstimate(device, {k: v * processes for k, v in estimate.parts.items()})
+    check_fits(
+        needed,
+        f"{section}: a step of {sequences} sequences of up to {length} tokens"
+        + (f" in each of {processes} processes" if processes > 1 else ""),
+        f"lower {section}.per_device_batch_size (raise {section}.gradient_accumulation to keep the effective "
+        f"batch) or {section}.max_length"
+        + ("" if settings.gradient_checkpointing else f", or set {section}.gradient_checkpointing: true"),
+    )
+    return estimate
 
 
 def training_tokenizer(model: str, cfg) -> tuple:
