@@ -13,7 +13,7 @@ from harness import OUTCOMES, ModelLoaded, Outcome
 @pytest.fixture
 def cli(monkeypatch, capsys, patch_everywhere):
     """Run `selftune ARGS` in this process as the console script does (`selftune.cli.main`), with
-    every model load forbidden; returns the exit status, the console text and any escaped error."""
+    every load of model weights forbidden; returns the exit status, the console text and any escaped error."""
     import transformers
 
     import selftune.models
@@ -25,12 +25,13 @@ def cli(monkeypatch, capsys, patch_everywhere):
         return forbidden
 
     # selftune's own loaders, wherever a module bound them; transformers' behind them, in depth.
-    for name in ("load_model", "load_tokenizer", "convert_gguf"):
+    # A tokenizer may load (a few MB of files, no weights): the context-window check counts each
+    # prompt's tokens before any weights load.
+    for name in ("load_model", "convert_gguf"):
         patch_everywhere(selftune.models, name, forbidden_by("selftune"))
     for cls in (
         transformers.AutoModelForCausalLM,
         transformers.AutoModelForSequenceClassification,
-        transformers.AutoTokenizer,
     ):
         monkeypatch.setattr(cls, "from_pretrained", classmethod(forbidden_by("transformers")))
     monkeypatch.setenv("COLUMNS", "4000")  # no wrapped lines in rich's boxes

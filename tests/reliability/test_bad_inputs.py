@@ -522,6 +522,48 @@ CASES = [
     Case(
         "run-unknown-from-stage", args=["run", "--run-dir", "{run}", "--from", "sfft"], expect=["unknown stage 'sfft'"]
     ),
+    # ---- limits: the context window and memory, checked before any weights load ----
+    Case(
+        "generate-budget-beyond-context",
+        **generate_with("--max-new-tokens", "100000", expect=["--max-new-tokens allows answers of 100000 tokens"]),
+    ),
+    Case(
+        "generate-prompt-beyond-context",
+        args=["generate", "--model", "{model}", "--prompts", "{tmp}/in.jsonl", "--out", "{tmp}/out.jsonl"],
+        files={"in.jsonl": jsonl(GENERATE, {"id": "g-long", "prompt": "Summarize: " + "word " * 1500})},
+        expect=["in.jsonl: prompt g-long has", "1024-token context window", "--over-context skip"],
+    ),
+    Case(
+        "sample-prompt-beyond-context",
+        args=["sample", "--run", "{run}", "--prompts", "{tmp}/p.jsonl"],
+        files={"p.jsonl": jsonl(PROMPT, PROMPT | {"id": "p-long", "messages": [USER | {"content": "tea " * 1500}]})},
+        expect=["sample: prompt p-long has", "generation.over_context: skip"],
+    ),
+    Case(
+        "run-budget-beyond-context",
+        args=["run", "--run-dir", "{run}", "--set", "generation.max_new_tokens=100000"],
+        expect=["generation.max_new_tokens is 100000 tokens", "1024-token context window"],
+    ),
+    Case(
+        "sft-max-length-beyond-context",
+        args=["sft", "--run", "{run}", "--set", "sft.max_length=4096"],
+        expect=["sft.max_length is 4096 tokens", "set it to at most 1024"],
+    ),
+    Case(
+        "dpo-max-length-beyond-context",
+        args=["dpo", "--run", "{run}", "--set", "dpo.max_length=4096"],
+        expect=["dpo.max_length is 4096 tokens"],
+    ),
+    Case(
+        "sft-batch-that-cannot-fit",
+        args=["sft", "--run", "{run}", "--set", "sft.per_device_batch_size=200000"],
+        expect=["sft: a step of 200000 sequences", "GiB", "lower sft.per_device_batch_size"],
+    ),
+    Case(
+        "dpo-batch-that-cannot-fit",
+        args=["dpo", "--run", "{run}", "--set", "dpo.per_device_batch_size=200000"],
+        expect=["dpo: a step of 400000 sequences", "lower dpo.per_device_batch_size"],
+    ),
 ]
 
 
