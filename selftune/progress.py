@@ -88,7 +88,7 @@ class GenerationProgress:
 
 class TrainingProgress:
     """A transformers TrainerCallback drawing a progress bar over optimizer steps, with the
-    latest loss and the time left; nothing when the console is not a terminal (CI logs)."""
+    latest loss and the time left; off a terminal (CI logs), a plain line at most every 30 s."""
 
     def __init__(self, label: str, console: Console | None = None):
         self.console = console or err_console
@@ -98,11 +98,13 @@ class TrainingProgress:
             MofNCompleteColumn(),
             TextColumn("steps"),
             TextColumn("{task.fields[loss]}"),
+            TimeElapsedColumn(),  # ticks through a long step
             TimeRemainingColumn(),
             console=self.console,
             disable=not self.console.is_terminal,
         )
         self.task = None
+        self.label, self.shown, self.last_line = label, "", time.perf_counter()
 
     # The TrainerCallback protocol: the Trainer calls every on_* event it knows on each callback.
     def __getattr__(self, name: str):
@@ -116,6 +118,14 @@ class TrainingProgress:
 
     def on_step_end(self, args, state, control, **kwargs):
         self.progress.update(self.task, completed=state.global_step)
+        now = time.perf_counter()
+        if self.progress.disable and now - self.last_line >= LOG_LINE_SECONDS:  # a log hears it too
+            self.last_line = now
+            self.console.print(
+                f"{self.label}: step {state.global_step}/{state.max_steps} {self.shown}".rstrip(),
+                soft_wrap=True,
+                highlight=False,
+            )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
@@ -125,7 +135,8 @@ class TrainingProgress:
                 shown.append(f"reward {logs['reward']:.3f}")
             if "kl" in logs:
                 shown.append(f"kl {logs['kl']:.4f}")
-            self.progress.update(self.task, loss="  ".join(shown))
+            self.shown = "  ".join(shown)
+            self.progress.update(self.task, loss=self.shown)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.progress.update(self.task, completed=state.global_step)

@@ -380,3 +380,26 @@ def test_help_off_a_terminal_shows_every_option_of_every_command_whole(monkeypat
                     assert option in result.output, (path, option)
         checked += 1
     assert checked >= 20
+
+
+def test_off_a_terminal_generation_and_training_progress_print_plain_lines(monkeypatch):
+    """In a CI log no bar is drawn; a long job still says where it is."""
+    from types import SimpleNamespace
+
+    import selftune.progress as progress
+
+    monkeypatch.setattr(progress, "LOG_LINE_SECONDS", 0.0)
+    assert not progress.err_console.is_terminal
+    with progress.err_console.capture() as captured:
+        with progress.GenerationProgress(4, label="sampling") as bar:
+            bar(1, 10)
+            bar(2, 10)
+        training = progress.TrainingProgress("round 1: SFT")
+        state = SimpleNamespace(global_step=3, max_steps=9)
+        training.on_train_begin(None, state, None)
+        training.on_log(None, state, None, logs={"loss": 1.5})
+        training.on_step_end(None, state, None)
+        training.on_train_end(None, state, None)
+    text = captured.get()
+    assert "sampling: 2/4 prompts, 20 tokens" in text
+    assert "round 1: SFT: step 3/9 loss 1.5000" in text
