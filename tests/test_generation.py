@@ -118,3 +118,24 @@ def test_row_sampler_draws_from_the_truncated_distribution(top_p, stages, monkey
     observed = torch.tensor([draws[i] / 10000 for i in range(40)])
     assert all(expected[token] > 0 for token in draws)
     assert (observed - expected).abs().max() < 0.015
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 4.0])
+def test_the_nucleus_beyond_the_shortlists_holds_exactly_the_kept_tokens_in_id_order(scale, monkeypatch):
+    """The full path (a nucleus larger than every shortlist, as a random model's flat
+    distribution gives) against the definition: sort, keep while the mass above is below top_p,
+    with ties of the last kept token."""
+    from selftune.generation import sampling
+
+    monkeypatch.setattr(sampling, "NUCLEUS_STAGES", (2, 4))
+    torch.manual_seed(1)
+    probs = (torch.randn(6, 3000) * scale).softmax(-1)
+    probs[0, :10] = probs[0, 10]  # ties at the boundary, somewhere
+    ids, sizes = sampling._nucleus(probs, 0.9)
+    for row in range(6):
+        values = probs[row].sort(descending=True).values
+        size = int(((values.double().cumsum(0) - values.double()) < 0.9).sum())
+        expected = (probs[row] >= values[size - 1]).nonzero().flatten()
+        assert sizes[row] == len(expected)
+        assert torch.equal(ids[row, : len(expected)], expected)
+        assert (ids[row, len(expected) :] == 3000).all()

@@ -50,13 +50,25 @@ def _nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Ten
         if k < vocab:
             values, ids = probs[todo].topk(k, dim=-1)  # descending
         else:
-            values, ids = probs[todo].sort(dim=-1, descending=True)
+            values = probs[todo].sort(dim=-1, descending=True).values
         sizes = ((values.double().cumsum(dim=-1) - values.double()) < top_p).sum(dim=-1, keepdim=True)
         floor = values.gather(1, sizes - 1)
         sizes = (values >= floor).sum(dim=-1)  # with the tokens that tie the least likely kept one
+        if k == vocab:
+            # A nucleus beyond the shortlists (a flat distribution: a random model, a high
+            # temperature) can hold most of the vocabulary: its ids in token-id order come from a
+            # mask of the kept tokens, each scattered to its rank among them, not from sorting the
+            # kept ids a second time (that sort was half of this path's cost).
+            kept = probs[todo] >= floor
+            width = int(sizes.max())
+            rank = (kept.long().cumsum(dim=-1) - 1).masked_fill_(~kept, width)  # dropped: a spare column
+            chosen = torch.full((len(todo), width + 1), vocab, dtype=torch.long, device=probs.device)
+            chosen.scatter_(1, rank, torch.arange(vocab, device=probs.device).expand(len(todo), -1))
+            found.append((todo, chosen[:, :width], sizes))
+            break
         # Complete when the shortlist holds a token below that one: every token outside it is less
-        # likely still. (A full sort always is.)
-        inside = sizes < k if k < vocab else torch.ones_like(sizes, dtype=torch.bool)
+        # likely still.
+        inside = sizes < k
         if inside.any():
             width = int(sizes[inside].max())
             beyond = torch.arange(width, device=probs.device)[None] >= sizes[inside, None]
