@@ -124,11 +124,20 @@ def test_training_that_would_not_fit_is_refused_with_its_estimate_and_the_stage_
     recorded = json.loads(before)["metrics"]["memory"]
     assert recorded["estimate_gib"] > 0 and recorded["peak_gib"] > 0
 
-    huge = tiny_cfg(tiny_model_dir, "sft.merge=false", "sft.per_device_batch_size=200000")
+    # 256 examples of ~930 tokens in one batch: some 70 GiB on the tiny model, its logits alone.
+    long = tmp_path / "long.jsonl"
+    row = json.loads(data.read_text().splitlines()[0])
+    long.write_text(
+        "".join(
+            json.dumps(row | {"id": f"l{i}", "completion": [{"role": "assistant", "content": "sea " * 900}]}) + "\n"
+            for i in range(256)
+        )
+    )
+    huge = tiny_cfg(tiny_model_dir, "sft.merge=false", "sft.per_device_batch_size=256", "sft.max_length=1024")
     with pytest.raises(LimitError) as caught:
-        sft_stage(run, huge, data_path=data)
+        sft_stage(run, huge, data_path=long)
     message = str(caught.value)
-    assert message.startswith("sft: a step of 200000 sequences of up to ") and " GiB (runtime " in message
+    assert message.startswith("sft: a step of 256 sequences of up to ") and " GiB (runtime " in message
     assert "activations" in message and "logits" in message
     assert "lower sft.per_device_batch_size (raise sft.gradient_accumulation" in message
     assert "sft.gradient_checkpointing: true" in message

@@ -98,7 +98,8 @@ def dpo_stage(
     )
     # A step runs each pair's chosen and rejected answers: two sequences per pair.
     longest = max((len(row[side]) for row in rows for side in ("chosen_input_ids", "rejected_input_ids")), default=0)
-    estimate = check_training_memory(sft_model, cfg, "dpo", sequences=2 * cfg.dpo.per_device_batch_size, length=longest)
+    batch = min(cfg.dpo.per_device_batch_size, max(1, len(rows)))  # at most the pairs there are
+    estimate = check_training_memory(sft_model, cfg, "dpo", sequences=2 * batch, length=longest)
     with start as stage:
         for index, row in enumerate(eval_rows):
             row["pair_index"] = index

@@ -74,9 +74,8 @@ def grpo_stage(
     fit = check_stage_prompts(dpo_model, messages, [p.id for p in prompts], budgets, cfg, "grpo")
     prompts, budgets = [prompts[k] for k in fit.kept], [budgets[k] for k in fit.kept]
     # A step trains per_device_batch_size answers, each with its prompt.
-    estimate = check_training_memory(
-        dpo_model, cfg, "grpo", sequences=cfg.grpo.per_device_batch_size, length=fit.longest
-    )
+    batch = min(cfg.grpo.per_device_batch_size, max(1, len(prompts) * cfg.grpo.num_generations))
+    estimate = check_training_memory(dpo_model, cfg, "grpo", sequences=batch, length=fit.longest)
     inputs = {"prompts": Path(prompts_path), "dpo_model": Path(dpo_model)}
     start = run.begin(GRPO_STAGE, cfg, inputs=inputs, round_number=round_number)
     if start.reused:

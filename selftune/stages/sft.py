@@ -104,7 +104,9 @@ def sft_stage(
         source=str(data_path),
     )
     longest = max((len(row["input_ids"]) for row in rows), default=0)
-    estimate = check_training_memory(base, cfg, "sft", sequences=cfg.sft.per_device_batch_size, length=longest)
+    # A batch holds at most the examples there are.
+    batch = min(cfg.sft.per_device_batch_size, max(1, len(rows)))
+    estimate = check_training_memory(base, cfg, "sft", sequences=batch, length=longest)
     with start as stage:
         train_rows, eval_rows = split_validation(rows, cfg.sft.validation_share, cfg.sft.seed)
         resuming = resume_point(stage)

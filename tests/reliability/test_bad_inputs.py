@@ -31,6 +31,7 @@ PAIR = {
     "negative_source": "original",
 }
 GENERATE = {"id": "g1", "prompt": "Say hi."}
+LONG = {"content": "green leaves in hot water " * 180}  # ~900 tokens
 
 
 def jsonl(*rows: Any) -> str:
@@ -554,15 +555,20 @@ CASES = [
         args=["dpo", "--run", "{run}", "--set", "dpo.max_length=4096"],
         expect=["dpo.max_length is 4096 tokens"],
     ),
+    # 512 examples of ~930 tokens in one batch: ~140 GiB on the tiny model (its logits alone).
     Case(
         "sft-batch-that-cannot-fit",
-        args=["sft", "--run", "{run}", "--set", "sft.per_device_batch_size=200000"],
-        expect=["sft: a step of 200000 sequences", "GiB", "lower sft.per_device_batch_size"],
+        args=["sft", "--run", "{run}", "--data", "{tmp}/long.jsonl"]
+        + ["--set", "sft.per_device_batch_size=512", "--set", "sft.max_length=1024"],
+        files={"long.jsonl": jsonl(*(SFT | {"id": f"s{i}", "completion": [ANSWER | LONG]} for i in range(512)))},
+        expect=["sft: a step of 512 sequences of up to", "GiB", "lower sft.per_device_batch_size"],
     ),
     Case(
         "dpo-batch-that-cannot-fit",
-        args=["dpo", "--run", "{run}", "--set", "dpo.per_device_batch_size=200000"],
-        expect=["dpo: a step of 400000 sequences", "lower dpo.per_device_batch_size"],
+        args=["dpo", "--run", "{run}", "--pairs", "{tmp}/long.jsonl"]
+        + ["--set", "dpo.per_device_batch_size=256", "--set", "dpo.max_length=1024"],
+        files={"long.jsonl": jsonl(*(PAIR | {"id": f"q{i}", "chosen": [ANSWER | LONG]} for i in range(256)))},
+        expect=["dpo: a step of 512 sequences of up to", "lower dpo.per_device_batch_size"],
     ),
 ]
 
