@@ -30,6 +30,18 @@ err_console = Console(stderr=True, emoji=False)
 LOG_LINE_SECONDS = 30.0
 
 
+def _start(progress: Progress) -> None:
+    # A disabled bar (off a terminal) is never started: rich before 14.3 printed a blank line into
+    # a log when it stopped one.
+    if not progress.disable and not progress.live.is_started:
+        progress.start()
+
+
+def _stop(progress: Progress) -> None:
+    if progress.live.is_started:
+        progress.stop()
+
+
 class GenerationProgress:
     """A progress bar over prompts with a live tokens/s figure; used as a ProgressCallback."""
 
@@ -56,18 +68,15 @@ class GenerationProgress:
         return self  # the bar starts with the first report (or `begin`): a stage that is skipped shows none
 
     def __exit__(self, *exc):
-        if self.progress.live.is_started:
-            self.progress.stop()
+        _stop(self.progress)
 
     def begin(self) -> None:
         """Start the bar (and its clock) now, before the first prompt is done."""
         self.started = time.perf_counter()
-        if not self.progress.live.is_started:
-            self.progress.start()
+        _start(self.progress)
 
     def __call__(self, prompts_done: int, new_tokens: int) -> None:
-        if not self.progress.live.is_started:
-            self.progress.start()
+        _start(self.progress)
         self.tokens += new_tokens
         now = time.perf_counter()
         elapsed = now - self.started
@@ -114,7 +123,7 @@ class TrainingProgress:
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, loss="")
-        self.progress.start()
+        _start(self.progress)
 
     def on_step_end(self, args, state, control, **kwargs):
         self.progress.update(self.task, completed=state.global_step)
@@ -140,7 +149,7 @@ class TrainingProgress:
 
     def on_train_end(self, args, state, control, **kwargs):
         self.progress.update(self.task, completed=state.global_step)
-        self.progress.stop()
+        _stop(self.progress)
 
 
 class PhaseProgress:
@@ -164,11 +173,10 @@ class PhaseProgress:
     def __call__(self, label: str, done: int, total: int | None) -> None:
         if label not in self.tasks:
             self.tasks[label] = self.progress.add_task(escape(label), total=total)
-            if not self.progress.live.is_started:
-                self.progress.start()
+            _start(self.progress)
         self.progress.update(self.tasks[label], completed=done, total=total)
-        if all(task.finished for task in self.progress.tasks) and self.progress.live.is_started:
-            self.progress.stop()
+        if all(task.finished for task in self.progress.tasks):
+            _stop(self.progress)
 
 
 def configure_logging(handler: logging.Handler | None = None) -> None:

@@ -191,3 +191,29 @@ def test_the_estimates_stay_within_a_factor_of_two_of_the_measured_peaks_on_the_
     measured = _estimates_against_peaks(tmp_path / "run", None, "dpo", ("sample", "sft", "dpo"))
     for stage, memory in measured.items():
         assert 0.5 <= memory["estimate_gib"] / memory["peak_gib"] <= 2.0, (stage, memory)
+
+
+def test_with_over_context_skip_a_stage_leaves_the_long_prompt_out_and_counts_it(tmp_path, tiny_model_dir):
+    from selftune.config import load_config
+    from selftune.data.records import read_records
+    from selftune.run.folder import Run
+    from selftune.stages.sample import sample_stage
+
+    prompt = {"messages": [{"role": "user", "content": "Write about tea."}], "split": "train"}
+    prompt["constraints"] = [{"type": "lowercase", "kwargs": {}}]
+    rows = [prompt | {"id": "short"}, prompt | {"id": "long", "messages": [{"role": "user", "content": "tea " * 1500}]}]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = Run(tmp_path / "run")
+    cfg = load_config("tiny", overrides=[f"model.spec={tiny_model_dir}", "sample.k=2"])
+    with pytest.raises(LimitError, match="sample: prompt long has"):
+        sample_stage(run, cfg, prompts_path=prompts)
+    assert run.manifest("sample") is None
+    skipping = load_config(
+        "tiny", overrides=[f"model.spec={tiny_model_dir}", "sample.k=2", "generation.over_context=skip"]
+    )
+    samples = read_records(sample_stage(run, skipping, prompts_path=prompts), "samples")
+    assert {s.prompt_id for s in samples} == {"short"}
+    metrics = run.manifest("sample").metrics
+    assert metrics["over_context_skipped"] == 1 and metrics["over_context_ids"] == ["long"]
+    assert metrics["prompts"] == 1
