@@ -78,7 +78,7 @@ def check_context_settings(cfg: PipelineConfig) -> None:
     if cfg.grpo.enabled:
         lengths["grpo.max_length"] = cfg.grpo.max_length
     for setting, value in budgets.items():  # an answer needs room for its prompt too
-        check_length_setting(shape, value + 1, setting, value)
+        check_length_setting(shape, value, setting, answer=True)
     for setting, value in lengths.items():
         check_length_setting(shape, value, setting)
 

@@ -184,17 +184,17 @@ def model_shape(spec: str, *, trust_remote_code: bool = False) -> ModelShape | N
 # ---------------------------------------------------------------------------------------------
 
 
-def check_length_setting(shape: ModelShape | None, needed: int, setting: str, value: int | None = None) -> None:
-    """A token count setting (a training max_length; an answer budget, which `needed` one token of
-    prompt beyond its `value`) within the context window."""
-    if shape is None or shape.context is None or needed <= shape.context:
+def check_length_setting(shape: ModelShape | None, value: int, setting: str, *, answer: bool = False) -> None:
+    """A token count setting within the context window: a training max_length up to it, an answer
+    budget (`answer`) below it, leaving its prompt at least one token."""
+    if shape is None or shape.context is None:
         return
-    value = needed if value is None else value
-    bound = f"below {shape.context}" if value != needed else f"to at most {shape.context}"
-    raise LimitError(
-        f"{setting} is {value} tokens, beyond what the {shape.context}-token context window of {shape.spec} "
-        f"allows; set it {bound}"
-    )
+    if value > shape.context or (answer and value == shape.context):
+        bound = f"below {shape.context}" if answer else f"to at most {shape.context}"
+        raise LimitError(
+            f"{setting} is {value} tokens, beyond what the {shape.context}-token context window of "
+            f"{shape.spec} allows; set it {bound}"
+        )
 
 
 @dataclass
@@ -324,20 +324,6 @@ def check_fits(estimate: MemoryEstimate, where: str, remedy: str) -> None:
         )
 
 
-def fit_slots(
-    shape: ModelShape, slots: int, least: int, capacity: int, dtype_bytes: int, device: str
-) -> tuple[int, int, int]:
-    """The most sequences in flight (from `slots` down to `least`) whose KV cache and working memory
-    fit in USABLE_SHARE of the memory available now; returns (slots, bytes those `slots` needed,
-    bytes available)."""
-    have = int(available_bytes(device) * USABLE_SHARE)
-    need = int(shape.kv_bytes(slots, capacity, dtype_bytes) * KV_OVERHEAD)
-    if need <= have:
-        return slots, need, have
-    per_slot = max(1, int(shape.kv_bytes(1, capacity, dtype_bytes) * KV_OVERHEAD))
-    return max(least, min(slots, have // per_slot)), need, have
-
-
 def fitting_slots(model, slots: int, least: int, capacity: int, stats: dict | None = None) -> int:
     """`slots` sequences in flight on a loaded `model`, or fewer (never under `least`, one prompt's
     samples) when their KV cache of `capacity` positions would not fit in the memory available
@@ -350,12 +336,14 @@ def fitting_slots(model, slots: int, least: int, capacity: int, stats: dict | No
     if shape is None:
         return slots
     dtype_bytes, device = parameters[0].element_size(), str(parameters[0].device)
-    fitted, need, have = fit_slots(shape, slots, least, capacity, dtype_bytes, device)
+    have = int(available_bytes(device) * USABLE_SHARE)  # the cache and its working memory may take this
+    per_slot = max(1, int(shape.kv_bytes(1, capacity, dtype_bytes) * KV_OVERHEAD))
+    need = per_slot * slots
+    fitted = slots if need <= have else max(least, min(slots, have // per_slot))
     if stats is not None:
         stats.update(slots=fitted, kv_cache_gib=round(shape.kv_bytes(fitted, capacity, dtype_bytes) / GIB, 3))
     if fitted == slots:
         return slots
-    per_slot = need / slots
     if fitted * per_slot > have:
         raise LimitError(
             f"generation: {fitted} sequences of up to {capacity} tokens (prompt and answer budget) need "

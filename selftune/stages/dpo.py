@@ -98,8 +98,7 @@ def dpo_stage(
     )
     # A step runs each pair's chosen and rejected answers: two sequences per pair.
     longest = max((len(row[side]) for row in rows for side in ("chosen_input_ids", "rejected_input_ids")), default=0)
-    batch = min(cfg.dpo.per_device_batch_size, max(1, len(rows)))  # at most the pairs there are
-    estimate = check_training_memory(sft_model, cfg, "dpo", sequences=2 * batch, length=longest)
+    estimate = check_training_memory(sft_model, cfg, "dpo", examples=len(rows), length=longest, per_example=2)
     with start as stage:
         for index, row in enumerate(eval_rows):
             row["pair_index"] = index
@@ -116,5 +115,4 @@ def dpo_stage(
         )
         metrics = run_training(job, cfg, stage.dir, progress=progress, phase_progress=phase_progress)
         counts = dict(pairs=len(pairs), dropped=dropped, eval_pairs=len(eval_rows), resumed=resuming)
-        memory = {"memory": {**estimate.record(), "peak_gib": metrics.get("peak_memory_gib")}} if estimate else {}
-        return record_adapter(stage, sft_model, cfg, {**counts, **metrics, **memory})
+        return record_adapter(stage, sft_model, cfg, {**counts, **metrics}, memory=estimate)

@@ -74,8 +74,9 @@ def grpo_stage(
     fit = check_stage_prompts(dpo_model, messages, [p.id for p in prompts], budgets, cfg, "grpo")
     prompts, budgets = [prompts[k] for k in fit.kept], [budgets[k] for k in fit.kept]
     # A step trains per_device_batch_size answers, each with its prompt.
-    batch = min(cfg.grpo.per_device_batch_size, max(1, len(prompts) * cfg.grpo.num_generations))
-    estimate = check_training_memory(dpo_model, cfg, "grpo", sequences=batch, length=fit.longest)
+    estimate = check_training_memory(
+        dpo_model, cfg, "grpo", examples=len(prompts) * cfg.grpo.num_generations, length=fit.longest
+    )
     inputs = {"prompts": Path(prompts_path), "dpo_model": Path(dpo_model)}
     start = run.begin(GRPO_STAGE, cfg, inputs=inputs, round_number=round_number)
     if start.reused:
@@ -88,9 +89,6 @@ def grpo_stage(
             resuming=resume_point(stage),
         )
         metrics = run_training(job, cfg, stage.dir, progress=progress)
-        extra = {"memory": {**estimate.record(), "peak_gib": metrics.get("peak_memory_gib")}} if estimate else {}
-        if fit.skipped:
-            extra.update(fit.record())
-        return record_adapter(
-            stage, dpo_model, cfg, {"prompts": len(prompts), "resumed": job.resuming, **metrics, **extra}
-        )
+        skipped = fit.record() if fit.skipped else {}
+        counts = {"prompts": len(prompts), "resumed": job.resuming, **skipped}
+        return record_adapter(stage, dpo_model, cfg, {**counts, **metrics}, memory=estimate)

@@ -104,9 +104,7 @@ def sft_stage(
         source=str(data_path),
     )
     longest = max((len(row["input_ids"]) for row in rows), default=0)
-    # A batch holds at most the examples there are.
-    batch = min(cfg.sft.per_device_batch_size, max(1, len(rows)))
-    estimate = check_training_memory(base, cfg, "sft", sequences=batch, length=longest)
+    estimate = check_training_memory(base, cfg, "sft", examples=len(rows), length=longest)
     with start as stage:
         train_rows, eval_rows = split_validation(rows, cfg.sft.validation_share, cfg.sft.seed)
         resuming = resume_point(stage)
@@ -119,5 +117,4 @@ def sft_stage(
             dropped=dropped,
             resumed=resuming,
         )
-        memory = {"memory": {**estimate.record(), "peak_gib": metrics.get("peak_memory_gib")}} if estimate else {}
-        return record_adapter(stage, base, cfg, {**counts, **metrics, **memory}, merge=cfg.sft.merge)
+        return record_adapter(stage, base, cfg, {**counts, **metrics}, merge=cfg.sft.merge, memory=estimate)

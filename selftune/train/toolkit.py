@@ -315,13 +315,17 @@ def check_trainable(model: str, cfg, section: str) -> None:
     check_lora_targets(model, getattr(cfg, section).lora.target_modules, f"{section}.lora.target_modules")
 
 
-def check_training_memory(model: str, cfg, section: str, *, sequences: int, length: int) -> MemoryEstimate | None:
+def check_training_memory(
+    model: str, cfg, section: str, *, examples: int, length: int, per_example: int = 1
+) -> MemoryEstimate | None:
     """Before `model` loads for training: its `max_length` within the context window, and the
-    estimated peak of a step over `sequences` sequences of `length` tokens (`selftune.models.limits`)
-    within the memory available: per GPU on a GPU machine; on the CPU the processes of
-    `train.launcher: accelerate` share the RAM, one model each. Returns the estimate (None where the
-    model's shape cannot be known offline)."""
+    estimated peak of a step (`selftune.models.limits`) within the memory available: per GPU on a
+    GPU machine; on the CPU the processes of `train.launcher: accelerate` share the RAM, one model
+    each. A step runs `per_example` sequences (a pair's two answers) of up to `length` tokens for
+    each example of its batch, which holds at most the `examples` there are. Returns the estimate
+    (None where the model's shape cannot be known offline)."""
     settings = getattr(cfg, section)
+    sequences = per_example * min(settings.per_device_batch_size, max(1, examples))
     shape = model_shape(model, trust_remote_code=cfg.model.trust_remote_code)
     if shape is None:
         return None
@@ -361,14 +365,25 @@ def resume_point(stage: StageContext) -> bool:
     return prepare_checkpoints(stage.dir, stage.fingerprint, stage=stage.name, finished_before=stage.finished_before)
 
 
-def record_adapter(stage: StageContext, base: str, cfg, metrics: dict, *, merge: bool = True) -> Path:
-    """Record the trained adapter and its log history as the stage's outputs, with `metrics`, then
-    merge the adapter into `base` (output `merged`, with the merge's logit check). Returns the
-    merged model, or the adapter when `merge` is off."""
+def record_adapter(
+    stage: StageContext,
+    base: str,
+    cfg,
+    metrics: dict,
+    *,
+    merge: bool = True,
+    memory: MemoryEstimate | None = None,
+) -> Path:
+    """Record the trained adapter and its log history as the stage's outputs, with `metrics` (and
+    the `memory` estimate beside the measured peak), then merge the adapter into `base` (output
+    `merged`, with the merge's logit check). Returns the merged model, or the adapter when `merge`
+    is off."""
     adapter_dir = stage.dir / "adapter"
     stage.add_output("log_history", stage.dir / "log_history.json")
     stage.add_output("adapter", adapter_dir)
     stage.metrics.update(metrics)
+    if memory is not None:
+        stage.metrics["memory"] = {**memory.record(), "peak_gib": metrics.get("peak_memory_gib")}
     if not merge:
         return adapter_dir
     merged = merge_adapter(base, adapter_dir, stage.dir / "merged", trust_remote_code=cfg.model.trust_remote_code)
