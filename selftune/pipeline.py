@@ -40,6 +40,7 @@ from selftune.models.limits import check_length_setting, model_shape
 from selftune.progress import configure_logging
 from selftune.run.folder import Run, StageEvent
 from selftune.run.plan import Step, fresh_prompts, plan, stage_manifests
+from selftune.scoring.function import load_verifier
 from selftune.stages.dpo import dpo_stage
 from selftune.stages.evaluate import evaluate_stage
 from selftune.stages.grpo import grpo_stage
@@ -170,6 +171,8 @@ def run_pipeline(
     for spec in (cfg.model.spec, scorer.judge_model, scorer.reward_model, cfg.evaluate.judge_model):
         if spec:
             check_model_spec(spec, trust_remote_code=cfg.model.trust_remote_code)
+    if scorer.kind == "function":  # imported now; called on the prompts before the sample stage's model loads
+        load_verifier(scorer.function)
 
     check_context_settings(cfg)
     load_benchmarks(cfg)  # the benchmarks' files and checkers and the lm-eval tasks, not after hours of training

@@ -65,7 +65,9 @@ class GenerationSection(Section):
 
 class PromptsSection(Section):
     source: str = Field(
-        "builtin", description="'builtin' (tasks x verifiable constraints) or a JSONL / datasets-readable file."
+        "builtin",
+        description="'builtin' (tasks x verifiable constraints), 'builtin:arithmetic' (word problems with a "
+        "reference answer, for scorer.function builtin:final_number) or a JSONL / datasets-readable file.",
     )
     n_train: int = Field(300, ge=1, description="Train prompts to build from the builtin set.")
     n_eval: int = Field(
@@ -117,20 +119,28 @@ class PromptsSection(Section):
         return check_type_weights(weights)
 
 
-DEFAULT_PASS_THRESHOLD = {"constraints": 1.0, "judge": 0.7, "reward-model": 0.5}
+DEFAULT_PASS_THRESHOLD = {"constraints": 1.0, "judge": 0.7, "reward-model": 0.5, "function": 1.0}
 
 
 class ScorerSection(Section):
-    kind: Literal["constraints", "judge", "reward-model"] = Field("constraints", description="How answers are scored.")
+    kind: Literal["constraints", "judge", "reward-model", "function"] = Field(
+        "constraints", description="How answers are scored."
+    )
     judge_model: str | None = Field(None, description="Judge model spec; None = the policy judges itself.")
     judge_samples: int = Field(3, ge=1, description="Judge samples averaged per answer.")
     reward_model: str | None = Field(None, description="Sequence-classification reward model spec.")
+    function: str | None = Field(
+        None,
+        description="kind function: the verifier, 'package.module:function', 'path/file.py:function' or "
+        "'builtin:NAME' (final_number, exact_match, normalized_match, regex_match, json_schema), called as "
+        "TRL calls a reward function: fn(prompts, completions, **columns) -> list[float | None].",
+    )
     pass_threshold: float | None = Field(
         None,
         ge=0,
         le=1,
         description="Score at or above which an answer passes; default by kind: constraints 1.0 (every check "
-        "passes), judge 0.7 (7/10), reward-model 0.5 (its score is a sigmoid).",
+        "passes), judge 0.7 (7/10), reward-model 0.5 (its score is a sigmoid), function 1.0.",
     )
     quality_checks: bool = Field(
         True, description="Constraints scorer also checks the answer is complete and not looping."
@@ -141,6 +151,13 @@ class ScorerSection(Section):
         # Checked with the config, before any model answers a prompt.
         if self.kind == "reward-model" and not self.reward_model:
             raise ValueError("kind reward-model needs reward_model (a sequence-classification model spec)")
+        if self.kind == "function" and not self.function:
+            raise ValueError("kind function needs function (a verifier: 'module:function' or 'file.py:function')")
+        if self.function and ":" not in self.function.strip(":"):
+            raise ValueError(
+                f"function {self.function!r}: expected 'package.module:function', 'path/file.py:function' "
+                "or 'builtin:NAME'"
+            )
         return self
 
     @model_validator(mode="after")

@@ -106,12 +106,27 @@ def _break_format(text: str, prompt, rng, context) -> str | None:
     return flat if flat and flat != text.strip() else None
 
 
+_LAST_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?!.*\d)", re.DOTALL)
+
+
+def _change_number(text: str, prompt, rng, context) -> str | None:
+    """The same answer with its last number changed (a wrong final answer, everything else kept)."""
+    found = _LAST_NUMBER.search(text)
+    if found is None:
+        return None
+    value = float(found.group())
+    changed = value + rng.choice([-1, 1]) * rng.randint(1, max(2, int(abs(value) // 4) or 2))
+    written = str(int(changed)) if value.is_integer() and "." not in found.group() else f"{changed:.2f}"
+    return text[: found.start()] + written + text[found.end() :]
+
+
 CORRUPTIONS: dict[str, Corruption] = {
     "truncate": _truncate,
     "violate-constraint": _violate_constraint,
     "off-topic": _off_topic,
     "repeat": _repeat,
     "break-format": _break_format,
+    "change-number": _change_number,
 }
 
 

@@ -15,15 +15,23 @@ from selftune.data.records import PairRecord, PromptRecord
 from selftune.scoring.base import repetition_rate
 
 
-def instruction_following(prompts: list[PromptRecord], answers: list[str]) -> tuple[dict, list[dict]]:
-    """Prompt- and instruction-level accuracy, strict and loose, overall and per constraint type."""
+def instruction_following(prompts: list[PromptRecord], answers: list[str], verifier=None) -> tuple[dict, list[dict]]:
+    """Prompt- and instruction-level accuracy, strict and loose, overall and per constraint type.
+    With a `verifier` (a `FunctionScorer`), its verdict is one more instruction of every prompt
+    (type `verifier`, the same strict and loose): a prompt passes when its constraints and the
+    verifier pass."""
     prompt_strict = prompt_loose = 0
     instructions = strict_total = loose_total = 0
     by_type: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
     details = []
-    for prompt, answer in zip(prompts, answers):
+    verdicts = [r.passed for r in verifier.score_many(prompts, answers)] if verifier and prompts else []
+    for k, (prompt, answer) in enumerate(zip(prompts, answers)):
         strict = [check(c.type, answer, c.kwargs) for c in prompt.constraints]
         loose = [check_loose(c.type, answer, c.kwargs) for c in prompt.constraints]
+        if verdicts:
+            strict.append(verdicts[k])
+            loose.append(verdicts[k])
+            by_type["verifier"].append((verdicts[k], verdicts[k]))
         prompt_strict += all(strict)
         prompt_loose += all(loose)
         instructions += len(strict)
@@ -34,6 +42,7 @@ def instruction_following(prompts: list[PromptRecord], answers: list[str]) -> tu
         details.append({"prompt_id": prompt.id, "strict": strict, "loose": loose})
     n = max(1, len(prompts))
     metrics = {
+        **({"verifier": verifier.ref} if verifier else {}),
         "prompt_strict": round(prompt_strict / n, 4),
         "prompt_loose": round(prompt_loose / n, 4),
         "instruction_strict": round(strict_total / max(1, instructions), 4),

@@ -46,6 +46,7 @@ from selftune.generation.preflight import check_prompts
 from selftune.generation.types import SamplingParams, phase_progress
 from selftune.models import load_model, load_tokenizer, resolve_model_path, selftune_home, unload
 from selftune.run.files import sha256_path, write_json, write_jsonl
+from selftune.scoring.function import FunctionScorer, check_verifier
 from selftune.scoring.judge import judge_win_rate
 from selftune.train.logprobs import PairCollator, sequence_logps, tokenize_pair
 from selftune.train.masking import MaskingError
@@ -248,7 +249,7 @@ def evaluate_one(
             raise ModelLeakError(f"model {name} is still referenced after its turn; refusing to load the next one")
     texts = [a["text"] for a in generated.get("eval", [])]
     if prompts:
-        following, details = instruction_following(prompts, texts)
+        following, details = instruction_following(prompts, texts, verifier=eval_verifier(cfg))
         metrics.update({"instruction_following": following, **answer_stats(generated["eval"])})
     else:
         details = []
@@ -283,6 +284,12 @@ def evaluate_one(
         for prompt, answer in zip(bench_prompts, generated[bench])
     ]
     return {"metrics": metrics, "log_probs": log_probs, "benchmark_answers": bench_answers}, per_prompt
+
+
+def eval_verifier(cfg) -> FunctionScorer | None:
+    """The verifier function that judges the eval prompts beside their constraints, if configured."""
+    scorer = cfg.sample.scorer
+    return FunctionScorer(scorer.function, pass_threshold=scorer.pass_threshold) if scorer.kind == "function" else None
 
 
 def load_benchmarks(cfg) -> list[tuple[str, list]]:
@@ -332,6 +339,8 @@ def evaluate_models(
     `progress(label, done, total)` follows each model's prompt sets, pairs and lm-eval tasks.
     `benchmarks`: from `load_benchmarks(cfg)` when the caller has them already."""
     benchmarks = load_benchmarks(cfg) if benchmarks is None else benchmarks
+    if prompts and cfg.sample.scorer.kind == "function":  # the verifier checked before a model loads
+        check_verifier(cfg.sample.scorer.function, prompts, "the eval prompts")
     prompts, benchmarks, over_context = fit_context(models, prompts, benchmarks, cfg)
     results: dict = {"models": {}, "order": [name for name, _ in models]}
     if over_context:
@@ -427,12 +436,14 @@ def write_results(out_dir: Path, results: dict) -> Path:
     return Path(out_dir) / "results.json"
 
 
-def eval_prompts(path: Path) -> list[PromptRecord]:
-    """The held-out prompts of a prompt file: split eval, with constraints to check."""
+def eval_prompts(path: Path, scorer_kind: str = "constraints") -> list[PromptRecord]:
+    """The held-out prompts of a prompt file: split eval, with constraints to check (with a
+    verifier function, every eval prompt: the verifier judges them)."""
 
-    prompts = [p for p in read_records(path, "prompts") if p.split == "eval" and p.constraints]
+    verified = scorer_kind == "function"
+    prompts = [p for p in read_records(path, "prompts") if p.split == "eval" and (p.constraints or verified)]
     if not prompts:
-        raise SelftuneError(f"{path}: no eval prompts with constraints to evaluate on")
+        raise SelftuneError(f"{path}: no eval prompts {'' if verified else 'with constraints '}to evaluate on")
     return prompts
 
 

@@ -43,8 +43,12 @@ def columns(results: dict) -> list[tuple[str, str, bool | None]]:
             for metric in values:
                 if metric not in _LM_EVAL_SKIP and not metric.endswith("_stderr"):
                     lm_eval[(task, metric)] = values.get("higher_is_better", {}).get(metric)
+    own = COLUMNS
+    if any("verifier" in m.get("instruction_following", {}) for m in results["models"].values()):
+        # Eval prompts judged by a verifier function (a reference-answer task, say) are not IFEval-style.
+        own = [(key, title.replace("IFEval-style", "eval (verifier)"), better) for key, title, better in COLUMNS]
     return (
-        COLUMNS
+        own
         + [(f"{b}:{key}", f"{b.upper()} {title}", True) for b in benchmarks for key, title in _BENCHMARK_COLUMNS]
         + [
             (f"lm_eval:{task}:{metric}", f"{task} {metric}", better)
@@ -106,9 +110,18 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def checker_note(results: dict) -> str:
     """What each kind of column measures, with the lm-eval settings when tasks ran."""
+    verifier = next(
+        (
+            m["instruction_following"]["verifier"]
+            for m in results["models"].values()
+            if "verifier" in m.get("instruction_following", {})
+        ),
+        None,
+    )
     note = (
         "Prompt and instruction columns without a benchmark name use selftune's IFEval-style checkers "
-        "on the run's held-out prompts; IFEVAL and IFBENCH columns use those benchmarks' own prompts "
+        + (f"and the verifier {verifier} (one more instruction of every prompt) " if verifier else "")
+        + "on the run's held-out prompts; IFEVAL and IFBENCH columns use those benchmarks' own prompts "
         "and reference checkers."
     )
     settings = next((m["lm_eval"]["settings"] for m in results["models"].values() if "lm_eval" in m), None)

@@ -82,12 +82,19 @@ def print_yield(metrics: dict) -> None:
     )
 
 
+def own_label(following: dict) -> str:
+    """What the eval prompts' scores measure: IFEval-style checkers, or a verifier function too."""
+    return f"eval ({following['verifier']})" if "verifier" in following else "IFEval-style"
+
+
 def print_model_line(name: str, metrics: dict) -> None:
     """One evaluated model: its prompt-level strict scores, peak memory and time."""
     scores = [
         f"{label} prompt-level strict {values['prompt_strict']:.3f}"
         for label, values in (
-            [("IFEval-style", metrics["instruction_following"])] if "instruction_following" in metrics else []
+            [(own_label(metrics["instruction_following"]), metrics["instruction_following"])]
+            if "instruction_following" in metrics
+            else []
         )
         + list(metrics.get("benchmarks", {}).items())
     ]

@@ -34,7 +34,7 @@ class Step:
 
 def fresh_prompts(cfg: PipelineConfig) -> bool:
     """Whether each round after the first has train prompts of its own (built-in prompts only)."""
-    return cfg.prompts.fresh_each_round and cfg.prompts.source == "builtin"
+    return cfg.prompts.fresh_each_round and cfg.prompts.source in ("builtin", "builtin:arithmetic")
 
 
 def prompts_round(cfg: PipelineConfig, round_number: int) -> int:

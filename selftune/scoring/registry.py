@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 from selftune.data.records import PromptRecord, SampleRecord
 from selftune.errors import ConfigError
@@ -11,6 +12,7 @@ from selftune.generation.types import Generator
 from selftune.models import load_tokenizer, resolve_model_path, unload
 from selftune.scoring.base import Scorer
 from selftune.scoring.constraint import ConstraintScorer
+from selftune.scoring.function import FunctionScorer, check_verifier
 from selftune.scoring.judge import JudgeScorer
 from selftune.scoring.reward_model import RewardModelScorer
 
@@ -26,11 +28,22 @@ def judges_with_policy(scorer_cfg) -> bool:
     return scorer_cfg.kind == "judge" and scorer_cfg.judge_model is None
 
 
+def scorer_inputs(cfg, prompts: list[PromptRecord], where) -> dict[str, Path]:
+    """Check the configured scorer against the prompts it will score, before any model loads, and
+    return what it adds to the stage's inputs: a verifier function's source file (an edited verifier
+    reruns the stage). `where` names the prompts' file in messages."""
+    if cfg.sample.scorer.kind != "function":
+        return {}
+    return {"verifier": check_verifier(cfg.sample.scorer.function, prompts, str(where))}
+
+
 def make_scorer(cfg, generator: Generator | None):
     """The configured scorer; a judge without its own model judges with `generator` (the policy)."""
     scorer_cfg = cfg.sample.scorer
     if scorer_cfg.kind == "constraints":
         return contextlib.nullcontext(ConstraintScorer(quality_checks=scorer_cfg.quality_checks))
+    if scorer_cfg.kind == "function":
+        return contextlib.nullcontext(FunctionScorer(scorer_cfg.function, pass_threshold=scorer_cfg.pass_threshold))
     if scorer_cfg.kind == "judge":
         if judges_with_policy(scorer_cfg):
             if generator is None:

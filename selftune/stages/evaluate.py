@@ -25,6 +25,7 @@ from selftune.generation.factory import UNHASHED_GENERATION_SETTINGS
 from selftune.models import check_model_spec
 from selftune.run.folder import Run
 from selftune.run.spec import StageSpec
+from selftune.scoring.registry import scorer_inputs
 
 
 def run_models(run, base: str, round_number: int) -> list[tuple[str, str]]:
@@ -46,6 +47,9 @@ EVALUATE_STAGE = StageSpec(
     # Pair rewards use DPO's beta and are masked and truncated as DPO trained (max_length, separator).
     reads=(
         "evaluate",
+        "sample.scorer.kind",  # a verifier function judges the eval prompts too
+        "sample.scorer.function",
+        "sample.scorer.pass_threshold",
         "grpo.enabled",
         "dpo.beta",
         "dpo.max_length",
@@ -71,7 +75,7 @@ def evaluate_stage(
 
     cfg = EVALUATE_STAGE.view(cfg)
     prompts_path = run.output_of("prompts", "prompts", round_number=1)
-    prompts = eval_prompts(prompts_path)
+    prompts = eval_prompts(prompts_path, cfg.sample.scorer.kind)
     pairs_path = run.optional_output("pairs", "eval_pairs", round_number=round_number)
     pairs = read_records(pairs_path, "pairs") if pairs_path else []
     models = models or run_models(run, cfg.model.spec, round_number)
@@ -79,6 +83,7 @@ def evaluate_stage(
     kinds = set(cfg.evaluate.models) | ({"grpo"} if cfg.grpo.enabled else set())
     wanted = [m for m in models if m[0].split("-")[0] in kinds]
     inputs = {"prompts": prompts_path, **({"eval_pairs": pairs_path} if pairs_path else {})}
+    inputs.update(scorer_inputs(cfg, prompts, prompts_path))  # an edited verifier reruns the evaluation
 
     for item in cfg.evaluate.benchmarks:  # a changed benchmark file reruns the evaluation
         bench, path = parse_benchmark(item)
@@ -112,7 +117,9 @@ def evaluate_stage(
         if (stage.dir / BENCHMARK_ANSWERS).is_file():
             stage.add_output("benchmark_answers", stage.dir / BENCHMARK_ANSWERS)
         stage.metrics["prompt_strict"] = {
-            n: m["instruction_following"]["prompt_strict"] for n, m in results["models"].items()
+            n: m["instruction_following"]["prompt_strict"]
+            for n, m in results["models"].items()
+            if "instruction_following" in m
         }
         stage.metrics["peak_memory_gib"] = {n: m["peak_memory_gib"] for n, m in results["models"].items()}
         if "over_context_skipped" in results:

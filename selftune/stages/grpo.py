@@ -20,6 +20,7 @@ from selftune.generation.preflight import check_stage_prompts
 from selftune.run.folder import Run
 from selftune.run.plan import prompts_round
 from selftune.run.spec import StageSpec
+from selftune.scoring.registry import scorer_inputs
 from selftune.train.jobs import GRPOJob
 from selftune.train.launch import run_training
 from selftune.train.toolkit import check_trainable, check_training_memory, record_adapter, resume_point
@@ -77,7 +78,7 @@ def grpo_stage(
     estimate = check_training_memory(
         dpo_model, cfg, "grpo", examples=len(prompts) * cfg.grpo.num_generations, length=fit.longest
     )
-    inputs = {"prompts": Path(prompts_path), "dpo_model": Path(dpo_model)}
+    inputs = {"prompts": Path(prompts_path), "dpo_model": Path(dpo_model), **scorer_inputs(cfg, prompts, prompts_path)}
     start = run.begin(GRPO_STAGE, cfg, inputs=inputs, round_number=round_number)
     if start.reused:
         return start.reused

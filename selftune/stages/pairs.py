@@ -28,7 +28,7 @@ from selftune.run.files import write_jsonl
 from selftune.run.folder import Run
 from selftune.run.plan import prompts_round
 from selftune.run.spec import StageSpec
-from selftune.scoring.registry import judges_with_policy, make_scorer, score_samples
+from selftune.scoring.registry import judges_with_policy, make_scorer, score_samples, scorer_inputs
 
 logger = logging.getLogger("selftune.pairs")
 
@@ -92,6 +92,7 @@ def pairs_stage(
     base_samples = read_records(base_path, "samples")
     round_samples = read_records(round_path, "samples")
     inputs = {"prompts": prompts_path, "sft": sft_path, "base_samples": base_path}
+    inputs.update(scorer_inputs(cfg, prompts, prompts_path))
     if round_number > 1:  # round 1's prompts and samples are the ones above
         inputs.update(eval_prompts=eval_prompts_path, round_samples=round_path)
     if policy and Path(policy).is_dir():

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from selftune.config import PipelineConfig
+from selftune.data.arithmetic import SOURCE as ARITHMETIC
+from selftune.data.arithmetic import build_arithmetic_prompts
 from selftune.data.prompts import build_prompts, import_prompts
 from selftune.run.files import write_jsonl
 from selftune.run.folder import Run
@@ -26,7 +28,8 @@ def prompts_stage(run: Run, cfg: PipelineConfig, *, source: Path | None = None, 
     built-in train prompts (`prompts.fresh_each_round`) to round-R/prompts/prompts.jsonl."""
 
     cfg = PROMPTS_STAGE.view(cfg)
-    source = Path(source) if source else (None if cfg.prompts.source == "builtin" else Path(cfg.prompts.source))
+    builtin = cfg.prompts.source in ("builtin", ARITHMETIC)
+    source = Path(source) if source else (None if builtin else Path(cfg.prompts.source))
     # An imported file is read and validated in full before the stage starts: a bad row leaves
     # the run's earlier prompts (and their manifest) as they were.
     imported = import_prompts(source) if source else None
@@ -37,6 +40,9 @@ def prompts_stage(run: Run, cfg: PipelineConfig, *, source: Path | None = None, 
     with start as stage:
         if imported is not None:
             records = imported
+        elif cfg.prompts.source == ARITHMETIC:
+            p = cfg.prompts
+            records = build_arithmetic_prompts(p.n_train, p.n_eval, p.seed, round_number=round_number)
         else:
             p = cfg.prompts
             records = build_prompts(

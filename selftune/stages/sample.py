@@ -41,7 +41,7 @@ from selftune.run.folder import Run
 from selftune.run.plan import prompts_round
 from selftune.run.spec import StageSpec
 from selftune.scoring.base import Scorer
-from selftune.scoring.registry import make_scorer, score_samples
+from selftune.scoring.registry import make_scorer, score_samples, scorer_inputs
 
 
 def retry_unsolved(
@@ -152,7 +152,7 @@ def sample_stage(
         prompts_path = run.output_of("prompts", "prompts", round_number=prompts_round(cfg, round_number))
     prompts = scorable_train_prompts(prompts_path, cfg.sample.scorer.kind)
     policy = policy or cfg.model.spec
-    inputs = {"prompts": prompts_path}
+    inputs = {"prompts": prompts_path, **scorer_inputs(cfg, prompts, prompts_path)}
     if Path(policy).is_dir():
         inputs["policy"] = Path(policy)
     params = sampling_params(cfg, n=cfg.sample.k, seed=cfg.sample.seed)
