@@ -5,7 +5,8 @@ The GGUF file is written with the `gguf` package's writer, the library that read
 model: llama.cpp's tensor names and metadata keys, the query and key weights permuted to its
 rotary layout (transformers' GGUF loader permutes them back), the byte-level BPE vocabulary,
 merges and chat template. `check_gguf` loads the file back with transformers and compares its
-greedy answers with the merged model's.
+greedy answers with the merged model's; `check_in_llama_cpp` opens it in llama.cpp itself and
+compares next-token predictions, teacher-forced.
 
 Usage:
     selftune export runs/demo --to gguf --quant q8_0
@@ -27,7 +28,7 @@ from huggingface_hub import HfApi
 from safetensors.torch import load_file
 
 from selftune.config.loading import dump_config
-from selftune.errors import SelftuneError
+from selftune.errors import MissingExtraError, SelftuneError
 from selftune.models import unload
 from selftune.run.files import atomic_dir
 from selftune.run.plan import fresh_prompts, stage_manifests
@@ -248,6 +249,67 @@ def check_gguf(
         unload(model)
     identical = sum(a == b for a, b in zip(*answers))
     return GGUFCheck(len(prompts), identical, tokenizer.decode(answers[1][0], skip_special_tokens=True))
+
+
+@dataclass(frozen=True)
+class LlamaCppCheck:
+    sequences: int
+    positions: int  # next-token predictions compared
+    top1_agree: int  # positions where llama.cpp's most likely next token is the merged model's
+    max_abs_logit_diff: float
+    tokenization_identical: int  # sequences llama.cpp tokenizes (from text) to the merged model's ids
+
+
+def check_in_llama_cpp(
+    gguf_path: Path, model_dir: Path, prompts: list[str] = CHECK_PROMPTS, answer_tokens: int = 32
+) -> LlamaCppCheck:
+    """Open the GGUF file in llama.cpp itself (llama-cpp-python, the `llama` extra) and compare it
+    with the merged model, teacher-forced: each prompt (chat template applied) followed by the
+    merged model's greedy answer is fed to both as the same token ids, and at every position the
+    two models' most likely next token and their logits are compared. Free-running answers are not
+    the measure: two faithful models part ways on near-tied logits and never meet again. Also
+    counts the sequences whose text llama.cpp's own tokenizer (the GGUF's vocabulary and merges)
+    turns into the same ids. One model in memory at a time."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise MissingExtraError(
+            "checking a GGUF in llama.cpp needs the llama extra: pip install 'selftune[llama]'"
+        ) from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    sequences, expected = [], []
+    for prompt in prompts:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        with torch.no_grad():
+            output = model.generate(**ids, max_new_tokens=answer_tokens, do_sample=False)
+            sequences.append(output[0].tolist())
+            expected.append(model(output).logits[0].float().numpy())
+    unload(model)
+    del model
+
+    llm = llama_cpp.Llama(
+        model_path=str(gguf_path), n_ctx=max(map(len, sequences)) + 8, logits_all=True, verbose=False, seed=0
+    )
+    try:
+        positions = agree = tokenized = 0
+        worst = 0.0
+        for ids, theirs in zip(sequences, expected):
+            llm.reset()
+            llm.eval(ids)
+            ours = np.asarray(llm.scores[: len(ids)], dtype=np.float32)
+            positions += len(ids)
+            agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
+            worst = max(worst, float(np.abs(ours - theirs[:, : ours.shape[1]]).max()))
+            text = tokenizer.decode(ids)
+            tokenized += llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+    finally:
+        llm.close()
+    return LlamaCppCheck(len(sequences), positions, agree, round(worst, 4), tokenized)
 
 
 def write_hf(model_dir: Path, out: Path, card: str) -> Path:

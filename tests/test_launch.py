@@ -278,3 +278,30 @@ def test_two_processes_train_grpo_with_groups_split_between_them(tmp_path, tiny_
     digests = rank_digests(folder)
     assert sorted(digests) == [0, 1] and len(set(digests.values())) == 1  # one adapter in both processes
     assert (folder / "merged").is_dir()
+
+
+@pytest.mark.launch
+def test_grpo_in_two_processes_rewards_with_a_verifier_file(tmp_path, tiny_model_dir):
+    # The verifier is imported by reference in each training process; every call logs its process.
+    calls = tmp_path / "calls.log"
+    verifier = tmp_path / "verify.py"
+    verifier.write_text(
+        "import os\n"
+        "def verify(prompts, completions, answer, **kw):\n"
+        f"    open({str(calls)!r}, 'a').write(f'{{os.getpid()}} {{len(completions)}}\\n')\n"
+        "    return [float(len(c[0]['content']) % 2 == 0) for c in completions]\n"
+    )
+    run_dir = tmp_path / "run"
+    grpo = ["grpo.enabled=true", "grpo.bf16=false", "grpo.per_device_batch_size=2", "grpo.learning_rate=1e-2"]
+    scorer = [
+        "prompts.source=builtin:arithmetic",
+        "sample.scorer.kind=function",
+        f"sample.scorer.function={verifier}:verify",
+    ]
+    settings = [item for s in (f"model.spec={tiny_model_dir}", *grpo, *scorer) for item in ("--set", s)]
+    _selftune(["run", *COMMON, *TWO_PROCESSES, *settings, "--run-dir", str(run_dir), "--until", "grpo"])
+    manifest = json.loads((run_dir / "round-1" / "grpo" / "manifest.json").read_text())
+    assert manifest["metrics"]["processes"] == 2 and 0 <= manifest["metrics"]["reward_mean"] <= 1
+    assert manifest["inputs"]["verifier"]["path"].endswith("verify.py")
+    pids = {line.split()[0] for line in calls.read_text().splitlines()}
+    assert len(pids) >= 3  # the orchestrator (checks, sample, pairs) and both training processes

@@ -324,3 +324,47 @@ def test_a_bad_verifier_stops_the_run_before_any_stage_writes(tmp_path, tiny_mod
     with pytest.raises(ConfigError, match="non-finite score"):
         run_pipeline(tmp_path / "run", cfg, on_event=lambda line: None)
     assert not (tmp_path / "run" / "round-1" / "sample").exists()  # the prompts stage alone ran
+
+
+def test_evaluate_models_with_a_verifier_from_the_command_line(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from selftune.cli import app
+    from selftune.run.files import write_jsonl
+
+    prompts = tmp_path / "problems.jsonl"
+    write_jsonl(prompts, [r for r in build_arithmetic_prompts(n_train=2, n_eval=4) if r.split == "eval"])
+    ref = _verifier(tmp_path, EVEN)
+    args = ["evaluate", "--model", f"base={tiny_model_dir}", "--prompts", str(prompts), "--out", str(tmp_path / "ev")]
+    result = CliRunner().invoke(app, [*args, "--verifier", ref])
+    assert result.exit_code == 0, result.output
+    assert "eval (verifier) prompt strict" in " ".join(result.output.split())
+    following = json.loads((tmp_path / "ev" / "results.json").read_text())["models"]["base"]["instruction_following"]
+    assert following["verifier"] == ref and following["prompts"] == 4
+    # Without a verifier these prompts (no constraints) have nothing to be measured by.
+    bare = CliRunner().invoke(app, args)  # (the console script prints a SelftuneError as one line)
+    assert "no eval prompts with constraints" in str(bare.exception)
+    bad = CliRunner().invoke(app, [*args, "--verifier", "nocolon"], env={"COLUMNS": "400"})
+    assert bad.exit_code != 0 and "expected 'package.module:function'" in " ".join(bad.output.split())
+
+
+def test_a_changed_number_is_a_minimal_contrast_kept_however_similar():
+    from selftune.data.pairs import Chosen, build_pairs
+
+    prompt = _prompt("m1", answer="42")
+    good = "Six sevens are " + "counted one by one, " * 10 + "so the answer is 42."
+    pairs, counts = build_pairs(
+        [prompt],
+        chosen={"m1": Chosen(good, "sft-data")},
+        policy_failures={},
+        base_failures={},
+        scorer=FunctionScorer("builtin:final_number"),
+        weights={"corrupt:change-number": 1.0, "corrupt:repeat": 1.0},
+        pairs_per_prompt=2,
+        max_similarity=0.9,
+        seed=0,
+    )
+    [pair] = [p for p in pairs if p.negative_source == "corrupt:change-number"]
+    rejected = pair.rejected[0].content
+    assert rejected[:-4] == good[:-4] and final_number_of(rejected) != 42  # 0.99 similar, kept
+    assert pair.chosen_score == 1.0 and pair.rejected_score == 0.0

@@ -72,6 +72,12 @@ def evaluate(
     tasks_from: Path | None = typer.Option(
         None, "--tasks-from", help="A folder of lm-eval task YAML files (tasks over your own local data)."
     ),
+    verifier: str | None = typer.Option(
+        None,
+        "--verifier",
+        help="With --model: the eval prompts judged by this verifier function too (file.py:fn, module:fn or "
+        "builtin:NAME, e.g. builtin:final_number); a run uses its own scorer.",
+    ),
 ):
     """Evaluate models one at a time: each is loaded fresh, measured, and unloaded before the next.
 
@@ -85,6 +91,8 @@ def evaluate(
 
     if run_dir is None and not model:
         raise typer.BadParameter("give a run directory, or --model NAME=SPEC with --prompts")
+    if verifier and not model:
+        raise typer.BadParameter("--verifier goes with --model (a run's evaluation uses the run's scorer)")
     run = Run(run_dir) if run_dir else None
     cfg = run.saved_config() if run else load_config()
     try:
@@ -101,6 +109,7 @@ def evaluate(
             chat_template=chat_template,
             tasks_from=tasks_from,
             max_new_tokens=max_new_tokens,
+            verifier=verifier,
         )
     except OptionError as exc:
         raise typer.BadParameter(str(exc), param_hint=exc.option) from None
@@ -118,7 +127,7 @@ def evaluate(
         pairs_path = pairs or (run.optional_output("pairs", "eval_pairs", round_number=round_number) if run else None)
         results = evaluate_models(
             specs,
-            eval_prompts(prompts_path) if prompts_path else [],
+            eval_prompts(prompts_path, cfg.sample.scorer.kind) if prompts_path else [],
             read_records(pairs_path, "pairs") if pairs_path else [],
             cfg,
             reference=reference or specs[0][0],

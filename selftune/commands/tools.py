@@ -231,14 +231,31 @@ def export(
     quant: str = typer.Option("f32", "--quant", help="GGUF weights: f32, f16 or q8_0."),
     push: str | None = typer.Option(None, "--push", help="With --to hf: upload the folder to this Hub repo id."),
     check: bool = typer.Option(True, "--check/--no-check", help="GGUF: load it back and compare greedy answers."),
+    llama_cpp: bool = typer.Option(
+        False,
+        "--llama-cpp",
+        help="GGUF: open it in llama.cpp (the llama extra) and compare its next-token predictions with the "
+        "merged model's, teacher-forced.",
+    ),
 ):
     """Export a run's merged model: a GGUF file, or a Hugging Face folder with a model card."""
-    from selftune.export import QUANTS, check_gguf, model_card, push_folder, run_model, write_gguf, write_hf
+    from selftune.export import (
+        QUANTS,
+        check_gguf,
+        check_in_llama_cpp,
+        model_card,
+        push_folder,
+        run_model,
+        write_gguf,
+        write_hf,
+    )
 
     if to not in ("gguf", "hf"):
         raise typer.BadParameter(f"{to!r}: choose gguf or hf", param_hint="--to")
     if quant not in QUANTS:
         raise typer.BadParameter(f"{quant!r}: choose {', '.join(QUANTS)}", param_hint="--quant")
+    if llama_cpp and to != "gguf":
+        raise typer.BadParameter("--llama-cpp needs --to gguf", param_hint="--llama-cpp")
     if push and to != "hf":
         raise typer.BadParameter("--push needs --to hf", param_hint="--push")
     run = Run(run_dir)
@@ -252,6 +269,15 @@ def export(
             console.print(
                 f"loaded back with transformers: {result.identical} of {result.prompts} greedy answers identical "
                 f"to the merged model's; first: {escape(result.first_answer)!r}",
+                soft_wrap=True,
+            )
+        if llama_cpp:
+            found = check_in_llama_cpp(path, model_dir)
+            console.print(
+                f"opened in llama.cpp: next token agrees with the merged model's at {found.top1_agree} of "
+                f"{found.positions} positions ({found.sequences} prompts and answers, teacher-forced), max |logit "
+                f"difference| {found.max_abs_logit_diff}; llama.cpp's tokenizer gives the same ids for "
+                f"{found.tokenization_identical} of {found.sequences}",
                 soft_wrap=True,
             )
         return

@@ -120,6 +120,10 @@ def _change_number(text: str, prompt, rng, context) -> str | None:
     return text[: found.start()] + written + text[found.end() :]
 
 
+# Negatives that differ from their chosen answer on purpose in one place (the scorer still has to
+# score them lower): kept however similar the two texts are.
+MINIMAL_CONTRASTS = ("original", "corrupt:change-number")
+
 CORRUPTIONS: dict[str, Corruption] = {
     "truncate": _truncate,
     "violate-constraint": _violate_constraint,
@@ -250,7 +254,7 @@ def build_pairs(
                     dropped[f"{source}:not_applicable"] += 1
                     continue
                 bad_score = scorer.score(prompt, [bad])[0].score
-            if similarity(good.strip(), bad.strip()) >= max_similarity and source != "original":
+            if similarity(good.strip(), bad.strip()) >= max_similarity and source not in MINIMAL_CONTRASTS:
                 dropped["near_identical"] += 1
                 continue
             if good.strip() == bad.strip() or not good_score > bad_score:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selftune.config import EVALUATED_MODELS, PipelineConfig
+from selftune.config import EVALUATED_MODELS, PipelineConfig, ScorerSection
 from selftune.data.benchmarks import parse_benchmark
 from selftune.errors import SelftuneError
 
@@ -32,8 +32,15 @@ def apply_evaluate_options(
     chat_template: bool | None = None,
     tasks_from: Path | None = None,
     max_new_tokens: int | None = None,
+    verifier: str | None = None,
 ) -> PipelineConfig:
     """`cfg` with the options given (None and empty lists leave a setting as it is)."""
+    if verifier is not None:
+        try:
+            cfg.sample.scorer = ScorerSection(kind="function", function=verifier)
+        except ValueError as exc:
+            problem = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+            raise OptionError("--verifier", problem.removeprefix("Value error, ")) from None
     if models is not None:
         names = [name.strip() for name in models.split(",") if name.strip()]
         unknown = [name for name in names if name not in EVALUATED_MODELS]

@@ -65,7 +65,9 @@ def print_results_table(results: dict, title: str) -> None:
         print_table(
             header,
             rows,
-            "prompt-level strict gain vs base, with its noise (IFEval-style eval prompts; benchmarks by name)",
+            "prompt-level strict gain vs base, with its noise ("
+            + own_label(next(iter(results["models"].values())).get("instruction_following", {}))
+            + " eval prompts; benchmarks by name)",
             transpose=False,
         )
 

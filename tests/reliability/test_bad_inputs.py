@@ -113,6 +113,23 @@ def _corrupt_header(folder: Path) -> None:
     weights.write_bytes(bytes(data))
 
 
+PROBLEM = {"id": "a1", "messages": [{"role": "user", "content": "What is 6 times 7?"}], "answer": "42"}
+
+
+def verified_with(function: str, expect: list[str], source: str | None = None, *rows) -> dict:
+    """`sample` on the finished run with scorer kind function: `function` names the verifier (a
+    {tmp}/v.py holding `source` when given), the prompts are word problems (`rows`, else two)."""
+    files = {"p.jsonl": jsonl(*(rows or (PROMPT | PROBLEM, PROMPT | PROBLEM | {"id": "a2"})))}
+    if source is not None:
+        files["v.py"] = source
+    return {
+        "args": ["sample", "--run", "{run}", "--prompts", "{tmp}/p.jsonl"]
+        + ["--set", "sample.scorer.kind=function", "--set", f"sample.scorer.function={function}"],
+        "files": files,
+        "expect": expect,
+    }
+
+
 def sample_with_model(spec: str, expect: list[str], **extra) -> dict:
     return dict(args=["sample", "--run", "{run}", "--set", f"model.spec={spec}"], expect=expect, **extra)
 
@@ -522,6 +539,77 @@ CASES = [
     Case("compare-missing-run", args=["compare", "{run}", "{tmp}/nosuch"], expect=["nosuch: no such run folder"]),
     Case(
         "run-unknown-from-stage", args=["run", "--run-dir", "{run}", "--from", "sfft"], expect=["unknown stage 'sfft'"]
+    ),
+    # ---- verifier functions (scorer kind function) and reference answers ----
+    Case("verifier-missing-module", **verified_with("nowhere_module:verify", ["no module named 'nowhere_module'"])),
+    Case(
+        "verifier-missing-function",
+        **verified_with(
+            "{tmp}/v.py:verify", ["v.py defines no 'verify'"], "def check(prompts, completions):\n    ...\n"
+        ),
+    ),
+    Case("verifier-missing-file", **verified_with("{tmp}/none.py:verify", ["no file", "none.py"])),
+    Case(
+        "verifier-wrong-arity",
+        **verified_with(
+            "{tmp}/v.py:verify",
+            ["cannot take the call fn(prompts, completions, answer)", "fn(prompts, completions, **columns)"],
+            "def verify(completion):\n    return [1.0]\n",
+        ),
+    ),
+    Case(
+        "verifier-wrong-length",
+        **verified_with(
+            "{tmp}/v.py:verify",
+            ["returned 1 scores for 2 completions", "one per completion"],
+            "def verify(prompts, completions, **kw):\n    return [1.0]\n",
+        ),
+    ),
+    Case(
+        "verifier-nan-score",
+        **verified_with(
+            "{tmp}/v.py:verify",
+            ["returned a non-finite score (nan)"],
+            "def verify(prompts, completions, **kw):\n    return [float('nan')] * len(completions)\n",
+        ),
+    ),
+    Case(
+        "verifier-raises-on-import",
+        **verified_with("{tmp}/v.py:verify", ["importing", "failed: ZeroDivisionError"], "x = 1 / 0\n"),
+    ),
+    Case(
+        "reference-not-a-number",
+        **verified_with(
+            "builtin:final_number",
+            ["p.jsonl: prompt a2: answer: 'forty-two' is not a number"],
+            None,
+            PROMPT | PROBLEM,
+            PROMPT | PROBLEM | {"id": "a2", "answer": "forty-two"},
+        ),
+    ),
+    Case(
+        "reference-bad-regex",
+        **verified_with(
+            "builtin:regex_match",
+            ["p.jsonl: prompt a1: pattern: '([0-9]' is not a valid"],
+            None,
+            PROBLEM | {"pattern": "([0-9]"},
+        ),
+    ),
+    Case(
+        "reference-bad-json-schema",
+        **verified_with(
+            "builtin:json_schema",
+            ["p.jsonl: prompt a1: schema: not a valid JSON Schema"],
+            None,
+            PROBLEM | {"schema": {"type": "object", "required": "n"}},
+        ),
+    ),
+    Case(
+        "run-with-a-missing-verifier",
+        args=["run", "--run-dir", "{run}", "--set", "sample.scorer.kind=function"]
+        + ["--set", "sample.scorer.function={tmp}/gone.py:verify"],
+        expect=["verifier", "gone.py:verify", "no file"],
     ),
     # ---- limits: the context window and memory, checked before any weights load ----
     Case(
