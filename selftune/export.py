@@ -198,7 +198,7 @@ def _add_tokenizer(writer, tokenizer, model_dir: Path) -> None:
             types.append(gguf.TokenType.NORMAL)
     merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model.get("merges", [])]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(_pre_tokenizer(spec.get("pre_tokenizer")))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
@@ -213,6 +213,23 @@ def _add_tokenizer(writer, tokenizer, model_dir: Path) -> None:
     writer.add_add_bos_token(False)
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
+
+
+def _pre_tokenizer(pre: dict | None) -> str:
+    """llama.cpp's name for how the tokenizer splits text before BPE (`tokenizer.ggml.pre`). With
+    `default`, llama.cpp splits by its own pattern, and a user's text becomes other ids than the model
+    was trained on ("it's": `it`, `'`, `s` instead of `it`, `'s`), though the model's weights and
+    vocabulary are exact. GPT-2's byte-level pattern (SmolLM2 and the tiny test model, checked by
+    tests/test_llama_cpp.py) is `gpt-2`; the same after single digits are split off is `smollm`.
+    Other pre-tokenizers keep `default`: `selftune export --llama-cpp` counts the texts llama.cpp
+    tokenizes differently."""
+    steps = (pre or {}).get("pretokenizers") if (pre or {}).get("type") == "Sequence" else [pre or {}]
+    kinds = [(step.get("type"), step.get("use_regex", step.get("individual_digits"))) for step in steps or []]
+    if kinds == [("ByteLevel", True)]:
+        return "gpt-2"
+    if kinds == [("Digits", True), ("ByteLevel", True)]:
+        return "smollm"
+    return "default"
 
 
 def check_gguf(
@@ -251,13 +268,18 @@ def check_gguf(
     return GGUFCheck(len(prompts), identical, tokenizer.decode(answers[1][0], skip_special_tokens=True))
 
 
+# Contractions, digits, spaces, newlines and non-Latin text: where pre-tokenizers differ.
+TOKENIZER_PROBE = "It's 1,234 apples; don't   they'll cost $5.50?\n\n  Ünïcödé — 東京 🦙 x2.\t<b>ok</b>"
+
+
 @dataclass(frozen=True)
 class LlamaCppCheck:
     sequences: int
     positions: int  # next-token predictions compared
     top1_agree: int  # positions where llama.cpp's most likely next token is the merged model's
     max_abs_logit_diff: float
-    tokenization_identical: int  # sequences llama.cpp tokenizes (from text) to the merged model's ids
+    tokenization_texts: int  # each sequence's text, and TOKENIZER_PROBE
+    tokenization_identical: int  # texts llama.cpp tokenizes to the ids the model's own tokenizer gives
 
 
 def check_in_llama_cpp(
@@ -268,8 +290,9 @@ def check_in_llama_cpp(
     merged model's greedy answer is fed to both as the same token ids, and at every position the
     two models' most likely next token and their logits are compared. Free-running answers are not
     the measure: two faithful models part ways on near-tied logits and never meet again. Also
-    counts the sequences whose text llama.cpp's own tokenizer (the GGUF's vocabulary and merges)
-    turns into the same ids. One model in memory at a time."""
+    counts the texts (each sequence's, and `TOKENIZER_PROBE`) that llama.cpp's own tokenizer (the
+    GGUF's vocabulary, merges and pre-tokenizer) turns into the ids the model's tokenizer gives. One
+    model in memory at a time."""
     try:
         import llama_cpp
     except ImportError:
@@ -305,11 +328,13 @@ def check_in_llama_cpp(
             positions += len(ids)
             agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
             worst = max(worst, float(np.abs(ours - theirs[:, : ours.shape[1]]).max()))
-            text = tokenizer.decode(ids)
-            tokenized += llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+        texts = [tokenizer.decode(ids) for ids in sequences] + [TOKENIZER_PROBE]
+        for text in texts:
+            want = tokenizer(text, add_special_tokens=False)["input_ids"]
+            tokenized += llm.tokenize(text.encode(), add_bos=False, special=True) == want
     finally:
         llm.close()
-    return LlamaCppCheck(len(sequences), positions, agree, round(worst, 4), tokenized)
+    return LlamaCppCheck(len(sequences), positions, agree, round(worst, 4), len(texts), tokenized)
 
 
 def write_hf(model_dir: Path, out: Path, card: str) -> Path:

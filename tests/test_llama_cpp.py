@@ -5,6 +5,8 @@ the embedded model is checked too. `make test-slow` runs it; without the extra i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from selftune.export import check_in_llama_cpp, write_gguf
@@ -16,7 +18,7 @@ pytestmark = pytest.mark.slow
 def _report(label: str, found) -> None:
     print(
         f"\n{label}: top-1 {found.top1_agree}/{found.positions}, max |logit diff| {found.max_abs_logit_diff}, "
-        f"tokenization {found.tokenization_identical}/{found.sequences}"
+        f"tokenization {found.tokenization_identical}/{found.tokenization_texts}"
     )
 
 
@@ -25,7 +27,8 @@ def test_llama_cpp_predicts_the_tiny_models_next_tokens(tiny_model_dir, tmp_path
     found = check_in_llama_cpp(write_gguf(tiny_model_dir, tmp_path / f"tiny-{quant}.gguf", quant), tiny_model_dir)
     _report(f"tiny {quant}", found)
     assert found.sequences == 3 and found.positions > 3 * 32
-    assert found.tokenization_identical == found.sequences  # the GGUF's vocabulary and merges are the tokenizer's
+    # The GGUF's vocabulary, merges and pre-tokenizer split text as the model's own tokenizer does.
+    assert found.tokenization_identical == found.tokenization_texts == 4
     if quant == "f32":
         assert found.top1_agree == found.positions
         assert found.max_abs_logit_diff < 1e-2
@@ -38,10 +41,10 @@ def test_llama_cpp_predicts_the_embedded_models_next_tokens(builtin_home, tmp_pa
     monkeypatch.setenv("SELFTUNE_HOME", str(builtin_home))
     from selftune.models import resolve_model_path
 
-    model_dir = resolve_model_path("builtin:smollm2-135m-instruct")
+    model_dir = Path(resolve_model_path("builtin:smollm2-135m-instruct"))
     found = check_in_llama_cpp(write_gguf(model_dir, tmp_path / f"smollm2-{quant}.gguf", quant), model_dir)
     _report(f"SmolLM2-135M-Instruct {quant}", found)
-    assert found.tokenization_identical == found.sequences
+    assert found.tokenization_identical == found.tokenization_texts
     if quant == "f32":
         assert found.top1_agree == found.positions
         assert found.max_abs_logit_diff < 0.2

@@ -276,8 +276,8 @@ def export(
             console.print(
                 f"opened in llama.cpp: next token agrees with the merged model's at {found.top1_agree} of "
                 f"{found.positions} positions ({found.sequences} prompts and answers, teacher-forced), max |logit "
-                f"difference| {found.max_abs_logit_diff}; llama.cpp's tokenizer gives the same ids for "
-                f"{found.tokenization_identical} of {found.sequences}",
+                f"difference| {found.max_abs_logit_diff}; llama.cpp's tokenizer gives the model's ids for "
+                f"{found.tokenization_identical} of {found.tokenization_texts} texts",
                 soft_wrap=True,
             )
         return
