@@ -126,26 +126,20 @@ def build_arithmetic_prompts(
         n_train * (round_number - 1) :
     ]
     prefix = "arith" if round_number == 1 else f"arith-r{round_number}"
-    records = [
+    records = _records(prefix, "train", train)
+    if round_number > 1:
+        return records
+    return records + _records("arith-eval", "eval", _problems(random.Random(f"arithmetic-eval-{seed}"), "eval", n_eval))
+
+
+def _records(prefix: str, split: str, problems: list[tuple[str, int, str]]) -> list[PromptRecord]:
+    return [
         PromptRecord(
             id=f"{prefix}-{i:04d}",
             messages=[{"role": "user", "content": text}],
-            split="train",
+            split=split,
             answer=str(answer),
             operation=operation,
         )
-        for i, (text, answer, operation) in enumerate(train)
-    ]
-    if round_number > 1:
-        return records
-    held_out = _problems(random.Random(f"arithmetic-eval-{seed}"), "eval", n_eval)
-    return records + [
-        PromptRecord(
-            id=f"arith-eval-{i:04d}",
-            messages=[{"role": "user", "content": text}],
-            split="eval",
-            answer=str(answer),
-            operation=operation,
-        )
-        for i, (text, answer, operation) in enumerate(held_out)
+        for i, (text, answer, operation) in enumerate(problems)
     ]
