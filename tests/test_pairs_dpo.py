@@ -42,7 +42,8 @@ GOOD = {
 CHOSEN = {pid: Chosen(text, "policy") for pid, text in GOOD.items()}
 
 
-@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+# change-number fails a reference answer, not a constraint: tests/test_verifiers.py scores it with one.
+@pytest.mark.parametrize("name", sorted(set(CORRUPTIONS) - {"change-number"}))
 def test_every_corruption_scores_lower_than_the_chosen(name):
     scorer = ConstraintScorer()
     context = {"passing_answers": GOOD}
