@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -282,6 +283,33 @@ class LlamaCppCheck:
     tokenization_identical: int  # texts llama.cpp tokenizes to the ids the model's own tokenizer gives
 
 
+@contextmanager
+def _plain_cpu_buffers(llama_cpp):
+    """Load with llama.cpp's plain CPU weight buffers, without the extra buffer types that repack
+    weights for a CPU's matrix units. On CPUs with AMX (Intel Xeon Sapphire Rapids and later),
+    llama.cpp's AMX repack path crashed the process on q8_0 files (a segmentation fault in decode,
+    seen here with llama-cpp-python 0.3.36; llama.cpp issue 20824), while the same file loaded
+    with plain buffers gave the expected logits. The check measures the file against the model,
+    not a kernel, so it uses the plain path. llama-cpp-python does not expose the model parameter
+    `use_extra_bufts` in `Llama()`, so the defaults it starts from are adjusted for this load."""
+    module = llama_cpp.llama_cpp
+    defaults = module.llama_model_default_params
+    if "use_extra_bufts" not in {name for name, _ in module.llama_model_params._fields_}:
+        yield  # an older llama.cpp without extra buffer types
+        return
+
+    def plain():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    module.llama_model_default_params = plain
+    try:
+        yield
+    finally:
+        module.llama_model_default_params = defaults
+
+
 def check_in_llama_cpp(
     gguf_path: Path, model_dir: Path, prompts: list[str] = CHECK_PROMPTS, answer_tokens: int = 32
 ) -> LlamaCppCheck:
@@ -315,9 +343,10 @@ def check_in_llama_cpp(
     unload(model)
     del model
 
-    llm = llama_cpp.Llama(
-        model_path=str(gguf_path), n_ctx=max(map(len, sequences)) + 8, logits_all=True, verbose=False, seed=0
-    )
+    with _plain_cpu_buffers(llama_cpp):
+        llm = llama_cpp.Llama(
+            model_path=str(gguf_path), n_ctx=max(map(len, sequences)) + 8, logits_all=True, verbose=False, seed=0
+        )
     try:
         positions = agree = tokenized = 0
         worst = 0.0

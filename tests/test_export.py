@@ -92,3 +92,30 @@ def test_export_options_are_checked(finished_run):
     assert bad.exit_code == 2 and "onnx" in bad.output
     bad = runner.invoke(app, ["export", str(finished_run), "--to", "gguf", "--quant", "q4"])
     assert bad.exit_code == 2 and "q4" in bad.output
+
+
+def test_the_llama_cpp_check_loads_without_extra_buffers_and_restores_the_defaults():
+    """llama.cpp's AMX repack buffers crashed q8_0 files on AMX CPUs: the check turns them off for its
+    own load only, and leaves llama-cpp-python's defaults as they were, even when the load fails."""
+    import ctypes
+    import types
+
+    from selftune.export import _plain_cpu_buffers
+
+    class Params(ctypes.Structure):
+        _fields_ = [("n_gpu_layers", ctypes.c_int32), ("use_extra_bufts", ctypes.c_bool)]
+
+    def defaults():
+        params = Params()
+        params.use_extra_bufts = True
+        return params
+
+    inner = types.SimpleNamespace(llama_model_params=Params, llama_model_default_params=defaults)
+    fake = types.SimpleNamespace(llama_cpp=inner)
+    with _plain_cpu_buffers(fake):
+        assert inner.llama_model_default_params().use_extra_bufts is False
+    assert inner.llama_model_default_params is defaults
+    with pytest.raises(RuntimeError), _plain_cpu_buffers(fake):
+        raise RuntimeError("load failed")
+    assert inner.llama_model_default_params is defaults
+    assert inner.llama_model_default_params().use_extra_bufts is True
