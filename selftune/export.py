@@ -233,6 +233,17 @@ def _pre_tokenizer(pre: dict | None) -> str:
     return "default"
 
 
+def _greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[torch.Tensor, int]:
+    """`prompt` as a user turn (chat template applied) followed by the model's greedy answer, as ids
+    of shape [1, n], and where the answer starts."""
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.no_grad():
+        output = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+    return output, ids["input_ids"].shape[1]
+
+
 def check_gguf(
     gguf_path: Path, model_dir: Path, prompts: list[str] = CHECK_PROMPTS, max_new_tokens: int = 16, progress=None
 ) -> GGUFCheck:
@@ -255,12 +266,8 @@ def check_gguf(
         for done, prompt in enumerate(prompts):
             if progress:
                 progress(f"answering with the {source} model", done, len(prompts))
-            ids = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
-            with torch.no_grad():
-                output = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
-            tokens.append(output[0, ids["input_ids"].shape[1] :].tolist())
+            output, start = _greedy(model, tokenizer, prompt, max_new_tokens)
+            tokens.append(output[0, start:].tolist())
         answers.append(tokens)
         if progress:
             progress(f"answering with the {source} model", len(prompts), len(prompts))
@@ -333,12 +340,9 @@ def check_in_llama_cpp(
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     sequences, expected = [], []
     for prompt in prompts:
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
+        output, _ = _greedy(model, tokenizer, prompt, answer_tokens)
+        sequences.append(output[0].tolist())
         with torch.no_grad():
-            output = model.generate(**ids, max_new_tokens=answer_tokens, do_sample=False)
-            sequences.append(output[0].tolist())
             expected.append(model(output).logits[0].float().numpy())
     unload(model)
     del model

@@ -20,9 +20,13 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from selftune.data.arithmetic import SOURCE as ARITHMETIC_SOURCE
 from selftune.data.constraints.registry import CONSTRAINTS, compatible, describe, validated_params
 from selftune.data.records import PromptRecord, RowProblem, convert_rows, read_records, with_id
 from selftune.errors import RecordError
+
+# `prompts.source` values built in code rather than read from a file (fresh train prompts each round).
+BUILTIN_SOURCES = ("builtin", ARITHMETIC_SOURCE)
 
 FORMS = {
     "train": [

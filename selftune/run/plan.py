@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from selftune.config import PipelineConfig
+from selftune.data.prompts import BUILTIN_SOURCES
 from selftune.errors import ConfigError
 from selftune.run.folder import Run
 from selftune.run.manifest import Manifest, readable_manifest
@@ -34,7 +35,7 @@ class Step:
 
 def fresh_prompts(cfg: PipelineConfig) -> bool:
     """Whether each round after the first has train prompts of its own (built-in prompts only)."""
-    return cfg.prompts.fresh_each_round and cfg.prompts.source in ("builtin", "builtin:arithmetic")
+    return cfg.prompts.fresh_each_round and cfg.prompts.source in BUILTIN_SOURCES
 
 
 def prompts_round(cfg: PipelineConfig, round_number: int) -> int:

@@ -33,7 +33,6 @@ import importlib
 import importlib.util
 import inspect
 import math
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -67,7 +66,7 @@ def verifier_file(ref: str) -> Path:
     """The source file of the verifier `ref` names (its sha256 goes into the stage's inputs)."""
     target, _ = _split(ref)
     if target == "builtin":
-        return Path(sys.modules[__name__].__file__).with_name("references.py")
+        return Path(__file__).with_name("references.py")
     if _is_file(target):
         path = Path(target).expanduser()
         if not path.is_file():
@@ -170,7 +169,7 @@ def _result(value, ref: str, where: str) -> tuple[float | None, dict]:
         return None, details
     if isinstance(value, bool):
         value = float(value)
-    if not isinstance(value, (int, float)) or isinstance(value, complex):
+    if not isinstance(value, (int, float)):
         try:  # numpy and torch scalars
             value = float(value)
         except (TypeError, ValueError):
@@ -226,9 +225,9 @@ class FunctionScorer:
         where = f"prompt {prompts[0].id}" if len({p.id for p in prompts}) == 1 else f"{len(prompts)} prompts"
         results = []
         for value, details in _call(self.fn, self.ref, prompts, completions, where):
-            checks = {**details, "verifier": value is not None and value >= self.pass_threshold}
+            passed = value is not None and value >= self.pass_threshold
+            checks = {**details, "verifier": passed}
             if value is None:
                 checks["no_verdict"] = True
-            score = 0.0 if value is None else value
-            results.append(ScoreResult(score, value is not None and score >= self.pass_threshold, checks))
+            results.append(ScoreResult(0.0 if value is None else value, passed, checks))
         return results

@@ -11,7 +11,7 @@ from pathlib import Path
 from selftune.config import PipelineConfig
 from selftune.data.arithmetic import SOURCE as ARITHMETIC
 from selftune.data.arithmetic import build_arithmetic_prompts
-from selftune.data.prompts import build_prompts, import_prompts
+from selftune.data.prompts import BUILTIN_SOURCES, build_prompts, import_prompts
 from selftune.run.files import write_jsonl
 from selftune.run.folder import Run
 from selftune.run.spec import StageSpec
@@ -28,7 +28,7 @@ def prompts_stage(run: Run, cfg: PipelineConfig, *, source: Path | None = None, 
     built-in train prompts (`prompts.fresh_each_round`) to round-R/prompts/prompts.jsonl."""
 
     cfg = PROMPTS_STAGE.view(cfg)
-    builtin = cfg.prompts.source in ("builtin", ARITHMETIC)
+    builtin = cfg.prompts.source in BUILTIN_SOURCES
     source = Path(source) if source else (None if builtin else Path(cfg.prompts.source))
     # An imported file is read and validated in full before the stage starts: a bad row leaves
     # the run's earlier prompts (and their manifest) as they were.
