@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test test-slow test-faults test-launch test-floors bench install install-dev clean
+.PHONY: demo test test-slow test-long test-faults test-launch test-floors bench install install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ test: $(VENV)/.installed-dev
 
 test-slow: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m slow
+
+# End-to-end runs on the tiny model that take half a minute or more each on 2 cores (two rounds,
+# with and without grpo; the loop rerun after a verifier edit; each other architecture through
+# DPO; every model load with trust_remote_code; measured memory peaks). Kept out of `make test`
+# so that it stays under 10 minutes; about 6 minutes; CI runs it too.
+test-long: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -m long
 
 # Fault injection on the tiny pipeline (tests/reliability/test_faults.py): SIGKILL in every stage,
 # Ctrl-C, damaged outputs, manifests and checkpoints, a second writer, a full disk (a small tmpfs;

@@ -54,6 +54,7 @@ def test_greedy_answers_of_the_default_backend_equal_plain_generate(arch_model):
     assert ours == [[c.text for c in answers] for answers in reference.generate(prompts, params)]
 
 
+@pytest.mark.long
 def test_sft_merge_pairs_and_dpo_run_and_prompt_sharing_is_proved_or_off(arch_model, tmp_path):
     import selftune
     from selftune.data.records import read_records

@@ -213,14 +213,16 @@ def test_inspect_masks_shows_trained_tokens(tmp_path, tiny_model_dir):
     assert "a: 3 of" in result.output and "hello there" in result.output
 
 
-def test_a_refused_second_writer_leaves_the_runs_config_untouched(tmp_path):
+def test_a_refused_second_writer_leaves_the_runs_config_untouched(tmp_path, tiny_model_dir):
     """Bug: config.yaml was written before the run's lock was taken, so a refused second process
     still rewrote it, and a later plain `selftune run` used the refused process's settings."""
     from selftune.config.loading import load_config
     from selftune.run.folder import Run
 
     run = Run(tmp_path / "run")
-    run.save_config(load_config("tiny"))
+    # The tiny model: the embedded one would be converted first (the context check reads its
+    # shape), half a minute of this test spent before the lock is even asked for.
+    run.save_config(load_config("tiny", overrides=[f"model.spec={tiny_model_dir}"]))
     before = (run.root / "config.yaml").read_bytes()
     with run.lock():
         for args in (

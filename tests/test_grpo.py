@@ -298,6 +298,7 @@ def test_grpo_resumed_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path, t
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.long
 def test_run_with_grpo_trains_it_each_round_evaluates_it_and_starts_the_next_round_from_it(tmp_path, tiny_model_dir):
     run_dir = tmp_path / "run"
     result = CliRunner().invoke(

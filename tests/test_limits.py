@@ -176,6 +176,7 @@ def _estimates_against_peaks(run_dir, model: str | None, until: str, stages: tup
     }
 
 
+@pytest.mark.long
 def test_the_estimates_stay_within_a_factor_of_two_of_the_measured_peaks_on_the_tiny_model(tmp_path, tiny_model_dir):
     for stage, memory in _estimates_against_peaks(
         tmp_path / "run", str(tiny_model_dir), "sft", ("sample", "sft")

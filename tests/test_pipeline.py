@@ -91,6 +91,7 @@ def test_run_end_to_end_then_reuse_then_rerun_only_what_beta_affects(
     assert reported.exit_code == 0 and (run_dir / "report" / "report.html").is_file()
 
 
+@pytest.mark.long
 def test_two_rounds_start_round_two_from_round_one_dpo_and_evaluate_every_model(tmp_path, tiny_model_dir):
     run_dir = tmp_path / "run"
     output = _run(run_dir, tiny_model_dir, "--rounds", "2")
@@ -177,6 +178,7 @@ def test_a_checkpoint_cut_off_while_saving_is_dropped(tmp_path):
     assert not (checkpoints / "checkpoint-1").exists()
 
 
+@pytest.mark.long
 def test_trust_remote_code_reaches_every_model_and_tokenizer_load(tmp_path, tiny_model_dir, monkeypatch):
     """Bug: model.trust_remote_code reached the sample and SFT stages only; pairs, dpo (and its
     merge) and evaluate loaded their models without it. Every load in a run must carry it."""

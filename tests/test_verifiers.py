@@ -271,6 +271,7 @@ EVEN = (
 ODD = EVEN.replace("== 0", "== 1")
 
 
+@pytest.mark.long
 def test_the_loop_runs_with_a_verifier_file_and_an_edit_reruns_what_it_scored(tmp_path, tiny_model_dir):
     ref = _verifier(tmp_path, EVEN)
     overrides = [
