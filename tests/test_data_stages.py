@@ -175,6 +175,34 @@ def test_quality_checks_fail_truncated_and_looping_answers():
 
 
 @pytest.mark.parametrize(
+    "text,loops",
+    [
+        # Loops inside one word: sampled answers of a round-2 model that the word 4-grams passed.
+        ("<<" + "<" * 40 + ">>\n\nin a world where the land is a tapestry.", True),
+        ("the garden was quiet. " + "\U0001f333" * 14, True),
+        ("a list of things;;;;;;;;;;;;;;;;;;;;;;;;", True),
+        ("haha" * 12 + " that was funny.", True),
+        ("so it ends.\n" + "1" * 15, True),
+        # Eleven repeats are still text; rules, underlines and table borders are markup.
+        ("<" * 11 + "almost a loop.", False),
+        ("A title\n" + "=" * 40 + "\n\nfirst part.\n\n***\n\nsecond part.", False),
+        ("| a | b |\n" + "|---" * 14 + "|\n| 1 | 2 |", False),
+        ("a line.\n\n" + "-" * 60 + "\n\nanother line.", False),
+    ],
+)
+def test_a_short_unit_of_characters_repeated_twelve_times_is_a_loop(text, loops):
+    from selftune.data.repair import repair_answer
+    from selftune.scoring.base import has_character_loop
+
+    assert has_character_loop(text) is loops
+    prompt = _prompt([{"type": "lowercase"}])
+    (result,) = ConstraintScorer().score(prompt, [text])
+    assert result.checks["no_repetition"] is not loops
+    if loops:  # a looping answer is no material for a repair either
+        assert repair_answer(prompt, text) is None
+
+
+@pytest.mark.parametrize(
     "text,expected",
     [
         ("Score: 7", 0.7),

@@ -36,7 +36,7 @@ from selftune.data import repair_marks as marks
 from selftune.data.constraints.registry import check, validated_params
 from selftune.data.constraints.text import words
 from selftune.data.records import PromptRecord, SampleRecord
-from selftune.scoring.base import is_complete, repetition_rate
+from selftune.scoring.base import is_complete, is_looping
 from selftune.scoring.constraint import ConstraintScorer, ends_answer
 
 
@@ -126,7 +126,7 @@ def repair_answer(
     passed before, e.g. a title pushing an answer over its word limit; the next round mends it).
     Every check, the quality checks included, is run on the result."""
     scorer = scorer or ConstraintScorer()
-    if not text.strip() or repetition_rate(text) > scorer.max_repetition:
+    if not text.strip() or is_looping(text, scorer.max_repetition):
         return None
     context = {"siblings": list(siblings), "rng": random.Random(f"{seed}-{prompt.id}")}
     params = {c.type: validated_params(c.type, c.kwargs) for c in prompt.constraints}

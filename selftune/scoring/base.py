@@ -39,6 +39,23 @@ def is_complete(text: str) -> bool:
     return re.match(r"^\s*([*-]|\d+[.)])\s+\S", last_line) is not None
 
 
+# A unit of 1-4 visible characters 12 or more times in a row ("<<<<<<<<<<<<", twelve emoji, ";;;;..."):
+# a loop inside one word, which the word n-grams of `repetition_rate` cannot see. Runs made only of
+# rule characters are markdown rules, underlines and table borders (---, ===, ***, |---|---|), not loops.
+_CHARACTER_LOOP = re.compile(r"(\S{1,4}?)\1{11,}")
+_RULE_CHARACTERS = frozenset("-=_*~#.|:+")
+
+
+def has_character_loop(text: str) -> bool:
+    """Whether the text repeats a short unit of characters 12 or more times in a row (rules aside)."""
+    return any(set(m.group(1)) - _RULE_CHARACTERS for m in _CHARACTER_LOOP.finditer(text))
+
+
+def is_looping(text: str, max_repetition: float) -> bool:
+    """More than `max_repetition` of the word 4-grams repeat, or a run of characters loops."""
+    return repetition_rate(text) > max_repetition or has_character_loop(text)
+
+
 def repetition_rate(text: str, n: int = 4) -> float:
     """Share of word n-grams that repeat an earlier one (0 for texts under 2n words)."""
     words = text.lower().split()

@@ -9,14 +9,14 @@ from collections.abc import Sequence
 from selftune.data.constraints.registry import check
 from selftune.data.constraints.types import ENDS_ANSWER
 from selftune.data.records import PromptRecord
-from selftune.scoring.base import ScoreResult, is_complete, repetition_rate
+from selftune.scoring.base import ScoreResult, is_complete, is_looping
 
 
 class ConstraintScorer:
     """The prompt's constraints plus, when `quality_checks`, two checks every answer must pass:
     `complete` (not cut off mid-sentence) and `no_repetition` (at most `max_repetition` of its
-    4-grams repeat). Without them a truncated or looping answer that happens to satisfy the
-    constraints would count as perfect."""
+    word 4-grams repeat, and no short unit of characters repeats 12 times in a row). Without them
+    a truncated or looping answer that happens to satisfy the constraints would count as perfect."""
 
     name = "constraints"
 
@@ -38,7 +38,7 @@ class ConstraintScorer:
                 if not ends_answer(prompt):
                     checks["complete"] = is_complete(text)
                 # An answer that says nothing passes nothing (it does not loop, but it is no answer).
-                checks["no_repetition"] = bool(text.strip()) and repetition_rate(text) <= self.max_repetition
+                checks["no_repetition"] = bool(text.strip()) and not is_looping(text, self.max_repetition)
             passed = sum(checks.values())
             results.append(ScoreResult(passed / len(checks), passed == len(checks), checks))
         return results
