@@ -46,7 +46,7 @@ test-slow: $(VENV)/.installed-dev
 # End-to-end runs on the tiny model that take half a minute or more each on 2 cores (two rounds,
 # with and without grpo; the loop rerun after a verifier edit; each other architecture through
 # DPO; every model load with trust_remote_code; measured memory peaks). Kept out of `make test`
-# so that it stays under 10 minutes; about 6 minutes; CI runs it too.
+# so that it stays under 10 minutes; about 5 minutes on 2 cores; CI runs it too.
 test-long: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m long
 
