@@ -177,7 +177,7 @@ def test_quality_checks_fail_truncated_and_looping_answers():
 @pytest.mark.parametrize(
     "text,loops",
     [
-        # Loops inside one word: sampled answers of a round-2 model that the word 4-grams passed.
+        # Loops inside one word, as round 1's model sampled them in round 2; the word 4-grams passed them.
         ("<<" + "<" * 40 + ">>\n\nin a world where the land is a tapestry.", True),
         ("the garden was quiet. " + "\U0001f333" * 14, True),
         ("a list of things;;;;;;;;;;;;;;;;;;;;;;;;", True),
