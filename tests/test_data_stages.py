@@ -6,7 +6,7 @@ from selftune.config.loading import load_config
 from selftune.data.constraints.registry import CONSTRAINTS
 from selftune.data.prompts import FORMS, TOPICS, build_prompts, import_prompts
 from selftune.data.records import read_records
-from selftune.errors import ConfigError, NoTrainingDataError, RecordError
+from selftune.errors import ConfigError, LineageError, NoTrainingDataError, RecordError
 from selftune.run.folder import Run
 from selftune.scoring.constraint import ConstraintScorer
 from selftune.scoring.judge import JudgeScorer, parse_judge_score
@@ -369,6 +369,51 @@ def test_sft_data_repairs_prompts_without_a_passing_answer(tmp_path):
     metrics = run.manifest("sft-data").metrics
     assert metrics["by_source"]["repair"] == len(repaired)
     assert metrics["examples"] + metrics["no_passing"] + metrics["duplicates_dropped"] == 40
+
+
+def _two_rounds_of_sft_data(tmp_path, replay):
+    cfg = load_config(
+        "tiny",
+        overrides=["sample.k=2", "prompts.n_train=30", "sft_data.repair=false", f"sft_data.replay={replay}"],
+    )
+    run = Run(tmp_path / f"run-{replay}")
+    pool = ["all lowercase, short", "ALL CAPS", "<<Title>>\n* a\n* b", "Sure thing. Fine. That is all."]
+    for r in (1, 2):
+        prompts_stage(run, cfg, round_number=r)
+        sample_stage(run, cfg, round_number=r, generator=MockGenerator(lambda i: [pool[i % 4], pool[(i + 1) % 4]]))
+        sft_data_stage(run, cfg, round_number=r)
+    return run
+
+
+def test_replay_adds_a_share_of_earlier_rounds_examples_tagged_with_their_round(tmp_path):
+    run = _two_rounds_of_sft_data(tmp_path, 0.5)
+    first = read_records(run.output_of("sft-data", "sft", round_number=1), "sft")
+    second = read_records(run.output_of("sft-data", "sft", round_number=2), "sft")
+    own = [e for e in second if getattr(e, "replay_round", None) is None]
+    replayed = [e for e in second if getattr(e, "replay_round", None) is not None]
+    assert own and all(e.id.startswith("train-r2-") for e in own)
+    assert len(replayed) == round(0.5 * len(own)) > 0
+    by_id = {e.id: e for e in first}
+    for example in replayed:  # round 1's own examples, word for word, tagged with round 1
+        assert example.replay_round == 1
+        assert example.completion == by_id[example.id].completion
+        assert example.chosen_source == by_id[example.id].chosen_source
+    assert run.manifest("sft-data", 2).metrics["replayed"] == len(replayed)
+    assert "sft-round-1" in run.manifest("sft-data", 2).inputs  # found through lineage, and recorded
+    assert not any(hasattr(e, "replay_round") for e in first)  # round 1 has no earlier round
+    # Without replay, round 2's data is its own examples only.
+    plain = _two_rounds_of_sft_data(tmp_path, 0)
+    assert read_records(plain.output_of("sft-data", "sft", round_number=2), "sft") == own
+
+
+def test_replay_without_an_earlier_rounds_sft_data_names_the_missing_stage(tmp_path):
+    cfg = load_config("tiny", overrides=["sample.k=2", "prompts.n_train=12", "sft_data.replay=0.5"])
+    run = Run(tmp_path / "run")
+    prompts_stage(run, cfg, round_number=2)
+    sample_stage(run, cfg, round_number=2, generator=MockGenerator(["yes, a short answer.", "No"]))
+    with pytest.raises(LineageError, match="round-1/sft-data has not completed"):
+        sft_data_stage(run, cfg, round_number=2)
+    assert run.manifest("sft-data", 2) is None  # nothing was begun
 
 
 def test_a_changed_pass_threshold_reruns_sft_data(tmp_path):

@@ -203,6 +203,14 @@ class SFTDataSection(Section):
         description="A prompt with no passing answer gets a repaired one (selftune.data.repair), tagged "
         "chosen_source repair:<checks>.",
     )
+    replay: float = Field(
+        0.0,
+        ge=0.0,
+        le=4.0,
+        description="From round 2 on, earlier rounds' own SFT examples added to this round's, as a "
+        "share of this round's count (0 = none, 0.5 = half as many again), a seeded draw over all "
+        "earlier rounds; each is tagged replay_round: <its round>.",
+    )
 
 
 class PairsSection(Section):

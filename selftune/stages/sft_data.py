@@ -1,8 +1,10 @@
 """Stage `sft-data`: per prompt, the best passing sample becomes an SFT example.
 
-Prompts with no passing sample are left out and counted; ties between equally good passing
-answers are broken by `sft_data.tie_break`; repeated (prompt, answer) pairs are dropped when
-`sft_data.dedupe` is on. Output in TRL's conversational prompt/completion format.
+Prompts with no passing sample are left out and counted (a repair may stand in); ties between
+equally good passing answers are broken by `sft_data.tie_break`; repeated (prompt, answer) pairs
+are dropped when `sft_data.dedupe` is on. With `sft_data.replay`, a later round adds a share of
+the earlier rounds' own examples (read through their recorded outputs), each tagged
+`replay_round`. Output in TRL's conversational prompt/completion format.
 
 Usage:
     selftune sft-data --run runs/demo
@@ -12,6 +14,7 @@ Usage:
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from pathlib import Path
 
@@ -104,6 +107,19 @@ def select_examples(
     return examples, stats
 
 
+def replayed_examples(earlier: dict[int, list[SFTRecord]], count: int, seed: int = 0) -> list[SFTRecord]:
+    """`count` of the earlier rounds' own examples (those not replayed there already), a seeded
+    draw over all of them, each tagged `replay_round: <the round that made it>`."""
+    pool = [
+        (r, record)
+        for r, records in sorted(earlier.items())
+        for record in records
+        if getattr(record, "replay_round", None) is None
+    ]
+    drawn = random.Random(seed).sample(pool, min(count, len(pool)))
+    return [SFTRecord(**record.model_dump(), replay_round=r) for r, record in drawn]
+
+
 # The pass threshold and the scorer kind decide which samples count as passing (a changed
 # threshold used to leave stale SFT data "up to date").
 SFT_DATA_STAGE = StageSpec(
@@ -128,9 +144,15 @@ def sft_data_stage(
     if prompts_path is None:
         prompts_path = run.output_of("prompts", "prompts", round_number=prompts_round(cfg, round_number))
     prompts_path = Path(prompts_path)
-    samples = read_records(samples_path, "samples")  # validate both inputs before writing anything
+    samples = read_records(samples_path, "samples")  # validate every input before writing anything
     prompts = [p for p in read_records(prompts_path, "prompts") if p.split == "train"]
     inputs = {"samples": samples_path, "prompts": prompts_path}
+    earlier: dict[int, list[SFTRecord]] = {}
+    if cfg.sft_data.replay > 0:
+        for r in range(1, round_number):
+            path = run.output_of("sft-data", "sft", round_number=r)
+            earlier[r] = read_records(path, "sft")
+            inputs[f"sft-round-{r}"] = path
     start = run.begin(SFT_DATA_STAGE, cfg, inputs=inputs, round_number=round_number)
     if start.reused:
         return start.reused
@@ -149,6 +171,10 @@ def sft_data_stage(
                 "sample more answers (sample.k, sample.retry_rounds) or lower "
                 "sample.scorer.pass_threshold"
             )
+        if earlier:
+            replayed = replayed_examples(earlier, round(cfg.sft_data.replay * len(examples)), seed=round_number)
+            examples += replayed
+            stats["replayed"] = len(replayed)
         out = stage.dir / "sft.jsonl"
         write_jsonl(out, examples)
         stage.add_output("sft", out)
