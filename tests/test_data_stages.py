@@ -406,6 +406,20 @@ def test_replay_adds_a_share_of_earlier_rounds_examples_tagged_with_their_round(
     assert read_records(plain.output_of("sft-data", "sft", round_number=2), "sft") == own
 
 
+def test_the_type_table_of_a_later_round_counts_that_rounds_fresh_prompts(tmp_path):
+    """Round 2's SFT examples carry round 2's prompt ids; the table read round 1's prompts only
+    and so counted none of them."""
+    from selftune.reporting.by_type import type_table
+
+    run = _two_rounds_of_sft_data(tmp_path, 0)
+    own = read_records(run.output_of("sft-data", "sft", round_number=2), "sft")
+    header, rows = type_table(run, round_number=2)
+    column = header.index("SFT examples (sampled + repaired)")
+    counted = sum(sum(int(n) for n in row[column].split(" + ")) for row in rows)
+    prompts = {p.id: p for p in read_records(run.output_of("prompts", "prompts", round_number=2), "prompts")}
+    assert counted == sum(len(prompts[e.id].constraints) for e in own) > 0
+
+
 def test_replay_without_an_earlier_rounds_sft_data_names_the_missing_stage(tmp_path):
     cfg = load_config("tiny", overrides=["sample.k=2", "prompts.n_train=12", "sft_data.replay=0.5"])
     run = Run(tmp_path / "run")

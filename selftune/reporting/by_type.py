@@ -18,15 +18,21 @@ from collections import Counter, defaultdict
 from selftune.data.records import read_records
 
 
-def _types_by_prompt(run) -> dict[str, list[str]]:
-    prompts = read_records(run.output_of("prompts", "prompts"), "prompts")
-    return {p.id: [c.type for c in p.constraints] for p in prompts}
+def _types_by_prompt(run, round_number: int = 1) -> dict[str, list[str]]:
+    """Constraint types by prompt id: round 1's prompts (train and eval), and the round's own
+    train prompts where it built fresh ones (their ids differ from round 1's)."""
+    rounds = [1] + ([round_number] if round_number > 1 and run.manifest("prompts", round_number) else [])
+    return {
+        p.id: [c.type for c in p.constraints]
+        for r in rounds
+        for p in read_records(run.output_of("prompts", "prompts", round_number=r), "prompts")
+    }
 
 
 def type_table(run, round_number: int = 1, eval_round: int = 1) -> tuple[list[str], list[list[str]]]:
     """(header, rows): one row per constraint type. Samples, SFT data and pairs are counted in
     `round_number`; eval pass rates come from `eval_round` (the run's last: evaluate runs once)."""
-    types = _types_by_prompt(run)
+    types = _types_by_prompt(run, round_number)
     sample = run.manifest("sample", round_number)
     sample_rates = sample.metrics.get("pass_rate_by_type", {}) if sample else {}
     sft: dict[str, Counter] = defaultdict(Counter)
