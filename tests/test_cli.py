@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -376,10 +377,14 @@ def test_help_off_a_terminal_shows_every_option_of_every_command_whole(monkeypat
         result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": None, "TERMINAL_WIDTH": None})
         assert result.exit_code == 0, result.output
         assert "…" not in result.output, (path, result.output)
+        shown = " ".join(re.findall(r"[A-Za-z0-9]+", result.output))
         for param in command.params:
             for option in param.opts + param.secondary_opts:
                 if option.startswith("--"):
                     assert option in result.output, (path, option)
+            # The whole help, word for word: markdown help used to drop `<config name>` as a tag.
+            words = " ".join(re.findall(r"[A-Za-z0-9]+", getattr(param, "help", None) or ""))
+            assert f" {words} " in f" {shown} ", (path, param.name, words)
         checked += 1
     assert checked >= 20
 

@@ -193,7 +193,9 @@ def run_command(
     preset: str | None = PresetOption,
     config: list[Path] = ConfigOption,
     set_: list[str] = SetOption,
-    run_dir: Path | None = typer.Option(None, "--run-dir", help="Run directory; default: runs/<config name>."),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", help="Run directory; default: `runs/NAME`, NAME the config's `name` (the preset's)."
+    ),
     rounds: int | None = typer.Option(
         None, "--rounds", help="Self-training rounds (round r+1 starts from round r's final model)."
     ),
