@@ -414,6 +414,7 @@ def test_the_type_table_of_a_later_round_counts_that_rounds_fresh_prompts(tmp_pa
     run = _two_rounds_of_sft_data(tmp_path, 0)
     own = read_records(run.output_of("sft-data", "sft", round_number=2), "sft")
     header, rows = type_table(run, round_number=2)
+    assert header[1] == "samples pass (round 1's model)"  # round 2 samples with round 1's final model
     column = header.index("SFT examples (sampled + repaired)")
     counted = sum(sum(int(n) for n in row[column].split(" + ")) for row in rows)
     prompts = {p.id: p for p in read_records(run.output_of("prompts", "prompts", round_number=2), "prompts")}

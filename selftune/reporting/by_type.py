@@ -52,7 +52,13 @@ def type_table(run, round_number: int = 1, eval_round: int = 1) -> tuple[list[st
         results = json.loads(run.output_of("evaluate", "results", round_number=eval_round).read_text())
         for name in results.get("order", results["models"]):
             evaluated[name] = results["models"][name]["instruction_following"]["by_type"]
-    header = ["type", "base samples pass", "SFT examples (sampled + repaired)", "pairs (original / policy / other)"]
+    sampler = "base" if round_number == 1 else f"round {round_number - 1}'s model"
+    header = [
+        "type",
+        f"samples pass ({sampler})",
+        "SFT examples (sampled + repaired)",
+        "pairs (original / policy / other)",
+    ]
     header += [f"eval {name}" for name in evaluated]
     rows = []
     for kind in sorted({k for kinds in types.values() for k in kinds}):
