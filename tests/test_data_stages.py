@@ -371,15 +371,22 @@ def test_sft_data_repairs_prompts_without_a_passing_answer(tmp_path):
     assert metrics["examples"] + metrics["no_passing"] + metrics["duplicates_dropped"] == 40
 
 
-def _two_rounds_of_sft_data(tmp_path, replay):
+def _two_rounds_of_sft_data(tmp_path, replay, fresh=True):
     cfg = load_config(
         "tiny",
-        overrides=["sample.k=2", "prompts.n_train=30", "sft_data.repair=false", f"sft_data.replay={replay}"],
+        overrides=[
+            "sample.k=2",
+            "prompts.n_train=30",
+            "sft_data.repair=false",
+            f"sft_data.replay={replay}",
+            f"prompts.fresh_each_round={str(fresh).lower()}",
+        ],
     )
-    run = Run(tmp_path / f"run-{replay}")
+    run = Run(tmp_path / f"run-{replay}-{fresh}")
     pool = ["all lowercase, short", "ALL CAPS", "<<Title>>\n* a\n* b", "Sure thing. Fine. That is all."]
     for r in (1, 2):
-        prompts_stage(run, cfg, round_number=r)
+        if fresh or r == 1:
+            prompts_stage(run, cfg, round_number=r)
         sample_stage(run, cfg, round_number=r, generator=MockGenerator(lambda i: [pool[i % 4], pool[(i + 1) % 4]]))
         sft_data_stage(run, cfg, round_number=r)
     return run
@@ -393,9 +400,10 @@ def test_replay_adds_a_share_of_earlier_rounds_examples_tagged_with_their_round(
     replayed = [e for e in second if getattr(e, "replay_round", None) is not None]
     assert own and all(e.id.startswith("train-r2-") for e in own)
     assert len(replayed) == round(0.5 * len(own)) > 0
-    by_id = {e.id: e for e in first}
+    by_id = {f"{e.id}@r1": e for e in first}
     for example in replayed:  # round 1's own examples, word for word, tagged with round 1
         assert example.replay_round == 1
+        assert example.prompt == by_id[example.id].prompt
         assert example.completion == by_id[example.id].completion
         assert example.chosen_source == by_id[example.id].chosen_source
     assert run.manifest("sft-data", 2).metrics["replayed"] == len(replayed)
@@ -419,6 +427,18 @@ def test_the_type_table_of_a_later_round_counts_that_rounds_fresh_prompts(tmp_pa
     counted = sum(sum(int(n) for n in row[column].split(" + ")) for row in rows)
     prompts = {p.id: p for p in read_records(run.output_of("prompts", "prompts", round_number=2), "prompts")}
     assert counted == sum(len(prompts[e.id].constraints) for e in own) > 0
+
+
+def test_replay_where_rounds_share_their_prompts_keeps_ids_unique(tmp_path):
+    """Without fresh prompts each round answers the same prompts: a replayed example's prompt id
+    is in the round's own examples already, and the SFT stage reads ids as unique."""
+    run = _two_rounds_of_sft_data(tmp_path, 1.0, fresh=False)
+    second = read_records(run.output_of("sft-data", "sft", round_number=2), "sft")  # would raise on a duplicate
+    replayed = [e for e in second if getattr(e, "replay_round", None) is not None]
+    own_ids = {e.id for e in second if getattr(e, "replay_round", None) is None}
+    assert replayed and {e.id.removesuffix("@r1") for e in replayed} <= own_ids | {
+        e.id for e in read_records(run.output_of("sft-data", "sft", round_number=1), "sft")
+    }
 
 
 def test_replay_without_an_earlier_rounds_sft_data_names_the_missing_stage(tmp_path):

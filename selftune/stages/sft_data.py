@@ -109,7 +109,9 @@ def select_examples(
 
 def replayed_examples(earlier: dict[int, list[SFTRecord]], count: int, seed: int = 0) -> list[SFTRecord]:
     """`count` of the earlier rounds' own examples (those not replayed there already), a seeded
-    draw over all of them, each tagged `replay_round: <the round that made it>`."""
+    draw over all of them, each tagged `replay_round: <the round that made it>`. Its id gains
+    `@r<round>`: where rounds share their prompts the same prompt id is in this round's examples
+    already, and ids are unique within an SFT file."""
     pool = [
         (r, record)
         for r, records in sorted(earlier.items())
@@ -117,7 +119,7 @@ def replayed_examples(earlier: dict[int, list[SFTRecord]], count: int, seed: int
         if getattr(record, "replay_round", None) is None
     ]
     drawn = random.Random(seed).sample(pool, min(count, len(pool)))
-    return [SFTRecord(**record.model_dump(), replay_round=r) for r, record in drawn]
+    return [SFTRecord(**{**record.model_dump(), "id": f"{record.id}@r{r}"}, replay_round=r) for r, record in drawn]
 
 
 # The pass threshold and the scorer kind decide which samples count as passing (a changed
