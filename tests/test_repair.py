@@ -109,6 +109,15 @@ def test_no_repair_when_a_failing_check_has_none_or_the_answer_loops():
     assert repair_answer(prompt(("title", {})), "<<Sea>> The sea is wide.") is None
 
 
+def test_a_forbidden_content_word_is_not_cut_out_of_the_answer():
+    # Function words get a synonym; a topic word has none, and cutting it would break the sentence.
+    assert repair_answer(prompt(("forbidden_words", {"keywords": ["ocean"]})), ANSWER) is None
+    fixed = repair_answer(
+        prompt(("forbidden_words", {"keywords": ["is", "planet"]})), ANSWER.replace("planet", "world")
+    )
+    assert fixed is not None and " is " not in fixed.text and "seems" in fixed.text
+
+
 def test_two_answers_needs_a_different_sibling():
     record = prompt(("two_answers", {}))
     assert repair_answer(record, ANSWER, siblings=[ANSWER]) is None

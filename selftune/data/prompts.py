@@ -17,11 +17,13 @@ Usage:
 
 from __future__ import annotations
 
+import json
 import random
+import re
 from pathlib import Path
 
 from selftune.data.arithmetic import SOURCE as ARITHMETIC_SOURCE
-from selftune.data.constraints.registry import CONSTRAINTS, compatible, describe, validated_params
+from selftune.data.constraints.registry import CONSTRAINTS, compatible, describe, fails_early, validated_params
 from selftune.data.records import PromptRecord, RowProblem, convert_rows, read_records, with_id
 from selftune.errors import RecordError
 
@@ -265,14 +267,37 @@ def words_asked(name: str, kwargs: dict) -> int:
     return kind.words_asked(validated_params(name, kwargs))
 
 
-def _prompt_text(task: str, constraints: list[dict]) -> str:
-    """The task and each constraint's instruction; a repeated request is everything before it."""
+def _task_parameters(task: str, constraints: list[dict]) -> None:
+    """Redraw in place the parameters of the constraints whose type takes them from the task's own
+    words (`task_draw`: forbid a word the task invites). The generator is seeded by the prompt
+    itself, not drawn from the set's: the set's draws, and so every other prompt, stay as they are."""
+    for constraint in constraints:
+        kind = CONSTRAINTS[constraint["type"]]
+        if kind.task_draw is None:
+            continue
+        others = json.dumps([c["kwargs"] for c in constraints if c is not constraint]).lower()
+        taken = frozenset(re.findall(r"[a-z]+", others))
+        seed = json.dumps([task, constraint], sort_keys=True)
+        drawn = kind.task_draw(random.Random(seed), task, constraint["kwargs"], taken)
+        if drawn is not None:
+            constraint["kwargs"] = drawn
+
+
+def _prompt_text(task: str, constraints: list[dict]) -> tuple[str, list[dict]]:
+    """The task and each constraint's instruction, and the constraints asked; a repeated request is
+    everything before it. A repeat whose request already breaks another of the constraints (it
+    quotes the forbidden words, it has more words than allowed) is left out: no answer that
+    repeats the request could pass."""
     parts = [task]
     for constraint in constraints:
         if CONSTRAINTS[constraint["type"]].repeats_request:
-            constraint["kwargs"] = {"prompt_to_repeat": " ".join(parts)}
+            request = " ".join(parts)
+            others = [c for c in constraints if c is not constraint]
+            if any(fails_early(c["type"], request, c["kwargs"]) for c in others):
+                return request, others  # the repeat is always the last constraint
+            constraint["kwargs"] = {"prompt_to_repeat": request}
         parts.append(describe(constraint["type"], constraint["kwargs"], constraint["wording"]))
-    return " ".join(parts)
+    return " ".join(parts), constraints
 
 
 def check_type_weights(weights: dict[str, float]) -> dict[str, float]:
@@ -325,7 +350,8 @@ def _prompts(
             ]
         count = max(len(given), rng.choices(list(counts), list(counts.values()))[0])
         constraints = _draw_constraints(rng, split, count, type_weights, types, given, max_words)
-        out.append((_prompt_text(task, constraints), constraints))
+        _task_parameters(task, constraints)
+        out.append(_prompt_text(task, constraints))
     return out
 
 

@@ -164,7 +164,9 @@ def fixed_options(text: str, p, context) -> str | None:
     return f"{option} {rest}" if rest else option
 
 
-# A common-word synonym that keeps the sentence readable, where one exists; otherwise the word goes.
+# A common-word synonym that keeps the sentence readable. A forbidden word without one (a task's
+# own word: its topic, the kind of text it asks for) is not repaired: cutting a content word out
+# leaves a broken sentence, so those examples come from sampling only.
 _SYNONYMS = {
     "the": "this",
     "is": "seems",
@@ -180,6 +182,8 @@ _SYNONYMS = {
 
 def forbidden_words(text: str, p, context) -> str | None:
     banned = {k.lower() for k in p.keywords}
+    if any(k.lower() not in _SYNONYMS and re.search(rf"\b{re.escape(k)}\b", text, re.IGNORECASE) for k in p.keywords):
+        return None
     for keyword in p.keywords:
         substitute = _SYNONYMS.get(keyword.lower(), "")
         if substitute in banned:

@@ -7,6 +7,7 @@ its arguments (the cross-check in tests/test_checkers_reference.py runs both).""
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 from selftune.data.constraints import checkers
@@ -49,6 +50,39 @@ def _nth_paragraph_draw(rng: random.Random, split: str) -> dict[str, Any]:
         "eval": ["meanwhile", "honestly", "overall"],
     }[split]
     return {"num_paragraphs": count, "nth_paragraph": rng.randint(1, count), "first_word": rng.choice(words)}
+
+
+# Words of our task sentences that only frame the request (verbs, fillers): never forbidden. The
+# rest, the topic and the kind of text asked for ("owls", "poem", "letter"), are what an answer is
+# tempted to repeat, and what real requests forbid ("describe X without the word X").
+_FRAMING_WORDS = frozenset(
+    "write explain describe give list summarize short brief briefly some something someone related "
+    "spent thinking wants learn involves interesting three whose about that with into people care "
+    "inviting between long open detailed year sentences".split()
+)
+TASK_WORD_SHARE = 0.75  # of forbidden-word constraints, the share drawn from the task's own words
+
+
+def _forbidden_task_words(
+    rng: random.Random, task: str, drawn: dict[str, Any], taken: frozenset[str]
+) -> dict[str, Any] | None:
+    """One or two of the task's content words to forbid, `TASK_WORD_SHARE` of the time and whenever
+    the pools' words clash with another constraint of the prompt (an end phrase "The end." with
+    "the" forbidden); None: the pools' function words stand. No word another constraint uses is
+    chosen, so the prompt stays satisfiable (the checks that count keywords count them inside
+    longer words too, but a forbidden word is a whole word: "river" forbidden, "rivers" asked for
+    can both hold)."""
+    pool_clashes = any(word.lower() in taken for word in drawn["keywords"])
+    if rng.random() >= TASK_WORD_SHARE and not pool_clashes:
+        return None
+    candidates: list[str] = []
+    for word in re.findall(r"[a-z]+", task.lower()):
+        if len(word) < 4 or word in _FRAMING_WORDS or word in candidates or word in taken:
+            continue
+        candidates.append(word)
+    if not candidates:
+        return None
+    return {"keywords": rng.sample(candidates, min(len(candidates), rng.choice([1, 1, 2])))}
 
 
 IFEVAL_TYPES = [
@@ -514,6 +548,7 @@ IFEVAL_TYPES = [
                 "eval": [["a", "of"], ["it"], ["we", "our"]],
             }
         },
+        task_draw=_forbidden_task_words,
         ifeval="keywords:forbidden_words",
         reference_kwargs=lambda p: {"forbidden_words": p.keywords},
     ),

@@ -18,6 +18,9 @@ from selftune.data.constraints.params import KeywordsParams, OptionsParams, Para
 Pools = dict[str, dict[str, list[Any]]]  # param -> split -> values
 Wordings = dict[str, list[str]]  # split -> instruction templates (str.format over `fields`)
 Draw = Callable[[random.Random, str], dict[str, Any]]  # (rng, split) -> kwargs
+# (rng, the task, the kwargs the pools gave, words the prompt's other constraints use) -> kwargs
+# from the task, or None to keep the pools'
+TaskDraw = Callable[[random.Random, str, dict[str, Any], frozenset[str]], "dict[str, Any] | None"]
 
 
 def _default_fields(p: Params) -> dict[str, Any]:
@@ -74,6 +77,9 @@ class ConstraintType:
     # Its parameter is the request itself (what precedes the instruction): the prompt builder
     # fills it and places the instruction last.
     repeats_request: bool = False
+    # Draws its parameters from the task's own words, some of the time (None: the pools' draw
+    # stands); the prompt builder calls it once the prompt's constraints are drawn.
+    task_draw: TaskDraw | None = None
 
     def sample_kwargs(self, rng: random.Random, split: str, request: str = "") -> dict[str, Any]:
         """Parameters drawn from the split's pools; `request` (what precedes the instruction) for a
