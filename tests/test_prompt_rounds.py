@@ -5,11 +5,9 @@ word, answer budgets that follow the length asked, and each round's fresh train 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import re
 
-import pytest
-
+from selftune.data.constraints import ifeval_types
 from selftune.data.constraints.registry import CONSTRAINTS, check, fails_early
 from selftune.data.prompts import LONG_FORMS, answer_tokens, build_prompts, words_asked, words_fitting
 from selftune.generation.budget import generate_with_budgets
@@ -104,23 +102,38 @@ def test_no_repeated_request_already_breaks_another_constraint_of_its_prompt():
         assert not any(fails_early(c.type, request, c.kwargs) for c in record.constraints[:-1])
 
 
-def test_forbidden_words_are_often_the_tasks_own_words_and_never_another_constraints():
-    records = [r for r in build_prompts(2000, 200, seed=0) if any(c.type == "forbidden_words" for c in r.constraints)]
-    from_task = 0
+def _forbidden(records):
+    """(prompt, its forbidden words) for each prompt that forbids words; no forbidden word is one
+    another constraint of its prompt needs."""
+    out = []
     for record in records:
-        task = record.messages[0].content.split(". ")[0].lower()
-        [banned] = [c.kwargs["keywords"] for c in record.constraints if c.type == "forbidden_words"]
-        from_task += all(re.search(rf"\b{w}\b", task) for w in banned)
-        others = " ".join(str(c.kwargs) for c in record.constraints if c.type != "forbidden_words").lower()
-        assert not any(re.search(rf"\b{w}\b", others) for w in banned), record
-    assert 0.6 < from_task / len(records) < 0.9  # TASK_WORD_SHARE of them, the rest from the pools
-    # Seeded by the prompt itself: with the task draw switched off, every other prompt is the same.
-    plain = dataclasses.replace(CONSTRAINTS["forbidden_words"], task_draw=None)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(CONSTRAINTS, "forbidden_words", plain)
-        before = build_prompts(300, 100, seed=0)
-    after = build_prompts(300, 100, seed=0)
-    changed = [b for b, a in zip(before, after, strict=True) if b.model_dump() != a.model_dump()]
+        for constraint in record.constraints:
+            if constraint.type == "forbidden_words":
+                others = " ".join(str(c.kwargs) for c in record.constraints if c is not constraint).lower()
+                assert not any(re.search(rf"\b{w}\b", others) for w in constraint.kwargs["keywords"]), record
+                out.append((record, constraint.kwargs["keywords"]))
+    return out
+
+
+def test_forbidden_words_never_clash_with_another_constraint_and_may_come_from_the_task(monkeypatch):
+    pools = CONSTRAINTS["forbidden_words"].pools["keywords"]
+    pool_words = {w for split in pools.values() for words in split for w in words}
+
+    def task_share(records) -> float:
+        drawn = _forbidden(records)
+        for record, banned in drawn:  # a word not from the pools is one of the task's own
+            task = record.messages[0].content.split(". ")[0].lower()
+            assert all(w in pool_words or re.search(rf"\b{w}\b", task) for w in banned)
+        return sum(not set(banned) <= pool_words for _, banned in drawn) / len(drawn)
+
+    default = build_prompts(2000, 200, seed=0)
+    # TASK_WORD_SHARE is 0: task words only where the pools' words clash ("the" beside "The end.").
+    assert 0 < task_share(default) < 0.05
+    monkeypatch.setattr(ifeval_types, "TASK_WORD_SHARE", 0.75)
+    shared = build_prompts(2000, 200, seed=0)
+    assert 0.6 < task_share(shared) < 0.9
+    # Seeded by the prompt itself: the share changes the prompts that forbid words, and no other.
+    changed = [b for b, a in zip(default, shared, strict=True) if b.model_dump() != a.model_dump()]
     assert changed and all(any(c.type == "forbidden_words" for c in b.constraints) for b in changed)
 
 
