@@ -62,8 +62,8 @@ _FRAMING_WORDS = frozenset(
 )
 # Of forbidden-word constraints, the share drawn from the task's own words (besides those whose pool
 # words clash with another constraint). Measured at 0.75 against 0 (docs/gain.md, "Forbidden words
-# from the task"): IFEval's forbidden_words type rose, the whole of IFEval fell by 0.018-0.031 on
-# two sampling seeds, so it stays off.
+# from the task"): IFEval's forbidden_words type did not move beyond noise (0.33 -> 0.41 on one
+# sampling seed, 0.47 -> 0.33 on another) and the whole of IFEval fell by 0.031 and 0.018, so 0.
 TASK_WORD_SHARE = 0.0
 
 
@@ -72,10 +72,10 @@ def _forbidden_task_words(
 ) -> dict[str, Any] | None:
     """One or two of the task's content words to forbid, whenever the pools' words clash with
     another constraint of the prompt (an end phrase "The end." with "the" forbidden), and
-    `TASK_WORD_SHARE` of the other times; None: the pools' function words stand. No word another constraint uses is
-    chosen, so the prompt stays satisfiable (the checks that count keywords count them inside
-    longer words too, but a forbidden word is a whole word: "river" forbidden, "rivers" asked for
-    can both hold)."""
+    `TASK_WORD_SHARE` of the other times; None: the pools' function words stand. No word another
+    constraint uses is chosen, so the prompt stays satisfiable (the checks that count keywords
+    count them inside longer words too, but a forbidden word is a whole word: "river" forbidden,
+    "rivers" asked for can both hold)."""
     pool_clashes = any(word.lower() in taken for word in drawn["keywords"])
     if rng.random() >= TASK_WORD_SHARE and not pool_clashes:
         return None
