@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 
-from selftune.data.constraints.text import words
+from selftune.data.constraints.text import count_word, words
 from selftune.data.repair_layout import lower_first, sentence_list
 
 
@@ -182,7 +182,7 @@ _SYNONYMS = {
 
 def forbidden_words(text: str, p, context) -> str | None:
     banned = {k.lower() for k in p.keywords}
-    if any(k.lower() not in _SYNONYMS and re.search(rf"\b{re.escape(k)}\b", text, re.IGNORECASE) for k in p.keywords):
+    if any(k.lower() not in _SYNONYMS and count_word(text, k) for k in p.keywords):
         return None
     for keyword in p.keywords:
         substitute = _SYNONYMS.get(keyword.lower(), "")
