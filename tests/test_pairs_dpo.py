@@ -296,6 +296,86 @@ def test_dpo_trains_lora_only_starts_at_log2_and_learns_the_preference(tmp_path,
     assert metrics["share_prompts"] is True  # the tiny Llama passes the sharing check
 
 
+def test_dpo_against_the_base_loads_it_alone_first_and_starts_with_its_margins(
+    tmp_path, tiny_model_dir, smollm_tokenizer_dir, monkeypatch
+):
+    """dpo.reference: base measures the policy (the SFT model) against the run's base model: it is
+    loaded on its own, unloaded, and only then the policy loads; the margins at step 0 are those
+    between the two models, not 0, and the held-out ones are measured rather than assumed."""
+    import selftune.train.dpo as dpo_training
+    from selftune.stages.dpo import dpo_stage
+    from tests.conftest import build_tiny_model
+
+    sft_model = build_tiny_model(tmp_path / "sft-model", smollm_tokenizer_dir, seed=1)
+    events = []
+    loading, unloading, lora = dpo_training.load_model, dpo_training.unload, dpo_training.lora_model
+    monkeypatch.setattr(
+        dpo_training, "load_model", lambda spec, **kw: events.append(("load", spec)) or loading(spec, **kw)
+    )
+    monkeypatch.setattr(dpo_training, "unload", lambda model: events.append(("unload",)) or unloading(model))
+    monkeypatch.setattr(dpo_training, "lora_model", lambda spec, *a: events.append(("policy", spec)) or lora(spec, *a))
+
+    def train(reference, base, folder):
+        cfg = load_config(
+            "tiny", overrides=[f"dpo.reference={reference}", f"model.spec={base}", "dpo.length_check_prompts=0"]
+        )
+        run = Run(tmp_path / folder)
+        dpo_stage(
+            run,
+            cfg,
+            pairs_path=write_pairs(tmp_path / "pairs.jsonl"),
+            eval_pairs_path=write_pairs(tmp_path / "eval.jsonl", count=6),
+            sft_model=str(sft_model),
+        )
+        history = json.loads((run.stage_dir("dpo") / "log_history.json").read_text())
+        first = next(h for h in history if "loss" in h and "eval_loss" not in h)
+        return first, read_manifest(run.stage_dir("dpo"))
+
+    first, manifest = train("base", tiny_model_dir, "against-base")
+    assert events[:3] == [("load", str(tiny_model_dir)), ("unload",), ("policy", str(sft_model))]
+    assert manifest.inputs["reference_model"].path == str(tiny_model_dir)
+    assert abs(first["rewards/margins"]) > 1e-3 and first["loss"] != pytest.approx(math.log(2), abs=1e-4)
+    assert abs(manifest.metrics["eval_before"]["eval_rewards/margins"]) > 1e-3
+    # The same run with the SFT model itself as "base": its own weights, so margins start at 0.
+    events.clear()
+    first, _ = train("base", sft_model, "against-itself")
+    assert events[0] == ("load", str(sft_model))
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_dpo_reference_start_is_the_model_the_rounds_sft_trained_from(tmp_path):
+    from selftune.errors import LineageError
+    from selftune.run.manifest import MANIFEST
+    from selftune.stages.dpo import reference_model
+
+    run = Run(tmp_path / "run")
+    cfg = load_config("tiny", overrides=["dpo.reference=start"])
+
+    def sft_manifest(round_number, inputs):
+        folder = run.stage_dir("sft", round_number)
+        folder.mkdir(parents=True)
+        manifest = {"stage": "sft", "round": round_number, "status": "complete", "config_hash": "0", "inputs": inputs}
+        manifest |= {"started_at": "", "finished_at": "", "seconds": 0}
+        (folder / MANIFEST).write_text(json.dumps(manifest))
+
+    with pytest.raises(LineageError, match="round-1/sft trained from, and that stage has not completed"):
+        reference_model(run, cfg, 1)
+    sft_manifest(1, {"sft": {"path": "round-1/sft-data/sft.jsonl", "sha256": "0"}})
+    sft_manifest(2, {"base": {"path": "round-1/dpo/merged", "sha256": "0"}})
+    assert reference_model(run, cfg, 1) == cfg.model.spec  # round 1 starts from the base
+    assert reference_model(run, cfg, 2) == str(run.root / "round-1" / "dpo" / "merged")
+    assert reference_model(run, load_config("tiny", overrides=["dpo.reference=base"]), 2) == cfg.model.spec
+    assert reference_model(run, load_config("tiny"), 2) is None  # the SFT model itself
+
+
+@pytest.mark.parametrize("reference", ["start", "base"])
+def test_another_dpo_reference_needs_precomputed_log_probs(reference):
+    from selftune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"reference '{reference}' needs precompute_ref_log_probs: true"):
+        load_config("tiny", overrides=[f"dpo.reference={reference}", "dpo.precompute_ref_log_probs=false"])
+
+
 def test_dpo_length_check_after_bf16_training_generates_in_the_models_own_dtype(tmp_path, tiny_model_dir, caplog):
     """Training under bf16 autocast wraps model.forward; the length check after it must not see bf16
     activations against the fp32 engine cache (the engine then fell back to the HF backend)."""

@@ -62,6 +62,15 @@ class DPOSection(TrainSection):
     loss_type: Literal["sigmoid", "ipo", "hinge", "rpo"] = Field("sigmoid", description="Preference loss.")
     rpo_alpha: float = Field(1.0, ge=0, description="Weight of the NLL term on chosen when loss_type is rpo.")
     precompute_ref_log_probs: bool = Field(True, description="Compute reference log-probs once before training.")
+    reference: Literal["sft", "start", "base"] = Field(
+        "sft",
+        description=(
+            "The reference model: sft = the merged SFT model the adapter trains on (adapter disabled); "
+            "start = the model this round's SFT trained from (round 1: the base; later: the last round's "
+            "final model); base = the run's base model in every round. start and base load alone, "
+            "before the policy, for the precomputed pass."
+        ),
+    )
     share_prompts: bool = Field(
         True, description="Run each prompt once for all its answers in a batch (exact; checked on the model first)."
     )
@@ -79,6 +88,17 @@ class DPOSection(TrainSection):
         default_factory=lambda: LoraSection(dropout=0.0),
         description="Shape of the fresh DPO adapter (dropout 0: see above).",
     )
+
+    @model_validator(mode="after")
+    def _reference_precomputed(self) -> DPOSection:
+        # Another model as reference is loaded once, alone, before the policy (one model in memory
+        # at a time); a per-step reference pass would need both at once.
+        if self.reference != "sft" and not self.precompute_ref_log_probs:
+            raise ValueError(
+                f"reference {self.reference!r} needs precompute_ref_log_probs: true (only the SFT model "
+                "itself can serve as a per-step reference)"
+            )
+        return self
 
 
 class GRPOSection(TrainSection):

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from selftune.config import PipelineConfig
 from selftune.data.records import read_dataset
+from selftune.errors import LineageError
 from selftune.run.folder import Run
+from selftune.run.manifest import resolve_recorded
 from selftune.run.spec import StageSpec
 from selftune.train.jobs import DPOJob
 from selftune.train.launch import run_training
@@ -41,9 +43,28 @@ DPO_STAGE = StageSpec(
         "train.num_processes",  # the processes make the effective batch
         "train.accelerate_config",
     ),
-    # A load permission, a batch size that greedy answers do not depend on, and the launcher.
-    unhashed=("model.trust_remote_code", "generation.batch_size", "train.launcher"),
+    # A load permission, a batch size that greedy answers do not depend on, and the launcher; the
+    # base model is read only as the reference of `dpo.reference: start | base`, hashed then as a fact.
+    unhashed=("model.trust_remote_code", "generation.batch_size", "train.launcher", "model.spec"),
 )
+
+
+def reference_model(run: Run, cfg: PipelineConfig, round_number: int) -> str | None:
+    """The model DPO measures its policy against, by `dpo.reference`: None for the SFT model itself
+    (its adapter disabled), else the spec of the model to load: the run's base (`base`), or the
+    model the round's sft stage recorded as its start (`start`: round 1's is the base)."""
+    if cfg.dpo.reference == "sft":
+        return None
+    if cfg.dpo.reference == "base":
+        return cfg.model.spec
+    manifest = run.manifest("sft", round_number)
+    if manifest is None or manifest.status != "complete":
+        raise LineageError(
+            f"dpo.reference: start is the model {run.root.name}/round-{round_number}/sft trained from, "
+            "and that stage has not completed: run it first, or set dpo.reference: sft or base"
+        )
+    recorded = manifest.inputs.get("base")  # recorded when the start is a folder (every round after the first)
+    return str(resolve_recorded(run.root, recorded.path)) if recorded else cfg.model.spec
 
 
 def dpo_stage(
@@ -73,8 +94,14 @@ def dpo_stage(
     inputs = {"pairs": pairs_path, "sft_model": Path(sft_model)}
     if eval_pairs_path:
         inputs["eval_pairs"] = Path(eval_pairs_path)
+    reference = reference_model(run, cfg, round_number)
+    facts = {}
+    if reference is not None and Path(reference).is_dir():
+        inputs["reference_model"] = Path(reference)
+    elif reference is not None:
+        facts["reference_model"] = reference
     check_trainable(sft_model, cfg, "dpo")
-    start = run.begin(DPO_STAGE, cfg, inputs=inputs, round_number=round_number)
+    start = run.begin(DPO_STAGE, cfg, inputs=inputs, round_number=round_number, facts=facts)
     if start.reused:
         return start.reused
     # Tokenized before the stage starts: pairs that cannot be masked, or a batch that would not fit
@@ -112,6 +139,7 @@ def dpo_stage(
             eval_rows=eval_rows,
             resuming=resuming,
             length_prompts=length_prompts,
+            reference_model=reference,
         )
         metrics = run_training(job, cfg, stage.dir, progress=progress, phase_progress=phase_progress)
         counts = dict(pairs=len(pairs), dropped=dropped, eval_pairs=len(eval_rows), resumed=resuming)

@@ -3,7 +3,9 @@
 The reference model is the merged SFT model itself with the DPO adapter disabled (under
 `no_grad`), never a second copy of the weights. Reference log-probs are computed once before
 training by default (`dpo.precompute_ref_log_probs`), so each step runs one forward/backward of
-the policy on chosen and rejected together.
+the policy on chosen and rejected together. `dpo.reference: start | base` measures against
+another model instead (the one this round's SFT trained from, or the run's base): it is loaded
+alone for that one pass and unloaded before the policy loads.
 
 Pairs are tokenized with the same exact masking as SFT (`selftune.train.masking`): a sequence's
 log-prob is the sum over its response tokens and closing token. Losses (`dpo.loss_type`), with
@@ -25,6 +27,7 @@ start (likelihood displacement) and mean answer length drifting from the SFT mod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -40,13 +43,14 @@ from accelerate.utils import extract_model_from_parallel, gather_object
 from selftune.config import PipelineConfig
 from selftune.generation.local import make_generator
 from selftune.generation.types import SamplingParams
-from selftune.models import load_tokenizer, unload
+from selftune.models import load_model, load_tokenizer, unload
 from selftune.train.jobs import DPOJob
 from selftune.train.logprobs import PairCollator, prompt_sharing_holds, sequence_logps
 from selftune.train.toolkit import (
     as_dataset,
     evaluation_seconds,
     final_evaluation,
+    initial_evaluation,
     launch_facts,
     launch_state,
     log_history,
@@ -138,10 +142,12 @@ def reference_logps(
     bf16: bool,
     *,
     share_prompts: bool = False,
+    adapter_off: bool = True,
     progress=None,
 ) -> None:
-    """Add ref_chosen_logps / ref_rejected_logps to each row (of one `tokenize_pairs` call), adapter
-    disabled, one pass; `progress(pairs done, pairs)` after each batch."""
+    """Add ref_chosen_logps / ref_rejected_logps to each row (of one `tokenize_pairs` call), one
+    pass, the adapter disabled (`adapter_off`; a reference without one runs as it is);
+    `progress(pairs done, pairs)` after each batch."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -151,7 +157,8 @@ def reference_logps(
     for row in rows:
         longest[row["prompt_group"]] = max(longest[row["prompt_group"]], row["length"])
     order = sorted(range(len(rows)), key=lambda k: (longest[rows[k]["prompt_group"]], rows[k]["prompt_group"]))
-    with model.disable_adapter(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    adapter = model.disable_adapter() if adapter_off else contextlib.nullcontext()
+    with adapter, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for start in range(0, len(order), batch_size):
             chunk = [rows[k] for k in order[start : start + batch_size]]
             batch = collator(chunk)
@@ -295,45 +302,38 @@ def mean_answer_length(generator, prompts, max_new_tokens: int) -> float:
 
 
 def train_dpo(cfg: PipelineConfig, out: Path, job: DPOJob, *, progress=None, phase_progress=None) -> dict:
-    """Train the fresh DPO adapter on `job`'s pairs against the adapter-disabled model; in this
-    process or in each `accelerate launch` process. The reference log-probs are computed once, by
-    the main process, and shared; the main process writes the adapter and the log history, and
-    checks the answer length drift. Returns the training metrics."""
+    """Train the fresh DPO adapter on `job`'s pairs against its reference (the adapter-disabled
+    model, or `job.reference_model`); in this process or in each `accelerate launch` process. The
+    reference log-probs are computed once, by the main process, and shared; the main process
+    writes the adapter and the log history, and checks the answer length drift. Returns the
+    training metrics."""
 
     sft_model, rows, eval_rows, resuming = job.sft_model, job.rows, job.eval_rows, job.resuming
     state, device = launch_state()
     metrics: dict = {}
     tokenizer = load_tokenizer(sft_model, trust_remote_code=cfg.model.trust_remote_code)
-    # Before the model loads: DeepSpeed ZeRO-3 shards the weights as they load when it knows its config.
-    args = training_arguments(cfg.dpo, out, has_eval=bool(eval_rows), device=device)
-    model = lora_model(sft_model, cfg, cfg.dpo, device)
     collator = PairCollator(tokenizer.pad_token_id)
+    other_reference = job.reference_model is not None
+    # Before the model loads: DeepSpeed ZeRO-3 shards the weights as they load when it knows its config.
+    # With another model as reference the policy starts away from it, so the held-out margins at
+    # step 0 are measured (the Trainer's own evaluation at step 0, as SFT's) rather than known to be 0.
+    args = training_arguments(
+        cfg.dpo, out, has_eval=bool(eval_rows), device=device, eval_on_start=other_reference and bool(eval_rows)
+    )
+    reference_seconds = 0.0
+    if other_reference:  # the reference alone first, then the policy: one model in memory at a time
+        reference_seconds = _precompute_reference(
+            state, out, rows, eval_rows, collator, cfg, args.bf16, phase_progress, job.reference_model, device
+        )
+    model = lora_model(sft_model, cfg, cfg.dpo, device)
     share = cfg.dpo.share_prompts and prompt_sharing_holds(model, rows, collator)
     metrics["share_prompts"] = share
+    if cfg.dpo.precompute_ref_log_probs and not other_reference:
+        reference_seconds = _precompute_reference(
+            state, out, rows, eval_rows, collator, cfg, args.bf16, phase_progress, model, device, share=share
+        )
     if cfg.dpo.precompute_ref_log_probs:
-        started = time.perf_counter()
-        shared = out / "launch" / "reference_logps.json"
-        with state.main_process_first():  # the main process computes, the others read its numbers
-            if state.is_main_process:
-                for label, part in (("reference log-probs", rows), ("reference log-probs, held-out", eval_rows)):
-                    reference_logps(  # each part numbers its own prompt groups
-                        model,
-                        part,
-                        collator,
-                        cfg.dpo.per_device_batch_size * 2,
-                        args.bf16,
-                        share_prompts=share,
-                        progress=(lambda done, total, label=label: phase_progress(label, done, total))
-                        if phase_progress and part
-                        else None,
-                    )
-                if state.num_processes > 1:
-                    shared.write_text(json.dumps([_reference_of(part) for part in (rows, eval_rows)]))
-            else:
-                for part, values in zip((rows, eval_rows), json.loads(shared.read_text())):
-                    for row, (chosen, rejected) in zip(part, values):
-                        row["ref_chosen_logps"], row["ref_rejected_logps"] = chosen, rejected
-        metrics["reference_seconds"] = round(time.perf_counter() - started, 1)
+        metrics["reference_seconds"] = round(reference_seconds, 1)
     trainer = PairTrainer(
         model=model,
         args=args,
@@ -353,6 +353,8 @@ def train_dpo(cfg: PipelineConfig, out: Path, job: DPOJob, *, progress=None, pha
     before = {"eval_rewards/accuracies": 0.0, "eval_rewards/margins": 0.0} if eval_rows else {}
     started, started_step = time.perf_counter(), trainer.state.global_step
     result = trainer.train(resume_from_checkpoint=True if resuming else None)
+    if other_reference and eval_rows:
+        before = initial_evaluation(trainer)
     evaluating = evaluation_seconds(trainer, started_step)
     seconds = time.perf_counter() - started - evaluating
     after = {}
@@ -403,6 +405,57 @@ def train_dpo(cfg: PipelineConfig, out: Path, job: DPOJob, *, progress=None, pha
     del trainer, generator
     unload(model)
     return metrics
+
+
+def _precompute_reference(
+    state, out: Path, rows, eval_rows, collator, cfg, bf16: bool, phase_progress, reference, device, share=None
+) -> float:
+    """Add the reference log-probs to `rows` and `eval_rows`, computed once by the main process and
+    shared through a file with the others; returns the seconds it took. `reference` is the policy
+    itself (its adapter disabled for the pass; `share`: its prompt-sharing verdict) or the spec of
+    another model, loaded here alone, checked for prompt sharing, and unloaded after."""
+    started = time.perf_counter()
+    shared = out / "launch" / "reference_logps.json"
+    with state.main_process_first():  # the main process computes, the others read its numbers
+        if state.is_main_process:
+            own = not isinstance(reference, str)
+            model = reference if own else load_reference(reference, cfg, device)
+            if share is None:
+                share = cfg.dpo.share_prompts and prompt_sharing_holds(model, rows, collator)
+            for label, part in (("reference log-probs", rows), ("reference log-probs, held-out", eval_rows)):
+                reference_logps(  # each part numbers its own prompt groups
+                    model,
+                    part,
+                    collator,
+                    cfg.dpo.per_device_batch_size * 2,
+                    bf16,
+                    share_prompts=share,
+                    adapter_off=own,
+                    progress=(lambda done, total, label=label: phase_progress(label, done, total))
+                    if phase_progress and part
+                    else None,
+                )
+            if not own:
+                unload(model)
+            if state.num_processes > 1:
+                shared.write_text(json.dumps([_reference_of(part) for part in (rows, eval_rows)]))
+        else:
+            for part, values in zip((rows, eval_rows), json.loads(shared.read_text())):
+                for row, (chosen, rejected) in zip(part, values):
+                    row["ref_chosen_logps"], row["ref_rejected_logps"] = chosen, rejected
+    return time.perf_counter() - started
+
+
+def load_reference(spec: str, cfg, device: str):
+    """Another model as DPO's reference, loaded as the policy is (fp32 weights, bf16 through
+    autocast; bf16 under 4-bit) and without an adapter."""
+    return load_model(
+        spec,
+        dtype="float32" if not cfg.model.load_in_4bit else "bfloat16",
+        device=device,
+        load_in_4bit=cfg.model.load_in_4bit,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
 
 
 def _reference_of(rows: list[dict]) -> list[tuple[float, float]]:

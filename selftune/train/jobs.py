@@ -51,9 +51,10 @@ class SFTJob:
 
 @dataclass
 class DPOJob:
-    """DPO with a fresh LoRA on the merged SFT model `sft_model` (its own reference): tokenized
-    pairs, held-out pairs (each with its `pair_index`), whether training resumes, and the prompts
-    whose answer lengths are compared before and after."""
+    """DPO with a fresh LoRA on the merged SFT model `sft_model`: tokenized pairs, held-out pairs
+    (each with its `pair_index`), whether training resumes, the prompts whose answer lengths are
+    compared before and after, and `reference_model`, the model whose log-probs the policy's are
+    measured against (None: `sft_model` itself, with the adapter disabled)."""
 
     stage: ClassVar[str] = "dpo"
     sft_model: str
@@ -61,6 +62,7 @@ class DPOJob:
     eval_rows: list[Row] = field(default_factory=list)
     resuming: bool = False
     length_prompts: list[Messages] = field(default_factory=list)
+    reference_model: str | None = None
 
     def __post_init__(self):
         _check_rows(self.stage, "rows", self.rows, DPO_ROW_KEYS)
