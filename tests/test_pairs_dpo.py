@@ -368,6 +368,19 @@ def test_dpo_reference_start_is_the_model_the_rounds_sft_trained_from(tmp_path):
     assert reference_model(run, load_config("tiny"), 2) is None  # the SFT model itself
 
 
+def test_a_missing_dpo_reference_is_named_before_anything_loads(tmp_path, tiny_model_dir, monkeypatch):
+    import selftune.train.dpo as dpo_training
+    from selftune.errors import ModelSpecError
+    from selftune.stages.dpo import dpo_stage
+
+    monkeypatch.setattr(dpo_training, "lora_model", lambda *a: pytest.fail("a model loaded"))
+    cfg = load_config("tiny", overrides=["dpo.reference=base", f"model.spec={tmp_path / 'no-such-model'}"])
+    run = Run(tmp_path / "run")
+    with pytest.raises(ModelSpecError, match="no-such-model"):
+        dpo_stage(run, cfg, pairs_path=write_pairs(tmp_path / "pairs.jsonl"), sft_model=str(tiny_model_dir))
+    assert read_manifest(run.stage_dir("dpo")) is None
+
+
 @pytest.mark.parametrize("reference", ["start", "base"])
 def test_another_dpo_reference_needs_precomputed_log_probs(reference):
     from selftune.errors import ConfigError

@@ -13,6 +13,7 @@ from pathlib import Path
 from selftune.config import PipelineConfig
 from selftune.data.records import read_dataset
 from selftune.errors import LineageError
+from selftune.models.specs import check_model_spec
 from selftune.run.folder import Run
 from selftune.run.manifest import resolve_recorded
 from selftune.run.spec import StageSpec
@@ -101,6 +102,8 @@ def dpo_stage(
     elif reference is not None:
         facts["reference_model"] = reference
     check_trainable(sft_model, cfg, "dpo")
+    if reference is not None:  # loaded for the reference pass only: a usable spec, before anything loads
+        check_model_spec(reference, trust_remote_code=cfg.model.trust_remote_code)
     start = run.begin(DPO_STAGE, cfg, inputs=inputs, round_number=round_number, facts=facts)
     if start.reused:
         return start.reused
