@@ -308,9 +308,9 @@ def test_dpo_against_the_base_loads_it_alone_first_and_starts_with_its_margins(
 
     sft_model = build_tiny_model(tmp_path / "sft-model", smollm_tokenizer_dir, seed=1)
     events = []
-    loading, unloading, lora = dpo_training.load_model, dpo_training.unload, dpo_training.lora_model
+    loading, unloading, lora = dpo_training.training_weights, dpo_training.unload, dpo_training.lora_model
     monkeypatch.setattr(
-        dpo_training, "load_model", lambda spec, **kw: events.append(("load", spec)) or loading(spec, **kw)
+        dpo_training, "training_weights", lambda spec, *a: events.append(("load", spec)) or loading(spec, *a)
     )
     monkeypatch.setattr(dpo_training, "unload", lambda model: events.append(("unload",)) or unloading(model))
     monkeypatch.setattr(dpo_training, "lora_model", lambda spec, *a: events.append(("policy", spec)) or lora(spec, *a))

@@ -43,7 +43,7 @@ from accelerate.utils import extract_model_from_parallel, gather_object
 from selftune.config import PipelineConfig
 from selftune.generation.local import make_generator
 from selftune.generation.types import SamplingParams
-from selftune.models import load_model, load_tokenizer, unload
+from selftune.models import load_tokenizer, unload
 from selftune.train.jobs import DPOJob
 from selftune.train.logprobs import PairCollator, prompt_sharing_holds, sequence_logps
 from selftune.train.toolkit import (
@@ -59,6 +59,7 @@ from selftune.train.toolkit import (
     save_adapter,
     tracker_callbacks,
     training_arguments,
+    training_weights,
 )
 from selftune.train.trainer import GuardedTrainer
 
@@ -419,7 +420,7 @@ def _precompute_reference(
     with state.main_process_first():  # the main process computes, the others read its numbers
         if state.is_main_process:
             own = not isinstance(reference, str)
-            model = reference if own else load_reference(reference, cfg, device)
+            model = reference if own else training_weights(reference, cfg, device)
             if share is None:
                 share = cfg.dpo.share_prompts and prompt_sharing_holds(model, rows, collator)
             for label, part in (("reference log-probs", rows), ("reference log-probs, held-out", eval_rows)):
@@ -444,18 +445,6 @@ def _precompute_reference(
                 for row, (chosen, rejected) in zip(part, values):
                     row["ref_chosen_logps"], row["ref_rejected_logps"] = chosen, rejected
     return time.perf_counter() - started
-
-
-def load_reference(spec: str, cfg, device: str):
-    """Another model as DPO's reference, loaded as the policy is (fp32 weights, bf16 through
-    autocast; bf16 under 4-bit) and without an adapter."""
-    return load_model(
-        spec,
-        dtype="float32" if not cfg.model.load_in_4bit else "bfloat16",
-        device=device,
-        load_in_4bit=cfg.model.load_in_4bit,
-        trust_remote_code=cfg.model.trust_remote_code,
-    )
 
 
 def _reference_of(rows: list[dict]) -> list[tuple[float, float]]:

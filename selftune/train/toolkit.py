@@ -243,20 +243,26 @@ def launch_state():
     return state, (default_device() if state.num_processes == 1 else str(state.device))
 
 
-def lora_model(spec: str, cfg, train_cfg, device: str):
-    """The model a training stage trains: `spec` loaded for training (fp32 weights, bf16 entering
-    through autocast; bf16 under 4-bit, prepared for k-bit training) with a fresh LoRA adapter
-    (`train_cfg.lora`), seeded first so its random init does not depend on what ran before."""
-    from peft import get_peft_model
-    from transformers import set_seed
-
-    model = load_model(
+def training_weights(spec: str, cfg, device: str):
+    """`spec` loaded as a training stage runs it: fp32 weights with bf16 entering through autocast,
+    or bf16 under 4-bit; no adapter (DPO's reference model when it is another model)."""
+    return load_model(
         spec,
         dtype="float32" if not cfg.model.load_in_4bit else "bfloat16",
         device=device,
         load_in_4bit=cfg.model.load_in_4bit,
         trust_remote_code=cfg.model.trust_remote_code,
     )
+
+
+def lora_model(spec: str, cfg, train_cfg, device: str):
+    """The model a training stage trains: `spec` loaded for training (`training_weights`; under
+    4-bit prepared for k-bit training) with a fresh LoRA adapter (`train_cfg.lora`), seeded first
+    so its random init does not depend on what ran before."""
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    model = training_weights(spec, cfg, device)
     if cfg.model.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
