@@ -491,6 +491,12 @@ def test_tie_break_and_dedupe():
     assert longest[0].completion[0].content == "a longer one"
     kept, stats = select_examples([prompt, twin], samples, dedupe=False)
     assert len(kept) == 2 and stats["duplicates_dropped"] == 0
+    # The pairs stage's best passing policy sample follows the same rule.
+    from selftune.stages.pairs import group_samples
+
+    for rule, text in (("shortest", "short"), ("longest", "a longer one"), ("first", "a longer one")):
+        best, failed = group_samples(samples, 1.0, rule)
+        assert best["p"].completion == text and [s.completion for s in failed["p"]] == ["No"]
 
 
 def test_retry_rounds_sample_again_only_the_prompts_without_a_passing_answer(tmp_path):

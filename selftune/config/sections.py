@@ -195,7 +195,9 @@ class SampleSection(Section):
 
 class SFTDataSection(Section):
     tie_break: Literal["shortest", "longest", "first"] = Field(
-        "shortest", description="Which of several best passing answers to keep."
+        "shortest",
+        description="Which of several best passing answers to keep (the SFT data's, and the pairs stage's "
+        "chosen policy sample when pairs.k > 0).",
     )
     dedupe: bool = Field(True, description="Drop examples whose prompt and answer repeat an earlier one.")
     repair: bool = Field(

@@ -128,6 +128,16 @@ class SampleRecord(Record):
         return value
 
 
+def tie_key(tie_break: str):
+    """Sort key that puts first the one of several equally scored passing samples that `tie_break`
+    keeps (`sft_data.tie_break`: the SFT data's answer, and the pairs stage's chosen policy sample)."""
+    return {
+        "shortest": lambda s: (len(s.completion), s.sample_index),
+        "longest": lambda s: (-len(s.completion), s.sample_index),
+        "first": lambda s: s.sample_index,
+    }[tie_break]
+
+
 class SFTRecord(Record):
     id: Id
     prompt: list[Message] = Field(min_length=1)

@@ -18,7 +18,7 @@ from pathlib import Path
 from selftune.config import PipelineConfig
 from selftune.data.pairs import Chosen, Contrast, build_pairs, contrasts_for, prompt_messages
 from selftune.data.prompts import answer_budgets
-from selftune.data.records import SampleRecord, read_records
+from selftune.data.records import SampleRecord, read_records, tie_key
 from selftune.errors import NoTrainingDataError
 from selftune.generation.budget import generate_with_budgets
 from selftune.generation.factory import UNHASHED_GENERATION_SETTINGS, open_configured, sampling_params
@@ -37,14 +37,16 @@ class NoPairsError(NoTrainingDataError):
     """No training pair could be built: nothing passing to use as the chosen side."""
 
 
-def group_samples(samples: list[SampleRecord], threshold: float) -> tuple[dict, dict]:
-    """(best passing sample per prompt, failed samples per prompt)."""
+def group_samples(samples: list[SampleRecord], threshold: float, tie_break: str = "shortest") -> tuple[dict, dict]:
+    """(best passing sample per prompt, failed samples per prompt); ties between equally scored
+    passing samples are broken as the SFT data breaks them (`sft_data.tie_break`)."""
+    rank = tie_key(tie_break)
     best: dict[str, SampleRecord] = {}
     failed: dict[str, list[SampleRecord]] = defaultdict(list)
     for sample in samples:
         if sample.score >= threshold:
             current = best.get(sample.prompt_id)
-            if current is None or (sample.score, -len(sample.completion)) > (current.score, -len(current.completion)):
+            if current is None or (-sample.score, rank(sample)) < (-current.score, rank(current)):
                 best[sample.prompt_id] = sample
         else:
             failed[sample.prompt_id].append(sample)
@@ -58,6 +60,7 @@ PAIRS_STAGE = StageSpec(
     reads=(
         "pairs",
         "sample",
+        "sft_data.tie_break",
         "model.dtype",
         "generation.backend",
         "generation.max_new_tokens",
@@ -135,7 +138,7 @@ def pairs_stage(
             policy_samples = score_samples(prompts, answers, scorer, policy)
             write_jsonl(stage.dir / "policy_samples.jsonl", policy_samples)
             stage.add_output("policy_samples", stage.dir / "policy_samples.jsonl")
-        best, policy_failed = group_samples(policy_samples, threshold)
+        best, policy_failed = group_samples(policy_samples, threshold, cfg.sft_data.tie_break)
         _, base_failed = group_samples(base_samples, threshold)
         if not cfg.pairs.k:  # off-policy: this round's samples' failures serve as the policy's
             policy_failed = group_samples(round_samples, threshold)[1]
