@@ -128,13 +128,14 @@ class SampleRecord(Record):
         return value
 
 
-def tie_key(tie_break: str):
-    """Sort key that puts first the one of several equally scored passing samples that `tie_break`
-    keeps (`sft_data.tie_break`: the SFT data's answer, and the pairs stage's chosen policy sample)."""
+def best_first(tie_break: str):
+    """Sort key that puts the best sample first: the highest score, then among equal scores the one
+    `tie_break` keeps (`sft_data.tie_break`: the SFT data's answer, and the pairs stage's chosen
+    policy sample)."""
     return {
-        "shortest": lambda s: (len(s.completion), s.sample_index),
-        "longest": lambda s: (-len(s.completion), s.sample_index),
-        "first": lambda s: s.sample_index,
+        "shortest": lambda s: (-s.score, len(s.completion), s.sample_index),
+        "longest": lambda s: (-s.score, -len(s.completion), s.sample_index),
+        "first": lambda s: (-s.score, s.sample_index),
     }[tie_break]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from selftune.config import PipelineConfig
 from selftune.data.pairs import Chosen, Contrast, build_pairs, contrasts_for, prompt_messages
 from selftune.data.prompts import answer_budgets
-from selftune.data.records import SampleRecord, read_records, tie_key
+from selftune.data.records import SampleRecord, best_first, read_records
 from selftune.errors import NoTrainingDataError
 from selftune.generation.budget import generate_with_budgets
 from selftune.generation.factory import UNHASHED_GENERATION_SETTINGS, open_configured, sampling_params
@@ -40,13 +40,13 @@ class NoPairsError(NoTrainingDataError):
 def group_samples(samples: list[SampleRecord], threshold: float, tie_break: str = "shortest") -> tuple[dict, dict]:
     """(best passing sample per prompt, failed samples per prompt); ties between equally scored
     passing samples are broken as the SFT data breaks them (`sft_data.tie_break`)."""
-    rank = tie_key(tie_break)
+    rank = best_first(tie_break)
     best: dict[str, SampleRecord] = {}
     failed: dict[str, list[SampleRecord]] = defaultdict(list)
     for sample in samples:
         if sample.score >= threshold:
             current = best.get(sample.prompt_id)
-            if current is None or (-sample.score, rank(sample)) < (-current.score, rank(current)):
+            if current is None or rank(sample) < rank(current):
                 best[sample.prompt_id] = sample
         else:
             failed[sample.prompt_id].append(sample)

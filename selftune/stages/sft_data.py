@@ -19,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from selftune.config import PipelineConfig
-from selftune.data.records import PromptRecord, SampleRecord, SFTRecord, read_records, tie_key
+from selftune.data.records import PromptRecord, SampleRecord, SFTRecord, best_first, read_records
 from selftune.data.repair import repair_answer, repair_candidates
 from selftune.errors import NoTrainingDataError
 from selftune.run.files import write_jsonl
@@ -58,15 +58,14 @@ def select_examples(
     unknown = sorted(set(by_prompt) - {p.id for p in prompts})
     if unknown:
         raise ValueError(f"samples refer to prompts missing from the prompt file: {', '.join(unknown[:5])}")
-    rank = tie_key(tie_break)
+    rank = best_first(tie_break)
     examples, seen = [], set()
     no_passing = duplicates = 0
     sources: dict[str, int] = defaultdict(int)
     for prompt in prompts:
         passing = [s for s in by_prompt.get(prompt.id, []) if s.score >= threshold]
         if passing:
-            top = max(s.score for s in passing)
-            best = min((s for s in passing if s.score == top), key=rank)
+            best = min(passing, key=rank)
             text, source, origin = best.completion, "sample", best
         else:
             fixed = repaired_example(prompt, by_prompt.get(prompt.id, [])) if repair else None
