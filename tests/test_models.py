@@ -1,4 +1,5 @@
 import os
+import re
 
 import pytest
 import torch
@@ -72,9 +73,18 @@ def test_dtype_and_safetensors_only(tiny_model_dir, tmp_path):
         load_model(str(pickled), dtype="float32")
 
 
-@pytest.mark.parametrize("spec", ["builtin:nope", "./missing-dir", "missing.gguf", "a/b/c"])
-def test_bad_specs_are_named(spec):
-    with pytest.raises(ModelSpecError):
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("builtin:nope", "unknown builtin model 'nope'"),
+        ("./missing-dir", "model path missing-dir does not exist"),
+        ("/no/such/run/round-4/dpo/merged", "model path /no/such/run/round-4/dpo/merged does not exist"),
+        ("missing.gguf", "GGUF file missing.gguf does not exist"),
+        ("a/b/c", "is not builtin:NAME"),
+    ],
+)
+def test_bad_specs_are_named(spec, message):
+    with pytest.raises(ModelSpecError, match=re.escape(message)):
         resolve_model_path(spec)
 
 

@@ -100,7 +100,11 @@ def resolve_model_path(spec: str) -> str:
         if not (path / "config.json").is_file():
             raise ModelSpecError(f"{path} is a directory but holds no config.json")
         return str(path)
-    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+    if spec.startswith((".", "/", "~")) and not path.exists():
+        # Written as a path, so a checkpoint folder was meant (often an earlier stage's output that
+        # was never written): name the missing path rather than list every kind of spec.
+        raise ModelSpecError(f"model path {path} does not exist (no checkpoint directory or .gguf file there)")
+    if path.exists() or spec.count("/") != 1:
         raise ModelSpecError(
             f"model spec {spec!r} is not builtin:NAME, a .gguf file, a local checkpoint "
             "directory or a hub id (org/name)"
